@@ -1,0 +1,5 @@
+"""Image features for registration."""
+
+from .mind import mind_ssc
+
+__all__ = ["mind_ssc"]

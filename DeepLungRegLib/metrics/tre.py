@@ -1,0 +1,62 @@
+"""Target registration error of landmark pairs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import DeepLungRegError
+from ..geometry import Geometry
+from ..transforms.warp import sample_field_at_points
+
+
+@dataclass(frozen=True)
+class TRESummary:
+    """Summary of per-landmark errors in mm."""
+
+    n: int
+    mean: float
+    std: float
+    median: float
+    p95: float
+    max: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f} mm (median {self.median:.2f}, 95th {self.p95:.2f}, max {self.max:.2f}, n={self.n})"
+
+
+def tre(fixed_points: np.ndarray, moving_points: np.ndarray, field: np.ndarray | None = None, geometry: Geometry | None = None) -> np.ndarray:
+    """Per-landmark error ``|p + u(p) - q|`` in mm.
+
+    Args:
+        fixed_points: ``(N, 3)`` LPS mm landmarks ``p`` in the fixed image.
+        moving_points: ``(N, 3)`` corresponding landmarks ``q`` in the moving image.
+        field: optional ``(Z, Y, X, 3)`` field on ``geometry``; ``None`` gives the initial error.
+        geometry: the fixed grid of ``field``.
+
+    Returns:
+        ``(N,)`` errors in mm.
+    """
+    p = np.asarray(fixed_points, dtype=float)
+    q = np.asarray(moving_points, dtype=float)
+    if p.ndim != 2 or p.shape[1] != 3 or q.shape != p.shape:
+        raise DeepLungRegError(f"tre: fixed and moving landmarks must both be (N, 3) with the same N, got {p.shape} and {q.shape}")
+    if len(p) == 0:
+        raise DeepLungRegError("tre: no landmarks given")
+    if field is not None:
+        if geometry is None:
+            raise DeepLungRegError("tre: a field needs its geometry")
+        p = p + sample_field_at_points(field, geometry, p)
+    return np.linalg.norm(p - q, axis=1)
+
+
+def tre_summary(errors: np.ndarray) -> TRESummary:
+    """Mean, std, median, 95th percentile and max of per-landmark errors."""
+    e = np.asarray(errors, dtype=float).ravel()
+    if e.size == 0:
+        raise DeepLungRegError("tre_summary: no errors given")
+    return TRESummary(int(e.size), float(e.mean()), float(e.std()), float(np.median(e)), float(np.percentile(e, 95)), float(e.max()))
