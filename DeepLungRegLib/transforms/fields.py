@@ -12,7 +12,7 @@ from .warp import GridSampler, world_grid_tensor
 
 def field_to_tensor(field: np.ndarray, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``(Z, Y, X, 3)`` array -> ``(1, Z, Y, X, 3)`` tensor."""
-    return torch.as_tensor(np.asarray(field), dtype=dtype, device=device)[None]
+    return torch.tensor(np.asarray(field), dtype=dtype, device=device)[None]
 
 
 def tensor_to_field(t: torch.Tensor) -> np.ndarray:

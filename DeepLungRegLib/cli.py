@@ -1,0 +1,290 @@
+"""The ``deeplungreg`` command line.
+
+Every user error ends in one line ``deeplungreg: error: ...`` and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import DeepLungRegError, RegistrationCancelled
+
+SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "Sample" / "popi00_demo.nrrd"
+
+
+class _Progress:
+    """A tqdm bar fed by ``progress(stage, fraction)`` callbacks."""
+
+    def __init__(self, desc: str, enabled: bool = True):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, desc=desc, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} [{postfix}]", disable=not (enabled and sys.stderr.isatty()), file=sys.stderr)
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        self.bar.set_postfix_str(stage, refresh=False)
+        self.bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _parse_options(pairs: list[str] | None, config_file: str | None) -> dict:
+    cfg: dict = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise DeepLungRegError(f"register: config file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DeepLungRegError(f"register: {path} is not valid JSON ({exc.msg})") from exc
+        cfg.update(data.get("config", data))
+    for item in pairs or []:
+        if "=" not in item:
+            raise DeepLungRegError(f"register: option {item!r} must look like NAME=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            cfg[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            cfg[k.strip()] = v
+    return cfg
+
+
+def cmd_methods(args) -> int:
+    from .methods import available_methods, get_method
+
+    for name, desc in available_methods().items():
+        print(f"{name:10s} {desc}")
+        if args.verbose:
+            print("           defaults:", json.dumps(get_method(name).config_cls().to_dict()))
+    return 0
+
+
+def _print_tre(metrics: dict) -> None:
+    if "tre_before" in metrics:
+        b, a = metrics["tre_before"], metrics["tre_after"]
+        print(f"TRE before: {b['mean']:.2f} ± {b['std']:.2f} mm (95th {b['p95']:.2f}, max {b['max']:.2f}, n={b['n']})")
+        print(f"TRE after:  {a['mean']:.2f} ± {a['std']:.2f} mm (95th {a['p95']:.2f}, max {a['max']:.2f})")
+
+
+def cmd_register(args) -> int:
+    from .io.images import read_image
+    from .pipeline import load_landmark_pair, run_registration
+
+    fixed = read_image(args.fixed, what=f"fixed image {args.fixed}")
+    moving = read_image(args.moving, what=f"moving image {args.moving}")
+    fl, ml = load_landmark_pair(args.fixed_landmarks, args.moving_landmarks, args.spacing, fixed, moving)
+    cfg = _parse_options(args.option, args.config)
+    bar = _Progress(f"register ({args.method})", not args.quiet)
+    try:
+        metrics = run_registration(
+            fixed, moving, args.output, method=args.method, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
+            fixed_landmarks=fl, moving_landmarks=ml, config=cfg, device=args.device, overwrite=args.overwrite, progress=bar,
+        )
+    finally:
+        bar.close()
+    j = metrics["jacobian"]
+    print(f"registration: {metrics['timings_s']['total']:.1f} s; folding {j['folding_percent']:.3f} %, SD log J {j['sd_log_j']:.3f}")
+    _print_tre(metrics)
+    print(f"outputs in {Path(args.output).resolve()} (report: {Path(args.output).resolve() / 'report.html'})")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .io.images import read_image
+    from .simulation import simulate_breathing, write_pair
+    from .transforms.resample import resample_to_spacing
+
+    out = Path(args.output)
+    from .simulation.breathing import PAIR_FILES
+
+    if any((out / n).exists() for n in PAIR_FILES.values()) and not args.overwrite:
+        raise DeepLungRegError(f"simulate: {out} already holds a pair; choose another folder or pass --overwrite")
+    ct = read_image(args.ct, what=f"CT {args.ct}")
+    if args.spacing:
+        ct = resample_to_spacing(ct, args.spacing, fill=-1024.0)
+    bar = _Progress(f"simulate ({args.amplitude})", not args.quiet)
+    try:
+        pair = simulate_breathing(ct, amplitude=args.amplitude, seed=args.seed, noise_hu=args.noise, n_landmarks=args.landmarks, progress=bar)
+    finally:
+        bar.close()
+    write_pair(pair, out, overwrite=args.overwrite, source=str(args.ct))
+    i = pair.info
+    print(f"simulated {args.amplitude} pair (seed {args.seed}): mean lung displacement {i['mean_lung_displacement_mm']:.1f} mm, "
+          f"max {i['max_lung_displacement_mm']:.1f} mm, min Jacobian {i['min_jacobian']:.2f}, {i['n_landmarks']} landmarks")
+    print(f"written to {out.resolve()}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_field
+    from .io.fields import read_field
+    from .simulation import read_pair
+
+    pair = read_pair(args.pair)
+    field, geom = read_field(args.displacement)
+    m = evaluate_field(pair, field, geom)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    b, a = m["tre_before"], m["tre_after"]
+    print(f"TRE before {b['mean']:.2f} ± {b['std']:.2f} mm, after {a['mean']:.2f} ± {a['std']:.2f} mm (95th {a['p95']:.2f}, max {a['max']:.2f})")
+    d = m["dense_error_lung"]
+    print(f"dense error in lung: mean {d['mean']:.2f} mm, 95th {d['p95']:.2f} mm, max {d['max']:.2f} mm")
+    print(f"lung Dice {m['lung_dice_before']:.3f} -> {m['lung_dice_after']:.3f}; folding {m['folding_percent']:.3f} %; SD log J {m['sd_log_j']:.3f}")
+    return 0
+
+
+def cmd_tre(args) -> int:
+    from .io.fields import read_field
+    from .io.landmarks import read_landmarks
+    from .metrics import tre, tre_summary
+
+    fp = read_landmarks(args.fixed_points, spacing=args.spacing)
+    mp = read_landmarks(args.moving_points, spacing=args.spacing)
+    if fp.shape != mp.shape:
+        raise DeepLungRegError(f"tre: {args.fixed_points} has {len(fp)} points but {args.moving_points} has {len(mp)}")
+    out = {"before": tre_summary(tre(fp, mp)).to_dict()}
+    if args.field:
+        field, geom = read_field(args.field)
+        out["after"] = tre_summary(tre(fp, mp, field, geom)).to_dict()
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for k, v in out.items():
+            print(f"TRE {k}: {v['mean']:.2f} ± {v['std']:.2f} mm (median {v['median']:.2f}, 95th {v['p95']:.2f}, max {v['max']:.2f}, n={v['n']})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .io.images import read_image
+    from .pipeline import run_registration
+    from .simulation import simulate_breathing, write_pair
+
+    sample = Path(args.sample) if args.sample else SAMPLE
+    if not sample.exists():
+        raise DeepLungRegError(f"demo: the bundled sample {sample} is missing; reinstall or pass --sample CT")
+    out = Path(args.output)
+    t0 = time.perf_counter()
+    ct = read_image(sample, what="demo sample")
+    print(f"demo: sample CT {sample.name}, {ct.geometry.size} voxels at {tuple(round(s, 2) for s in ct.geometry.spacing)} mm")
+    bar = _Progress("simulate (small)", not args.quiet)
+    try:
+        pair = simulate_breathing(ct, amplitude="small", seed=args.seed, progress=bar)
+    finally:
+        bar.close()
+    write_pair(pair, out / "pair", overwrite=True, source=str(sample))
+    print(f"demo: simulated exhale with mean lung displacement {pair.info['mean_lung_displacement_mm']:.1f} mm "
+          f"(max {pair.info['max_lung_displacement_mm']:.1f} mm)")
+    bar = _Progress(f"register ({args.method})", not args.quiet)
+    try:
+        metrics = run_registration(
+            pair.fixed, pair.moving, out, method=args.method, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
+            fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks, device=args.device, overwrite=True,
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    from .evaluation import evaluate_field
+    from .io.fields import read_field
+
+    ev = evaluate_field(pair, read_field(out / "displacement.nii.gz")[0])
+    b, a = metrics["tre_before"]["mean"], metrics["tre_after"]["mean"]
+    _print_tre(metrics)
+    print(f"TRE reduced by {100 * (1 - a / b):.1f} %; folding {metrics['jacobian']['folding_percent']:.3f} %; "
+          f"dense error in lung {ev['dense_error_lung']['mean']:.2f} mm; registration {metrics['timings_s']['total']:.1f} s")
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; outputs in {out.resolve()}; open {(out / 'report.html').resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deeplungreg", description="Lung CT registration (DeepLungReg).")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("register", help="register MOVING to FIXED and write field, warped image, maps, metrics and report")
+    s.add_argument("fixed")
+    s.add_argument("moving")
+    s.add_argument("-o", "--output", required=True, help="output folder")
+    s.add_argument("--method", default="adam")
+    s.add_argument("--fixed-mask", default="auto", help="lung mask file, 'auto' (default) or 'none'")
+    s.add_argument("--moving-mask", default="auto", help="lung mask file, 'auto' (default) or 'none'")
+    s.add_argument("--fixed-landmarks")
+    s.add_argument("--moving-landmarks")
+    s.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"), help="voxel spacing of DIR-Lab landmark files")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--config", help="JSON file with method options")
+    s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="method option, e.g. -O regularisation=2")
+    s.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_register)
+
+    s = sub.add_parser("simulate", help="make a semi-synthetic inhale/exhale pair from one CT")
+    s.add_argument("ct")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--amplitude", default="small", choices=["small", "large"])
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--noise", type=float, default=20.0, help="noise SD in HU (default 20)")
+    s.add_argument("--landmarks", type=int, default=300)
+    s.add_argument("--spacing", type=float, help="resample the CT to this isotropic spacing (mm) first")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("evaluate", help="score a displacement field against a simulated pair")
+    s.add_argument("pair")
+    s.add_argument("displacement")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("tre", help="target registration error of two landmark files")
+    s.add_argument("fixed_points")
+    s.add_argument("moving_points")
+    s.add_argument("--field", help="displacement field to apply to the fixed points")
+    s.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"), help="voxel spacing for DIR-Lab files")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_tre)
+
+    s = sub.add_parser("demo", help="simulate a pair from the bundled sample, register it and write the report")
+    s.add_argument("-o", "--output", default="deeplungreg-demo")
+    s.add_argument("--method", default="adam")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sample", help="another CT instead of the bundled sample")
+    s.add_argument("--device", default="auto")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("methods", help="list the registration methods")
+    s.set_defaults(func=cmd_methods)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="deeplungreg: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except DeepLungRegError as exc:
+        print(f"deeplungreg: error: {exc}", file=sys.stderr)
+        return 2
+    except RegistrationCancelled:
+        print("deeplungreg: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("deeplungreg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

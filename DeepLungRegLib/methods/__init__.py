@@ -1,0 +1,11 @@
+"""Registration methods, one file each, behind one registry.
+
+>>> from DeepLungRegLib.methods import register, available_methods
+>>> result = register(fixed, moving, "adam", fixed_mask=fm, moving_mask=mm)
+"""
+
+from .base import (
+    MethodConfig, RegistrationResult, available_methods, get_method, register, register_method,
+)
+
+__all__ = ["MethodConfig", "RegistrationResult", "available_methods", "get_method", "register", "register_method"]

@@ -1,0 +1,247 @@
+"""The method registry, typed configs, and the registration result."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Type
+
+import numpy as np
+import torch
+
+from ..device import resolve_device, resolve_dtype
+from ..errors import DeepLungRegError, RegistrationCancelled
+from ..geometry import Geometry
+from ..io.images import Image
+
+#: ``progress(stage, fraction)`` with fraction in [0, 1].
+ProgressFn = Callable[[str, float], None]
+#: ``cancel()`` returns True when the caller wants the method to stop.
+CancelFn = Callable[[], bool]
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method's frozen config; round-trips to JSON."""
+
+    precision: str = "float32"
+
+    def validate(self) -> None:
+        """Raise :class:`DeepLungRegError` for absurd values (override and call super)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "MethodConfig":
+        values = dict(values or {})
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise DeepLungRegError(f"{cls.__name__}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        for k, v in list(values.items()):
+            default = getattr(cls, k, None) if not isinstance(names[k].default, dataclasses._MISSING_TYPE) else None
+            if isinstance(default, tuple) and isinstance(v, (list, tuple)):
+                values[k] = tuple(v)
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "MethodConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise DeepLungRegError(f"{cls.__name__}: config file {path} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DeepLungRegError(f"{cls.__name__}: {path} is not valid JSON ({exc.msg})") from exc
+        return cls.from_dict(data.get("config", data))
+
+
+def check_range(owner: str, name: str, value: float, lo: float, hi: float) -> None:
+    """Refuse a numeric option outside ``[lo, hi]``."""
+    if not isinstance(value, (int, float)) or not np.isfinite(value) or not (lo <= value <= hi):
+        raise DeepLungRegError(f"{owner}: {name} must be between {lo} and {hi}, got {value!r}")
+
+
+@dataclass
+class RegistrationResult:
+    """Output of a method.
+
+    Attributes:
+        field: ``(Z, Y, X, 3)`` float32 displacement in mm (LPS) on the fixed grid,
+            resampling direction (``x_moving = x_fixed + u(x_fixed)``).
+        geometry: the fixed grid.
+        method: registry name.
+        config: the config used, as a dict.
+        timings: seconds per stage (``"total"`` included).
+        diagnostics: method-specific numbers (losses, peak memory, ...).
+    """
+
+    field: np.ndarray
+    geometry: Geometry
+    method: str
+    config: dict
+    timings: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunContext:
+    """What a method gets besides images: device, dtype, progress and cancel."""
+
+    device: torch.device
+    dtype: torch.dtype
+    progress: ProgressFn
+    cancel: CancelFn
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def check_cancel(self) -> None:
+        if self.cancel():
+            raise RegistrationCancelled("registration cancelled")
+
+    def stage(self, name: str):
+        ctx = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t = time.perf_counter()
+                return self
+
+            def __exit__(self, *exc):
+                if ctx.device.type == "cuda":
+                    torch.cuda.synchronize(ctx.device)
+                ctx.timings[name] = ctx.timings.get(name, 0.0) + time.perf_counter() - self.t
+                return False
+
+        return _Stage()
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    config_cls: Type[MethodConfig]
+    run: Callable[..., tuple[np.ndarray, dict]]
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, description: str, config_cls: Type[MethodConfig]):
+    """Decorator adding a method ``run(fixed, moving, fixed_mask, moving_mask, config, ctx) -> (field, diagnostics)``."""
+
+    def deco(fn):
+        _REGISTRY[name] = MethodSpec(name, description, config_cls, fn)
+        return fn
+
+    return deco
+
+
+def available_methods() -> dict[str, str]:
+    """Registered method names and their one-line descriptions."""
+    from . import _load_all  # noqa: F401  (registers the built-in methods)
+
+    return {k: v.description for k, v in sorted(_REGISTRY.items())}
+
+
+def get_method(name: str) -> MethodSpec:
+    available_methods()
+    if name not in _REGISTRY:
+        raise DeepLungRegError(f"get_method: unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def _check_image(img: Image, what: str) -> None:
+    if not isinstance(img, Image):
+        raise DeepLungRegError(f"register: {what} must be an Image, got {type(img).__name__}")
+    a = img.array
+    if a.size == 0:
+        raise DeepLungRegError(f"register: {what} is empty")
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        raise DeepLungRegError(f"register: {what} contains NaN/Inf voxels")
+    if min(img.geometry.size) < 4:
+        raise DeepLungRegError(f"register: {what} is too small ({img.geometry.size}); need at least 4 voxels per axis")
+    if float(a.max()) == float(a.min()):
+        raise DeepLungRegError(f"register: {what} is constant ({float(a.min())}); nothing to register")
+
+
+def _check_mask(mask: Image | None, img: Image, what: str) -> Image | None:
+    if mask is None:
+        return None
+    if mask.array.shape != img.array.shape or not mask.geometry.same_as(img.geometry, tol=1e-3):
+        raise DeepLungRegError(f"register: {what} does not lie on the same grid as its image ({mask.array.shape} vs {img.array.shape})")
+    m = mask.with_array(np.asarray(mask.array) > 0)
+    if not m.array.any():
+        raise DeepLungRegError(f"register: {what} is empty")
+    return m
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of this process (and of the GPU when on CUDA), in MB."""
+    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    if device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
+def register(
+    fixed: Image,
+    moving: Image,
+    method: str = "adam",
+    *,
+    fixed_mask: Image | None = None,
+    moving_mask: Image | None = None,
+    config: MethodConfig | dict | None = None,
+    device: str | torch.device = "auto",
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | threading.Event | None = None,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` with a registered method.
+
+    Args:
+        fixed, moving: scalar 3D images (CT in HU for the lung methods).
+        method: a name from :func:`available_methods`.
+        fixed_mask, moving_mask: optional lung masks on the images' grids.
+        config: the method's config (or a dict of its options).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        progress: ``progress(stage, fraction)`` callback.
+        cancel: callable or :class:`threading.Event`; when set the method stops
+            with :class:`RegistrationCancelled`.
+
+    Returns:
+        The :class:`RegistrationResult` with the field on the fixed grid.
+    """
+    spec = get_method(method)
+    _check_image(fixed, "fixed image")
+    _check_image(moving, "moving image")
+    fixed_mask = _check_mask(fixed_mask, fixed, "fixed mask")
+    moving_mask = _check_mask(moving_mask, moving, "moving mask")
+    if config is None or isinstance(config, dict):
+        config = spec.config_cls.from_dict(config)
+    elif not isinstance(config, spec.config_cls):
+        raise DeepLungRegError(f"register: method {method!r} needs a {spec.config_cls.__name__}, got {type(config).__name__}")
+    else:
+        config.validate()
+    dev = resolve_device(device)
+    dtype = resolve_dtype(config.precision, dev)
+    if isinstance(cancel, threading.Event):
+        cancel_fn = cancel.is_set
+    else:
+        cancel_fn = cancel or (lambda: False)
+    ctx = RunContext(dev, dtype, progress or (lambda s, f: None), cancel_fn)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    field_arr, diagnostics = spec.run(fixed, moving, fixed_mask, moving_mask, config, ctx)
+    ctx.timings["total"] = time.perf_counter() - t0
+    diagnostics = {"device": str(dev), **diagnostics, **peak_memory_mb(dev)}
+    ctx.progress("done", 1.0)
+    return RegistrationResult(np.asarray(field_arr, dtype=np.float32), fixed.geometry, method, config.to_dict(), ctx.timings, diagnostics)

@@ -1,0 +1,96 @@
+"""Shared steps of the intensity-based methods: working grids, feature
+pyramids and moving fields between grids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from ..features import mind_ssc
+from ..geometry import Geometry
+from ..io.images import Image
+from ..transforms.resample import resample_to_geometry
+from ..transforms.warp import GridSampler
+
+#: CT intensity window used to normalise images before feature extraction.
+HU_WINDOW = (-1000.0, 600.0)
+
+
+def region_geometry(image: Image, mask: Image | None, margin_mm: float) -> Geometry:
+    """The image grid cropped to the mask's bounding box plus ``margin_mm`` (whole grid without a mask)."""
+    g = image.geometry
+    if mask is None:
+        return g
+    kk, jj, ii = np.nonzero(mask.array)
+    lo = np.array([ii.min(), jj.min(), kk.min()], float)
+    hi = np.array([ii.max(), jj.max(), kk.max()], float)
+    m = np.ceil(margin_mm / np.asarray(g.spacing))
+    lo = np.maximum(lo - m, 0).astype(int)
+    hi = np.minimum(hi + m, np.asarray(g.size) - 1).astype(int)
+    return g.crop(tuple(lo), tuple(hi - lo + 1))
+
+
+def level_geometry(region: Geometry, spacing_mm: float) -> Geometry:
+    """``region`` resampled to about ``spacing_mm`` (never finer than the region's own spacing)."""
+    return region.with_spacing(tuple(max(spacing_mm, s) for s in region.spacing))
+
+
+def normalise_ct(arr: np.ndarray) -> np.ndarray:
+    lo, hi = HU_WINDOW
+    return ((np.clip(arr.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+@dataclass
+class LevelData:
+    """Tensors of one pyramid level."""
+
+    fixed_geom: Geometry
+    moving_geom: Geometry
+    fixed_feat: torch.Tensor  # (1, C, Z, Y, X)
+    moving_feat: torch.Tensor  # (1, C, Zm, Ym, Xm)
+    weight: torch.Tensor  # (1, 1, Z, Y, X)
+    sampler: GridSampler
+
+
+def make_level(
+    fixed: Image, moving: Image, fixed_region: Geometry, moving_region: Geometry, fixed_mask: Image | None, spacing_mm: float,
+    mind_radius: int, mind_dilation: int, mask_dilation_mm: float, device: torch.device, dtype: torch.dtype,
+) -> LevelData:
+    """Resample both images to ``spacing_mm`` on their regions and compute MIND-SSC features."""
+    fg = level_geometry(fixed_region, spacing_mm)
+    mg = level_geometry(moving_region, spacing_mm)
+    f = resample_to_geometry(fixed.with_array(normalise_ct(fixed.array)), fg, smooth=True)
+    m = resample_to_geometry(moving.with_array(normalise_ct(moving.array)), mg, smooth=True)
+    ft = torch.as_tensor(f.array, device=device, dtype=dtype)[None, None]
+    mt = torch.as_tensor(m.array, device=device, dtype=dtype)[None, None]
+    with torch.no_grad():
+        ff = mind_ssc(ft, mind_radius, mind_dilation)
+        mf = mind_ssc(mt, mind_radius, mind_dilation)
+    if fixed_mask is not None:
+        w = resample_to_geometry(fixed_mask.with_array(fixed_mask.array.astype(np.float32)), fg).array > 0.5
+        it = int(round(mask_dilation_mm / min(fg.spacing)))
+        if it > 0:
+            w = ndi.binary_dilation(w, iterations=it)
+        weight = torch.as_tensor(w.astype(np.float32), device=device, dtype=dtype)[None, None]
+    else:
+        weight = torch.ones_like(ft)
+    return LevelData(fg, mg, ff, mf, weight, GridSampler(fg, mg, device, dtype))
+
+
+def resample_field(field: torch.Tensor, src: Geometry, dst: Geometry) -> torch.Tensor:
+    """Trilinear resampling of a field ``(1, Z, Y, X, 3)`` from grid ``src`` to ``dst`` (border-extended)."""
+    sampler = GridSampler(dst, src, field.device, field.dtype)
+    vol = field.permute(0, 4, 1, 2, 3)
+    out = F.grid_sample(vol, sampler.grid(None).to(field.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    return out.permute(0, 2, 3, 4, 1)
+
+
+def smooth3(t: torch.Tensor, passes: int = 2) -> torch.Tensor:
+    """Repeated 3x3x3 box smoothing of ``(N, C, Z, Y, X)`` with replicate padding."""
+    for _ in range(passes):
+        t = F.avg_pool3d(F.pad(t, (1,) * 6, mode="replicate"), 3, stride=1)
+    return t

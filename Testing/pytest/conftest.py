@@ -1,0 +1,52 @@
+"""Shared fixtures. Tests that need ../shared/data skip with a reason on a
+user's clone; with DEEPLUNGREG_REQUIRE_SHARED=1 (set by .ci/run) they fail
+instead."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from DeepLungRegLib.geometry import Geometry
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "Resources" / "Sample" / "popi00_demo.nrrd"
+
+
+def _shared_dir() -> Path:
+    env = os.environ.get("DEEPLUNGREG_SHARED_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    d = _shared_dir()
+    if not d.is_dir():
+        msg = f"needs the reference data in {d} (../shared/data beside the repository, or set DEEPLUNGREG_SHARED_DATA)"
+        if os.environ.get("DEEPLUNGREG_REQUIRE_SHARED") == "1":
+            pytest.fail(msg + "; DEEPLUNGREG_REQUIRE_SHARED=1 forbids skipping")
+        pytest.skip(msg)
+    return d
+
+
+def rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+@pytest.fixture
+def oblique() -> Geometry:
+    """An oblique, anisotropic, off-origin grid."""
+    return Geometry((24, 20, 16), (1.5, 2.0, 3.0), (-35.0, 12.5, 104.0), rotation(0.2, -0.15, 0.35).ravel())
+
+
+@pytest.fixture(scope="session")
+def sample_path() -> Path:
+    assert SAMPLE.exists(), f"the bundled sample {SAMPLE} is missing"
+    return SAMPLE

@@ -1,0 +1,94 @@
+"""End-to-end runs of the ``deeplungreg`` command line on CPU."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from DeepLungRegLib.cli import main
+from DeepLungRegLib.pipeline import OUTPUT_FILES
+
+FAST = ["-O", "levels_mm=[8,4]", "-O", "iterations=[60,40]", "-O", "learning_rates=[1,0.5]"]
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "DeepLungRegLib.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def pair_dir(sample_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "pair"
+    assert main(["simulate", str(sample_path), "-o", str(out), "--spacing", "4", "--seed", "2", "-q"]) == 0
+    return out
+
+
+def test_simulate_writes_the_pair(pair_dir):
+    for name in ("fixed.nii.gz", "moving.nii.gz", "fixed_mask.nii.gz", "moving_mask.nii.gz", "ground_truth_field.nii.gz",
+                 "fixed_landmarks.csv", "moving_landmarks.csv", "simulation.json"):
+        assert (pair_dir / name).exists(), name
+    info = json.loads((pair_dir / "simulation.json").read_text())
+    assert info["min_jacobian"] > 0 and 6.5 < info["mean_lung_displacement_mm"] < 9.5
+
+
+def test_register_evaluate_tre(pair_dir, tmp_path, capsys):
+    out = tmp_path / "reg"
+    args = ["register", str(pair_dir / "fixed.nii.gz"), str(pair_dir / "moving.nii.gz"), "-o", str(out),
+            "--fixed-mask", str(pair_dir / "fixed_mask.nii.gz"), "--moving-mask", str(pair_dir / "moving_mask.nii.gz"),
+            "--fixed-landmarks", str(pair_dir / "fixed_landmarks.csv"), "--moving-landmarks", str(pair_dir / "moving_landmarks.csv"),
+            "--device", "cpu", "-q", *FAST]
+    assert main(args) == 0
+    for name in OUTPUT_FILES + ("overlay.png", "checkerboard.png", "grid.png", "jacobian.png", "tre.png"):
+        assert (out / name).exists(), name
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["tre_after"]["mean"] < 0.5 * m["tre_before"]["mean"]
+    assert set(m["ventilation"]) >= {"left", "right", "both"}
+    assert m["ventilation"]["both"]["volume_change_ml"] < 0  # exhale loses volume
+    capsys.readouterr()
+    # evaluate against the ground truth
+    assert main(["evaluate", str(pair_dir), str(out / "displacement.nii.gz"), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["tre_after"]["mean"] == pytest.approx(m["tre_after"]["mean"], abs=1e-3)
+    assert ev["dense_error_lung"]["mean"] < ev["tre_before"]["mean"]
+    assert ev["lung_dice_after"] > ev["lung_dice_before"]
+    # tre with and without the field
+    assert main(["tre", str(pair_dir / "fixed_landmarks.csv"), str(pair_dir / "moving_landmarks.csv"), "--field", str(out / "displacement.nii.gz"), "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)
+    assert t["after"]["mean"] == pytest.approx(m["tre_after"]["mean"], abs=1e-3)
+    # a second run does not overwrite silently
+    r = run_cli(*args)
+    assert r.returncode == 2 and "already holds results" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, match", [
+    (["register", "missing_fixed.nii.gz", "missing_moving.nii.gz", "-o", "{tmp}/o"], "does not exist"),
+    (["register", "{pair}/fixed.nii.gz", "{pair}/moving.nii.gz", "-o", "{tmp}/o", "--method", "nope"], "unknown method"),
+    (["register", "{pair}/fixed.nii.gz", "{pair}/moving.nii.gz", "-o", "{tmp}/o", "-O", "iterations=[-3,2,2]"], "iterations must be between"),
+    (["register", "{pair}/fixed.nii.gz", "{pair}/moving.nii.gz", "-o", "{tmp}/o", "--fixed-landmarks", "{pair}/fixed_landmarks.csv"], "both"),
+    (["register", "{pair}/fixed.nii.gz", "{pair}/moving.nii.gz", "-o", "{tmp}/o", "--device", "tpu"], "unknown device"),
+    (["tre", "{pair}/fixed_landmarks.csv", "{tmp}/none.txt"], "does not exist"),
+    (["simulate", "{pair}/fixed_landmarks.csv", "-o", "{tmp}/p"], "cannot read"),
+    (["evaluate", "{tmp}", "{pair}/ground_truth_field.nii.gz"], "not a simulated pair"),
+])
+def test_bad_input_gives_one_line_error(pair_dir, tmp_path, args, match):
+    r = run_cli(*[a.format(tmp=tmp_path, pair=pair_dir) for a in args])
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("deeplungreg: error:") and match in lines[0], r.stderr
+
+
+def test_methods_command(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "adam" in out and "affine" in out
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    """The README's main job: TRE must fall by at least 80 % with < 0.1 % folding."""
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--device", "cpu", "-q"]) == 0
+    m = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert m["tre_after"]["mean"] <= 0.2 * m["tre_before"]["mean"]
+    assert m["jacobian"]["folding_percent"] < 0.1
+    assert (tmp_path / "demo" / "report.html").exists()
+    assert "TRE reduced by" in capsys.readouterr().out

@@ -1,0 +1,101 @@
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from DeepLungRegLib import DeepLungRegError, Geometry, Image, RegistrationCancelled, read_image
+from DeepLungRegLib.methods import available_methods, register
+from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats, tre
+from DeepLungRegLib.simulation import simulate_breathing
+from DeepLungRegLib.transforms import affine_to_field, resample_to_spacing, sample_field_at_points, warp_image
+
+FAST = {"levels_mm": [8.0, 4.0], "iterations": [60, 40], "learning_rates": [1.0, 0.5]}
+
+
+@pytest.fixture(scope="module")
+def small_pair(sample_path):
+    ct = resample_to_spacing(read_image(sample_path), 4.0, fill=-1024.0)
+    return simulate_breathing(ct, amplitude="small", seed=3)
+
+
+def test_registry_lists_methods():
+    m = available_methods()
+    assert {"affine", "adam"} <= set(m)
+    assert all(isinstance(d, str) and d for d in m.values())
+
+
+def test_adam_lowers_tre_without_folding(small_pair):
+    p = small_pair
+    stages = []
+    res = register(p.fixed, p.moving, "adam", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=FAST, device="cpu",
+                   progress=lambda s, f: stages.append(f))
+    before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
+    after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
+    assert after < 0.4 * before
+    assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
+    assert res.field.shape == (*p.fixed.geometry.shape, 3) and res.field.dtype == np.float32
+    assert stages and stages[-1] == 1.0 and all(0 <= f <= 1 for f in stages)
+    assert res.timings["total"] > 0 and "peak_rss_mb" in res.diagnostics
+
+
+def test_affine_recovers_a_known_affine(small_pair):
+    fixed, mask = small_pair.fixed, small_pair.fixed_mask
+    g = fixed.geometry
+    c = g.index_to_world(np.array(g.size, float)[None] / 2)[0]
+    a = np.array([[0.97, 0.03, 0.0], [-0.02, 1.02, 0.01], [0.0, 0.02, 0.93]])
+    m = np.eye(4)
+    m[:3, :3] = a
+    m[:3, 3] = c - a @ c + [6.0, -4.0, 9.0]
+    minv = np.linalg.inv(m)
+    moving = warp_image(fixed.with_array(fixed.array.astype(np.float32)), affine_to_field(minv, g), g, fill=-1024.0)
+    mmask = warp_image(mask.with_array(mask.array.astype(np.uint8)), affine_to_field(minv, g), g, mode="nearest")
+    res = register(fixed, moving, "affine", fixed_mask=mask, moving_mask=mmask.with_array(mmask.array > 0), device="cpu")
+    pts = small_pair.fixed_landmarks
+    est = pts + sample_field_at_points(res.field, g, pts)
+    true = pts @ m[:3, :3].T + m[:3, 3]
+    assert np.linalg.norm(est - true, axis=1).mean() < 1.5
+
+
+def test_cancel_stops_the_method(small_pair):
+    p = small_pair
+    ev = threading.Event()
+    ev.set()
+    with pytest.raises(RegistrationCancelled):
+        register(p.fixed, p.moving, "adam", config=FAST, device="cpu", cancel=ev)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="nope"), "unknown method"),
+    (dict(config={"levels_mm": [100.0], "iterations": [5], "learning_rates": [1.0]}), "levels_mm must be between"),
+    (dict(config={"levels_mm": [4.0], "iterations": [5, 5], "learning_rates": [1.0]}), "equal length"),
+    (dict(config={"bogus": 1}), "unknown option"),
+    (dict(config={"regularisation": float("nan")}), "regularisation"),
+    (dict(config={"precision": "float16"}, device="cpu"), "not allowed on the CPU"),
+])
+def test_register_rejects_bad_options(small_pair, kwargs, match):
+    p = small_pair
+    method = kwargs.pop("method", "adam")
+    with pytest.raises(DeepLungRegError, match=match):
+        register(p.fixed, p.moving, method, **kwargs)
+
+
+def test_register_rejects_bad_images_and_masks(small_pair):
+    p = small_pair
+    other = Image(np.ones((4, 4, 4), bool), Geometry((4, 4, 4), (1.0, 1.0, 1.0)))
+    with pytest.raises(DeepLungRegError, match="does not lie on the same grid"):
+        register(p.fixed, p.moving, "adam", fixed_mask=other)
+    with pytest.raises(DeepLungRegError, match="fixed mask is empty"):
+        register(p.fixed, p.moving, "adam", fixed_mask=p.fixed_mask.with_array(np.zeros_like(p.fixed_mask.array)))
+    with pytest.raises(DeepLungRegError, match="constant"):
+        register(p.fixed.with_array(np.zeros_like(p.fixed.array)), p.moving, "adam")
+    with pytest.raises(DeepLungRegError, match="NaN"):
+        bad = p.fixed.array.astype(np.float32)
+        bad[0, 0, 0] = np.nan
+        register(p.fixed.with_array(bad), p.moving, "adam")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA; the no-CUDA message cannot be checked")
+def test_cuda_request_without_gpu_is_refused(small_pair):
+    with pytest.raises(DeepLungRegError, match="no CUDA"):
+        register(small_pair.fixed, small_pair.moving, "adam", device="cuda")

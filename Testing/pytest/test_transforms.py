@@ -1,0 +1,120 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from DeepLungRegLib import DeepLungRegError, Geometry, Image
+from DeepLungRegLib.io.images import image_to_sitk
+from DeepLungRegLib.transforms import (
+    affine_to_field, compose_fields, invert_field, resample_to_spacing, sample_field_at_points, warp_image, warp_tensor,
+)
+
+
+def smooth_field(geom, amp, seed=0, sigma=4):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    return np.stack([gaussian_filter(rng.standard_normal(geom.shape), sigma) for _ in range(3)], -1).astype(np.float32) * amp
+
+
+def test_identity_field_changes_nothing(oblique):
+    img = Image(np.random.default_rng(0).random(oblique.shape).astype(np.float32), oblique)
+    out = warp_image(img, np.zeros((*oblique.shape, 3), np.float32), oblique)
+    assert np.allclose(out.array, img.array, atol=1e-5)
+
+
+def test_known_translation_shifts_by_whole_voxels(oblique):
+    """u = 2 voxels along the oblique i axis in mm gives out[k, j, i] = in[k, j, i + 2]."""
+    img = Image(np.random.default_rng(1).random(oblique.shape).astype(np.float32), oblique)
+    shift = oblique.direction_matrix[:, 0] * oblique.spacing[0] * 2
+    field = np.broadcast_to(shift, (*oblique.shape, 3)).astype(np.float32)
+    out = warp_image(img, field, oblique, fill=-7.0).array
+    assert np.allclose(out[:, :, :-2], img.array[:, :, 2:], atol=1e-5)
+    assert np.allclose(out[:, :, -2:], -7.0)
+
+
+def test_nearest_keeps_labels(oblique):
+    lab = np.random.default_rng(2).integers(0, 4, oblique.shape).astype(np.uint8)
+    out = warp_image(Image(lab, oblique), smooth_field(oblique, 3.0), oblique, mode="nearest").array
+    assert out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1, 2, 3}
+
+
+def test_warp_matches_simpleitk_between_different_grids(oblique):
+    moving_geom = Geometry((30, 26, 20), (1.2, 1.7, 2.2), (-40.0, 5.0, 100.0), np.eye(3).ravel())
+    mov = Image(np.random.default_rng(3).random(moving_geom.shape).astype(np.float32), moving_geom)
+    field = smooth_field(oblique, 8.0)
+    ours = warp_image(mov, field, oblique, fill=-3.0).array
+    tx = sitk.DisplacementFieldTransform(image_to_sitk(field.astype(np.float64), oblique))
+    ref = sitk.GetArrayFromImage(sitk.Resample(image_to_sitk(mov), image_to_sitk(np.zeros(oblique.shape, np.float32), oblique), tx, sitk.sitkLinear, -3.0))
+    idx = moving_geom.world_to_index((oblique.world_coordinates() + field).reshape(-1, 3)).reshape(*oblique.shape, 3)
+    inside = np.all((idx >= 0) & (idx <= np.array(moving_geom.size) - 1), -1)
+    assert inside.sum() > 100
+    assert np.allclose(ours[inside], ref[inside], atol=1e-4)
+
+
+def test_affine_field_and_points(oblique):
+    m = np.eye(4)
+    m[:3, :3] = [[1.05, 0.02, 0], [0.01, 0.97, 0.03], [0, -0.02, 1.1]]
+    m[:3, 3] = [4.0, -2.0, 7.0]
+    field = affine_to_field(m, oblique)
+    pts = oblique.index_to_world(np.array([[3.3, 4.1, 5.7], [10.0, 2.0, 1.0]]))
+    moved = pts + sample_field_at_points(field, oblique, pts)
+    assert np.allclose(moved, pts @ m[:3, :3].T + m[:3, 3], atol=1e-4)
+
+
+def test_invert_and_compose(oblique):
+    field = smooth_field(oblique, 10.0, seed=4)
+    inv, residual = invert_field(field, oblique, iterations=100)
+    assert residual < 0.01
+    comp = compose_fields(field, oblique, inv, oblique)
+    inner = np.abs(comp[3:-3, 3:-3, 3:-3])
+    assert inner.max() < 0.05
+
+
+def test_inverse_of_translation_is_negative(oblique):
+    field = np.broadcast_to(np.array([1.5, -2.0, 0.5], np.float32), (*oblique.shape, 3)).copy()
+    inv, _ = invert_field(field, oblique)
+    assert np.allclose(inv, -field, atol=1e-4)
+
+
+def test_compose_translations_adds():
+    g = Geometry((10, 10, 10), (1, 1, 1))
+    a = np.broadcast_to(np.array([1.0, 0, 0], np.float32), (*g.shape, 3))
+    b = np.broadcast_to(np.array([0, 2.0, 0], np.float32), (*g.shape, 3))
+    assert np.allclose(compose_fields(a, g, b, g), [1.0, 2.0, 0.0])
+
+
+def test_composition_order_matters_on_affines():
+    g = Geometry((12, 12, 12), (2.0, 2.0, 2.0), (-11.0, -11.0, -11.0))
+    s = np.diag([2.0, 2.0, 2.0, 1.0])
+    t = np.eye(4)
+    t[:3, 3] = [3.0, 0, 0]
+    st = compose_fields(affine_to_field(s, g), g, affine_to_field(t, g), g)  # first s then t
+    x = g.index_to_world(np.array([[6.0, 6.0, 6.0]]))[0]
+    assert np.allclose(x + st[6, 6, 6], 2 * x + [3, 0, 0], atol=1e-4)
+
+
+def test_resample_to_spacing_keeps_world_position():
+    g = Geometry((40, 40, 20), (1.0, 1.0, 2.0), (5.0, -3.0, 8.0))
+    arr = np.zeros(g.shape, np.float32)
+    arr[8:12, 18:22, 28:32] = 100.0
+    out = resample_to_spacing(Image(arr, g), 2.0)
+    kk, jj, ii = np.nonzero(out.array > 20)
+    c = out.geometry.index_to_world(np.stack([ii, jj, kk], 1).mean(0, keepdims=True))
+    c0 = g.index_to_world(np.array([[29.5, 19.5, 9.5]]))
+    assert np.allclose(c, c0, atol=1.0)
+
+
+def test_warp_gradcheck_float64():
+    g = Geometry((5, 4, 3), (1.0, 1.5, 2.0), (1.0, 2.0, 3.0))
+    vol = torch.rand(1, 1, *g.shape, dtype=torch.float64)
+    field = (torch.rand(1, *g.shape, 3, dtype=torch.float64) * 0.6 + 0.1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f: warp_tensor(vol, g, f, g), (field,), eps=1e-6, atol=1e-4)
+
+
+def test_warp_rejects_bad_field(oblique):
+    img = Image(np.zeros(oblique.shape, np.float32), oblique)
+    with pytest.raises(DeepLungRegError, match="does not match"):
+        warp_image(img, np.zeros((3, 3, 3, 3), np.float32), oblique)
+    with pytest.raises(DeepLungRegError, match="interpolation"):
+        warp_image(img, None, oblique, mode="cubic")
