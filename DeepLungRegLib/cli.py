@@ -38,16 +38,9 @@ class _Progress:
 
 
 def _parse_options(pairs: list[str] | None, config_file: str | None) -> dict:
-    cfg: dict = {}
-    if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise DeepLungRegError(f"register: config file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DeepLungRegError(f"register: {path} is not valid JSON ({exc.msg})") from exc
-        cfg.update(data.get("config", data))
+    from .methods.base import read_config_json
+
+    cfg: dict = read_config_json(config_file, "register") if config_file else {}
     for item in pairs or []:
         if "=" not in item:
             raise DeepLungRegError(f"register: option {item!r} must look like NAME=VALUE")

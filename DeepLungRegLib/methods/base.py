@@ -55,14 +55,21 @@ class MethodConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "MethodConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise DeepLungRegError(f"{cls.__name__}: config file {path} does not exist")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DeepLungRegError(f"{cls.__name__}: {path} is not valid JSON ({exc.msg})") from exc
-        return cls.from_dict(data.get("config", data))
+        return cls.from_dict(read_config_json(path, cls.__name__))
+
+
+def read_config_json(path: str | os.PathLike, owner: str = "config") -> dict:
+    """Options from a JSON file: either the options themselves or ``{"config": {...}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepLungRegError(f"{owner}: config file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DeepLungRegError(f"{owner}: {path} is not valid JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise DeepLungRegError(f"{owner}: {path} must hold a JSON object of options")
+    return dict(data.get("config", data))
 
 
 def check_range(owner: str, name: str, value: float, lo: float, hi: float) -> None:

@@ -92,3 +92,16 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert m["jacobian"]["folding_percent"] < 0.1
     assert (tmp_path / "demo" / "report.html").exists()
     assert "TRE reduced by" in capsys.readouterr().out
+
+
+def test_config_file_is_read_and_checked(pair_dir, tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"config": {"levels_mm": [8], "iterations": [5], "learning_rates": [1.0], "affine_init": false}}')
+    out = tmp_path / "o"
+    r = run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", out, "--config", cfg, "-q",
+                "--fixed-mask", pair_dir / "fixed_mask.nii.gz", "--moving-mask", pair_dir / "moving_mask.nii.gz")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "metrics.json").read_text())["config"]["iterations"] == [5]
+    cfg.write_text("[1, 2]")
+    r = run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", tmp_path / "p", "--config", cfg)
+    assert r.returncode == 2 and "JSON object" in r.stderr
