@@ -18,7 +18,7 @@ from .io.fields import write_field
 from .io.images import Image, read_image, write_image
 from .io.landmarks import read_landmarks
 from .methods import get_method, register
-from .metrics import tre, tre_summary
+from .metrics import jacobian_stats, tre, tre_summary
 from .report import write_report
 from .segmentation import lung_mask
 from .transforms.warp import warp_image
@@ -95,7 +95,7 @@ def run_registration(
     lung = fm.array if fm is not None else None
     jac, jstats = field_quality(result.field, g, lung)
     write_image(Image(jac, g), outdir / "jacobian.nii.gz")
-    metrics: dict = {"method": method, "fixed_grid": g.to_dict(), "jacobian": jstats, "jacobian_whole_image": field_quality(result.field, g)[1]}
+    metrics: dict = {"method": method, "fixed_grid": g.to_dict(), "jacobian": jstats, "jacobian_whole_image": jacobian_stats(jac)}
     if lung is not None:
         jv = jacobian_ventilation(jac, lung)
         hv = hu_ventilation(fixed.array, warped.array, lung) if is_ct else None
