@@ -97,11 +97,10 @@ def cmd_simulate(args) -> int:
     from .simulation import simulate_breathing, write_pair
     from .transforms.resample import resample_to_spacing
 
-    out = Path(args.output)
-    from .simulation.breathing import PAIR_FILES
+    from .simulation.breathing import check_pair_outdir
 
-    if any((out / n).exists() for n in PAIR_FILES.values()) and not args.overwrite:
-        raise DeepLungRegError(f"simulate: {out} already holds a pair; choose another folder or pass --overwrite")
+    out = Path(args.output)
+    check_pair_outdir(out, args.overwrite)  # before the simulation's minutes of work
     ct = read_image(args.ct, what=f"CT {args.ct}")
     if args.spacing:
         ct = resample_to_spacing(ct, args.spacing, fill=-1024.0)

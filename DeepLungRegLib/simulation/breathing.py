@@ -225,12 +225,17 @@ def simulate_breathing(
     return SimulatedPair(fixed_img, moving_img, mask.with_array(lung), ct.with_array(moving_mask), u_full, pts, moved, info)
 
 
+def check_pair_outdir(outdir: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to overwrite an earlier pair in ``outdir`` unless asked to."""
+    existing = [n for n in PAIR_FILES.values() if (Path(outdir) / n).exists()]
+    if existing and not overwrite:
+        raise DeepLungRegError(f"simulate: {outdir} already holds a pair ({existing[0]}, ...); choose another folder or pass --overwrite")
+
+
 def write_pair(pair: SimulatedPair, outdir: str | os.PathLike, *, overwrite: bool = False, source: str | None = None) -> Path:
     """Write a simulated pair to ``outdir`` (file names in :data:`PAIR_FILES`)."""
     outdir = Path(outdir)
-    existing = [n for n in PAIR_FILES.values() if (outdir / n).exists()]
-    if existing and not overwrite:
-        raise DeepLungRegError(f"simulate: {outdir} already holds a pair ({existing[0]}, ...); choose another folder or pass --overwrite")
+    check_pair_outdir(outdir, overwrite)
     outdir.mkdir(parents=True, exist_ok=True)
     write_image(pair.fixed, outdir / PAIR_FILES["fixed"])
     write_image(pair.moving, outdir / PAIR_FILES["moving"])

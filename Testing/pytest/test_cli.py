@@ -105,3 +105,8 @@ def test_config_file_is_read_and_checked(pair_dir, tmp_path):
     cfg.write_text("[1, 2]")
     r = run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", tmp_path / "p", "--config", cfg)
     assert r.returncode == 2 and "JSON object" in r.stderr
+
+
+def test_simulate_refuses_to_overwrite_a_pair(pair_dir, sample_path):
+    r = run_cli("simulate", sample_path, "-o", pair_dir, "-q")
+    assert r.returncode == 2 and "already holds a pair" in r.stderr and len(r.stderr.strip().splitlines()) == 1
