@@ -38,27 +38,21 @@ class _Progress:
 
 
 def _parse_options(pairs: list[str] | None, config_file: str | None) -> dict:
-    from .methods.base import read_config_json
+    from .methods.base import parse_options, read_config_json
 
     cfg: dict = read_config_json(config_file, "register") if config_file else {}
-    for item in pairs or []:
-        if "=" not in item:
-            raise DeepLungRegError(f"register: option {item!r} must look like NAME=VALUE")
-        k, v = item.split("=", 1)
-        try:
-            cfg[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            cfg[k.strip()] = v
+    cfg.update(parse_options(pairs))
     return cfg
 
 
 def cmd_methods(args) -> int:
-    from .methods import available_methods, get_method
+    from .methods import available_methods, method_settings
 
     for name, desc in available_methods().items():
         print(f"{name:10s} {desc}")
-        if args.verbose:
-            print("           defaults:", json.dumps(get_method(name).config_cls().to_dict()))
+        if args.options or args.verbose:
+            for opt in method_settings(name):
+                print(f"           {opt['name']} = {json.dumps(opt['default'])}  {opt['help']}")
     return 0
 
 
@@ -257,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("methods", help="list the registration methods")
+    s.add_argument("--options", action="store_true", help="also list each method's options, defaults and meaning")
     s.set_defaults(func=cmd_methods)
     return p
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,9 +18,8 @@ from .evaluation import field_quality, hu_ventilation, jacobian_ventilation, ven
 from .io.fields import write_field
 from .io.images import Image, read_image, write_image
 from .io.landmarks import read_landmarks
-from .methods import get_method, register
+from .methods import RegistrationResult, get_method, register
 from .metrics import jacobian_stats, tre, tre_summary
-from .report import write_report
 from .segmentation import lung_mask
 from .transforms.warp import warp_image
 
@@ -55,6 +55,100 @@ def resolve_mask(spec: str | Image | None, image: Image, what: str) -> Image | N
     return mask.with_array(mask.array > 0)
 
 
+@dataclass
+class RegistrationOutputs:
+    """Everything a registration produces, in memory (all on the fixed grid).
+
+    Attributes:
+        result: the method's :class:`~DeepLungRegLib.methods.RegistrationResult`
+            (``result.field`` is ``(Z, Y, X, 3)`` mm LPS, resampling direction).
+        warped: the moving image warped onto the fixed grid.
+        resampled: the moving image resampled onto the fixed grid without the field.
+        jacobian: ``(Z, Y, X)`` Jacobian determinant of ``x -> x + u(x)``.
+        ventilation: ``J - 1`` in the fixed lung mask (over the whole image without one).
+        ventilation_hu: HU-based specific ventilation (CT with a lung mask only).
+        fixed_mask, moving_mask: the masks used (``None`` when none).
+        tre_before, tre_after: per-landmark TRE in mm (``None`` without landmarks).
+        metrics: the JSON-ready summary written to ``metrics.json``.
+    """
+
+    result: RegistrationResult
+    warped: Image
+    resampled: Image
+    jacobian: Image
+    ventilation: Image
+    ventilation_hu: Image | None
+    fixed_mask: Image | None
+    moving_mask: Image | None
+    tre_before: np.ndarray | None
+    tre_after: np.ndarray | None
+    metrics: dict
+
+
+def compute_outputs(
+    fixed: Image,
+    moving: Image,
+    *,
+    method: str = "adam",
+    fixed_mask: Image | str | None = "auto",
+    moving_mask: Image | str | None = "auto",
+    fixed_landmarks: np.ndarray | None = None,
+    moving_landmarks: np.ndarray | None = None,
+    config: dict | None = None,
+    device: str = "auto",
+    progress: Callable[[str, float], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> RegistrationOutputs:
+    """Register ``moving`` to ``fixed`` and derive every output in memory.
+
+    This is the job behind both ``deeplungreg register`` (which then writes the
+    files) and the Slicer module (which turns the outputs into MRML nodes).
+    Landmarks are ``(N, 3)`` LPS mm, row ``n`` of both sets the same point.
+    """
+    get_method(method)  # fail early on an unknown method
+    if (fixed_landmarks is None) != (moving_landmarks is None):
+        raise DeepLungRegError("register: give both fixed and moving landmarks, or neither")
+    if fixed_landmarks is not None and np.shape(fixed_landmarks) != np.shape(moving_landmarks):
+        raise DeepLungRegError(f"register: {len(fixed_landmarks)} fixed landmarks but {len(moving_landmarks)} moving landmarks")
+    t0 = time.perf_counter()
+    fm = resolve_mask(fixed_mask, fixed, "fixed mask")
+    mm = resolve_mask(moving_mask, moving, "moving mask")
+    t_masks = time.perf_counter() - t0
+    result = register(fixed, moving, method, fixed_mask=fm, moving_mask=mm, config=config, device=device,
+                      progress=progress, cancel=cancel)
+    t1 = time.perf_counter()
+    g = fixed.geometry
+    is_ct = float(np.percentile(moving.array, 1)) < -500
+    fill = -1024.0 if is_ct else 0.0
+    moving32 = moving.with_array(moving.array.astype(np.float32))
+    warped = warp_image(moving32, result.field, g, fill=fill)
+    resampled = warp_image(moving32, None, g, fill=fill)
+    lung = fm.array if fm is not None else None
+    jac, jstats = field_quality(result.field, g, lung)
+    metrics: dict = {"method": method, "fixed_grid": g.to_dict(), "jacobian": jstats, "jacobian_whole_image": jacobian_stats(jac)}
+    hv = None
+    if lung is not None:
+        jv = jacobian_ventilation(jac, lung)
+        hv = hu_ventilation(fixed.array, warped.array, lung) if is_ct else None
+        metrics["ventilation"] = ventilation_summary(jv, hv, fm)
+    else:
+        jv = (jac - 1.0).astype(np.float32)
+        log.warning("no fixed lung mask: the ventilation map is J - 1 over the whole image")
+    tb = ta = None
+    if fixed_landmarks is not None:
+        tb = tre(fixed_landmarks, moving_landmarks)
+        ta = tre(fixed_landmarks, moving_landmarks, result.field, g)
+        metrics["tre_before"] = tre_summary(tb).to_dict()
+        metrics["tre_after"] = tre_summary(ta).to_dict()
+        metrics["tre_per_landmark"] = [{"before": float(b), "after": float(a)} for b, a in zip(tb, ta)]
+    metrics["timings_s"] = {**{k: round(v, 3) for k, v in result.timings.items()}, "masks": round(t_masks, 3),
+                            "outputs": round(time.perf_counter() - t1, 3)}
+    metrics["diagnostics"] = result.diagnostics
+    metrics["config"] = result.config
+    return RegistrationOutputs(result, warped, resampled, Image(jac, g), Image(jv, g), None if hv is None else Image(hv, g),
+                              fm, mm, tb, ta, metrics)
+
+
 def run_registration(
     fixed: Image,
     moving: Image,
@@ -72,56 +166,33 @@ def run_registration(
     extra_metrics: dict | None = None,
 ) -> dict:
     """Register and write every output; returns the metrics dict (also in ``metrics.json``)."""
+    from .report import write_report  # matplotlib only where a report is written
+
     outdir = Path(outdir)
-    get_method(method)  # fail early on an unknown method
+    get_method(method)
     check_outdir(outdir, overwrite)
-    if (fixed_landmarks is None) != (moving_landmarks is None):
-        raise DeepLungRegError("register: give both fixed and moving landmarks, or neither")
-    t0 = time.perf_counter()
-    fm = resolve_mask(fixed_mask, fixed, "fixed mask")
-    mm = resolve_mask(moving_mask, moving, "moving mask")
-    t_masks = time.perf_counter() - t0
-    result = register(fixed, moving, method, fixed_mask=fm, moving_mask=mm, config=config, device=device, progress=progress)
-    g = fixed.geometry
+    out = compute_outputs(fixed, moving, method=method, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                          fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, config=config,
+                          device=device, progress=progress)
     t1 = time.perf_counter()
+    g = fixed.geometry
     outdir.mkdir(parents=True, exist_ok=True)
-    write_field(result.field, g, outdir / "displacement.nii.gz")
-    is_ct = float(np.percentile(moving.array, 1)) < -500
-    fill = -1024.0 if is_ct else 0.0
-    warped = warp_image(moving.with_array(moving.array.astype(np.float32)), result.field, g, fill=fill)
-    resampled = warp_image(moving.with_array(moving.array.astype(np.float32)), None, g, fill=fill)
+    write_field(out.result.field, g, outdir / "displacement.nii.gz")
     out_dtype = moving.array.dtype if moving.array.dtype.kind in "iu" else np.float32
+    warped = out.warped
     write_image(warped.with_array(np.round(warped.array).astype(out_dtype) if out_dtype.kind in "iu" else warped.array), outdir / "warped.nii.gz")
-    lung = fm.array if fm is not None else None
-    jac, jstats = field_quality(result.field, g, lung)
-    write_image(Image(jac, g), outdir / "jacobian.nii.gz")
-    metrics: dict = {"method": method, "fixed_grid": g.to_dict(), "jacobian": jstats, "jacobian_whole_image": jacobian_stats(jac)}
-    if lung is not None:
-        jv = jacobian_ventilation(jac, lung)
-        hv = hu_ventilation(fixed.array, warped.array, lung) if is_ct else None
-        write_image(Image(jv, g), outdir / "ventilation.nii.gz")
-        if hv is not None:
-            write_image(Image(hv, g), outdir / "ventilation_hu.nii.gz")
-        metrics["ventilation"] = ventilation_summary(jv, hv, fm)
-    else:
-        write_image(Image(jac - 1.0, g), outdir / "ventilation.nii.gz")
-        log.warning("no fixed lung mask: ventilation.nii.gz is J - 1 over the whole image")
-    tb = ta = None
-    if fixed_landmarks is not None:
-        tb = tre(fixed_landmarks, moving_landmarks)
-        ta = tre(fixed_landmarks, moving_landmarks, result.field, g)
-        metrics["tre_before"] = tre_summary(tb).to_dict()
-        metrics["tre_after"] = tre_summary(ta).to_dict()
-        metrics["tre_per_landmark"] = [{"before": float(b), "after": float(a)} for b, a in zip(tb, ta)]
+    write_image(out.jacobian, outdir / "jacobian.nii.gz")
+    write_image(out.ventilation, outdir / "ventilation.nii.gz")
+    if out.ventilation_hu is not None:
+        write_image(out.ventilation_hu, outdir / "ventilation_hu.nii.gz")
+    metrics = out.metrics
     metrics.update(extra_metrics or {})
-    metrics["timings_s"] = {**{k: round(v, 3) for k, v in result.timings.items()}, "masks": round(t_masks, 3)}
-    metrics["diagnostics"] = result.diagnostics
-    metrics["config"] = result.config
     if progress:
         progress("report", 0.99)
-    write_report(outdir, fixed.array, resampled.array, warped.array, result.field, jac, g, metrics, lung, tb, ta,
-                 title=f"DeepLungReg: {method}")
-    metrics["timings_s"]["outputs"] = round(time.perf_counter() - t1, 3)
+    lung = out.fixed_mask.array if out.fixed_mask is not None else None
+    write_report(outdir, fixed.array, out.resampled.array, warped.array, out.result.field, out.jacobian.array, g, metrics,
+                 lung, out.tre_before, out.tre_after, title=f"DeepLungReg: {method}")
+    metrics["timings_s"]["outputs"] = round(metrics["timings_s"]["outputs"] + time.perf_counter() - t1, 3)
     (outdir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 

@@ -5,7 +5,8 @@
 """
 
 from .base import (
-    MethodConfig, RegistrationResult, available_methods, get_method, register, register_method,
+    MethodConfig, RegistrationResult, available_methods, get_method, method_settings, parse_options, register,
+    register_method,
 )
 
-__all__ = ["MethodConfig", "RegistrationResult", "available_methods", "get_method", "register", "register_method"]
+__all__ = ["MethodConfig", "RegistrationResult", "available_methods", "get_method", "method_settings", "parse_options", "register", "register_method"]

@@ -72,6 +72,57 @@ def read_config_json(path: str | os.PathLike, owner: str = "config") -> dict:
     return dict(data.get("config", data))
 
 
+def parse_options(items: list[str] | str | None, owner: str = "register") -> dict:
+    """Method options from ``NAME=VALUE`` items (a list, or one string split at ``;``).
+
+    Values are read as JSON where they parse (``2``, ``true``, ``[6, 4, 2.5]``);
+    a comma-separated list of numbers (``6,4,2.5``) becomes a list; anything
+    else stays a string. ``MethodConfig.from_dict`` then checks names and ranges.
+    """
+    if items is None:
+        return {}
+    if isinstance(items, str):
+        items = [part for part in items.replace("\n", ";").split(";")]
+    out: dict = {}
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise DeepLungRegError(f"{owner}: option {item!r} must look like NAME=VALUE")
+        key, text = (t.strip() for t in item.split("=", 1))
+        if not key:
+            raise DeepLungRegError(f"{owner}: option {item!r} has no name")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                out[key] = [json.loads(t) for t in text.split(",")] if "," in text else text
+            except json.JSONDecodeError:
+                out[key] = text
+    return out
+
+
+def method_settings(method: str) -> list[dict]:
+    """The options of ``method``: ``[{"name", "default", "type", "help"}]`` for GUIs and ``methods -v``."""
+    spec = get_method(method)
+    doc = spec.config_cls.__doc__ or ""
+    helps: dict[str, str] = {}
+    for line in doc.splitlines():
+        line = line.strip()
+        if ":" in line and not line.startswith(("Options", "Attributes")):
+            names, text = line.split(":", 1)
+            for n in names.split(","):
+                helps[n.strip()] = text.strip()
+    helps.setdefault("precision", "float32, or float16/bfloat16 on CUDA only.")
+    out = []
+    for f in dataclasses.fields(spec.config_cls):
+        default = f.default if not isinstance(f.default, dataclasses._MISSING_TYPE) else None
+        out.append({"name": f.name, "default": list(default) if isinstance(default, tuple) else default,
+                    "type": str(f.type), "help": helps.get(f.name, "")})
+    return out
+
+
 def check_range(owner: str, name: str, value: float, lo: float, hi: float) -> None:
     """Refuse a numeric option outside ``[lo, hi]``."""
     if not isinstance(value, (int, float)) or not np.isfinite(value) or not (lo <= value <= hi):
