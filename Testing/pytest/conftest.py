@@ -50,3 +50,19 @@ def oblique() -> Geometry:
 def sample_path() -> Path:
     assert SAMPLE.exists(), f"the bundled sample {SAMPLE} is missing"
     return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def slicer_core():
+    """The ``slicer`` package from the slicer-core wheel (skip without it; CI forbids the skip)."""
+    try:
+        import slicer  # noqa: F401
+        import slicer.util  # noqa: F401
+    except ImportError as exc:
+        msg = f"needs slicer-core (pip install 'slicer-core==5.11.0.*'): {exc}"
+        if os.environ.get("DEEPLUNGREG_REQUIRE_SHARED") == "1":
+            pytest.fail(msg + "; DEEPLUNGREG_REQUIRE_SHARED=1 forbids skipping")
+        pytest.skip(msg)
+    # Offscreen rendering: prefer EGL so VTK does not try an X display first.
+    os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+    return slicer

@@ -1,0 +1,331 @@
+"""The MRML bridge against the real slicer-core wheel, in a scene set up as Slicer does.
+
+Geometry is oblique, anisotropic and off-origin throughout: most registration
+bugs are axis, origin or direction bugs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from DeepLungRegLib import DeepLungRegError, Geometry, Image, read_image
+from DeepLungRegLib.geometry.grid import lps_to_ras, ras_to_lps
+from DeepLungRegLib.transforms import resample_to_spacing, sample_field_at_points, warp_image
+
+from conftest import rotation
+
+
+@pytest.fixture
+def bridge(slicer_core):
+    from DeepLungRegLib import slicer_bridge
+
+    return slicer_bridge
+
+
+@pytest.fixture
+def hs(bridge):
+    return bridge.new_scene()
+
+
+def smooth_field(geometry: Geometry, amplitude: float = 3.0) -> np.ndarray:
+    """A smooth, invertible displacement (mm, LPS) on ``geometry``."""
+    x = geometry.world_coordinates()
+    c = x.reshape(-1, 3).mean(0)
+    r = (x - c) / 40.0
+    u = np.stack([np.sin(r[..., 1]) * amplitude, np.cos(r[..., 2]) * amplitude * 0.5, r[..., 0] * amplitude * 0.4], -1)
+    return u.astype(np.float32)
+
+
+def test_scene_is_initialised_like_slicer(hs):
+    scene = hs.scene
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode") > 5  # default colour nodes
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode") == 3
+    assert scene.GetFirstNodeByClass("vtkMRMLCrosshairNode") is not None
+    for name in ("volumes", "markups", "transforms", "tables", "subjecthierarchy"):
+        assert name in hs.logics
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.uint8])
+def test_volume_round_trip_oblique(bridge, hs, oblique, dtype):
+    arr = (np.random.default_rng(0).normal(size=oblique.shape) * 100).astype(dtype)
+    node = bridge.volume_node_from_image(hs.scene, Image(arr, oblique), "vol")
+    back = bridge.image_from_volume_node(node)
+    assert back.geometry.same_as(oblique, tol=1e-9)
+    assert back.array.dtype == dtype and np.array_equal(back.array, arr)
+    # Slicer's own IJK-to-RAS maps a voxel where the library's LPS geometry says, flipped to RAS.
+    import vtk
+
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    ijk = np.array([3.0, 7.0, 11.0])
+    ras = np.array(m.MultiplyPoint([*ijk, 1.0])[:3])
+    assert np.allclose(ras, lps_to_ras(oblique.index_to_world(ijk[None]))[0])
+    assert np.allclose(ras_to_lps(ras[None])[0], oblique.index_to_world(ijk[None])[0])
+
+
+def test_volume_under_linear_transform_is_in_world(bridge, hs, oblique):
+    node = bridge.volume_node_from_image(hs.scene, Image(np.zeros(oblique.shape, np.float32), oblique), "vol")
+    lin = hs.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    import slicer
+
+    slicer.util.updateTransformMatrixFromArray(lin, np.array([[1, 0, 0, 5.0], [0, 1, 0, -2.0], [0, 0, 1, 7.0], [0, 0, 0, 1]]))
+    node.SetAndObserveTransformNodeID(lin.GetID())
+    g = bridge.geometry_from_volume_node(node)
+    assert np.allclose(np.array(g.origin) - np.array(oblique.origin), ras_to_lps(np.array([[5.0, -2.0, 7.0]]))[0])
+    grid = hs.scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "nonlinear")
+    bridge.grid_transform_node_from_field(hs.scene, smooth_field(oblique), oblique, "", node=grid)
+    node.SetAndObserveTransformNodeID(grid.GetID())
+    with pytest.raises(DeepLungRegError, match="non-linear transform .* harden"):
+        bridge.image_from_volume_node(node)
+
+
+def test_bad_nodes_are_refused(bridge, hs):
+    empty = hs.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(DeepLungRegError, match="no voxels"):
+        bridge.image_from_volume_node(empty)
+    with pytest.raises(DeepLungRegError, match="no volume node"):
+        bridge.image_from_volume_node(None)
+    pts = hs.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "none")
+    with pytest.raises(DeepLungRegError, match="no control points"):
+        bridge.landmarks_from_markups(pts)
+
+
+def test_field_grid_transform_round_trip(bridge, hs, oblique):
+    u = smooth_field(oblique)
+    node = bridge.grid_transform_node_from_field(hs.scene, u, oblique, "T")
+    back, g = bridge.field_from_grid_transform_node(node)
+    assert g.same_as(oblique, tol=1e-6)
+    assert np.abs(back - u).max() < 1e-5
+    bad = u.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(DeepLungRegError, match="NaN"):
+        bridge.grid_transform_node_from_field(hs.scene, bad, oblique, "T2")
+
+
+def test_grid_transform_moves_points_by_the_field(bridge, hs, oblique):
+    """From parent (resampling direction): x -> x + u(x), at voxel centres and between them."""
+    u = smooth_field(oblique)
+    node = bridge.grid_transform_node_from_field(hs.scene, u, oblique, "T")
+    tr = node.GetTransformFromParent()
+    rng = np.random.default_rng(2)
+    ijk = np.concatenate([np.array([[4, 5, 6], [10, 3, 8]], float), rng.uniform(2, 9, size=(5, 3))])
+    pts = oblique.index_to_world(ijk)
+    expect = pts + sample_field_at_points(u, oblique, pts)
+    got = np.array([ras_to_lps(np.array(tr.TransformPoint(lps_to_ras(p[None])[0]))[None])[0] for p in pts])
+    assert np.abs(got - expect).max() < 1e-4
+    k, j, i = 6, 5, 4
+    assert np.allclose(got[0] - pts[0], u[k, j, i], atol=1e-4)
+
+
+def test_markup_under_transform_lands_where_the_field_says(bridge, hs, oblique):
+    """A moving-space point under the transform is shown at the fixed point p with p + u(p) = q."""
+    u = smooth_field(oblique, amplitude=2.0)
+    node = bridge.grid_transform_node_from_field(hs.scene, u, oblique, "T")
+    p = oblique.index_to_world(np.array([[8.0, 9.0, 7.0], [12.0, 6.0, 5.0]]))
+    q = p + sample_field_at_points(u, oblique, p)
+    m = bridge.markups_from_landmarks(hs.scene, q, "moving points", labels=["a", "b"])
+    assert np.allclose(bridge.landmarks_from_markups(m), q)
+    m.SetAndObserveTransformNodeID(node.GetID())
+    shown = bridge.landmarks_from_markups(m, world=True)
+    assert np.abs(shown - p).max() < 0.01  # Slicer inverts the grid transform iteratively
+    assert bridge.markups_labels(m) == ["a", "b"]
+
+
+def test_hardening_reproduces_the_library_warp(bridge, hs, oblique):
+    rng = np.random.default_rng(4)
+    from scipy.ndimage import gaussian_filter
+
+    arr = gaussian_filter(rng.normal(size=oblique.shape), 1.5).astype(np.float32) * 100
+    moving = Image(arr, oblique)
+    u = smooth_field(oblique, amplitude=2.5)
+    vol = bridge.volume_node_from_image(hs.scene, moving, "moving")
+    node = bridge.grid_transform_node_from_field(hs.scene, u, oblique, "T")
+    vol.SetAndObserveTransformNodeID(node.GetID())
+    assert hs.logics["transforms"].hardenTransform(vol)
+    hardened = bridge.image_from_volume_node(vol)
+    # Slicer grows the grid to hold the warped extent (same spacing and axes, shifted
+    # origin), so compare with the library's warp sampled on Slicer's grid.
+    h = hardened.geometry
+    assert np.allclose(h.spacing, oblique.spacing) and np.allclose(h.direction, oblique.direction)
+    y = h.world_coordinates().reshape(-1, 3)
+    u_h = sample_field_at_points(u, oblique, y)
+    expected = warp_image(moving, u_h.reshape(*h.shape, 3).astype(np.float32), h).array
+    in_field = np.all((oblique.world_to_index(y) > 0) & (oblique.world_to_index(y) < np.array(oblique.size) - 1), axis=1)
+    idx = oblique.world_to_index(y + u_h)
+    in_moving = np.all((idx > 0.5) & (idx < np.array(oblique.size) - 1.5), axis=1)
+    inside = (in_field & in_moving).reshape(h.shape)
+    assert inside.mean() > 0.4
+    diff = np.abs(hardened.array.astype(np.float32) - expected)[inside]
+    assert diff.max() < 1e-2 * np.abs(arr).max()
+
+
+@pytest.mark.parametrize("suffix", [".mrb", ".mrml"])
+def test_saved_scene_reloads_with_the_transform(bridge, hs, oblique, tmp_path, suffix):
+    u = smooth_field(oblique)
+    node = bridge.grid_transform_node_from_field(hs.scene, u, oblique, "registration")
+    vol = bridge.volume_node_from_image(hs.scene, Image(np.ones(oblique.shape, np.int16), oblique), "moving")
+    vol.SetAndObserveTransformNodeID(node.GetID())
+    path = bridge.save_scene(hs, tmp_path / f"scene{suffix}")
+    with pytest.raises(DeepLungRegError, match="exists"):
+        bridge.save_scene(hs, path)
+    other = bridge.new_scene()
+    bridge.load_scene(other, path)
+    t2 = other.scene.GetFirstNodeByName("registration")
+    v2 = other.scene.GetFirstNodeByName("moving")
+    back, g = bridge.field_from_grid_transform_node(t2)
+    assert g.same_as(oblique, tol=1e-5) and np.abs(back - u).max() < 1e-4
+    assert v2.GetTransformNodeID() == t2.GetID()
+    v2.SetAndObserveTransformNodeID(None)
+    assert bridge.image_from_volume_node(v2).geometry.same_as(oblique, tol=1e-5)
+
+
+def test_table_round_trip(bridge, hs):
+    node = bridge.table_node_from_columns(hs.scene, {"name": ["a", "b"], "value": [1.5, 2.0]}, "T")
+    assert bridge.columns_from_table_node(node) == {"name": ["a", "b"], "value": [1.5, 2.0]}
+    with pytest.raises(DeepLungRegError, match="differ in length"):
+        bridge.table_node_from_columns(hs.scene, {"a": [1], "b": [1, 2]}, "bad")
+
+
+# ------------------------------------------------------------- the workflow
+FAST = {"levels_mm": [8.0, 4.0], "iterations": [50, 30], "learning_rates": [1.0, 0.5]}
+
+
+@pytest.fixture(scope="module")
+def small_pair(sample_path):
+    from DeepLungRegLib.simulation import simulate_breathing
+
+    ct = resample_to_spacing(read_image(sample_path), 4.0, fill=-1024.0)
+    return simulate_breathing(ct, amplitude="small", seed=3)
+
+
+@pytest.fixture(scope="module")
+def registered(small_pair, slicer_core):
+    """The console API's work on a small simulated pair: inputs, results and the scene."""
+    from DeepLungRegLib import slicer_bridge as b
+    from DeepLungRegLib.slicer_bridge.workflow import register_nodes
+
+    p = small_pair
+    hs = b.new_scene()
+    fixed = b.volume_node_from_image(hs.scene, p.fixed, "inhale")
+    moving = b.volume_node_from_image(hs.scene, p.moving, "exhale")
+    fmask = b.volume_node_from_image(hs.scene, p.fixed_mask, "inhale lungs", labelmap=True)
+    n = 40
+    fl = b.markups_from_landmarks(hs.scene, p.fixed_landmarks[:n], "F", labels=[f"L{i}" for i in range(n)])
+    ml = b.markups_from_landmarks(hs.scene, p.moving_landmarks[:n], "M")
+    before = b.image_from_volume_node(moving).array.copy()
+    stages = []
+    res = register_nodes(hs.scene, fixed, moving, "adam", fixed_mask=fmask, moving_mask="auto", fixed_landmarks=fl,
+                         moving_landmarks=ml, device="cpu", options=FAST, progress=lambda s, f: stages.append(f))
+    return dict(hs=hs, fixed=fixed, moving=moving, fmask=fmask, fl=fl, ml=ml, res=res, before=before, stages=stages, pair=p)
+
+
+def test_register_nodes_lowers_tre_and_makes_every_output(registered, bridge):
+    from DeepLungRegLib.slicer_bridge.workflow import METRICS_ATTRIBUTE, ROLE_ATTRIBUTE
+
+    r, hs = registered["res"], registered["hs"]
+    m = r.metrics
+    assert m["tre_after"]["mean"] < 0.4 * m["tre_before"]["mean"]
+    assert m["jacobian"]["folding_percent"] == 0.0
+    assert "Folding 0.000 %" in r.summary and "WARNING" not in r.summary
+    assert registered["stages"][-1] == 1.0
+    for role, node in r.nodes().items():
+        assert node.GetAttribute(ROLE_ATTRIBUTE) == role
+        assert node.GetNodeReferenceID("DeepLungRegFixed") == registered["fixed"].GetID()
+        assert hs.scene.GetNodeByID(node.GetID()) is node
+    assert r.transform.IsA("vtkMRMLGridTransformNode") and r.transform.GetAttribute(METRICS_ATTRIBUTE)
+    # The transform holds the library field; the warped volume is on the fixed grid.
+    field, g = bridge.field_from_grid_transform_node(r.transform)
+    assert g.same_as(registered["pair"].fixed.geometry, tol=1e-5)
+    assert np.abs(field - r.outputs.result.field).max() < 1e-4
+    assert bridge.geometry_from_volume_node(r.warped).same_as(g, tol=1e-6)
+    # Display: warped overlay on the fixed volume, grid visible in slice views, diverging maps.
+    comp = hs.composite_node("Red")
+    assert comp.GetBackgroundVolumeID() == registered["fixed"].GetID() and comp.GetForegroundVolumeID() == r.warped.GetID()
+    assert 0 < comp.GetForegroundOpacity() < 1
+    td = r.transform.GetDisplayNode()
+    assert td.GetVisibility2D() and td.GetVisualizationMode() == td.VIS_MODE_GRID and td.GetGridSpacingMm() >= 5
+    jd = r.jacobian.GetDisplayNode()
+    assert jd.GetLevel() == pytest.approx(1.0) and jd.GetColorNode().GetName() == "DeepLungReg Diverging"
+    assert r.ventilation.GetDisplayNode().GetLevel() == pytest.approx(0.0)
+
+
+def test_register_nodes_tre_table_and_landmarks(registered, bridge):
+    from DeepLungRegLib.metrics import tre
+    from DeepLungRegLib.slicer_bridge.workflow import TRE_WARNING_MM, jump_to_landmark
+
+    r, hs, p = registered["res"], registered["hs"], registered["pair"]
+    cols = bridge.columns_from_table_node(r.tre_table)
+    n = 40
+    assert cols["Landmark"][:2] == ["L0", "L1"] and len(cols["TRE after (mm)"]) == n
+    expect = tre(p.fixed_landmarks[:n], p.moving_landmarks[:n], r.outputs.result.field, p.fixed.geometry)
+    assert np.allclose(cols["TRE after (mm)"], expect, atol=1e-3)
+    vec = np.stack([cols["Error R (mm)"], cols["Error A (mm)"], cols["Error S (mm)"]], 1)
+    assert np.allclose(np.linalg.norm(vec, axis=1), expect, atol=5e-3)
+    assert r.worst_landmark == int(np.argmax(expect))
+    lm = r.landmarks
+    assert lm.GetTransformNodeID() == r.transform.GetID() and lm.GetNumberOfControlPoints() == n
+    assert lm.GetNthControlPointLabel(0).startswith("L0: ")
+    for i in range(n):
+        assert bool(lm.GetNthControlPointSelected(i)) == bool(expect[i] <= TRE_WARNING_MM)
+    # Moving landmarks shown through the transform lie near the fixed landmarks.
+    shown = bridge.landmarks_from_markups(lm, world=True)
+    assert np.linalg.norm(shown - p.fixed_landmarks[:n], axis=1).mean() < 2 * expect.mean() + 0.5
+    point = jump_to_landmark(hs.scene, lm, r.worst_landmark)
+    sl = hs.slice_node("Red").GetSliceToRAS()
+    ras = lps_to_ras(point[None])[0]
+    assert np.allclose([sl.GetElement(i, 3) for i in range(3)], ras, atol=1e-6)
+
+
+def test_register_nodes_rerun_replaces_only_its_outputs(registered, bridge):
+    from DeepLungRegLib.slicer_bridge.workflow import register_nodes
+
+    hs, r = registered["hs"], registered["res"]
+    n_volumes = hs.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    r2 = register_nodes(hs.scene, registered["fixed"], registered["moving"], "affine", fixed_mask=registered["fmask"],
+                        moving_mask=None, device="cpu", show=False)
+    assert r2.transform is r.transform and r2.warped is r.warped and r2.jacobian is r.jacobian
+    assert hs.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_volumes
+    assert r2.transform.GetAttribute("DeepLungReg.Method") == "affine"
+    # The user's inputs are untouched.
+    assert np.array_equal(bridge.image_from_volume_node(registered["moving"]).array, registered["before"])
+    assert registered["moving"].GetTransformNodeID() is None
+    # An input given as an output is refused, as is a mismatched landmark pair.
+    with pytest.raises(DeepLungRegError, match="is one of the inputs"):
+        register_nodes(hs.scene, registered["fixed"], registered["moving"], "affine", outputs={"warped": registered["moving"]})
+    short = bridge.markups_from_landmarks(hs.scene, registered["pair"].moving_landmarks[:3], "short")
+    with pytest.raises(DeepLungRegError, match="correspond one to one"):
+        register_nodes(hs.scene, registered["fixed"], registered["moving"], "affine", fixed_landmarks=registered["fl"],
+                       moving_landmarks=short)
+    with pytest.raises(DeepLungRegError, match="same node"):
+        register_nodes(hs.scene, registered["fixed"], registered["fixed"], "affine")
+    with pytest.raises(DeepLungRegError, match="unknown method"):
+        register_nodes(hs.scene, registered["fixed"], registered["moving"], "nope")
+
+
+def test_slice_view_pictures_are_non_trivial(registered, bridge, tmp_path):
+    """Fixed + warped overlay with the deformation grid, and the Jacobian map, rendered offscreen."""
+    from DeepLungRegLib.slicer_bridge.render import render_slice_view
+    from DeepLungRegLib.slicer_bridge.workflow import show_overlay
+
+    hs, r = registered["hs"], registered["res"]
+    show_overlay(hs.scene, registered["fixed"], r.warped, 0.5)
+    td = r.transform.GetDisplayNode()
+    td.SetVisibility(False)
+    plain = render_slice_view(hs, "Green", size=(256, 256))
+    td.SetVisibility(True)
+    overlay = render_slice_view(hs, "Green", size=(256, 256), path=tmp_path / "overlay.png")
+    show_overlay(hs.scene, registered["fixed"], r.jacobian, 0.7)
+    jac = render_slice_view(hs, "Green", size=(256, 256), path=tmp_path / "jacobian.png")
+    assert (tmp_path / "overlay.png").stat().st_size > 5000 and (tmp_path / "jacobian.png").stat().st_size > 5000
+    for img in (plain, overlay, jac):
+        assert img.shape == (256, 256, 3) and img.dtype == np.uint8
+        assert img.std() > 20  # not blank
+    # CT without the grid is grey; the grid adds coloured lines.
+    assert np.abs(plain[..., 0].astype(int) - plain[..., 2]).mean() < 2
+    assert (np.abs(overlay.astype(int) - plain).sum(-1) > 30).mean() > 0.02
+    # The diverging Jacobian map is coloured (blue where the lung shrinks).
+    chroma = np.abs(jac[..., 0].astype(int) - jac[..., 2])
+    assert (chroma > 20).mean() > 0.05
+    with pytest.raises(DeepLungRegError, match="no slice view"):
+        render_slice_view(hs, "Blue")
