@@ -1,0 +1,463 @@
+"""DeepLungReg: lung CT/MRI registration for large inhale-to-exhale motion, inside 3D Slicer.
+
+Four classes, as in Slicer's Extension Wizard template:
+
+* :class:`DeepLungReg`: module metadata;
+* :class:`DeepLungRegWidget`: binds the ``.ui`` to a typed parameter node and
+  forwards Apply / Cancel / view buttons to the Logic (nothing else);
+* :class:`DeepLungRegLogic`: the work, with an explicit-argument API for the
+  Python console (``DeepLungRegLogic().register(fixed, moving, method="adam")``);
+* :class:`DeepLungRegTest`: builds its own simulated pair and checks the result.
+
+The MRML work itself lives in ``DeepLungRegLib.slicer_bridge`` so that it is
+tested outside Slicer with the ``slicer-core`` wheel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from typing import Annotated, Optional
+
+import qt
+import slicer
+import vtk
+from slicer import (
+    vtkMRMLGridTransformNode, vtkMRMLLabelMapVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
+)
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+
+def _addLibraryPath() -> None:
+    """Make ``DeepLungRegLib`` importable when this folder is used from a source checkout.
+
+    After a build or an install the library sits beside this file in
+    qt-scripted-modules; in a source checkout added under "Additional module
+    paths" it sits one folder up.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        if os.path.isdir(os.path.join(folder, "DeepLungRegLib")):
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+            return
+
+
+_addLibraryPath()
+
+#: Python packages the library needs besides what Slicer bundles (numpy, SimpleITK, VTK are
+#: never replaced). Import name -> pip requirement. torch comes from the PyTorch extension.
+PIP_REQUIREMENTS = {"scipy": "scipy>=1.10", "tqdm": "tqdm>=4.60"}
+
+#: Output roles and the parameter-node fields that may name them.
+OUTPUT_PARAMETERS = {
+    "transform": "outputTransform",
+    "warped": "outputWarped",
+    "jacobian": "outputJacobian",
+    "ventilation": "outputVentilation",
+}
+
+
+# --------------------------------------------------------------------------- module
+class DeepLungReg(ScriptedLoadableModule):
+    """Module metadata."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "DeepLungReg"
+        self.parent.categories = ["Registration"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["DeepLungReg developers"]
+        self.parent.helpText = (
+            "Registers lung CT (and MRI), above all inhale-to-exhale pairs with large motion. Choose a fixed and a "
+            "moving volume and a method, press Apply, and review the warped overlay, the deformation grid, the "
+            "Jacobian and ventilation maps and, with landmarks, the per-landmark target registration error. "
+            "The same library runs from the Python console (DeepLungRegLogic().register(...)) and the "
+            "'deeplungreg' command line.")
+        self.parent.acknowledgementText = (
+            "Methods after Heinrich et al. (MIND-SSC, discrete displacement search, displacement embeddings, "
+            "ConvexAdam), Hering et al. (mlVIRNET, label-driven training) and coupled affine-deformable CNNs. "
+            "The demo CT is a crop of the POPI 4D-CT phase 00 (Léon Bérard Cancer Center & CREATIS, Lyon).")
+
+
+# ----------------------------------------------------------------- parameter node
+@parameterNodeWrapper
+class DeepLungRegParameterNode:
+    """What the GUI edits; every field is bound to a widget through ``SlicerParameterName``."""
+
+    fixedVolume: vtkMRMLScalarVolumeNode
+    movingVolume: vtkMRMLScalarVolumeNode
+    method: str = "adam"
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    fixedMask: vtkMRMLLabelMapVolumeNode
+    movingMask: vtkMRMLLabelMapVolumeNode
+    autoMasks: bool = True
+    fixedLandmarks: vtkMRMLMarkupsFiducialNode
+    movingLandmarks: vtkMRMLMarkupsFiducialNode
+    methodOptions: str = ""
+    outputTransform: vtkMRMLGridTransformNode
+    outputWarped: vtkMRMLScalarVolumeNode
+    outputJacobian: vtkMRMLScalarVolumeNode
+    outputVentilation: vtkMRMLScalarVolumeNode
+    overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    showGrid: bool = True
+
+
+# ------------------------------------------------------------------------ widget
+class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Binds the ``.ui`` to the parameter node and forwards actions to the Logic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._cancelRequested = False
+        self._lastResult = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/DeepLungReg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = DeepLungRegLogic()
+
+        for name, description in self.logic.methods().items():
+            self.ui.methodComboBox.addItem(name)
+            self.ui.methodComboBox.setItemData(self.ui.methodComboBox.count - 1, description, qt.Qt.ToolTipRole)
+        for device in ("auto", "cpu", "cuda"):
+            self.ui.deviceComboBox.addItem(device)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
+        self.ui.showWarpedButton.connect("clicked(bool)", lambda: self.onShow("warped"))
+        self.ui.showJacobianButton.connect("clicked(bool)", lambda: self.onShow("jacobian"))
+        self.ui.showVentilationButton.connect("clicked(bool)", lambda: self.onShow("ventilation"))
+        self.ui.jumpToWorstButton.connect("clicked(bool)", self.onJumpToWorst)
+        self.initializeParameterNode()
+        self.onMethodChanged()
+        self._updateResultsGui()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.fixedVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first:
+                self._parameterNode.fixedVolume = first
+
+    def setParameterNode(self, inputParameterNode: Optional[DeepLungRegParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        ready = bool(p and p.fixedVolume and p.movingVolume and p.fixedVolume != p.movingVolume)
+        self.ui.applyButton.enabled = ready and not self.ui.cancelButton.enabled
+        self.ui.applyButton.toolTip = "Run the registration." if ready else "Choose two different volumes."
+        if p is not None:
+            self.logic.setOverlayOpacity(p.overlayOpacity)
+            self.logic.setGridVisible(self._result("transform"), p.showGrid)
+
+    def onMethodChanged(self, index=None) -> None:
+        method = self.ui.methodComboBox.currentText
+        if not method:
+            return
+        self.ui.methodDescriptionLabel.text = self.logic.methods().get(method, "")
+        settings = self.logic.methodSettings(method)
+        table = self.ui.methodSettingsTable
+        table.clear()
+        table.setColumnCount(3)
+        table.setHorizontalHeaderLabels(["Setting", "Default", "Meaning"])
+        table.setRowCount(len(settings))
+        for row, s in enumerate(settings):
+            for col, text in enumerate((s["name"], str(s["default"]), s["help"])):
+                table.setItem(row, col, qt.QTableWidgetItem(text))
+        table.resizeColumnsToContents()
+
+    def onProgress(self, stage: str, fraction: float) -> None:
+        self.ui.progressBar.value = int(round(100 * fraction))
+        self.ui.statusLabel.text = stage
+        slicer.app.processEvents()
+
+    def onCancelButton(self) -> None:
+        self._cancelRequested = True
+        self.ui.statusLabel.text = "Cancelling..."
+
+    def onApplyButton(self) -> None:
+        self._cancelRequested = False
+        self.ui.cancelButton.enabled = True
+        self.ui.applyButton.enabled = False
+        try:
+            with slicer.util.tryWithErrorDisplay("DeepLungReg: registration failed.", waitCursor=True):
+                result = self.logic.registerFromParameterNode(
+                    self._parameterNode, progress=self.onProgress, cancel=lambda: self._cancelRequested)
+                if result is not None:
+                    self._lastResult = result
+        finally:
+            self.ui.cancelButton.enabled = False
+            self._onParameterNodeModified()
+        self._updateResultsGui()
+
+    def _result(self, role: str):
+        return (self._lastResult or {}).get("nodes", {}).get(role)
+
+    def _updateResultsGui(self) -> None:
+        r = self._lastResult
+        self.ui.resultsLabel.text = r["summary"] if r else "No results yet."
+        self.ui.treTableView.setMRMLTableNode(self._result("tre_table"))
+        for name, role in (("showWarpedButton", "warped"), ("showJacobianButton", "jacobian"),
+                           ("showVentilationButton", "ventilation")):
+            getattr(self.ui, name).enabled = self._result(role) is not None
+        self.ui.jumpToWorstButton.enabled = self._result("landmarks") is not None
+        if r:
+            self.ui.statusLabel.text = "Done." if r["metrics"]["jacobian"]["folding_percent"] == 0 else \
+                "Done, but the deformation folds: see the warning above."
+
+    def onShow(self, role: str) -> None:
+        p = self._parameterNode
+        self.logic.showOverlay(p.fixedVolume, self._result(role), p.overlayOpacity)
+
+    def onJumpToWorst(self) -> None:
+        self.logic.jumpToWorstLandmark(self._result("landmarks"))
+
+
+# ------------------------------------------------------------------------- logic
+class DeepLungRegLogic(ScriptedLoadableModuleLogic):
+    """All the work, without GUI. Usable from the Python console::
+
+        logic = slicer.util.getModuleLogic("DeepLungReg")
+        out = logic.register(fixedNode, movingNode, method="adam", regularisation=2.0)
+        out["metrics"]["tre_after"], out["nodes"]["warped"]
+    """
+
+    def getParameterNode(self):
+        return DeepLungRegParameterNode(super().getParameterNode())
+
+    # ---------------------------------------------------------------- dependencies
+    @staticmethod
+    def ensureDependencies(askConfirmation: bool = True) -> None:
+        """Make torch (through the PyTorch extension) and the few pip packages importable.
+
+        Runs at the point of use, never at import. numpy, SimpleITK and VTK are
+        Slicer's own and are never replaced.
+        """
+        if importlib.util.find_spec("torch") is None:
+            try:
+                import PyTorchUtils
+            except ImportError as exc:
+                raise RuntimeError(
+                    "DeepLungReg needs PyTorch: install the 'PyTorch' extension from the Extensions Manager, "
+                    "restart Slicer, then try again.") from exc
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled():
+                if torchLogic.installTorch(askConfirmation=askConfirmation) is None:
+                    raise RuntimeError("DeepLungReg needs PyTorch, which was not installed. Install it from the "
+                                       "PyTorch module (Utilities > PyTorch) and try again.")
+        missing = [req for name, req in PIP_REQUIREMENTS.items() if importlib.util.find_spec(name) is None]
+        if missing:
+            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                    f"DeepLungReg needs these Python packages: {', '.join(missing)}. Install them now?"):
+                raise RuntimeError(f"DeepLungReg cannot run without {', '.join(missing)}")
+            if hasattr(slicer, "pydeps") and hasattr(slicer.pydeps, "pip_install"):
+                slicer.pydeps.pip_install(missing)
+            else:
+                slicer.util.pip_install(missing)
+
+    # --------------------------------------------------------------------- queries
+    @staticmethod
+    def methods() -> dict:
+        """Registered methods: name -> one-line description."""
+        from DeepLungRegLib.methods import available_methods
+
+        return available_methods()
+
+    @staticmethod
+    def methodSettings(method: str) -> list:
+        """A method's settings: ``[{"name", "default", "type", "help"}]``."""
+        from DeepLungRegLib.methods import method_settings
+
+        return method_settings(method)
+
+    # -------------------------------------------------------------------- the work
+    def register(self, fixedVolumeNode, movingVolumeNode, method: str = "adam", *, fixedMask="auto",
+                 movingMask="auto", fixedLandmarks=None, movingLandmarks=None, device: str = "auto",
+                 outputs: Optional[dict] = None, progress=None, cancel=None, show: bool = True, **options) -> dict:
+        """Register ``movingVolumeNode`` to ``fixedVolumeNode``.
+
+        Args:
+            fixedVolumeNode, movingVolumeNode: scalar volume nodes.
+            method: a name from :meth:`methods`.
+            fixedMask, movingMask: labelmap volume nodes, ``"auto"`` or ``None``.
+            fixedLandmarks, movingLandmarks: corresponding markups point lists, or ``None``.
+            device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+            outputs: nodes to write into, by role (``"transform"``, ``"warped"``,
+                ``"jacobian"``, ``"ventilation"``); others are created, or replaced
+                when an earlier DeepLungReg run on this pair made them.
+            progress: ``progress(stage, fraction)``; cancel: returns True to stop.
+            show: show the warped overlay and the deformation grid.
+            **options: method settings (see :meth:`methodSettings`), e.g. ``regularisation=2``.
+
+        Returns:
+            ``{"nodes": {role: node}, "metrics": dict, "summary": str, "worstLandmark": int | None}``
+            or ``None`` when cancelled.
+        """
+        self.ensureDependencies()
+        from DeepLungRegLib.errors import RegistrationCancelled
+        from DeepLungRegLib.slicer_bridge.workflow import register_nodes
+
+        try:
+            result = register_nodes(
+                slicer.mrmlScene, fixedVolumeNode, movingVolumeNode, method, fixed_mask=fixedMask,
+                moving_mask=movingMask, fixed_landmarks=fixedLandmarks, moving_landmarks=movingLandmarks,
+                device=device, options=options, outputs=outputs, progress=progress, cancel=cancel, show=show)
+        except RegistrationCancelled:
+            logging.info("DeepLungReg: registration cancelled")
+            return None
+        logging.info("DeepLungReg: %s", result.summary.replace("\n", "; "))
+        if show:
+            slicer.util.resetSliceViews()
+        return {"nodes": result.nodes(), "metrics": result.metrics, "summary": result.summary,
+                "worstLandmark": result.worst_landmark}
+
+    def registerFromParameterNode(self, parameterNode, progress=None, cancel=None) -> Optional[dict]:
+        """Run :meth:`register` with the GUI's settings; writes created outputs back into the parameter node."""
+        from DeepLungRegLib.methods import parse_options
+
+        p = parameterNode
+        auto = "auto" if p.autoMasks else None
+        outputs = {role: getattr(p, field) for role, field in OUTPUT_PARAMETERS.items() if getattr(p, field)}
+        result = self.register(
+            p.fixedVolume, p.movingVolume, p.method, fixedMask=p.fixedMask or auto, movingMask=p.movingMask or auto,
+            fixedLandmarks=p.fixedLandmarks, movingLandmarks=p.movingLandmarks, device=p.device, outputs=outputs,
+            progress=progress, cancel=cancel, **parse_options(p.methodOptions, "DeepLungReg"))
+        if result is not None:
+            # The output selectors keep the user's choice ("Create new" stays so): a re-run
+            # finds DeepLungReg's earlier outputs for this pair by their node references.
+            self.setGridVisible(result["nodes"]["transform"], p.showGrid)
+            self.setOverlayOpacity(p.overlayOpacity)
+        return result
+
+    # ------------------------------------------------------------------- viewing
+    @staticmethod
+    def showOverlay(backgroundNode, foregroundNode, opacity: float = 0.5) -> None:
+        """Show ``foregroundNode`` (warped, Jacobian or ventilation) over ``backgroundNode``."""
+        from DeepLungRegLib.slicer_bridge.workflow import show_overlay
+
+        show_overlay(slicer.mrmlScene, backgroundNode, foregroundNode, opacity)
+
+    @staticmethod
+    def setOverlayOpacity(opacity: float) -> None:
+        """Fade every slice view between background (0) and foreground (1)."""
+        for comp in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+            comp.SetForegroundOpacity(float(opacity))
+
+    @staticmethod
+    def setGridVisible(transformNode, visible: bool) -> None:
+        """Show or hide the deformation grid of a transform in the slice views."""
+        if transformNode is not None and transformNode.GetDisplayNode() is not None:
+            transformNode.GetDisplayNode().SetVisibility(bool(visible))
+
+    @staticmethod
+    def jumpToWorstLandmark(landmarksNode):
+        """Centre the slice views on the landmark with the largest TRE; returns its LPS position."""
+        from DeepLungRegLib.slicer_bridge.workflow import jump_to_landmark
+
+        if landmarksNode is None:
+            raise ValueError("jumpToWorstLandmark: no landmarks; register with fixed and moving landmarks first")
+        index = int(landmarksNode.GetAttribute("DeepLungReg.WorstLandmark") or 0)
+        return jump_to_landmark(slicer.mrmlScene, landmarksNode, index)
+
+
+# -------------------------------------------------------------------------- test
+class DeepLungRegTest(ScriptedLoadableModuleTest):
+    """Runs inside Slicer: simulate a breathing pair from the bundled CT, register it, check the outputs."""
+
+    FAST = {"levels_mm": [8.0, 4.0], "iterations": [50, 30], "learning_rates": [1.0, 0.5]}
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_RegisterSimulatedPair()
+
+    @staticmethod
+    def _samplePath() -> str:
+        here = os.path.dirname(os.path.abspath(__file__))
+        for folder in (os.path.join(here, "Resources"), os.path.join(os.path.dirname(here), "Resources")):
+            path = os.path.join(folder, "Sample", "popi00_demo.nrrd")
+            if os.path.isfile(path):
+                return path
+        raise RuntimeError("DeepLungRegTest: the bundled sample popi00_demo.nrrd is missing")
+
+    def test_RegisterSimulatedPair(self):
+        self.delayDisplay("Simulating a breathing pair from the bundled CT (no download)")
+        DeepLungRegLogic.ensureDependencies(askConfirmation=False)
+        from DeepLungRegLib import read_image
+        from DeepLungRegLib.simulation import simulate_breathing
+        from DeepLungRegLib.slicer_bridge import markups_from_landmarks, volume_node_from_image
+        from DeepLungRegLib.transforms import resample_to_spacing
+
+        ct = resample_to_spacing(read_image(self._samplePath()), 4.0, fill=-1024.0)
+        pair = simulate_breathing(ct, amplitude="small", seed=3)
+        scene = slicer.mrmlScene
+        fixed = volume_node_from_image(scene, pair.fixed, "inhale")
+        moving = volume_node_from_image(scene, pair.moving, "exhale")
+        fmask = volume_node_from_image(scene, pair.fixed_mask, "inhale lungs", labelmap=True)
+        fl = markups_from_landmarks(scene, pair.fixed_landmarks[:50], "inhale landmarks")
+        ml = markups_from_landmarks(scene, pair.moving_landmarks[:50], "exhale landmarks")
+
+        self.delayDisplay("Registering")
+        logic = DeepLungRegLogic()
+        out = logic.register(fixed, moving, "adam", fixedMask=fmask, fixedLandmarks=fl, movingLandmarks=ml, **self.FAST)
+        m = out["metrics"]
+        self.assertLess(m["tre_after"]["mean"], 0.5 * m["tre_before"]["mean"])
+        self.assertEqual(m["jacobian"]["folding_percent"], 0.0)
+        for role in ("transform", "warped", "jacobian", "ventilation", "landmarks", "tre_table"):
+            node = out["nodes"][role]
+            self.assertIsNotNone(scene.GetNodeByID(node.GetID()), role)
+        self.assertEqual(out["nodes"]["tre_table"].GetNumberOfRows(), 50)
+
+        self.delayDisplay("Re-running replaces only DeepLungReg's own outputs")
+        count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+        again = logic.register(fixed, moving, "affine", fixedMask=fmask)
+        self.assertEqual(again["nodes"]["warped"].GetID(), out["nodes"]["warped"].GetID())
+        self.assertEqual(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"), count)
+        logic.jumpToWorstLandmark(out["nodes"]["landmarks"])
+        self.delayDisplay("Test passed")

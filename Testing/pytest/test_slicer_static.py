@@ -1,0 +1,134 @@
+"""Checks on the Slicer module that need no Slicer: the .ui, the widget names the
+code uses, the parameter node's widgets, the CMake file lists and the index entry."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULE = ROOT / "DeepLungReg"
+MODULE_PY = MODULE / "DeepLungReg.py"
+UI = MODULE / "Resources" / "UI" / "DeepLungReg.ui"
+
+
+@pytest.fixture(scope="module")
+def ui_tree() -> ET.ElementTree:
+    return ET.parse(UI)  # raises if the .ui is not well-formed XML
+
+
+@pytest.fixture(scope="module")
+def module_ast() -> ast.Module:
+    return ast.parse(MODULE_PY.read_text(), filename=str(MODULE_PY))
+
+
+def _widget_names(tree: ET.ElementTree) -> set[str]:
+    return {w.get("name") for w in tree.iter("widget")} | {w.get("name") for w in tree.iter("layout")}
+
+
+def _cmake_list(text: str, variable: str) -> list[str]:
+    m = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert m, f"no set({variable} ...) in the CMake file"
+    return [t for t in m.group(1).split() if not t.startswith("#")]
+
+
+def test_ui_parses_and_is_a_qt_designer_file(ui_tree):
+    root = ui_tree.getroot()
+    assert root.tag == "ui" and root.find("class").text == "DeepLungReg"
+    assert root.find("widget").get("class") == "qMRMLWidget"
+    declared = {c.find("class").text for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    assert {c for c in used if c.startswith(("qMRML", "ctk"))} <= declared
+
+
+def test_every_widget_the_code_uses_exists(ui_tree, module_ast):
+    names = _widget_names(ui_tree)
+    used = set()
+    for node in ast.walk(module_ast):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) \
+                and node.value.attr == "ui" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self":
+            used.add(node.attr)
+        # Names passed as strings, e.g. getattr(self.ui, "showWarpedButton").
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and re.fullmatch(r"[a-z]\w*(Button|Selector|ComboBox|Label|Table|TableView|Slider|CheckBox|LineEdit|Bar)", node.value):
+            used.add(node.value)
+    assert used, "the widget code uses no widgets?"
+    missing = sorted(used - names)
+    assert not missing, f"DeepLungReg.py uses widgets missing from DeepLungReg.ui: {missing}"
+
+
+def test_every_parameter_has_exactly_one_widget(ui_tree, module_ast):
+    cls = next(n for n in module_ast.body if isinstance(n, ast.ClassDef) and n.name == "DeepLungRegParameterNode")
+    fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    bound: dict[str, list[str]] = {}
+    for w in ui_tree.iter("widget"):
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                bound.setdefault(prop.find("string").text, []).append(w.get("name"))
+    assert fields, "no parameter-node fields found"
+    assert sorted(fields - set(bound)) == [], f"parameters without a widget: {sorted(fields - set(bound))}"
+    assert sorted(set(bound) - fields) == [], f"widgets bound to unknown parameters: {sorted(set(bound) - fields)}"
+    assert all(len(v) == 1 for v in bound.values()), {k: v for k, v in bound.items() if len(v) > 1}
+
+
+def test_module_has_the_four_classes_and_imports_no_library_at_load(module_ast):
+    classes = {n.name: n for n in module_ast.body if isinstance(n, ast.ClassDef)}
+    for name, base in (("DeepLungReg", "ScriptedLoadableModule"), ("DeepLungRegWidget", "ScriptedLoadableModuleWidget"),
+                       ("DeepLungRegLogic", "ScriptedLoadableModuleLogic"), ("DeepLungRegTest", "ScriptedLoadableModuleTest")):
+        assert name in classes and base in {getattr(b, "id", None) for b in classes[name].bases}, name
+    # Dependencies are installed at the point of use, never at import: no torch or library import at the top.
+    top = []
+    for n in module_ast.body:
+        if isinstance(n, ast.Import):
+            top += [a.name for a in n.names]
+        elif isinstance(n, ast.ImportFrom):
+            top.append(n.module)
+    assert not [m for m in top if m.split(".")[0] in {"torch", "DeepLungRegLib", "scipy", "numpy", "SimpleITK"}], top
+    logic = classes["DeepLungRegLogic"]
+    register = next(f for f in logic.body if isinstance(f, ast.FunctionDef) and f.name == "register")
+    args = [a.arg for a in register.args.args]
+    assert args[:4] == ["self", "fixedVolumeNode", "movingVolumeNode", "method"] and register.args.kwarg is not None
+
+
+def test_module_cmake_lists_every_module_file():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    assert "slicerMacroBuildScriptedModule" in text and "WITH_GENERIC_TESTS" in text
+    scripts = [s.replace("${MODULE_NAME}", "DeepLungReg") for s in _cmake_list(text, "MODULE_PYTHON_SCRIPTS")]
+    resources = [s.replace("${MODULE_NAME}", "DeepLungReg") for s in _cmake_list(text, "MODULE_PYTHON_RESOURCES")]
+    assert sorted(scripts) == sorted(p.name for p in MODULE.glob("*.py"))
+    on_disk = sorted(str(p.relative_to(MODULE)) for p in (MODULE / "Resources").rglob("*") if p.is_file())
+    assert sorted(resources) == on_disk
+    lib = _cmake_list(text, "DeepLungRegLib_PYTHON_SCRIPTS")
+    lib_on_disk = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "DeepLungRegLib").rglob("*.py"))
+    assert sorted(lib) == lib_on_disk, (f"DeepLungReg/CMakeLists.txt is out of step with DeepLungRegLib/: "
+                                        f"missing {sorted(set(lib_on_disk) - set(lib))}, extra {sorted(set(lib) - set(lib_on_disk))}")
+    for rel in re.findall(r"\.\./Resources/\S+\.nrrd", text):
+        assert (MODULE / rel).is_file(), rel
+
+
+def test_extension_cmake_and_tests_are_wired():
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert "add_subdirectory(DeepLungReg)" in top
+    assert re.search(r'set\(EXTENSION_DEPENDS\s+"?PyTorch', top)
+    for url_var in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        for url in re.search(rf'set\({url_var}\s+"([^"]+)"', top).group(1).split():
+            rel = url.split("/main/", 1)[1]
+            assert (ROOT / rel).is_file(), f"{url_var} points at {rel}, which is not in the repository"
+    assert "add_subdirectory(Python)" in (MODULE / "Testing" / "CMakeLists.txt").read_text()
+    py = (MODULE / "Testing" / "Python" / "CMakeLists.txt").read_text()
+    m = re.search(r"slicer_add_python_unittest\(SCRIPT\s+(\S+)\)", py)
+    assert m and m.group(1).endswith("${MODULE_NAME}.py")
+
+
+def test_extensions_index_entry():
+    entry = json.loads((ROOT / "ExtensionsIndex" / "DeepLungReg.json").read_text())
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert entry["category"] == "Registration" and entry["scm_url"].startswith("https://")
+    assert entry["build_dependencies"] == ["PyTorch"]
+    allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_type", "scm_url", "tier"}
+    assert set(entry) <= allowed
