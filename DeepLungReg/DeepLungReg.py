@@ -55,6 +55,12 @@ _addLibraryPath()
 #: never replaced). Import name -> pip requirement. torch comes from the PyTorch extension.
 PIP_REQUIREMENTS = {"scipy": "scipy>=1.10", "tqdm": "tqdm>=4.60"}
 
+#: The registered methods, for the method combo box. Listed here because the parameter node is
+#: declared at import, before torch may be installed; Testing/pytest/test_slicer_static.py checks
+#: that this matches DeepLungRegLib.methods.available_methods().
+METHOD_CHOICES = ["adam", "affine"]
+DEVICE_CHOICES = ["auto", "cpu", "cuda"]
+
 #: Output roles and the parameter-node fields that may name them.
 OUTPUT_PARAMETERS = {
     "transform": "outputTransform",
@@ -93,8 +99,8 @@ class DeepLungRegParameterNode:
 
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
-    method: str = "adam"
-    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    method: Annotated[str, Choice(METHOD_CHOICES)] = "adam"
+    device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
     fixedMask: vtkMRMLLabelMapVolumeNode
     movingMask: vtkMRMLLabelMapVolumeNode
     autoMasks: bool = True
@@ -129,13 +135,7 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = DeepLungRegLogic()
-
-        for name, description in self.logic.methods().items():
-            self.ui.methodComboBox.addItem(name)
-            self.ui.methodComboBox.setItemData(self.ui.methodComboBox.count - 1, description, qt.Qt.ToolTipRole)
-        for device in ("auto", "cpu", "cuda"):
-            self.ui.deviceComboBox.addItem(device)
-
+        # The combo boxes are filled by the parameter-node binding (Choice annotations).
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -182,6 +182,10 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            descriptions = self.logic.methodDescriptions()
+            for i in range(self.ui.methodComboBox.count):
+                text = descriptions.get(self.ui.methodComboBox.itemText(i), "")
+                self.ui.methodComboBox.setItemData(i, text, qt.Qt.ToolTipRole)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
 
@@ -198,8 +202,12 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         method = self.ui.methodComboBox.currentText
         if not method:
             return
-        self.ui.methodDescriptionLabel.text = self.logic.methods().get(method, "")
-        settings = self.logic.methodSettings(method)
+        self.ui.methodDescriptionLabel.text = self.logic.methodDescriptions().get(
+            method, "(PyTorch is not installed yet: it is installed when you press Apply.)")
+        try:
+            settings = self.logic.methodSettings(method)
+        except ImportError:
+            settings = []
         table = self.ui.methodSettingsTable
         table.clear()
         table.setColumnCount(3)
@@ -306,6 +314,14 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         from DeepLungRegLib.methods import available_methods
 
         return available_methods()
+
+    @classmethod
+    def methodDescriptions(cls) -> dict:
+        """Like :meth:`methods`, but empty (instead of failing) while torch is not installed yet."""
+        try:
+            return cls.methods()
+        except ImportError:
+            return {}
 
     @staticmethod
     def methodSettings(method: str) -> list:

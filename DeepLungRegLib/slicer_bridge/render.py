@@ -67,6 +67,7 @@ def render_slice_view(
     renderer.GetActiveCamera().ParallelProjectionOn()
     renderer.SetBackground(0, 0, 0)
     window.AddRenderer(renderer)
+    window.SetNumberOfLayers(3)  # displayable managers (e.g. colour legends) may draw in layers above
     interactor = vtk.vtkRenderWindowInteractor()
     interactor.SetRenderWindow(window)
 
@@ -95,6 +96,11 @@ def render_slice_view(
             factory.RegisterDisplayableManager(name)
     group = factory.InstantiateDisplayableManagers(renderer)
     group.SetMRMLDisplayableNode(slice_node)
+    # In Slicer the views exist before the data; here the view is new, and the colour-legend
+    # manager only picks up legend nodes it sees being added, so announce the existing ones.
+    scene = hs.scene
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode")):
+        scene.InvokeEvent(slicer.vtkMRMLScene.NodeAddedEvent, scene.GetNthNodeByClass(i, "vtkMRMLColorLegendDisplayNode"))
     logic.GetImageDataConnection().GetProducer().Update()
     group.RequestRender()
     window.Render()

@@ -150,7 +150,7 @@ def diverging_color_node(scene):
     return node
 
 
-def _show_map(scene, node, centre: float, half_width: float) -> None:
+def _show_map(scene, node, centre: float, half_width: float, title: str) -> None:
     """Diverging colours centred on ``centre``, a fixed window and a colour legend (hidden until shown)."""
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
@@ -161,7 +161,7 @@ def _show_map(scene, node, centre: float, half_width: float) -> None:
     d.SetInterpolate(False)
     legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(node)
     if legend is not None:
-        legend.SetTitleText(node.GetName())
+        legend.SetTitleText(title)
         legend.SetVisibility(False)
 
 
@@ -337,9 +337,9 @@ def register_nodes(
 
     jac = volume_node_from_image(scene, out.jacobian, "", node=node_for("jacobian", f"{base} Jacobian"))
     lung = out.fixed_mask.array if out.fixed_mask is not None else np.ones(g.shape, bool)
-    _show_map(scene, jac, 1.0, _half_width(out.jacobian.array[lung], 1.0, 0.25))
+    _show_map(scene, jac, 1.0, _half_width(out.jacobian.array[lung], 1.0, 0.25), "Jacobian")
     vent = volume_node_from_image(scene, out.ventilation, "", node=node_for("ventilation", f"{base} ventilation"))
-    _show_map(scene, vent, 0.0, _half_width(out.ventilation.array[lung], 0.0, 0.25))
+    _show_map(scene, vent, 0.0, _half_width(out.ventilation.array[lung], 0.0, 0.25), "J - 1")
 
     lm_node = table = worst = None
     if fl is not None:

@@ -327,5 +327,15 @@ def test_slice_view_pictures_are_non_trivial(registered, bridge, tmp_path):
     # The diverging Jacobian map is coloured (blue where the lung shrinks).
     chroma = np.abs(jac[..., 0].astype(int) - jac[..., 2])
     assert (chroma > 20).mean() > 0.05
+    # Its colour legend is drawn at the right edge; hiding it changes only that strip.
+    import slicer
+
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(r.jacobian)
+    assert legend is not None and legend.GetVisibility()
+    legend.SetVisibility(False)
+    no_legend = render_slice_view(hs, "Green", size=(256, 256))
+    legend.SetVisibility(True)
+    changed = np.abs(jac.astype(int) - no_legend).sum(-1) > 30
+    assert changed[:, 192:].mean() > 0.02 and changed[:, :64].mean() < 0.001
     with pytest.raises(DeepLungRegError, match="no slice view"):
         render_slice_view(hs, "Blue")

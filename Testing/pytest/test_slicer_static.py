@@ -132,3 +132,16 @@ def test_extensions_index_entry():
     assert entry["build_dependencies"] == ["PyTorch"]
     allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_type", "scm_url", "tier"}
     assert set(entry) <= allowed
+
+
+def test_method_choices_match_the_registry(module_ast):
+    from DeepLungRegLib.methods import available_methods
+
+    assign = next(n for n in module_ast.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "METHOD_CHOICES")
+    choices = ast.literal_eval(assign.value)
+    assert sorted(choices) == sorted(available_methods()), "update METHOD_CHOICES in DeepLungReg/DeepLungReg.py"
+    cls = next(n for n in module_ast.body if isinstance(n, ast.ClassDef) and n.name == "DeepLungRegParameterNode")
+    # Combo boxes bind to str parameters only through a Choice annotation.
+    for n in cls.body:
+        if isinstance(n, ast.AnnAssign) and n.target.id in ("method", "device"):
+            assert "Choice(" in ast.unparse(n.annotation)
