@@ -192,6 +192,43 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from .methods import available_methods
+    from .benchmark.runner import dirlab_specs, pairdir_specs, run_benchmark, simulated_specs
+
+    out = Path(args.output)
+    if (out / "results.csv").exists() and not args.overwrite:
+        raise DeepLungRegError(f"benchmark: {out} already holds results.csv; choose another folder or pass --overwrite")
+    sources = [x for x in (args.simulated, args.pairs, args.dirlab, args.copd) if x]
+    if len(sources) != 1:
+        raise DeepLungRegError("benchmark: give exactly one of --simulated CT..., --pairs DIR..., --dirlab ROOT, --copd ROOT")
+    methods = list(available_methods()) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods += [b.strip() for b in (args.baselines or "").split(",") if b.strip()]
+    if not methods:
+        raise DeepLungRegError("benchmark: no methods given")
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(f"benchmark: {msg}", file=sys.stderr, flush=True)
+
+    seeds = [int(x) for x in args.seeds.split(",")]
+    amplitudes = [a.strip() for a in args.amplitudes.split(",")]
+    cases = [int(c) for c in args.cases.split(",")] if args.cases else None
+    if args.simulated:
+        cts = args.simulated[:1] if args.quick else args.simulated
+        specs = simulated_specs(cts, amplitudes[:1] if args.quick else amplitudes, seeds[:1] if args.quick else seeds, out,
+                                spacing=args.spacing, progress=say)
+    elif args.pairs:
+        specs = pairdir_specs(args.pairs[:1] if args.quick else args.pairs)
+    else:
+        specs = dirlab_specs(args.dirlab or args.copd, "4dct" if args.dirlab else "copd", cases, args.fixed)
+        specs = specs[:1] if args.quick else specs
+    rows = run_benchmark(specs, methods, out, device=args.device, timeout_s=args.timeout, progress=say)
+    print((out / "results.md").read_text())
+    print(f"benchmark: {len(rows)} runs; results in {(out / 'results.csv').resolve()}, table in results.md, box plots in tre_boxplot.png")
+    return 1 if all("error" in r for r in rows) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deeplungreg", description="Lung CT registration (DeepLungReg).")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -249,6 +286,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("benchmark", help="compare methods and baselines on simulated or DIR-Lab pairs")
+    s.add_argument("--methods", default="all", help="comma-separated registered methods, or 'all' (default)")
+    s.add_argument("--baselines", default="", help="comma-separated: convexadam, convexadam-tuned, elastix (pip install 'DeepLungRegLib[bench]')")
+    src = s.add_argument_group("pairs (exactly one)")
+    src.add_argument("--simulated", nargs="+", metavar="CT", help="simulate pairs from these CT files")
+    src.add_argument("--pairs", nargs="+", metavar="PAIRDIR", help="simulated pair folders from 'deeplungreg simulate'")
+    src.add_argument("--dirlab", metavar="ROOT", help="DIR-Lab 4D-CT folder holding CaseNPack/")
+    src.add_argument("--copd", metavar="ROOT", help="DIR-Lab COPDgene folder holding copdN/")
+    s.add_argument("--amplitudes", default="small,large", help="for --simulated (default small,large)")
+    s.add_argument("--seeds", default="1", help="for --simulated, comma-separated (default 1)")
+    s.add_argument("--spacing", type=float, default=2.0, help="for --simulated: resample the CT to this spacing in mm (default 2)")
+    s.add_argument("--cases", help="for --dirlab/--copd: comma-separated case numbers (default: all found)")
+    s.add_argument("--fixed", default="inhale", choices=["inhale", "exhale"], help="for --dirlab/--copd: which phase is fixed")
+    s.add_argument("--quick", action="store_true", help="one pair only (the first CT, amplitude, seed or case)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per run (default 3600)")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_benchmark)
 
     s = sub.add_parser("methods", help="list the registration methods")
     s.add_argument("--options", action="store_true", help="also list each method's options, defaults and meaning")

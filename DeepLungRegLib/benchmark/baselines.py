@@ -1,0 +1,194 @@
+"""External baselines for the benchmark: ConvexAdam and elastix.
+
+Both are optional (``pip install 'DeepLungRegLib[bench]'``) and never needed by
+the library. Each runner returns a field in our convention ((Z, Y, X, 3) mm
+along LPS on the fixed grid, ``x_moving = x_fixed + u(x_fixed)``);
+:func:`check_conversion` proves the conversion on a known translation before
+any number is reported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..device import resolve_device
+from ..errors import DeepLungRegError
+from ..geometry import Geometry
+from ..io.images import Image
+from ..transforms.resample import resample_to_geometry
+from ..transforms.warp import warp_image
+
+#: Baseline name -> (pip package, import name).
+BASELINE_PACKAGES = {"convexadam": ("convexAdam", "convexAdam"), "elastix": ("itk-elastix", "itk")}
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    field: np.ndarray
+    diagnostics: dict
+
+
+def available_baselines() -> dict[str, bool]:
+    """Baseline name -> whether its package is installed."""
+    return {name: importlib.util.find_spec(mod) is not None for name, (_, mod) in BASELINE_PACKAGES.items()}
+
+
+def _require(name: str) -> None:
+    if name not in BASELINE_PACKAGES:
+        raise DeepLungRegError(f"benchmark: unknown baseline {name!r}; known: {', '.join(BASELINE_PACKAGES)}")
+    pkg, mod = BASELINE_PACKAGES[name]
+    if importlib.util.find_spec(mod) is None:
+        raise DeepLungRegError(f"benchmark: baseline {name} needs {pkg}: pip install 'DeepLungRegLib[bench]' (or pip install {pkg})")
+
+
+def _isotropic_grid(g: Geometry, spacing: float) -> Geometry:
+    extent = np.asarray(g.size) * np.asarray(g.spacing)
+    size = tuple(int(max(8, round(e / spacing))) for e in extent)
+    return Geometry(size, (spacing,) * 3, g.origin, g.direction)
+
+
+def _field_to_grid(field: np.ndarray, src: Geometry, dst: Geometry) -> np.ndarray:
+    if src.same_as(dst):
+        return field.astype(np.float32)
+    comps = [resample_to_geometry(Image(np.ascontiguousarray(field[..., c]), src), dst, mode="linear").array for c in range(3)]
+    return np.stack(comps, -1).astype(np.float32)
+
+
+# ------------------------------------------------------------------ ConvexAdam
+#: ConvexAdam's own defaults (its convex_adam_pt), and the setting tuned for our lung pairs.
+CONVEXADAM_SETTINGS = {
+    "default": {},
+    "tuned": {"lambda_weight": 1.25, "grid_sp": 4, "disp_hw": 6, "selected_niter": 80, "grid_sp_adam": 2, "selected_smooth": 5},
+}
+
+
+def run_convexadam(fixed: Image, moving: Image, fixed_mask=None, moving_mask=None, *, device: str = "auto",
+                   spacing: float = 2.0, setting: str = "default") -> BaselineResult:
+    """ConvexAdam (PyPI ``convexAdam``) on an isotropic ``spacing`` grid, float32.
+
+    ConvexAdam returns voxel displacements along the array axes ``(z, y, x)``;
+    they are turned into mm along LPS and resampled back to the fixed grid.
+    """
+    _require("convexadam")
+    from convexAdam.convex_adam_MIND import convex_adam_pt
+
+    if setting not in CONVEXADAM_SETTINGS:
+        raise DeepLungRegError(f"convexadam: unknown setting {setting!r}; known: {', '.join(CONVEXADAM_SETTINGS)}")
+    dev = resolve_device(device)
+    g = fixed.geometry
+    iso = _isotropic_grid(g, spacing)
+    f = resample_to_geometry(fixed.with_array(fixed.array.astype(np.float32)), iso, mode="linear", fill=-1024.0)
+    m = resample_to_geometry(moving.with_array(moving.array.astype(np.float32)), iso, mode="linear", fill=-1024.0)
+    t0 = time.perf_counter()
+    disp = convex_adam_pt(f.array, m.array, dtype=torch.float32, device=dev, verbose=False, **CONVEXADAM_SETTINGS[setting])
+    seconds = time.perf_counter() - t0
+    disp_ijk = np.asarray(disp, dtype=np.float64)[..., ::-1]  # (dz, dy, dx) voxels -> (di, dj, dk)
+    u = disp_ijk @ (iso.direction_matrix @ np.diag(iso.spacing)).T
+    return BaselineResult(_field_to_grid(u, iso, g), {"device": str(dev), "setting": setting, "grid_mm": spacing,
+                                                        "convexadam_s": seconds})
+
+
+# --------------------------------------------------------------------- elastix
+def _to_itk(image: Image, pixel=np.float32):
+    import itk
+
+    img = itk.image_from_array(np.ascontiguousarray(image.array.astype(pixel)))
+    g = image.geometry
+    img.SetSpacing([float(s) for s in g.spacing])
+    img.SetOrigin([float(o) for o in g.origin])
+    img.SetDirection(itk.matrix_from_array(np.ascontiguousarray(g.direction_matrix)))
+    return img
+
+
+def elastix_parameters(bspline_spacing_mm: float = 10.0, iterations: tuple[int, int] = (300, 500)):
+    """An affine + B-spline lung parameter set (4 resolutions each, normalised correlation)."""
+    import itk
+
+    po = itk.ParameterObject.New()
+    affine = po.GetDefaultParameterMap("affine", 4)
+    affine["Metric"] = ["AdvancedNormalizedCorrelation"]
+    affine["MaximumNumberOfIterations"] = [str(iterations[0])]
+    affine["AutomaticTransformInitialization"] = ["true"]
+    bspline = po.GetDefaultParameterMap("bspline", 4, float(bspline_spacing_mm))
+    bspline["Metric"] = ["AdvancedNormalizedCorrelation", "TransformBendingEnergyPenalty"]
+    bspline["Metric0Weight"] = ["1.0"]
+    bspline["Metric1Weight"] = ["50.0"]
+    bspline["MaximumNumberOfIterations"] = [str(iterations[1])]
+    bspline["NumberOfSpatialSamples"] = ["4000"]
+    for pm in (affine, bspline):
+        pm["ImageSampler"] = ["RandomCoordinate"]
+        pm["NewSamplesEveryIteration"] = ["true"]
+        pm["ErodeMask"] = ["false"]
+        po.AddParameterMap(pm)
+    return po
+
+
+def run_elastix(fixed: Image, moving: Image, fixed_mask=None, moving_mask=None, *, device: str = "cpu",
+                bspline_spacing_mm: float = 10.0, iterations: tuple[int, int] = (300, 500)) -> BaselineResult:
+    """elastix (PyPI ``itk-elastix``) affine + B-spline; the field comes from transformix on the fixed grid."""
+    _require("elastix")
+    import itk
+
+    from scipy import ndimage
+
+    f, m = _to_itk(fixed), _to_itk(moving)
+    kwargs = {}
+    if fixed_mask is not None:
+        grow = max(1, int(round(10.0 / min(fixed.geometry.spacing))))
+        dil = ndimage.binary_dilation(np.asarray(fixed_mask.array, bool), iterations=grow)
+        kwargs["fixed_mask"] = _to_itk(Image(dil.astype(np.uint8), fixed.geometry), np.uint8)
+    t0 = time.perf_counter()
+    _, params = itk.elastix_registration_method(f, m, parameter_object=elastix_parameters(bspline_spacing_mm, iterations),
+                                                log_to_console=False, **kwargs)
+    field = itk.transformix_deformation_field(m, params)
+    seconds = time.perf_counter() - t0
+    u = np.asarray(itk.array_from_image(field), dtype=np.float32)
+    if u.shape != (*fixed.geometry.shape, 3):
+        raise DeepLungRegError(f"elastix: transformix returned a field of shape {u.shape}, expected {(*fixed.geometry.shape, 3)}")
+    return BaselineResult(u, {"device": "cpu", "bspline_spacing_mm": bspline_spacing_mm, "elastix_s": seconds})
+
+
+RUNNERS: dict[str, Callable[..., BaselineResult]] = {
+    "convexadam": run_convexadam,
+    "convexadam-tuned": lambda *a, **k: run_convexadam(*a, setting="tuned", **k),
+    "elastix": run_elastix,
+}
+
+
+def run_baseline(name: str, fixed: Image, moving: Image, fixed_mask=None, moving_mask=None, *, device: str = "auto",
+                 **options) -> BaselineResult:
+    """Run a baseline by name; the field is in our convention on the fixed grid."""
+    if name not in RUNNERS:
+        raise DeepLungRegError(f"benchmark: unknown baseline {name!r}; known: {', '.join(RUNNERS)}")
+    _require(name.split("-")[0])
+    return RUNNERS[name](fixed, moving, fixed_mask, moving_mask, device=device, **options)
+
+
+def check_conversion(name: str, image: Image, shift_mm=(4.0, -6.0, 3.0), *, device: str = "auto", tol_voxels: float = 0.5) -> dict:
+    """Register ``image`` to a copy moved by a known translation and check the converted field.
+
+    The moving copy satisfies ``moving(x + t) = image(x)``, so the right field
+    is ``u = t`` everywhere. Raises :class:`DeepLungRegError` when the median
+    field in the central region is off by more than ``tol_voxels`` voxels.
+    """
+    g = image.geometry
+    t = np.asarray(shift_mm, dtype=np.float32)
+    fixed = image.with_array(image.array.astype(np.float32))
+    moving = warp_image(fixed, np.broadcast_to(-t, (*g.shape, 3)).astype(np.float32), g, fill=float(np.percentile(fixed.array, 1)))
+    # Cheap settings: the check is about axes, signs and units, not accuracy.
+    options = {"spacing": float(max(g.spacing))} if name.startswith("convexadam") else {"iterations": (100, 100)}
+    res = run_baseline(name, fixed, moving, device=device, **options)
+    z, y, x = (slice(s // 4, s - s // 4) for s in g.shape)
+    got = np.median(res.field[z, y, x].reshape(-1, 3), axis=0)
+    err = float(np.linalg.norm(got - t))
+    tol = tol_voxels * float(max(g.spacing))
+    if not err <= tol:
+        raise DeepLungRegError(f"benchmark: {name}'s field conversion fails the translation check: expected {t.tolist()} mm, "
+                               f"got {np.round(got, 2).tolist()} mm (error {err:.2f} > {tol:.2f} mm)")
+    return {"baseline": name, "expected_mm": t.tolist(), "median_mm": np.round(got, 3).tolist(), "error_mm": round(err, 3)}

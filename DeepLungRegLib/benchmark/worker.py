@@ -1,0 +1,100 @@
+"""One benchmark measurement in its own process: one pair, one method.
+
+    python -m DeepLungRegLib.benchmark.worker SPEC.json METHOD DEVICE OUT.json
+
+Running each method in a fresh process makes the peak memory that method's
+own, and a crash loses only that row. The pair is read (timed as IO), the lung
+masks found where the pair has none (timed apart), the method or baseline run
+(timed alone), and the field scored.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def load_pair(spec: dict):
+    """``(fixed, moving, fixed_mask, moving_mask, fixed_points, moving_points, ground_truth_pair)`` of a spec."""
+    from ..errors import DeepLungRegError
+
+    kind = spec.get("kind")
+    if kind == "simulated":
+        from ..simulation import read_pair
+
+        p = read_pair(spec["path"])
+        return p.fixed, p.moving, p.fixed_mask, p.moving_mask, p.fixed_landmarks, p.moving_landmarks, p
+    if kind == "dirlab":
+        from .dirlab import dirlab_files, load_dirlab_case
+
+        files = dirlab_files(spec["root"], int(spec["case"]), spec.get("dataset", "4dct"))
+        f, m, fp, mp = load_dirlab_case(files, fixed=spec.get("fixed", "inhale"))
+        return f, m, None, None, fp, mp, None
+    raise DeepLungRegError(f"benchmark: unknown pair kind {kind!r}")
+
+
+def measure(spec: dict, method: str, device: str = "auto") -> dict:
+    """Run ``method`` (a registered method or a baseline) on the pair of ``spec`` and score it."""
+    import torch
+
+    from ..evaluation import evaluate_field, field_quality
+    from ..methods import available_methods, register
+    from ..metrics import dice, tre, tre_summary
+    from ..segmentation import lung_mask
+    from ..transforms.warp import warp_image
+    from .baselines import run_baseline
+
+    t0 = time.perf_counter()
+    fixed, moving, fmask, mmask, fp, mp, gt = load_pair(spec)
+    io_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if fmask is None:
+        fmask, mmask = lung_mask(fixed), lung_mask(moving)
+    masks_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if method in available_methods():
+        res = register(fixed, moving, method, fixed_mask=fmask, moving_mask=mmask, device=device)
+        field, diag = res.field, res.diagnostics
+    else:
+        out = run_baseline(method, fixed, moving, fmask, mmask, device=device)
+        field, diag = out.field, out.diagnostics
+    reg_s = time.perf_counter() - t0
+    g = fixed.geometry
+    if gt is not None:
+        row = evaluate_field(gt, field, g)
+    else:
+        lung = np.asarray(fmask.array, bool)
+        _, jstats = field_quality(field, g, lung)
+        warped = warp_image(mmask.with_array(mmask.array.astype(np.uint8)), field, g, mode="nearest").array
+        row = {"tre_before": tre_summary(tre(fp, mp)).to_dict(),
+               "tre_after": tre_summary(tre(fp, mp, field, g)).to_dict(),
+               "lung_dice_before": dice(lung.astype(np.uint8), mmask.array.astype(np.uint8), [1])[1],
+               "lung_dice_after": dice(lung.astype(np.uint8), warped, [1])[1], **jstats}
+    row["tre_after_per_landmark"] = np.round(tre(fp, mp, field, g), 4).tolist()
+    row["tre_before_per_landmark"] = np.round(tre(fp, mp), 4).tolist()
+    row.update(io_s=round(io_s, 3), masks_s=round(masks_s, 3), registration_s=round(reg_s, 3),
+               peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+               device=str(diag.get("device", device)))
+    if torch.cuda.is_available() and str(row["device"]).startswith("cuda"):
+        row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 4:
+        print("usage: python -m DeepLungRegLib.benchmark.worker SPEC.json METHOD DEVICE OUT.json", file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[0]).read_text())
+    row = measure(spec, argv[1], argv[2])
+    Path(argv[3]).write_text(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

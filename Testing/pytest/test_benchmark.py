@@ -1,0 +1,147 @@
+"""DIR-Lab readers, the benchmark runner and the baselines' field conversions."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from DeepLungRegLib import DeepLungRegError
+from DeepLungRegLib.benchmark import dirlab
+from DeepLungRegLib.benchmark.dirlab import (
+    DIRLAB_4DCT, DIRLAB_4DCT_INITIAL_TRE, dirlab_files, find_cases, load_dirlab_case, read_dirlab_img,
+    read_dirlab_landmarks, write_dirlab_img,
+)
+from DeepLungRegLib.cli import main as cli
+
+
+def _write_case(root, files, rng, n=30, offset=0):
+    """Synthetic images in DIR-Lab's layout with a marker voxel at every landmark (1-based indices)."""
+    nx, ny, nz = files.size
+    idx_in = np.stack([rng.integers(1, nx + 1, n), rng.integers(1, ny + 1, n), rng.integers(1, nz + 1, n)], 1)
+    idx_ex = np.clip(idx_in + rng.integers(-3, 4, size=(n, 3)), 1, [nx, ny, nz])
+    for img_path, pts_path, idx, value in ((files.inhale_image, files.inhale_points, idx_in, 1000),
+                                           (files.exhale_image, files.exhale_points, idx_ex, 2000)):
+        arr = np.full((nz, ny, nx), offset - 900, np.int16)
+        arr[idx[:, 2] - 1, idx[:, 1] - 1, idx[:, 0] - 1] = value + offset
+        write_dirlab_img(arr, img_path)
+        pts_path.parent.mkdir(parents=True, exist_ok=True)
+        pts_path.write_text("\n".join(f"{i}\t{j}\t{k}" for i, j, k in idx) + "\n")
+    return idx_in, idx_ex
+
+
+def test_dirlab_4dct_layout_geometry_matches_landmarks(tmp_path):
+    rng = np.random.default_rng(0)
+    files = dirlab_files(tmp_path, 1, "4dct")
+    assert files.inhale_image == tmp_path / "Case1Pack" / "Images" / "case1_T00_s.img"
+    assert files.exhale_points == tmp_path / "Case1Pack" / "ExtremePhases" / "Case1_300_T50_xyz.txt"
+    idx_in, idx_ex = _write_case(tmp_path, files, rng)
+    fixed, moving, fp, mp = load_dirlab_case(files)
+    assert fixed.geometry.size == DIRLAB_4DCT[1][0] and fixed.geometry.spacing == DIRLAB_4DCT[1][1]
+    assert fixed.array.shape == (94, 256, 256) and fixed.array.dtype == np.int16
+    # Landmark mm = (index - 1) * spacing, and the image holds its marker exactly there.
+    assert np.allclose(fp, (idx_in - 1) * np.array(DIRLAB_4DCT[1][1]))
+    for img, pts, value in ((fixed, fp, 1000), (moving, mp, 2000)):
+        ijk = np.round(img.geometry.world_to_index(pts)).astype(int)
+        assert np.allclose(img.geometry.world_to_index(pts), ijk, atol=1e-9)
+        assert np.all(img.array[ijk[:, 2], ijk[:, 1], ijk[:, 0]] == value)
+    # Exhale as fixed swaps images and points.
+    f2, m2, fp2, mp2 = load_dirlab_case(files, fixed="exhale")
+    assert np.array_equal(f2.array, moving.array) and np.array_equal(fp2, mp) and np.array_equal(mp2, fp)
+    assert [c.case for c in find_cases(tmp_path, "4dct")] == [1]
+
+
+def test_dirlab_copd_layout_and_hu_offset(tmp_path, monkeypatch):
+    monkeypatch.setitem(dirlab.DIRLAB_COPD, 3, ((40, 32, 12), (0.652, 0.652, 2.5)))
+    files = dirlab_files(tmp_path, 3, "copd")
+    assert files.inhale_image == tmp_path / "copd3" / "copd3_iBHCT.img"
+    assert files.exhale_points == tmp_path / "copd3" / "copd3_300_eBH_xyz_r1.txt"
+    _write_case(tmp_path, files, np.random.default_rng(1), n=10, offset=1024)  # stored as HU + 1024
+    fixed, moving, fp, mp = load_dirlab_case(files)
+    assert fixed.array.min() == -900 and fixed.array.max() == 1000  # the offset is removed
+    assert read_dirlab_img(files.inhale_image, files.size, files.spacing, hu_offset=0).array.min() == 124
+
+
+def test_dirlab_errors_name_the_problem(tmp_path):
+    files = dirlab_files(tmp_path, 2, "4dct")
+    with pytest.raises(DeepLungRegError, match="does not exist"):
+        read_dirlab_img(files.inhale_image, files.size, files.spacing)
+    write_dirlab_img(np.zeros((5, 5, 5), np.int16), files.inhale_image)
+    with pytest.raises(DeepLungRegError, match="250 bytes.*wrong case"):
+        read_dirlab_img(files.inhale_image, files.size, files.spacing)
+    with pytest.raises(DeepLungRegError, match="case 11 does not exist"):
+        dirlab_files(tmp_path, 11)
+    with pytest.raises(DeepLungRegError, match="unknown dataset"):
+        dirlab_files(tmp_path, 1, "ct")
+
+
+def test_initial_tre_of_the_real_dirlab_landmarks_matches_the_paper(shared_data):
+    """Paper 002, Table 1, 'Initial' column, to 0.01 mm (mean and standard deviation)."""
+    cases = find_cases(shared_data / "dirlab4dct", "4dct", need_images=False)
+    assert [c.case for c in cases] == list(range(1, 11))
+    for files in cases:
+        a, b = read_dirlab_landmarks(files)
+        err = np.linalg.norm(a - b, axis=1)
+        mean, std = DIRLAB_4DCT_INITIAL_TRE[files.case]
+        assert len(err) == 300
+        assert abs(err.mean() - mean) <= 0.005 + 1e-9, (files.case, err.mean(), mean)
+        assert abs(err.std() - std) <= 0.005 + 1e-9, (files.case, err.std(), std)
+
+
+def test_copd_landmarks_read(shared_data):
+    files = dirlab_files(shared_data / "dirlabcopd", 1, "copd")
+    a, b = read_dirlab_landmarks(files)
+    assert a.shape == (300, 3) and 20 < np.linalg.norm(a - b, axis=1).mean() < 35  # COPD motion is large
+
+
+def test_benchmark_command_end_to_end(tmp_path, sample_path, capsys):
+    out = tmp_path / "bench"
+    rc = cli(["benchmark", "--methods", "affine", "--simulated", str(sample_path), "--amplitudes", "small,large",
+              "--spacing", "5", "--quick", "-o", str(out), "-q"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert len(rows) == 1 and rows[0]["method"] == "affine" and rows[0]["pair"].startswith("popi00_demo_small_s1")
+    r = rows[0]
+    assert float(r["tre_after_mean"]) < float(r["tre_before_mean"]) and float(r["registration_s"]) > 0
+    assert float(r["peak_rss_mb"]) > 50 and r["error"] == ""
+    md = (out / "results.md").read_text()
+    assert "| Pair | Initial | affine |" in md and "All landmarks" in md
+    assert (out / "tre_boxplot.png").stat().st_size > 5000
+    raw = json.loads((out / "results.json").read_text())
+    assert len(next(iter(raw.values()))["tre_after_per_landmark"]) == int(r["n_landmarks"])
+    # Refuses to overwrite; a rerun with --overwrite reuses the simulated pair.
+    assert cli(["benchmark", "--methods", "affine", "--pairs", str(next((out / "pairs").iterdir())), "-o", str(out), "-q"]) == 2
+    assert "already holds results.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--methods", "nope", "--pairs", "x"], "not a simulated pair folder"),
+    (["--methods", "affine"], "exactly one of"),
+    (["--methods", "affine", "--dirlab", "/nonexistent"], "is not a folder"),
+])
+def test_benchmark_command_errors(tmp_path, capsys, argv, match):
+    assert cli(["benchmark", *argv, "-o", str(tmp_path / "o")]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_benchmark_rejects_unknown_methods(tmp_path, sample_path):
+    from DeepLungRegLib.benchmark.runner import run_benchmark
+
+    with pytest.raises(DeepLungRegError, match="unknown method"):
+        run_benchmark([{"kind": "simulated", "path": str(tmp_path), "name": "x"}], ["nope"], tmp_path)
+
+
+@pytest.mark.parametrize("name, module", [("convexadam", "convexAdam"), ("elastix", "itk")])
+def test_baseline_field_conversion_on_a_known_translation(sample_path, name, module):
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"baseline {name} is not installed (optional: pip install 'DeepLungRegLib[bench]')")
+    from DeepLungRegLib import read_image
+    from DeepLungRegLib.benchmark.baselines import check_conversion
+    from DeepLungRegLib.transforms import resample_to_spacing
+
+    image = resample_to_spacing(read_image(sample_path), 5.0, fill=-1024.0)
+    check = check_conversion(name, image, shift_mm=(5.0, -4.0, 6.0), device="cpu")
+    assert check["error_mm"] < 2.5
