@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-quick clean
 
 $(BIN)/deeplungreg: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,19 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -ra Testing/pytest
 
+# Every method and both external baselines on small and large pairs simulated from
+# two real CTs in ../shared/data (about an hour on 2 CPU cores); table in bench-output/latest.
+DATA ?= ../shared/data
+BENCH_ARGS = --methods all --baselines convexadam,elastix \
+	--simulated $(DATA)/popi/popi00.nrrd $(DATA)/pyradiomics/lung1_image.nrrd --amplitudes small,large --seeds 1
+
 bench: setup
-	$(BIN)/python benchmarks/bench_adam.py
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/deeplungreg benchmark $(BENCH_ARGS) -o bench-output/latest --overwrite
+
+bench-quick: setup
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/deeplungreg benchmark $(BENCH_ARGS) --quick -o bench-output/quick --overwrite
 
 clean:
 	rm -rf $(VENV) demo-output bench-output *.egg-info

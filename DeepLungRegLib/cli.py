@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("benchmark", help="compare methods and baselines on simulated or DIR-Lab pairs")
     s.add_argument("--methods", default="all", help="comma-separated registered methods, or 'all' (default)")
-    s.add_argument("--baselines", default="", help="comma-separated: convexadam, convexadam-tuned, elastix (pip install 'DeepLungRegLib[bench]')")
+    s.add_argument("--baselines", default="", help="comma-separated: convexadam, elastix (pip install 'DeepLungRegLib[bench]')")
     src = s.add_argument_group("pairs (exactly one)")
     src.add_argument("--simulated", nargs="+", metavar="CT", help="simulate pairs from these CT files")
     src.add_argument("--pairs", nargs="+", metavar="PAIRDIR", help="simulated pair folders from 'deeplungreg simulate'")

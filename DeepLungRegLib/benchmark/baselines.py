@@ -10,6 +10,7 @@ any number is reported.
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -61,11 +62,8 @@ def _field_to_grid(field: np.ndarray, src: Geometry, dst: Geometry) -> np.ndarra
 
 
 # ------------------------------------------------------------------ ConvexAdam
-#: ConvexAdam's own defaults (its convex_adam_pt), and the setting tuned for our lung pairs.
-CONVEXADAM_SETTINGS = {
-    "default": {},
-    "tuned": {"lambda_weight": 1.25, "grid_sp": 4, "disp_hw": 6, "selected_niter": 80, "grid_sp_adam": 2, "selected_smooth": 5},
-}
+#: ConvexAdam's own defaults (its convex_adam_pt). A tuned setting needs a search (not done yet).
+CONVEXADAM_SETTINGS = {"default": {}}
 
 
 def run_convexadam(fixed: Image, moving: Image, fixed_mask=None, moving_mask=None, *, device: str = "auto",
@@ -144,11 +142,12 @@ def run_elastix(fixed: Image, moving: Image, fixed_mask=None, moving_mask=None, 
         dil = ndimage.binary_dilation(np.asarray(fixed_mask.array, bool), iterations=grow)
         kwargs["fixed_mask"] = _to_itk(Image(dil.astype(np.uint8), fixed.geometry), np.uint8)
     t0 = time.perf_counter()
-    _, params = itk.elastix_registration_method(f, m, parameter_object=elastix_parameters(bspline_spacing_mm, iterations),
-                                                log_to_console=False, **kwargs)
-    field = itk.transformix_deformation_field(m, params)
+    with tempfile.TemporaryDirectory(prefix="deeplungreg-elastix-") as tmp:  # transformix writes its field file there
+        _, params = itk.elastix_registration_method(f, m, parameter_object=elastix_parameters(bspline_spacing_mm, iterations),
+                                                    log_to_console=False, **kwargs)
+        field = itk.transformix_deformation_field(m, params, output_directory=tmp, log_to_console=False)
+        u = np.array(itk.array_from_image(field), dtype=np.float32)
     seconds = time.perf_counter() - t0
-    u = np.asarray(itk.array_from_image(field), dtype=np.float32)
     if u.shape != (*fixed.geometry.shape, 3):
         raise DeepLungRegError(f"elastix: transformix returned a field of shape {u.shape}, expected {(*fixed.geometry.shape, 3)}")
     return BaselineResult(u, {"device": "cpu", "bspline_spacing_mm": bspline_spacing_mm, "elastix_s": seconds})
@@ -156,7 +155,6 @@ def run_elastix(fixed: Image, moving: Image, fixed_mask=None, moving_mask=None, 
 
 RUNNERS: dict[str, Callable[..., BaselineResult]] = {
     "convexadam": run_convexadam,
-    "convexadam-tuned": lambda *a, **k: run_convexadam(*a, setting="tuned", **k),
     "elastix": run_elastix,
 }
 

@@ -66,7 +66,7 @@ def simulated_specs(cts: list[str], amplitudes: list[str], seeds: list[int], out
                     if progress:
                         progress(f"simulating {d.name}")
                     write_pair(simulate_breathing(ct, amplitude=amp, seed=seed), d, overwrite=True, source=str(ct_path))
-                specs.append({"kind": "simulated", "path": str(d), "name": d.name})
+                specs.append({"kind": "simulated", "path": str(d.resolve()), "name": d.name})
     return specs
 
 
@@ -77,7 +77,7 @@ def pairdir_specs(paths: list[str]) -> list[dict]:
         p = Path(p)
         if not (p / "simulation.json").exists():
             raise DeepLungRegError(f"benchmark: {p} is not a simulated pair folder (no simulation.json); make one with 'deeplungreg simulate'")
-        out.append({"kind": "simulated", "path": str(p), "name": p.name})
+        out.append({"kind": "simulated", "path": str(p.resolve()), "name": p.name})
     return out
 
 
@@ -91,7 +91,7 @@ def dirlab_specs(root: str, dataset: str, cases: list[int] | None = None, fixed:
     if not found:
         what = "CaseNPack/Images/caseN_T00_s.img" if dataset == "4dct" else "copdN/copdN_iBHCT.img"
         raise DeepLungRegError(f"benchmark: no DIR-Lab {dataset} case with images and landmarks under {root} (expected {what})")
-    return [{"kind": "dirlab", "root": str(root), "case": f.case, "dataset": dataset, "fixed": fixed,
+    return [{"kind": "dirlab", "root": str(Path(root).resolve()), "case": f.case, "dataset": dataset, "fixed": fixed,
              "name": f"{f.name}{'' if fixed == 'inhale' else '-exhale-fixed'}"} for f in found]
 
 
@@ -162,8 +162,9 @@ def run_benchmark(
             say(f"{method} on {spec['name']}")
             t0 = time.perf_counter()
             try:
-                proc = subprocess.run([sys.executable, "-m", "DeepLungRegLib.benchmark.worker", str(spec_path), method, device,
-                                       str(out_path)], capture_output=True, text=True, timeout=timeout_s, env=env)
+                proc = subprocess.run([sys.executable, "-m", "DeepLungRegLib.benchmark.worker", str(spec_path.resolve()), method, device,
+                                       str(out_path.resolve())], capture_output=True, text=True, timeout=timeout_s, env=env,
+                                      cwd=work)
                 if proc.returncode != 0 or not out_path.exists():
                     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
                     r = {"error": f"exit {proc.returncode}: {tail}"}

@@ -19,3 +19,27 @@ def diffusion(field: torch.Tensor, spacing_zyx: tuple[float, float, float]) -> t
     dy = (field[:, :, 1:] - field[:, :, :-1]) / spacing_zyx[1]
     dx = (field[:, :, :, 1:] - field[:, :, :, :-1]) / spacing_zyx[2]
     return dz.pow(2).mean() * 3 + dy.pow(2).mean() * 3 + dx.pow(2).mean() * 3
+
+
+def jacobian_determinant_torch(field: torch.Tensor, index_to_world: torch.Tensor) -> torch.Tensor:
+    """Jacobian determinant of ``x -> x + u(x)`` by central differences (differentiable).
+
+    Args:
+        field: ``(N, Z, Y, X, 3)`` displacement in mm along the world axes.
+        index_to_world: ``(3, 3)`` matrix ``D diag(spacing)`` of the grid (columns: i, j, k axes).
+
+    Returns:
+        ``(N, Z-2, Y-2, X-2)`` determinants at the interior voxels.
+    """
+    gk = (field[:, 2:, 1:-1, 1:-1] - field[:, :-2, 1:-1, 1:-1]) / 2  # d u / d k
+    gj = (field[:, 1:-1, 2:, 1:-1] - field[:, 1:-1, :-2, 1:-1]) / 2
+    gi = (field[:, 1:-1, 1:-1, 2:] - field[:, 1:-1, 1:-1, :-2]) / 2
+    g_idx = torch.stack([gi, gj, gk], dim=-1)  # (..., 3 components, 3 index axes)
+    grad = g_idx @ torch.linalg.inv(index_to_world).to(field.dtype)
+    eye = torch.eye(3, dtype=field.dtype, device=field.device)
+    return torch.linalg.det(eye + grad)
+
+
+def folding_penalty(field: torch.Tensor, index_to_world: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
+    """Mean of ``relu(margin - J)^2``: zero where the map keeps volume above ``margin``, growing as it folds."""
+    return torch.relu(margin - jacobian_determinant_torch(field, index_to_world)).pow(2).mean()

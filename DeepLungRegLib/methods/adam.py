@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DeepLungRegError
-from ..losses import diffusion, masked_mse
+from ..losses import diffusion, folding_penalty, masked_mse
 from ..transforms.fields import affine_to_field
 from .affine import AffineConfig, estimate_affine
 from .base import MethodConfig, RunContext, check_range, register_method
@@ -70,6 +70,65 @@ class AdamConfig(MethodConfig):
         check_range("AdamConfig", "margin_mm", self.margin_mm, 0.0, 200.0)
 
 
+def instance_optimise(fixed, moving, fixed_mask, fr, mr, current: torch.Tensor, current_geom, levels_mm, iterations,
+                      learning_rates, config, ctx: RunContext, progress_span=(0.2, 1.0), label: str = "adam",
+                      residual: bool = False, folding_weight: float = 0.0):
+    """Dense Adam optimisation of a displacement grid, coarse to fine, from an initial field.
+
+    Args:
+        fr, mr: fixed and moving working regions.
+        current: ``(1, Z, Y, X, 3)`` initial field (mm, LPS) on ``current_geom``.
+        levels_mm, iterations, learning_rates: one entry per level.
+        config: supplies ``smoothing_passes``, ``regularisation``, ``mind_radius``,
+            ``mind_dilation`` and ``mask_dilation_mm``.
+        residual: optimise a smoothed update on top of the (unsmoothed) initial field and
+            regularise only the update, so that sharp motion in the initial field (e.g.
+            sliding from keypoint correspondences) survives; otherwise the whole grid is
+            smoothed and regularised (adam's own formulation).
+        folding_weight: weight of :func:`~DeepLungRegLib.losses.folding_penalty` on the whole field.
+
+    Returns:
+        ``(field (1, Z, Y, X, 3), its geometry, per-level losses)``.
+    """
+    dev, dt = ctx.device, ctx.dtype
+    lo, hi = progress_span
+    level_losses = []
+    n = len(levels_mm)
+    for li, (sp, iters, lr) in enumerate(zip(levels_mm, iterations, learning_rates)):
+        with ctx.stage(f"features_{sp:g}mm"):
+            lv = make_level(fixed, moving, fr, mr, fixed_mask, sp, config.mind_radius, config.mind_dilation, config.mask_dilation_mm, dev, dt)
+            init = resample_field(current, current_geom, lv.fixed_geom)
+        spacing_zyx = lv.fixed_geom.spacing[::-1]
+        to_world = torch.as_tensor(lv.fixed_geom.index_to_world_matrix[:3, :3], device=dev, dtype=dt)
+        base = init.permute(0, 4, 1, 2, 3)
+        disp = (torch.zeros_like(base) if residual else base.clone()).requires_grad_(True)  # (1, 3, Z, Y, X)
+        opt = torch.optim.Adam([disp], lr=lr)
+        sim = reg = torch.zeros(())
+        with ctx.stage(f"optimise_{sp:g}mm"):
+            for it in range(int(iters)):
+                ctx.check_cancel()
+                opt.zero_grad()
+                update = smooth3(disp, config.smoothing_passes).permute(0, 2, 3, 4, 1)
+                field = init + update if residual else update
+                sim = masked_mse(lv.fixed_feat, lv.sampler(lv.moving_feat, field), lv.weight)
+                reg = diffusion(update if residual else field, spacing_zyx)
+                loss = sim + config.regularisation * reg
+                if folding_weight > 0:
+                    loss = loss + folding_weight * folding_penalty(field, to_world)
+                loss.backward()
+                opt.step()
+                if it % 5 == 0:
+                    ctx.progress(f"{label} {sp:g} mm", lo + (hi - lo) * (li + it / max(iters, 1)) / n)
+        with torch.no_grad():
+            current = smooth3(disp, config.smoothing_passes).permute(0, 2, 3, 4, 1).detach()
+            if residual:
+                current = init + current
+        current_geom = lv.fixed_geom
+        level_losses.append({"level_mm": sp, "grid": list(lv.fixed_geom.size), "similarity": float(sim.detach()),
+                             "regulariser": float(reg.detach())})
+    return current, current_geom, level_losses
+
+
 @register_method("adam", "Dense Adam instance optimisation on MIND-SSC, coarse to fine, lung-mask aware (talk 003)", AdamConfig)
 def run_adam(fixed, moving, fixed_mask, moving_mask, config: AdamConfig, ctx: RunContext):
     dev, dt = ctx.device, ctx.dtype
@@ -83,32 +142,8 @@ def run_adam(fixed, moving, fixed_mask, moving_mask, config: AdamConfig, ctx: Ru
         current = torch.as_tensor(affine_to_field(mat, fr), device=dev, dtype=dt)[None]
     else:
         current = torch.zeros((1, *fr.shape, 3), device=dev, dtype=dt)
-    current_geom = fr
-    level_losses = []
-    n = len(config.levels_mm)
-    for li, (sp, iters, lr) in enumerate(zip(config.levels_mm, config.iterations, config.learning_rates)):
-        with ctx.stage(f"features_{sp:g}mm"):
-            lv = make_level(fixed, moving, fr, mr, fixed_mask, sp, config.mind_radius, config.mind_dilation, config.mask_dilation_mm, dev, dt)
-            init = resample_field(current, current_geom, lv.fixed_geom)
-        spacing_zyx = lv.fixed_geom.spacing[::-1]
-        disp = init.permute(0, 4, 1, 2, 3).clone().requires_grad_(True)  # (1, 3, Z, Y, X)
-        opt = torch.optim.Adam([disp], lr=lr)
-        with ctx.stage(f"optimise_{sp:g}mm"):
-            for it in range(int(iters)):
-                ctx.check_cancel()
-                opt.zero_grad()
-                field = smooth3(disp, config.smoothing_passes).permute(0, 2, 3, 4, 1)
-                sim = masked_mse(lv.fixed_feat, lv.sampler(lv.moving_feat, field), lv.weight)
-                reg = diffusion(field, spacing_zyx)
-                loss = sim + config.regularisation * reg
-                loss.backward()
-                opt.step()
-                if it % 5 == 0:
-                    ctx.progress(f"adam {sp:g} mm", 0.2 + 0.8 * (li + it / max(iters, 1)) / n)
-        with torch.no_grad():
-            current = smooth3(disp, config.smoothing_passes).permute(0, 2, 3, 4, 1).detach()
-        current_geom = lv.fixed_geom
-        level_losses.append({"level_mm": sp, "grid": list(lv.fixed_geom.size), "similarity": float(sim.detach()), "regulariser": float(reg.detach())})
+    current, current_geom, level_losses = instance_optimise(
+        fixed, moving, fixed_mask, fr, mr, current, fr, config.levels_mm, config.iterations, config.learning_rates, config, ctx)
     with ctx.stage("upsample"), torch.no_grad():
         full = resample_field(current, current_geom, fixed.geometry)
     diag["levels"] = level_losses

@@ -135,7 +135,7 @@ def test_benchmark_rejects_unknown_methods(tmp_path, sample_path):
 
 
 @pytest.mark.parametrize("name, module", [("convexadam", "convexAdam"), ("elastix", "itk")])
-def test_baseline_field_conversion_on_a_known_translation(sample_path, name, module):
+def test_baseline_field_conversion_on_a_known_translation(sample_path, name, module, tmp_path, monkeypatch):
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"baseline {name} is not installed (optional: pip install 'DeepLungRegLib[bench]')")
     from DeepLungRegLib import read_image
@@ -143,5 +143,7 @@ def test_baseline_field_conversion_on_a_known_translation(sample_path, name, mod
     from DeepLungRegLib.transforms import resample_to_spacing
 
     image = resample_to_spacing(read_image(sample_path), 5.0, fill=-1024.0)
+    monkeypatch.chdir(tmp_path)
     check = check_conversion(name, image, shift_mm=(5.0, -4.0, 6.0), device="cpu")
     assert check["error_mm"] < 2.5
+    assert list(tmp_path.iterdir()) == []  # nothing left behind in the working folder

@@ -1,0 +1,382 @@
+"""Method ``embed``: keypoint displacement embeddings for large lung motion (paper 000).
+
+1. Affine pre-alignment (the ``affine`` method); the moving image is resampled
+   through it onto the fixed feature grid.
+2. Förstner keypoints in the fixed lung (non-maximum suppression, minimum distance).
+3. MIND-SSC features of both images on a grid of ``feature_spacing_mm``.
+4. Discrete search: for every keypoint the fixed feature patch is compared
+   (SSD) with the moving patch at every displacement of a dense 3D set
+   (``search_range_mm`` wide in steps of ``search_step_mm``: 21^3 = 9261 by
+   default), computed as one grouped 3D correlation per chunk of keypoints.
+5. Embedding: each keypoint's cost map is projected onto the leading principal
+   components of all cost maps (``torch.pca_lowrank``), or kept raw.
+6. Regularisation: diffusion on the kNN keypoint graph in embedding space,
+   ``Z <- (I + lambda L)^-1 Z`` with the graph Laplacian ``L``; the costs are
+   reconstructed and a soft-argmin gives sub-voxel displacements.
+7. Densification by regularised thin-plate splines (``scipy``'s
+   ``RBFInterpolator``) or Gaussian scattered-data interpolation.
+8. Optional refinement by the ``adam`` instance optimisation (the default: "embed+io").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+from scipy import sparse
+from scipy.interpolate import RBFInterpolator
+from scipy.sparse.linalg import splu
+from scipy.spatial import cKDTree
+
+from ..errors import DeepLungRegError
+from ..features import mind_ssc
+from ..geometry import Geometry
+from ..io.images import Image
+from ..keypoints import foerstner_keypoints
+from ..transforms.fields import affine_to_field
+from ..transforms.resample import resample_to_geometry
+from ..transforms.warp import warp_image
+from .adam import instance_optimise
+from .affine import AffineConfig, estimate_affine
+from .base import MethodConfig, RunContext, check_range, register_method
+from .common import level_geometry, normalise_ct, region_geometry, resample_field
+
+
+@dataclass(frozen=True)
+class EmbedConfig(MethodConfig):
+    """Options of ``embed``.
+
+    Attributes:
+        keypoints: maximal number of Förstner keypoints in the fixed lung.
+        keypoint_distance_mm: minimal distance between keypoints.
+        feature_spacing_mm: grid spacing of the MIND-SSC features (half resolution of a 1 mm CT).
+        search_range_mm: full width of the displacement search per axis (after affine alignment).
+        search_step_mm: step of the displacement search (a multiple of the feature spacing).
+        patch_radius: radius in feature voxels of the compared patches.
+        embedding: "pca" (project cost maps on principal components) or "none" (raw costs).
+        components: number of principal components (the paper uses 256 and 512).
+        graph_neighbours: neighbours per keypoint in the kNN graph.
+        graph_smoothing: weight lambda of the graph-Laplacian diffusion (0: none).
+        temperature: soft-argmin temperature relative to the spread of each cost map.
+        outlier_mm: a keypoint whose displacement differs from the median of its graph
+            neighbours by more than this is replaced by that median (0: off).
+        densify: "tps" (regularised thin-plate spline) or "gaussian" (scattered-data interpolation).
+        densify_smoothing: TPS smoothing, or Gaussian sigma in mm.
+        refine: refine with the adam instance optimisation ("embed+io").
+        refine_levels_mm, refine_iterations, refine_learning_rates: the refinement pyramid.
+        regularisation: diffusion weight of the refinement (on the update).
+        folding_weight: weight of the refinement's penalty on J below 0.1.
+        smoothing_passes: box-filter passes of the refinement grid.
+        mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels).
+        mask_dilation_mm: dilation of the fixed mask that weights the refinement.
+        margin_mm: margin of the working region around the masks.
+        chunk: keypoints per chunk of the discrete search (memory vs speed).
+    """
+
+    keypoints: int = 2000
+    keypoint_distance_mm: float = 4.0
+    feature_spacing_mm: float = 2.0
+    search_range_mm: float = 40.0
+    search_step_mm: float = 2.0
+    patch_radius: int = 1
+    embedding: str = "none"
+    components: int = 64
+    graph_neighbours: int = 10
+    graph_smoothing: float = 2.0
+    temperature: float = 0.15
+    outlier_mm: float = 5.0
+    densify: str = "tps"
+    densify_smoothing: float = 2.0
+    refine: bool = True
+    refine_levels_mm: tuple[float, ...] = (4.0, 2.5)
+    refine_iterations: tuple[int, ...] = (50, 40)
+    refine_learning_rates: tuple[float, ...] = (0.4, 0.25)
+    regularisation: float = 1.0
+    folding_weight: float = 10.0
+    smoothing_passes: int = 2
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    mask_dilation_mm: float = 10.0
+    margin_mm: float = 20.0
+    chunk: int = 128
+
+    def validate(self) -> None:
+        c = "EmbedConfig"
+        check_range(c, "keypoints", self.keypoints, 10, 20000)
+        check_range(c, "keypoint_distance_mm", self.keypoint_distance_mm, 0.5, 50.0)
+        check_range(c, "feature_spacing_mm", self.feature_spacing_mm, 0.5, 16.0)
+        check_range(c, "search_range_mm", self.search_range_mm, 1.0, 120.0)
+        check_range(c, "search_step_mm", self.search_step_mm, 0.5, 16.0)
+        check_range(c, "patch_radius", self.patch_radius, 0, 4)
+        if self.embedding not in ("pca", "none"):
+            raise DeepLungRegError(f"EmbedConfig: embedding must be 'pca' or 'none', got {self.embedding!r}")
+        check_range(c, "components", self.components, 2, 4096)
+        check_range(c, "graph_neighbours", self.graph_neighbours, 1, 100)
+        check_range(c, "graph_smoothing", self.graph_smoothing, 0.0, 1000.0)
+        check_range(c, "temperature", self.temperature, 1e-4, 10.0)
+        if self.densify not in ("tps", "gaussian"):
+            raise DeepLungRegError(f"EmbedConfig: densify must be 'tps' or 'gaussian', got {self.densify!r}")
+        check_range(c, "densify_smoothing", self.densify_smoothing, 0.0, 1000.0)
+        n = len(self.refine_levels_mm)
+        if len(self.refine_iterations) != n or len(self.refine_learning_rates) != n:
+            raise DeepLungRegError("EmbedConfig: refine_levels_mm, refine_iterations and refine_learning_rates must have equal length")
+        check_range(c, "regularisation", self.regularisation, 0.0, 1e4)
+        check_range(c, "folding_weight", self.folding_weight, 0.0, 1e6)
+        check_range(c, "outlier_mm", self.outlier_mm, 0.0, 100.0)
+        check_range(c, "smoothing_passes", self.smoothing_passes, 0, 10)
+        check_range(c, "mind_radius", self.mind_radius, 0, 4)
+        check_range(c, "mind_dilation", self.mind_dilation, 1, 6)
+        check_range(c, "margin_mm", self.margin_mm, 0.0, 200.0)
+        check_range(c, "mask_dilation_mm", self.mask_dilation_mm, 0.0, 100.0)
+        check_range(c, "chunk", self.chunk, 1, 4096)
+        steps = self.search_range_mm / self.search_step_mm
+        if steps > 40:
+            raise DeepLungRegError(f"EmbedConfig: search_range_mm / search_step_mm = {steps:.0f} steps per axis is too many (at most 40)")
+
+
+# ------------------------------------------------------------------ pieces
+def displacement_offsets(radius: int, step: int) -> np.ndarray:
+    """All integer offsets ``(D, 3)`` in ``(z, y, x)`` feature voxels, ``{-radius..radius}^3 * step``, z slowest."""
+    r = np.arange(-radius, radius + 1) * step
+    zz, yy, xx = np.meshgrid(r, r, r, indexing="ij")
+    return np.stack([zz.ravel(), yy.ravel(), xx.ravel()], 1)
+
+
+def keypoint_costs(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, kp_zyx: np.ndarray, radius: int, step: int,
+                   patch_radius: int, chunk: int = 128, progress=None) -> torch.Tensor:
+    """SSD between each keypoint's fixed patch and the moving patches at all displacements.
+
+    Args:
+        fixed_feat, moving_feat: ``(1, C, Z, Y, X)`` features on the same grid.
+        kp_zyx: ``(K, 3)`` integer voxel indices of the keypoints.
+        radius, step: displacements ``{-radius..radius}^3 * step`` voxels.
+        patch_radius: patch of ``(2 r + 1)^3`` voxels.
+
+    Returns:
+        ``(K, D)`` mean squared feature differences, D = ``(2 radius + 1)^3`` in
+        the order of :func:`displacement_offsets`.
+    """
+    _, c, z, y, x = fixed_feat.shape
+    pr, reach = patch_radius, radius * step
+    pad = reach + pr
+    mp = F.pad(moving_feat, (pad,) * 6, mode="replicate")[0]  # (C, Zp, Yp, Xp)
+    fp = F.pad(fixed_feat, (pr,) * 6, mode="replicate")[0]
+    win = 2 * pad + 1
+    kw = 2 * pr + 1
+    n = 2 * radius + 1
+    ar_w = torch.arange(win, device=mp.device)
+    ar_k = torch.arange(kw, device=mp.device)
+    out = torch.empty((len(kp_zyx), n ** 3), device=mp.device, dtype=torch.float32)
+    kp = torch.as_tensor(kp_zyx, device=mp.device, dtype=torch.long)
+    norm = float(c * kw ** 3)
+    for s in range(0, len(kp), chunk):
+        k = kp[s:s + chunk]
+        kc = len(k)
+        # windows of the moving features around each keypoint (padded coordinates start at kp)
+        zi = (k[:, 0, None] + ar_w)[:, :, None, None]
+        yi = (k[:, 1, None] + ar_w)[:, None, :, None]
+        xi = (k[:, 2, None] + ar_w)[:, None, None, :]
+        wins = mp[:, zi, yi, xi]  # (C, Kc, W, W, W)
+        wins = wins.permute(1, 0, 2, 3, 4).reshape(1, kc * c, win, win, win)
+        zk = (k[:, 0, None] + ar_k)[:, :, None, None]
+        yk = (k[:, 1, None] + ar_k)[:, None, :, None]
+        xk = (k[:, 2, None] + ar_k)[:, None, None, :]
+        patches = fp[:, zk, yk, xk].permute(1, 0, 2, 3, 4).contiguous()  # (Kc, C, kw, kw, kw)
+        cross = F.conv3d(wins, patches, stride=step, groups=kc)  # (1, Kc, n, n, n)
+        sq = (wins.view(kc, c, win, win, win) ** 2).sum(1, keepdim=True).transpose(0, 1)  # (1, Kc, W, W, W)
+        wsum = F.avg_pool3d(sq, kw, stride=step) * kw ** 3
+        fsum = (patches ** 2).sum((1, 2, 3, 4))
+        cost = (wsum - 2 * cross)[0].reshape(kc, -1) + fsum[:, None]
+        out[s:s + kc] = cost.float() / norm
+        if progress:
+            progress(min(1.0, (s + kc) / len(kp)))
+    return out
+
+
+def graph_laplacian(points: np.ndarray, neighbours: int) -> sparse.csr_matrix:
+    """Symmetric kNN graph Laplacian ``D - W`` with Gaussian weights, normalised to mean degree 1."""
+    k = min(neighbours, len(points) - 1)
+    if k < 1:
+        return sparse.csr_matrix((len(points), len(points)))
+    dist, idx = cKDTree(points).query(points, k + 1)
+    dist, idx = dist[:, 1:], idx[:, 1:]
+    sigma = float(np.median(dist)) or 1.0
+    w = np.exp(-(dist / sigma) ** 2)
+    rows = np.repeat(np.arange(len(points)), k)
+    wm = sparse.coo_matrix((w.ravel(), (rows, idx.ravel())), shape=(len(points),) * 2).tocsr()
+    wm = wm.maximum(wm.T)
+    deg = np.asarray(wm.sum(1)).ravel()
+    lap = sparse.diags(deg) - wm
+    return (lap / deg.mean()).tocsr()
+
+
+def graph_diffuse(values: np.ndarray, laplacian: sparse.csr_matrix, weight: float) -> np.ndarray:
+    """Solve ``(I + weight L) out = values`` column by column (diffusion on the graph)."""
+    if weight <= 0:
+        return values
+    a = (sparse.identity(laplacian.shape[0], format="csc") + weight * laplacian.tocsc()).tocsc()
+    return splu(a).solve(np.ascontiguousarray(values, dtype=np.float64)).astype(np.float32)
+
+
+def soft_argmin(costs: torch.Tensor, offsets_mm: torch.Tensor, temperature: float, n: int) -> torch.Tensor:
+    """Sub-voxel displacement ``(K, 3)``: a softmax-weighted mean over the 3x3x3 displacements around each argmin.
+
+    Args:
+        costs: ``(K, D)`` with ``D = n^3`` displacements in :func:`displacement_offsets` order.
+        offsets_mm: ``(D, 3)`` displacements in mm.
+        temperature: relative to each row's spread (median minus minimum cost).
+    """
+    k = costs.shape[0]
+    best = costs.argmin(1)
+    zi, yi, xi = best // (n * n), (best // n) % n, best % n
+    r = torch.arange(-1, 2, device=costs.device)
+    dz, dy, dx = torch.meshgrid(r, r, r, indexing="ij")
+    nz = (zi[:, None] + dz.reshape(1, -1)).clamp(0, n - 1)
+    ny = (yi[:, None] + dy.reshape(1, -1)).clamp(0, n - 1)
+    nx = (xi[:, None] + dx.reshape(1, -1)).clamp(0, n - 1)
+    nb = (nz * n + ny) * n + nx  # (K, 27)
+    local = costs.gather(1, nb)
+    lo = local.min(1, keepdim=True).values
+    spread = (costs.median(1, keepdim=True).values - costs.min(1, keepdim=True).values).clamp_min(1e-6)
+    p = torch.softmax(-(local - lo) / (temperature * spread), dim=1)
+    return (p[..., None] * offsets_mm[nb]).sum(1).reshape(k, 3)
+
+
+def densify_tps(points: np.ndarray, values: np.ndarray, geometry: Geometry, smoothing: float, chunk: int = 4000) -> np.ndarray:
+    """Thin-plate-spline interpolation of ``(K, 3)`` values onto ``geometry`` (``(Z, Y, X, 3)``)."""
+    rbf = RBFInterpolator(points, values, kernel="thin_plate_spline", smoothing=smoothing, degree=1)
+    xyz = geometry.world_coordinates().reshape(-1, 3)
+    out = np.empty((len(xyz), 3), np.float32)
+    for s in range(0, len(xyz), chunk):
+        out[s:s + chunk] = rbf(xyz[s:s + chunk])
+    return out.reshape(*geometry.shape, 3)
+
+
+def densify_gaussian(points: np.ndarray, values: np.ndarray, geometry: Geometry, sigma_mm: float) -> np.ndarray:
+    """Gaussian scattered-data interpolation (normalised convolution) of ``(K, 3)`` values onto ``geometry``."""
+    idx = np.round(geometry.world_to_index(points)).astype(int)
+    size = np.asarray(geometry.size)
+    ok = np.all((idx >= 0) & (idx < size), 1)
+    num = np.zeros((*geometry.shape, 3), np.float64)
+    den = np.zeros(geometry.shape, np.float64)
+    np.add.at(num, (idx[ok, 2], idx[ok, 1], idx[ok, 0]), values[ok])
+    np.add.at(den, (idx[ok, 2], idx[ok, 1], idx[ok, 0]), 1.0)
+    sig = [max(sigma_mm, 1e-3) / s for s in geometry.spacing[::-1]]
+    den = ndi.gaussian_filter(den, sig, mode="nearest")
+    out = np.stack([ndi.gaussian_filter(num[..., c], sig, mode="nearest") for c in range(3)], -1)
+    return (out / np.maximum(den, 1e-8)[..., None]).astype(np.float32)
+
+
+def reject_outliers(points: np.ndarray, disp: np.ndarray, neighbours: int, threshold_mm: float) -> tuple[np.ndarray, int]:
+    """Replace displacements ``(K, 3)`` that differ from their neighbours' median by more than ``threshold_mm``."""
+    if threshold_mm <= 0 or len(points) <= neighbours:
+        return disp, 0
+    _, idx = cKDTree(points).query(points, neighbours + 1)
+    med = np.median(disp[idx[:, 1:]], axis=1)
+    bad = np.linalg.norm(disp - med, axis=1) > threshold_mm
+    out = disp.copy()
+    out[bad] = med[bad]
+    return out, int(bad.sum())
+
+
+def _apply_affine(mat: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ mat[:3, :3].T + mat[:3, 3]
+
+
+# --------------------------------------------------------------------- method
+@register_method("embed", "Keypoint displacement embeddings: discrete search, PCA, graph regularisation, then Adam (paper 000)", EmbedConfig)
+def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: EmbedConfig, ctx: RunContext):
+    dev, dt = ctx.device, ctx.dtype
+    diag: dict = {}
+    fr = region_geometry(fixed, fixed_mask, config.margin_mm)
+    mr = region_geometry(moving, moving_mask, config.margin_mm)
+    with ctx.stage("affine"):
+        mat, adiag = estimate_affine(fixed, moving, fixed_mask, moving_mask, AffineConfig(precision=config.precision), ctx, (0.0, 0.15))
+    diag.update(adiag)
+
+    # Features on the fixed feature grid; the moving image goes through the affine first.
+    with ctx.stage("features"):
+        fg = level_geometry(fr, config.feature_spacing_mm)
+        f_img = resample_to_geometry(fixed.with_array(normalise_ct(fixed.array)), fg, smooth=True)
+        m_lv = resample_to_geometry(moving.with_array(normalise_ct(moving.array)), level_geometry(mr, config.feature_spacing_mm), smooth=True)
+        m_img = warp_image(m_lv, affine_to_field(mat, fg), fg, fill=0.0)
+        ft = torch.as_tensor(f_img.array, device=dev, dtype=dt)[None, None]
+        mt = torch.as_tensor(m_img.array, device=dev, dtype=dt)[None, None]
+        with torch.no_grad():
+            ff = mind_ssc(ft, config.mind_radius, config.mind_dilation)
+            mf = mind_ssc(mt, config.mind_radius, config.mind_dilation)
+    ctx.check_cancel()
+
+    with ctx.stage("keypoints"):
+        lung = None
+        if fixed_mask is not None:
+            lung = resample_to_geometry(fixed_mask.with_array(fixed_mask.array.astype(np.float32)), fg).array > 0.5
+            lung = ndi.binary_erosion(lung, iterations=1) if ndi.binary_erosion(lung, iterations=1).sum() > 100 else lung
+        kp_world = foerstner_keypoints(Image(f_img.array, fg), lung, count=config.keypoints,
+                                       min_distance_mm=config.keypoint_distance_mm, device=dev)
+        ijk = np.round(fg.world_to_index(kp_world)).astype(int)
+        kp_world = fg.index_to_world(ijk.astype(float))
+        kp_zyx = ijk[:, ::-1].copy()
+    if len(kp_zyx) < 10:
+        raise DeepLungRegError(f"embed: only {len(kp_zyx)} keypoints found in the fixed lung; check the mask")
+    diag["keypoints"] = int(len(kp_zyx))
+
+    step = max(1, int(round(config.search_step_mm / max(fg.spacing))))
+    radius = max(1, int(round(config.search_range_mm / 2 / (step * max(fg.spacing)))))
+    offsets = displacement_offsets(radius, step)  # (D, 3) zyx voxels
+    offsets_mm = (offsets[:, ::-1] * np.asarray(fg.spacing)) @ fg.direction_matrix.T  # world mm
+    diag["displacements"] = int(len(offsets))
+    diag["search_half_width_mm"] = float(radius * step * max(fg.spacing))
+    with ctx.stage("cost_volume"), torch.no_grad():
+        costs = keypoint_costs(ff, mf, kp_zyx, radius, step, config.patch_radius, config.chunk,
+                               lambda f: (ctx.check_cancel(), ctx.progress("discrete search", 0.15 + 0.35 * f)))
+
+    with ctx.stage("embedding"), torch.no_grad():
+        if config.embedding == "pca":
+            q = int(min(config.components, min(costs.shape) - 1))
+            mean = costs.mean(0, keepdim=True)
+            _, s, v = torch.pca_lowrank(costs, q=q, center=True, niter=3)
+            z = ((costs - mean) @ v).cpu().numpy()
+            total = float(((costs - mean) ** 2).sum())
+            diag["pca_components"] = q
+            diag["pca_variance_explained"] = round(float((s ** 2).sum()) / max(total, 1e-12), 4)
+        else:
+            z = costs.cpu().numpy()
+    ctx.progress("graph regularisation", 0.55)
+    with ctx.stage("graph_regularisation"):
+        lap = graph_laplacian(kp_world, config.graph_neighbours)
+        z = graph_diffuse(z, lap, config.graph_smoothing)
+    with ctx.stage("soft_argmin"), torch.no_grad():
+        zt = torch.as_tensor(z, device=costs.device, dtype=torch.float32)
+        rec = zt @ v.T.float() + mean if config.embedding == "pca" else zt
+        d = soft_argmin(rec, torch.as_tensor(offsets_mm, device=costs.device, dtype=torch.float32), config.temperature, 2 * radius + 1).cpu().numpy()
+        del costs, rec
+
+    d, diag["outliers_replaced"] = reject_outliers(kp_world, d, config.graph_neighbours, config.outlier_mm)
+    # Keypoint correspondences: p -> A (p + d); the deformable residual is interpolated densely.
+    target = _apply_affine(mat, kp_world + d)
+    residual = target - _apply_affine(mat, kp_world)
+    diag["keypoint_displacement_mm_mean"] = round(float(np.linalg.norm(target - kp_world, axis=1).mean()), 3)
+    with ctx.stage("densify"):
+        cg = level_geometry(fr, max(4.0, config.feature_spacing_mm))
+        if config.densify == "tps":
+            dense = densify_tps(kp_world, residual, cg, config.densify_smoothing)
+        else:
+            dense = densify_gaussian(kp_world, residual, cg, max(config.densify_smoothing, 2.0 * config.keypoint_distance_mm))
+        dense = dense + _apply_affine(mat, cg.world_coordinates().reshape(-1, 3)).reshape(dense.shape) - cg.world_coordinates()
+        current = torch.as_tensor(dense, device=dev, dtype=dt)[None]
+    ctx.progress("densified", 0.6)
+    current_geom = cg
+    if config.refine and len(config.refine_levels_mm):
+        current, current_geom, losses = instance_optimise(
+            fixed, moving, fixed_mask, fr, mr, current, cg, config.refine_levels_mm, config.refine_iterations,
+            config.refine_learning_rates, config, ctx, (0.6, 1.0), label="refine", residual=True,
+            folding_weight=config.folding_weight)
+        diag["refine_levels"] = losses
+    with ctx.stage("upsample"), torch.no_grad():
+        full = resample_field(current, current_geom, fixed.geometry)
+    diag["working_region"] = fr.to_dict()
+    return full[0].to("cpu", torch.float32).numpy(), diag

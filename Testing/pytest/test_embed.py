@@ -1,0 +1,134 @@
+"""Method ``embed``: its pieces on analytic cases, and an end-to-end run on a small simulated pair."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from DeepLungRegLib import DeepLungRegError, Geometry, read_image
+from DeepLungRegLib.methods import register
+from DeepLungRegLib.methods.embed import (
+    EmbedConfig, densify_gaussian, densify_tps, displacement_offsets, graph_diffuse, graph_laplacian, keypoint_costs,
+    reject_outliers, soft_argmin,
+)
+from DeepLungRegLib.metrics import tre
+from DeepLungRegLib.simulation import simulate_breathing
+from DeepLungRegLib.transforms import resample_to_spacing
+
+
+def test_displacement_offsets_order_and_count():
+    off = displacement_offsets(2, 3)
+    assert off.shape == (125, 3)
+    assert off[0].tolist() == [-6, -6, -6] and off[-1].tolist() == [6, 6, 6]
+    assert off[1].tolist() == [-6, -6, -3]  # x fastest, z slowest
+    assert off[62].tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("step, shift", [(1, (2, -1, 3)), (2, (2, -4, 6))])
+def test_keypoint_costs_find_a_known_shift(step, shift):
+    """Moving features = fixed features shifted by s voxels: the cost minimum sits at displacement s."""
+    rng = np.random.default_rng(0)
+    f = torch.as_tensor(rng.normal(size=(1, 4, 30, 28, 26)), dtype=torch.float32)
+    shift = np.array(shift)
+    m = torch.roll(f, shifts=tuple(int(s) for s in shift), dims=(2, 3, 4))  # m(x + s) = f(x)
+    kp = np.array([[12, 14, 11], [15, 12, 13], [14, 13, 12]])
+    costs = keypoint_costs(f, m, kp, radius=3, step=step, patch_radius=1, chunk=2)
+    off = displacement_offsets(3, step)
+    assert costs.shape == (3, 7 ** 3)
+    for row in costs:
+        assert off[int(row.argmin())].tolist() == shift.tolist()
+        assert float(row.min()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_graph_laplacian_and_diffusion():
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(0, 50, size=(200, 3))
+    lap = graph_laplacian(pts, 8)
+    dense = lap.toarray()
+    assert np.allclose(dense, dense.T) and np.allclose(dense.sum(1), 0, atol=1e-9)
+    const = np.full((200, 2), 3.0)
+    assert np.allclose(graph_diffuse(const, lap, 5.0), 3.0, atol=1e-5)  # constants are kept
+    noisy = const + rng.normal(size=const.shape)
+    assert graph_diffuse(noisy, lap, 5.0).std() < 0.6 * noisy.std()  # noise is smoothed
+    assert graph_diffuse(noisy, lap, 0.0) is noisy
+
+
+def test_soft_argmin_is_subvoxel():
+    off = displacement_offsets(2, 1).astype(np.float32)
+    target = np.array([0.3, -0.4, 1.2], np.float32)
+    costs = torch.as_tensor(((off - target) ** 2).sum(1))[None]  # a parabola around a sub-voxel minimum
+    d = soft_argmin(costs, torch.as_tensor(off), 0.05, 5)[0].numpy()
+    assert np.linalg.norm(d - target) < 0.35
+    assert np.linalg.norm(off[int(costs.argmin())] - target) > np.linalg.norm(d - target)
+
+
+def test_outliers_are_replaced_by_the_neighbour_median():
+    rng = np.random.default_rng(2)
+    pts = rng.uniform(0, 40, size=(100, 3))
+    disp = np.tile([1.0, 2.0, 3.0], (100, 1))
+    disp[7] = [20.0, 0.0, 0.0]
+    out, n = reject_outliers(pts, disp, 8, 5.0)
+    assert n == 1 and np.allclose(out[7], [1, 2, 3]) and np.allclose(out[np.arange(100) != 7], disp[np.arange(100) != 7])
+
+
+@pytest.mark.parametrize("how", ["tps", "gaussian"])
+def test_densify_reproduces_smooth_displacements(oblique, how):
+    rng = np.random.default_rng(3)
+    g = oblique
+    pts = g.index_to_world(rng.uniform(2, np.array(g.size) - 3, size=(300, 3)))
+    a = np.array([[0.02, 0.0, 0.01], [0.0, -0.03, 0.0], [0.01, 0.0, 0.02]])
+    vals = pts @ a.T + np.array([1.0, -2.0, 0.5])  # an affine field
+    dense = densify_tps(pts, vals, g, 0.0) if how == "tps" else densify_gaussian(pts, vals, g, 6.0)
+    truth = (g.world_coordinates().reshape(-1, 3) @ a.T + np.array([1.0, -2.0, 0.5])).reshape(dense.shape)
+    inner = (slice(3, -3),) * 3
+    tol = 1e-3 if how == "tps" else 0.5  # TPS is exact on affine data; Gaussian averaging blurs
+    assert np.abs(dense[inner] - truth[inner]).max() < tol
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"embedding": "svd"}, "embedding must be"),
+    ({"densify": "nearest"}, "densify must be"),
+    ({"search_range_mm": 100.0, "search_step_mm": 1.0}, "too many"),
+    ({"keypoints": 1}, "keypoints"),
+    ({"refine_levels_mm": [4.0], "refine_iterations": [1, 2]}, "equal length"),
+])
+def test_embed_config_rejects_absurd_values(kwargs, match):
+    with pytest.raises(DeepLungRegError, match=match):
+        EmbedConfig.from_dict(kwargs)
+
+
+@pytest.fixture(scope="module")
+def small_pair(sample_path):
+    ct = resample_to_spacing(read_image(sample_path), 4.0, fill=-1024.0)
+    return simulate_breathing(ct, amplitude="large", seed=5)
+
+
+def test_embed_recovers_large_motion_on_a_small_pair(small_pair):
+    p = small_pair
+    cfg = {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 800, "refine_levels_mm": [4.0], "refine_iterations": [30],
+           "refine_learning_rates": [0.3]}
+    res = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=cfg, device="cpu")
+    before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
+    after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
+    assert before > 10 and after < 0.3 * before
+    d = res.diagnostics
+    assert d["keypoints"] >= 100 and d["displacements"] == 11 ** 3 and "cost_volume" in res.timings
+    from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats
+
+    assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
+
+
+def test_torch_jacobian_of_an_affine_field_is_its_determinant(oblique):
+    """The differentiable Jacobian (used by the folding penalty) on an oblique, anisotropic grid."""
+    from DeepLungRegLib.losses import folding_penalty, jacobian_determinant_torch
+
+    a = np.array([[1.1, 0.05, 0.0], [0.02, 0.9, 0.03], [0.0, -0.04, 1.2]])
+    x = oblique.world_coordinates()
+    u = torch.as_tensor((x @ a.T - x)[None], dtype=torch.float64)
+    m = torch.as_tensor(oblique.index_to_world_matrix[:3, :3])
+    j = jacobian_determinant_torch(u, m)
+    assert torch.allclose(j, torch.full_like(j, np.linalg.det(a)), atol=1e-9)
+    assert float(folding_penalty(u, m)) == 0.0
+    flip = torch.as_tensor((x @ np.diag([-1.0, 1.0, 1.0]).T - x)[None], dtype=torch.float64)  # a mirror folds everywhere
+    assert float(folding_penalty(flip, m)) == pytest.approx(1.1 ** 2)
