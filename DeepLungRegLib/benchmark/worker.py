@@ -19,6 +19,21 @@ from pathlib import Path
 import numpy as np
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    ``VmHWM`` from ``/proc/self/status`` starts afresh at exec; ``ru_maxrss`` is
+    inherited from the parent on Linux, so it is only the fallback elsewhere.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def load_pair(spec: dict):
     """``(fixed, moving, fixed_mask, moving_mask, fixed_points, moving_points, ground_truth_pair)`` of a spec."""
     from ..errors import DeepLungRegError
@@ -78,7 +93,7 @@ def measure(spec: dict, method: str, device: str = "auto") -> dict:
     row["tre_after_per_landmark"] = np.round(tre(fp, mp, field, g), 4).tolist()
     row["tre_before_per_landmark"] = np.round(tre(fp, mp), 4).tolist()
     row.update(io_s=round(io_s, 3), masks_s=round(masks_s, 3), registration_s=round(reg_s, 3),
-               peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+               peak_rss_mb=round(peak_rss_mb(), 1),
                device=str(diag.get("device", device)))
     if torch.cuda.is_available() and str(row["device"]).startswith("cuda"):
         row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
