@@ -314,7 +314,8 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
         lung = None
         if fixed_mask is not None:
             lung = resample_to_geometry(fixed_mask.with_array(fixed_mask.array.astype(np.float32)), fg).array > 0.5
-            lung = ndi.binary_erosion(lung, iterations=1) if ndi.binary_erosion(lung, iterations=1).sum() > 100 else lung
+            eroded = ndi.binary_erosion(lung, iterations=1)  # keep keypoints off the lung border
+            lung = eroded if eroded.sum() > 100 else lung
         kp_world = foerstner_keypoints(Image(f_img.array, fg), lung, count=config.keypoints,
                                        min_distance_mm=config.keypoint_distance_mm, device=dev)
         ijk = np.round(fg.world_to_index(kp_world)).astype(int)
