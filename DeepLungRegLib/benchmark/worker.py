@@ -16,8 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory in MB.
@@ -57,11 +55,9 @@ def measure(spec: dict, method: str, device: str = "auto") -> dict:
     """Run ``method`` (a registered method or a baseline) on the pair of ``spec`` and score it."""
     import torch
 
-    from ..evaluation import evaluate_field, field_quality
+    from ..evaluation import score_field
     from ..methods import available_methods, register
-    from ..metrics import dice, tre, tre_summary
     from ..segmentation import lung_mask
-    from ..transforms.warp import warp_image
     from .baselines import run_baseline
 
     t0 = time.perf_counter()
@@ -79,19 +75,7 @@ def measure(spec: dict, method: str, device: str = "auto") -> dict:
         out = run_baseline(method, fixed, moving, fmask, mmask, device=device)
         field, diag = out.field, out.diagnostics
     reg_s = time.perf_counter() - t0
-    g = fixed.geometry
-    if gt is not None:
-        row = evaluate_field(gt, field, g)
-    else:
-        lung = np.asarray(fmask.array, bool)
-        _, jstats = field_quality(field, g, lung)
-        warped = warp_image(mmask.with_array(mmask.array.astype(np.uint8)), field, g, mode="nearest").array
-        row = {"tre_before": tre_summary(tre(fp, mp)).to_dict(),
-               "tre_after": tre_summary(tre(fp, mp, field, g)).to_dict(),
-               "lung_dice_before": dice(lung.astype(np.uint8), mmask.array.astype(np.uint8), [1])[1],
-               "lung_dice_after": dice(lung.astype(np.uint8), warped, [1])[1], **jstats}
-    row["tre_after_per_landmark"] = np.round(tre(fp, mp, field, g), 4).tolist()
-    row["tre_before_per_landmark"] = np.round(tre(fp, mp), 4).tolist()
+    row = score_field(field, fixed.geometry, fmask, mmask, fp, mp, None if gt is None else gt.field, per_landmark=True)
     row.update(io_s=round(io_s, 3), masks_s=round(masks_s, 3), registration_s=round(reg_s, 3),
                peak_rss_mb=round(peak_rss_mb(), 1),
                device=str(diag.get("device", device)))
