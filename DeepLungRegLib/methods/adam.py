@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DeepLungRegError
-from ..losses import diffusion, folding_penalty, masked_mse
+from ..losses import diffusion, folding_penalty, jacobian_determinant_torch
 from ..transforms.fields import affine_to_field
 from .affine import AffineConfig, estimate_affine
 from .base import MethodConfig, RunContext, check_range, register_method
@@ -100,21 +100,31 @@ def instance_optimise(fixed, moving, fixed_mask, fr, mr, current: torch.Tensor, 
             init = resample_field(current, current_geom, lv.fixed_geom)
         spacing_zyx = lv.fixed_geom.spacing[::-1]
         to_world = torch.as_tensor(lv.fixed_geom.index_to_world_matrix[:3, :3], device=dev, dtype=dt)
+        # the similarity only needs the voxels where the (binary) weight is set
+        index = torch.nonzero(lv.weight.reshape(-1) > 0.5)[:, 0]
+        fixed_pts = lv.fixed_feat.reshape(*lv.fixed_feat.shape[:2], -1)[:, :, index]  # (1, C, M)
         base = init.permute(0, 4, 1, 2, 3)
         disp = (torch.zeros_like(base) if residual else base.clone()).requires_grad_(True)  # (1, 3, Z, Y, X)
         opt = torch.optim.Adam([disp], lr=lr)
         sim = reg = torch.zeros(())
+        folding_active = False
         with ctx.stage(f"optimise_{sp:g}mm"):
             for it in range(int(iters)):
                 ctx.check_cancel()
                 opt.zero_grad()
                 update = smooth3(disp, config.smoothing_passes).permute(0, 2, 3, 4, 1)
                 field = init + update if residual else update
-                sim = masked_mse(lv.fixed_feat, lv.sampler(lv.moving_feat, field), lv.weight)
+                sim = (fixed_pts - lv.sampler.sample_points(lv.moving_feat, index, field.reshape(1, -1, 3)[:, index])).pow(2).mean()
                 reg = diffusion(update if residual else field, spacing_zyx)
                 loss = sim + config.regularisation * reg
                 if folding_weight > 0:
-                    loss = loss + folding_weight * folding_penalty(field, to_world)
+                    # The penalty is zero while every J > 0.1; it is only paid for once some J
+                    # comes near (checked without gradients every few iterations).
+                    if not folding_active and it % 5 == 0:
+                        with torch.no_grad():
+                            folding_active = bool(jacobian_determinant_torch(field.detach(), to_world).min() < 0.25)
+                    if folding_active:
+                        loss = loss + folding_weight * folding_penalty(field, to_world)
                 loss.backward()
                 opt.step()
                 if it % 5 == 0:

@@ -13,8 +13,9 @@ from scipy import ndimage as ndi
 from ..features import mind_ssc
 from ..geometry import Geometry
 from ..io.images import Image
+from ..transforms.fields import affine_to_field
 from ..transforms.resample import resample_to_geometry
-from ..transforms.warp import GridSampler
+from ..transforms.warp import GridSampler, warp_image
 
 #: CT intensity window used to normalise images before feature extraction.
 HU_WINDOW = (-1000.0, 600.0)
@@ -94,3 +95,40 @@ def smooth3(t: torch.Tensor, passes: int = 2) -> torch.Tensor:
     for _ in range(passes):
         t = F.avg_pool3d(F.pad(t, (1,) * 6, mode="replicate"), 3, stride=1)
     return t
+
+
+@dataclass
+class AlignedFeatures:
+    """MIND-SSC features of the fixed image and of the affinely pre-aligned moving image on one grid."""
+
+    geometry: Geometry  # the fixed feature grid
+    fixed_image: Image  # normalised fixed intensities on ``geometry``
+    fixed_feat: torch.Tensor  # (1, C, Z, Y, X)
+    moving_feat: torch.Tensor  # (1, C, Z, Y, X): moving(A x) features
+    lung: np.ndarray | None  # (Z, Y, X) bool fixed lung on ``geometry``
+
+
+def aligned_features(
+    fixed: Image, moving: Image, fixed_region: Geometry, moving_region: Geometry, fixed_mask: Image | None,
+    affine: np.ndarray, spacing_mm: float, mind_radius: int, mind_dilation: int, device: torch.device, dtype: torch.dtype,
+) -> AlignedFeatures:
+    """Resample the fixed image and the moving image through ``affine`` (4x4, fixed -> moving world)
+    onto the fixed region at ``spacing_mm`` and compute MIND-SSC features of both."""
+    fg = level_geometry(fixed_region, spacing_mm)
+    f_img = resample_to_geometry(fixed.with_array(normalise_ct(fixed.array)), fg, smooth=True)
+    m_lv = resample_to_geometry(moving.with_array(normalise_ct(moving.array)), level_geometry(moving_region, spacing_mm), smooth=True)
+    m_img = warp_image(m_lv, affine_to_field(affine, fg), fg, fill=0.0)
+    ft = torch.as_tensor(f_img.array, device=device, dtype=dtype)[None, None]
+    mt = torch.as_tensor(m_img.array, device=device, dtype=dtype)[None, None]
+    with torch.no_grad():
+        ff = mind_ssc(ft, mind_radius, mind_dilation)
+        mf = mind_ssc(mt, mind_radius, mind_dilation)
+    lung = None
+    if fixed_mask is not None:
+        lung = resample_to_geometry(fixed_mask.with_array(fixed_mask.array.astype(np.float32)), fg).array > 0.5
+    return AlignedFeatures(fg, f_img, ff, mf, lung)
+
+
+def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Map points ``(..., 3)`` by a 4x4 homogeneous matrix."""
+    return points @ matrix[:3, :3].T + matrix[:3, 3]

@@ -32,17 +32,13 @@ from scipy.sparse.linalg import splu
 from scipy.spatial import cKDTree
 
 from ..errors import DeepLungRegError
-from ..features import mind_ssc
 from ..geometry import Geometry
 from ..io.images import Image
 from ..keypoints import foerstner_keypoints
-from ..transforms.fields import affine_to_field
-from ..transforms.resample import resample_to_geometry
-from ..transforms.warp import warp_image
 from .adam import instance_optimise
 from .affine import AffineConfig, estimate_affine
 from .base import MethodConfig, RunContext, check_range, register_method
-from .common import level_geometry, normalise_ct, region_geometry, resample_field
+from .common import aligned_features, apply_affine, level_geometry, region_geometry, resample_field
 
 
 @dataclass(frozen=True)
@@ -221,13 +217,15 @@ def graph_diffuse(values: np.ndarray, laplacian: sparse.csr_matrix, weight: floa
     return splu(a).solve(np.ascontiguousarray(values, dtype=np.float64)).astype(np.float32)
 
 
-def soft_argmin(costs: torch.Tensor, offsets_mm: torch.Tensor, temperature: float, n: int) -> torch.Tensor:
+def soft_argmin(costs: torch.Tensor, offsets_mm: torch.Tensor, temperature: float, n: int,
+                spread: torch.Tensor | None = None) -> torch.Tensor:
     """Sub-voxel displacement ``(K, 3)``: a softmax-weighted mean over the 3x3x3 displacements around each argmin.
 
     Args:
         costs: ``(K, D)`` with ``D = n^3`` displacements in :func:`displacement_offsets` order.
         offsets_mm: ``(D, 3)`` displacements in mm.
-        temperature: relative to each row's spread (median minus minimum cost).
+        temperature: relative to each row's spread.
+        spread: ``(K, 1)`` cost spread per row (default: median minus minimum cost).
     """
     k = costs.shape[0]
     best = costs.argmin(1)
@@ -240,7 +238,9 @@ def soft_argmin(costs: torch.Tensor, offsets_mm: torch.Tensor, temperature: floa
     nb = (nz * n + ny) * n + nx  # (K, 27)
     local = costs.gather(1, nb)
     lo = local.min(1, keepdim=True).values
-    spread = (costs.median(1, keepdim=True).values - costs.min(1, keepdim=True).values).clamp_min(1e-6)
+    if spread is None:
+        spread = costs.median(1, keepdim=True).values - costs.min(1, keepdim=True).values
+    spread = spread.clamp_min(1e-6)
     p = torch.softmax(-(local - lo) / (temperature * spread), dim=1)
     return (p[..., None] * offsets_mm[nb]).sum(1).reshape(k, 3)
 
@@ -282,10 +282,6 @@ def reject_outliers(points: np.ndarray, disp: np.ndarray, neighbours: int, thres
     return out, int(bad.sum())
 
 
-def _apply_affine(mat: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    return pts @ mat[:3, :3].T + mat[:3, 3]
-
-
 # --------------------------------------------------------------------- method
 @register_method("embed", "Keypoint displacement embeddings: discrete search, PCA, graph regularisation, then Adam (paper 000)", EmbedConfig)
 def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: EmbedConfig, ctx: RunContext):
@@ -299,21 +295,14 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
 
     # Features on the fixed feature grid; the moving image goes through the affine first.
     with ctx.stage("features"):
-        fg = level_geometry(fr, config.feature_spacing_mm)
-        f_img = resample_to_geometry(fixed.with_array(normalise_ct(fixed.array)), fg, smooth=True)
-        m_lv = resample_to_geometry(moving.with_array(normalise_ct(moving.array)), level_geometry(mr, config.feature_spacing_mm), smooth=True)
-        m_img = warp_image(m_lv, affine_to_field(mat, fg), fg, fill=0.0)
-        ft = torch.as_tensor(f_img.array, device=dev, dtype=dt)[None, None]
-        mt = torch.as_tensor(m_img.array, device=dev, dtype=dt)[None, None]
-        with torch.no_grad():
-            ff = mind_ssc(ft, config.mind_radius, config.mind_dilation)
-            mf = mind_ssc(mt, config.mind_radius, config.mind_dilation)
+        af = aligned_features(fixed, moving, fr, mr, fixed_mask, mat, config.feature_spacing_mm, config.mind_radius,
+                              config.mind_dilation, dev, dt)
+        fg, f_img, ff, mf = af.geometry, af.fixed_image, af.fixed_feat, af.moving_feat
     ctx.check_cancel()
 
     with ctx.stage("keypoints"):
-        lung = None
-        if fixed_mask is not None:
-            lung = resample_to_geometry(fixed_mask.with_array(fixed_mask.array.astype(np.float32)), fg).array > 0.5
+        lung = af.lung
+        if lung is not None:
             eroded = ndi.binary_erosion(lung, iterations=1)  # keep keypoints off the lung border
             lung = eroded if eroded.sum() > 100 else lung
         kp_world = foerstner_keypoints(Image(f_img.array, fg), lung, count=config.keypoints,
@@ -358,8 +347,8 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
 
     d, diag["outliers_replaced"] = reject_outliers(kp_world, d, config.graph_neighbours, config.outlier_mm)
     # Keypoint correspondences: p -> A (p + d); the deformable residual is interpolated densely.
-    target = _apply_affine(mat, kp_world + d)
-    residual = target - _apply_affine(mat, kp_world)
+    target = apply_affine(mat, kp_world + d)
+    residual = target - apply_affine(mat, kp_world)
     diag["keypoint_displacement_mm_mean"] = round(float(np.linalg.norm(target - kp_world, axis=1).mean()), 3)
     with ctx.stage("densify"):
         cg = level_geometry(fr, max(4.0, config.feature_spacing_mm))
@@ -367,7 +356,7 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
             dense = densify_tps(kp_world, residual, cg, config.densify_smoothing)
         else:
             dense = densify_gaussian(kp_world, residual, cg, max(config.densify_smoothing, 2.0 * config.keypoint_distance_mm))
-        dense = dense + _apply_affine(mat, cg.world_coordinates().reshape(-1, 3)).reshape(dense.shape) - cg.world_coordinates()
+        dense = dense + apply_affine(mat, cg.world_coordinates().reshape(-1, 3)).reshape(dense.shape) - cg.world_coordinates()
         current = torch.as_tensor(dense, device=dev, dtype=dt)[None]
     ctx.progress("densified", 0.6)
     current_geom = cg
