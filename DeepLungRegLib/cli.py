@@ -37,10 +37,14 @@ class _Progress:
         self.bar.close()
 
 
-def _parse_options(pairs: list[str] | None, config_file: str | None) -> dict:
+def _parse_options(pairs: list[str] | None, config_file: str | None, method: str | None = None) -> dict:
     from .methods.base import parse_options, read_config_json
 
     cfg: dict = read_config_json(config_file, "register") if config_file else {}
+    if config_file and method:
+        written_for = json.loads(Path(config_file).read_text()).get("method")
+        if written_for and written_for != method:
+            raise DeepLungRegError(f"register: {config_file} holds options of method {written_for!r}, not {method!r}; pass --method {written_for}")
     cfg.update(parse_options(pairs))
     return cfg
 
@@ -70,7 +74,7 @@ def cmd_register(args) -> int:
     fixed = read_image(args.fixed, what=f"fixed image {args.fixed}")
     moving = read_image(args.moving, what=f"moving image {args.moving}")
     fl, ml = load_landmark_pair(args.fixed_landmarks, args.moving_landmarks, args.spacing, fixed, moving)
-    cfg = _parse_options(args.option, args.config)
+    cfg = _parse_options(args.option, args.config, args.method)
     bar = _Progress(f"register ({args.method})", not args.quiet)
     try:
         metrics = run_registration(
@@ -229,6 +233,37 @@ def cmd_benchmark(args) -> int:
     return 1 if all("error" in r for r in rows) else 0
 
 
+def cmd_tune(args) -> int:
+    from .evaluation.tuning import tune, write_tune_result
+    from .methods.base import parse_options
+    from .simulation.breathing import read_pair
+
+    out = Path(args.output)
+    for p in (out, out.with_name(out.stem + "_tuning.md"), out.with_name(out.stem + "_tuning.json")):
+        if p.exists() and not args.overwrite:
+            raise DeepLungRegError(f"tune: {p} exists; choose another name or pass --overwrite")
+    if out.suffix.lower() != ".json":
+        raise DeepLungRegError(f"tune: the config file must end in .json, got {out.name}")
+    grid = {}
+    for k, v in parse_options(args.grid, "tune").items():
+        grid[k] = v if isinstance(v, list) else [v]
+    base = _parse_options(args.option, args.config, args.method)
+    pairs = [read_pair(p) for p in args.pairs]
+    names = [Path(p).resolve().name for p in args.pairs]
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(f"tune: {msg}", file=sys.stderr, flush=True)
+
+    res = tune(args.method, pairs, grid or None, max_candidates=args.max_candidates, seed=args.seed, base=base, names=names,
+               device=args.device, progress=say)
+    files = write_tune_result(res, out, overwrite=args.overwrite)
+    print(files[1].read_text())
+    print(f"tune: best {json.dumps(res.best)}; config written to {out.resolve()} "
+          f"(use: deeplungreg register --method {args.method} --config {out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deeplungreg", description="Lung CT registration (DeepLungReg).")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -307,6 +342,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_benchmark)
+
+    s = sub.add_parser("tune", help="search a method's options on simulated pairs and write the best config (rank-based)")
+    s.add_argument("pairs", nargs="+", metavar="PAIRDIR", help="simulated pair folders from 'deeplungreg simulate'")
+    s.add_argument("--method", default="convex")
+    s.add_argument("--grid", "-G", action="append", metavar="NAME=[V1,V2,...]",
+                   help="values to try for one option (repeatable; default: the method's own small grid)")
+    s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="option fixed for every candidate")
+    s.add_argument("--config", help="JSON file of options fixed for every candidate")
+    s.add_argument("--max-candidates", type=int, default=12, help="at most this many candidates (a seeded subset; default 12)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("-o", "--output", required=True, help="config file to write (.json)")
+    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("methods", help="list the registration methods")
     s.add_argument("--options", action="store_true", help="also list each method's options, defaults and meaning")

@@ -1,0 +1,380 @@
+"""Method ``convex``: dense discrete cost volume, coupled convex optimisation and
+Adam instance optimisation (the talk 003).
+
+1. Affine pre-alignment (the ``affine`` method); the moving image is resampled
+   through it onto the fixed feature grid, and MIND-SSC features are computed
+   for both images.
+2. For each level (coarse to fine), on a control grid of ``grid_spacing_mm``:
+
+   - the fixed features are averaged over each control cell, the moving
+     features (warped by the current field) over a sliding cell;
+   - a dense SSD cost volume over ``{-r..r}^3`` displacements of
+     ``search_step_mm`` is computed at every control point inside the
+     (dilated) fixed lung; points outside carry no cost, so the chest wall does
+     not pull on the lung and the motion there is filled in by the smoothing;
+   - coupled convex optimisation alternates a discrete step, the argmin of
+     ``cost(d) + theta * |d - v|^2`` (``v`` the smoothed field), with a
+     smoothing step ``v = smooth(d)``, for a growing coupling ``theta``;
+     a soft-argmin around the final minimum gives sub-step displacements;
+   - optionally the problem is also solved from moving to fixed and both
+     fields are made inverse-consistent (``u(x) = -w(x + u(x))``) by
+     alternating averaging;
+   - the level's field is composed with the current one.
+3. Adam instance optimisation of the dense field on MIND-SSC features with a
+   diffusion regulariser and a folding penalty (the ``adam`` machinery, on a
+   residual update).
+
+All displacements are in mm along the world (LPS) axes; integer voxel offsets
+are only used to index the feature grid inside the cost-volume code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage as ndi
+
+from ..errors import DeepLungRegError
+from ..geometry import Geometry
+from ..transforms.warp import GridSampler
+from .adam import instance_optimise
+from .affine import AffineConfig, estimate_affine
+from .base import MethodConfig, RunContext, check_range, register_method
+from .common import aligned_features, apply_affine, region_geometry, resample_field, smooth3
+from .embed import displacement_offsets, soft_argmin
+
+
+@dataclass(frozen=True)
+class ConvexConfig(MethodConfig):
+    """Options of ``convex``.
+
+    Attributes:
+        feature_spacing_mm: grid spacing of the MIND-SSC features of the discrete stage.
+        mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels).
+        grid_spacing_mm: control-grid spacing per discrete level, coarse to fine.
+        search_half_width_mm: largest displacement searched per axis, per level.
+        search_step_mm: displacement step per level (a multiple of the feature spacing).
+        coupling: the growing coupling weights theta of the coupled convex optimisation
+            (relative to the typical cost spread, per squared search step).
+        smoothing_passes: 3x3x3 box passes of the smoothing step on the control grid.
+        temperature: soft-argmin temperature relative to each cost map's spread.
+        inverse_consistent: also solve moving -> fixed and make both fields inverse-consistent.
+        consistency_iterations: alternating averaging steps of the inverse consistency.
+        mask_dilation_mm: the cost volume is computed where the fixed lung, dilated by this, is.
+        adam_levels_mm, adam_iterations, adam_learning_rates: the Adam instance optimisation
+            (no levels: no instance optimisation).
+        regularisation: diffusion weight of the instance optimisation (on the update).
+        folding_weight: weight of its penalty on J below 0.1.
+        adam_smoothing_passes: box passes of its grid.
+        margin_mm: margin of the working region around the masks.
+        max_chunk_elements: gathered feature values per chunk of the cost volume
+            (memory vs speed; 2^26 floats = 256 MB).
+    """
+
+    feature_spacing_mm: float = 2.0
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    grid_spacing_mm: tuple[float, ...] = (8.0, 4.0)
+    search_half_width_mm: tuple[float, ...] = (24.0, 6.0)
+    search_step_mm: tuple[float, ...] = (4.0, 2.0)
+    coupling: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    smoothing_passes: int = 3
+    temperature: float = 0.15
+    inverse_consistent: bool = True
+    consistency_iterations: int = 10
+    mask_dilation_mm: float = 4.0
+    adam_levels_mm: tuple[float, ...] = (3.0,)
+    adam_iterations: tuple[int, ...] = (30,)
+    adam_learning_rates: tuple[float, ...] = (0.25,)
+    regularisation: float = 1.0
+    folding_weight: float = 10.0
+    adam_smoothing_passes: int = 2
+    margin_mm: float = 20.0
+    max_chunk_elements: int = 2 ** 26
+
+    #: the default search grid of ``deeplungreg tune --method convex``
+    TUNE_GRID: ClassVar[dict] = {
+        "smoothing_passes": [2, 3],
+        "regularisation": [0.5, 1.0, 2.0],
+        "adam_levels_mm": [[3.0], [2.5]],
+    }
+
+    def validate(self) -> None:
+        c = "ConvexConfig"
+        check_range(c, "feature_spacing_mm", self.feature_spacing_mm, 0.5, 16.0)
+        check_range(c, "mind_radius", self.mind_radius, 0, 4)
+        check_range(c, "mind_dilation", self.mind_dilation, 1, 6)
+        n = len(self.grid_spacing_mm)
+        if n == 0 or len(self.search_half_width_mm) != n or len(self.search_step_mm) != n:
+            raise DeepLungRegError(f"{c}: grid_spacing_mm, search_half_width_mm and search_step_mm must be non-empty and of equal length")
+        for g, h, s in zip(self.grid_spacing_mm, self.search_half_width_mm, self.search_step_mm):
+            check_range(c, "grid_spacing_mm", g, self.feature_spacing_mm, 64.0)
+            check_range(c, "search_half_width_mm", h, 0.0, 80.0)
+            check_range(c, "search_step_mm", s, self.feature_spacing_mm * 0.5, 32.0)
+            if h / s > 15:
+                raise DeepLungRegError(f"{c}: search_half_width_mm / search_step_mm = {h / s:.0f} steps per side is too many (at most 15)")
+        if not self.coupling:
+            raise DeepLungRegError(f"{c}: coupling needs at least one weight")
+        for t in self.coupling:
+            check_range(c, "coupling", t, 0.0, 1e4)
+        check_range(c, "smoothing_passes", self.smoothing_passes, 0, 20)
+        check_range(c, "temperature", self.temperature, 1e-4, 10.0)
+        check_range(c, "consistency_iterations", self.consistency_iterations, 0, 100)
+        check_range(c, "mask_dilation_mm", self.mask_dilation_mm, 0.0, 100.0)
+        m = len(self.adam_levels_mm)
+        if len(self.adam_iterations) != m or len(self.adam_learning_rates) != m:
+            raise DeepLungRegError(f"{c}: adam_levels_mm, adam_iterations and adam_learning_rates must have equal length")
+        for s in self.adam_levels_mm:
+            check_range(c, "adam_levels_mm", s, 0.5, 32.0)
+        for it in self.adam_iterations:
+            check_range(c, "adam_iterations", it, 0, 5000)
+        for lr in self.adam_learning_rates:
+            check_range(c, "adam_learning_rates", lr, 1e-4, 20.0)
+        check_range(c, "regularisation", self.regularisation, 0.0, 1e4)
+        check_range(c, "folding_weight", self.folding_weight, 0.0, 1e6)
+        check_range(c, "adam_smoothing_passes", self.adam_smoothing_passes, 0, 10)
+        check_range(c, "margin_mm", self.margin_mm, 0.0, 200.0)
+        check_range(c, "max_chunk_elements", self.max_chunk_elements, 2 ** 16, 2 ** 32)
+
+
+class _AdamView:
+    """The attributes :func:`instance_optimise` reads, taken from a :class:`ConvexConfig`."""
+
+    def __init__(self, config: ConvexConfig):
+        self.smoothing_passes = config.adam_smoothing_passes
+        self.regularisation = config.regularisation
+        self.mind_radius = config.mind_radius
+        self.mind_dilation = config.mind_dilation
+        self.mask_dilation_mm = config.mask_dilation_mm
+
+
+# ------------------------------------------------------------------ pieces
+def control_geometry(grid: Geometry, stride: int) -> Geometry:
+    """The control grid of cells of ``stride^3`` voxels of ``grid``: cell ``i`` covers voxels
+    ``stride * i .. stride * i + stride - 1`` and is centred on their mean position."""
+    size = tuple(int(math.ceil(n / stride)) for n in grid.size)
+    origin = grid.index_to_world(np.full((1, 3), (stride - 1) / 2.0))[0]
+    return Geometry(size, tuple(s * stride for s in grid.spacing), tuple(origin), grid.direction)
+
+
+def _pad_to_multiple(t: torch.Tensor, stride: int) -> torch.Tensor:
+    """Replicate-pad ``(N, C, Z, Y, X)`` at the far end of each axis to a multiple of ``stride``."""
+    pads = []
+    for n in reversed(t.shape[2:]):
+        pads += [0, (-n) % stride]
+    return F.pad(t, pads, mode="replicate") if any(pads) else t
+
+
+def cell_features(feat: torch.Tensor, stride: int) -> torch.Tensor:
+    """Mean features of each control cell: ``(1, C, Z, Y, X)`` -> ``(1, C, Zc, Yc, Xc)``."""
+    return F.avg_pool3d(_pad_to_multiple(feat, stride), stride, stride=stride)
+
+
+def sliding_cell_features(feat: torch.Tensor, stride: int) -> torch.Tensor:
+    """Mean features of the cell starting at every voxel: ``(1, C, Z, Y, X)`` -> same shape."""
+    if stride == 1:
+        return feat
+    return F.avg_pool3d(F.pad(feat, (0, stride - 1) * 3, mode="replicate"), stride, stride=1)
+
+
+def dense_costs(fixed_cells: torch.Tensor, moving_sliding: torch.Tensor, points_zyx: torch.Tensor, stride: int,
+                offsets: np.ndarray, max_chunk_elements: int = 2 ** 26, progress=None) -> torch.Tensor:
+    """SSD cost volume between control cells and displaced moving cells.
+
+    Args:
+        fixed_cells: ``(1, C, Zc, Yc, Xc)`` mean fixed features per control cell.
+        moving_sliding: ``(1, C, Z, Y, X)`` mean moving features of the cell starting at each voxel.
+        points_zyx: ``(N, 3)`` long control-cell indices at which to compute costs.
+        stride: cell size in voxels.
+        offsets: ``(D, 3)`` integer displacements in voxels ``(z, y, x)``.
+
+    Returns:
+        ``(N, D)`` mean squared feature differences (float32).
+    """
+    c = fixed_cells.shape[1]
+    reach = int(np.abs(offsets).max()) if len(offsets) else 0
+    mp = F.pad(moving_sliding, (reach,) * 6, mode="replicate")[0]  # (C, Zp, Yp, Xp)
+    _, zp, yp, xp = mp.shape
+    rows = mp.reshape(c, -1).T.contiguous()  # (Zp*Yp*Xp, C): one row of channels per voxel
+    dev = mp.device
+    base = points_zyx * stride + reach  # (N, 3) in padded voxels
+    base_lin = (base[:, 0] * yp + base[:, 1]) * xp + base[:, 2]
+    off = torch.as_tensor(offsets, device=dev, dtype=torch.long)
+    off_lin = (off[:, 0] * yp + off[:, 1]) * xp + off[:, 2]
+    fvec = fixed_cells[0][:, points_zyx[:, 0], points_zyx[:, 1], points_zyx[:, 2]].T.contiguous()  # (N, C)
+    n, d = len(points_zyx), len(offsets)
+    out = torch.empty((n, d), device=dev, dtype=torch.float32)
+    chunk = max(1, int(max_chunk_elements // max(c * n, 1)))
+    for s in range(0, d, chunk):
+        idx = (base_lin[:, None] + off_lin[None, s:s + chunk]).reshape(-1)  # (N * Dc,)
+        g = rows.index_select(0, idx).view(n, -1, c)  # (N, Dc, C)
+        out[:, s:s + chunk] = ((g - fvec[:, None, :]) ** 2).mean(-1).float()
+        if progress:
+            progress(min(1.0, (s + chunk) / d))
+    return out
+
+
+def coupled_convex(costs: torch.Tensor, points_zyx: torch.Tensor, grid_shape: tuple[int, int, int], offsets_mm: torch.Tensor,
+                   step_mm: float, coupling: tuple[float, ...], smoothing_passes: int, temperature: float, n: int,
+                   cancel=None) -> torch.Tensor:
+    """Coupled convex optimisation of a discrete displacement field.
+
+    Alternates ``v = smooth(u)`` on the control grid with, at every point with
+    costs, ``u = argmin_d cost(d) + theta |d - v|^2 / step^2`` for each
+    ``theta`` in ``coupling`` (scaled by the mean cost spread). Points without
+    costs take ``v``. The last discrete step is a soft-argmin.
+
+    Args:
+        costs: ``(N, D)`` cost volume at ``points_zyx`` (``(N, 3)`` control-grid indices).
+        grid_shape: control grid ``(Zc, Yc, Xc)``.
+        offsets_mm: ``(D, 3)`` displacements in world mm, :func:`displacement_offsets` order.
+        n: displacements per axis (``D = n^3``).
+
+    Returns:
+        ``(1, 3, Zc, Yc, Xc)`` smoothed displacement in world mm.
+    """
+    dev = costs.device
+    row_spread = costs.mean(1, keepdim=True) - costs.min(1, keepdim=True).values  # (N, 1)
+    scale = row_spread.mean().clamp_min(1e-8)
+    costs, row_spread = costs / scale, row_spread / scale
+    off = offsets_mm.to(dev, torch.float32)
+    off_sq = (off ** 2).sum(1) / step_mm ** 2  # (D,)
+    u = torch.zeros((1, 3, *grid_shape), device=dev, dtype=torch.float32)
+    pz, py, px = points_zyx[:, 0], points_zyx[:, 1], points_zyx[:, 2]
+
+    def discrete(theta: float, v_pts: torch.Tensor, soft: bool) -> torch.Tensor:
+        out = torch.empty_like(v_pts)
+        rows = max(1, 2 ** 24 // costs.shape[1])
+        for s in range(0, len(v_pts), rows):
+            total = costs[s:s + rows]
+            if theta > 0:
+                # cost + theta |d - v|^2 / step^2, without the per-row constant theta |v|^2 / step^2
+                # (it changes neither the argmin nor the softmax)
+                total = torch.addmm(total + theta * off_sq, v_pts[s:s + rows], off.T, alpha=-2 * theta / step_mm ** 2)
+            if soft:
+                out[s:s + rows] = soft_argmin(total, off, temperature, n, row_spread[s:s + rows])
+            else:
+                out[s:s + rows] = off[total.argmin(1)]
+        return out
+
+    zero = torch.zeros((len(points_zyx), 3), device=dev, dtype=torch.float32)
+    u[0, :, pz, py, px] = discrete(0.0, zero, soft=False).T
+    for i, theta in enumerate(coupling):
+        if cancel:
+            cancel()
+        v = smooth3(u, smoothing_passes)
+        u = v.clone()
+        u[0, :, pz, py, px] = discrete(float(theta), v[0, :, pz, py, px].T, soft=i == len(coupling) - 1).T
+    return smooth3(u, smoothing_passes)
+
+
+def make_inverse_consistent(forward: torch.Tensor, backward: torch.Tensor, geometry: Geometry, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alternating averaging towards ``u(x) = -w(x + u(x))`` and ``w(y) = -u(y + w(y))``.
+
+    Args:
+        forward, backward: ``(1, 3, Z, Y, X)`` fields in world mm on ``geometry``
+            (fixed -> moving and moving -> fixed, both on the same grid).
+
+    Returns:
+        The two fields after ``iterations`` steps.
+    """
+    if iterations <= 0:
+        return forward, backward
+    sampler = GridSampler(geometry, geometry, forward.device, forward.dtype)
+
+    def along(field: torch.Tensor, by: torch.Tensor) -> torch.Tensor:
+        return sampler(field, by.permute(0, 2, 3, 4, 1), fill=None)
+
+    u, w = forward, backward
+    for _ in range(iterations):
+        u, w = 0.5 * (u - along(w, u)), 0.5 * (w - along(u, w))
+    return u, w
+
+
+def _solve_level(fixed_cells, moving_sliding, points, stride, offsets, offsets_mm, step_mm, cg, config, ctx, progress):
+    with torch.no_grad():
+        costs = dense_costs(fixed_cells, moving_sliding, points, stride, offsets, config.max_chunk_elements, progress)
+        n = int(round(len(offsets) ** (1 / 3)))
+        return coupled_convex(costs, points, cg.shape, offsets_mm, step_mm, config.coupling, config.smoothing_passes,
+                              config.temperature, n, ctx.check_cancel)
+
+
+# --------------------------------------------------------------------- method
+@register_method("convex", "Dense discrete cost volume, coupled convex optimisation, inverse consistency, then Adam (talk 003)", ConvexConfig)
+def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx: RunContext):
+    dev, dt = ctx.device, ctx.dtype
+    diag: dict = {"levels": []}
+    fr = region_geometry(fixed, fixed_mask, config.margin_mm)
+    mr = region_geometry(moving, moving_mask, config.margin_mm)
+    with ctx.stage("affine"):
+        mat, adiag = estimate_affine(fixed, moving, fixed_mask, moving_mask, AffineConfig(precision=config.precision), ctx, (0.0, 0.15))
+    diag.update(adiag)
+    with ctx.stage("features"):
+        af = aligned_features(fixed, moving, fr, mr, fixed_mask, mat, config.feature_spacing_mm, config.mind_radius,
+                              config.mind_dilation, dev, dt)
+    fg = af.geometry
+    sampler = GridSampler(fg, fg, dev, dt)
+    u = torch.zeros((1, *fg.shape, 3), device=dev, dtype=dt)  # world mm, w.r.t. the affinely aligned moving image
+    n_levels = len(config.grid_spacing_mm)
+    sp = max(fg.spacing)
+    to_world = fg.direction_matrix @ np.diag(fg.spacing)
+    for li, (gmm, hmm, smm) in enumerate(zip(config.grid_spacing_mm, config.search_half_width_mm, config.search_step_mm)):
+        ctx.check_cancel()
+        stride = max(1, int(round(gmm / sp)))
+        step = max(1, int(round(smm / sp)))
+        radius = int(round(hmm / (step * sp)))
+        offsets = displacement_offsets(radius, step)
+        offsets_mm = torch.as_tensor((offsets[:, ::-1] * 1.0) @ to_world.T, device=dev, dtype=torch.float32)
+        cg = control_geometry(fg, stride)
+        lo, hi = 0.15 + 0.45 * li / n_levels, 0.15 + 0.45 * (li + 1) / n_levels
+        with ctx.stage(f"cost_volume_{gmm:g}mm"), torch.no_grad():
+            mw = sampler(af.moving_feat, u, fill=None) if li > 0 else af.moving_feat
+            if af.lung is not None:
+                it = int(round(config.mask_dilation_mm / sp))
+                lung = ndi.binary_dilation(af.lung, iterations=it) if it > 0 else af.lung
+                cells = F.max_pool3d(_pad_to_multiple(torch.as_tensor(lung, device=dev)[None, None].to(dt), stride), stride, stride=stride)[0, 0] > 0
+            else:
+                cells = torch.ones(cg.shape, device=dev, dtype=torch.bool)
+            points = torch.nonzero(cells)
+            fc, ms = cell_features(af.fixed_feat, stride), sliding_cell_features(mw, stride)
+        solves = [(fc, ms, "forward")]
+        if config.inverse_consistent:
+            solves.append((cell_features(mw, stride), sliding_cell_features(af.fixed_feat, stride), "backward"))
+        fields = []
+        for k, (a, b, name) in enumerate(solves):
+            span = (lo + (hi - lo) * k / len(solves), lo + (hi - lo) * (k + 1) / len(solves))
+            with ctx.stage(f"convex_{gmm:g}mm"):
+                fields.append(_solve_level(a, b, points, stride, offsets, offsets_mm, step * sp, cg, config, ctx,
+                                           lambda f, s=span, nm=name: ctx.progress(f"convex {gmm:g} mm {nm}", s[0] + (s[1] - s[0]) * f)))
+        del fc, ms, solves
+        with ctx.stage(f"convex_{gmm:g}mm"), torch.no_grad():
+            d = fields[0]
+            if config.inverse_consistent:
+                d, _ = make_inverse_consistent(fields[0], fields[1], cg, config.consistency_iterations)
+            d_fine = resample_field(d.permute(0, 2, 3, 4, 1).to(dt), cg, fg)  # (1, Z, Y, X, 3)
+            # compose: the level matched fixed x to warped-moving x + d, i.e. to x + d + u(x + d)
+            u = d_fine + (sampler(u.permute(0, 4, 1, 2, 3), d_fine, fill=None).permute(0, 2, 3, 4, 1) if li > 0 else 0)
+        diag["levels"].append({"grid_mm": gmm, "control_points": int(len(points)), "displacements": int(len(offsets)),
+                               "half_width_mm": float(radius * step * sp), "step_mm": float(step * sp),
+                               "mean_displacement_mm": round(float(d_fine.norm(dim=-1).mean()), 3)})
+    with ctx.stage("compose_affine"), torch.no_grad():
+        xw = fg.world_coordinates()
+        total = apply_affine(mat, xw + u[0].to("cpu", torch.float32).numpy()) - xw
+        current = torch.as_tensor(total, device=dev, dtype=dt)[None]
+    ctx.progress("discrete stage done", 0.6)
+    current_geom = fg
+    if len(config.adam_levels_mm):
+        current, current_geom, losses = instance_optimise(
+            fixed, moving, fixed_mask, fr, mr, current, fg, config.adam_levels_mm, config.adam_iterations,
+            config.adam_learning_rates, _AdamView(config), ctx, (0.6, 1.0), label="adam", residual=True,
+            folding_weight=config.folding_weight)
+        diag["adam_levels"] = losses
+    with ctx.stage("upsample"), torch.no_grad():
+        full = resample_field(current, current_geom, fixed.geometry)
+    diag["working_region"] = fr.to_dict()
+    return full[0].to("cpu", torch.float32).numpy(), diag

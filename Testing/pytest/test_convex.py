@@ -1,0 +1,209 @@
+"""Method ``convex`` and ``deeplungreg tune``: the pieces on analytic cases, an end-to-end run
+on a small simulated pair, and a tiny tuning run whose config ``register --config`` accepts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from DeepLungRegLib import DeepLungRegError, read_image
+from DeepLungRegLib.cli import main
+from DeepLungRegLib.evaluation.tuning import candidate_grid, rank_candidates, tune, write_tune_result
+from DeepLungRegLib.methods import register
+from DeepLungRegLib.methods.convex import (
+    ConvexConfig, cell_features, control_geometry, coupled_convex, dense_costs, make_inverse_consistent, sliding_cell_features,
+)
+from DeepLungRegLib.methods.embed import displacement_offsets
+from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats, tre
+from DeepLungRegLib.simulation import simulate_breathing, write_pair
+from DeepLungRegLib.transforms import resample_to_spacing
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_control_cells_are_centred_on_their_voxels(oblique, stride):
+    """On an oblique, anisotropic, off-origin grid, control point i sits at the mean of its cell's voxel centres
+    and the cell mean of the world coordinates is that point (for full cells)."""
+    cg = control_geometry(oblique, stride)
+    assert cg.size == tuple(int(np.ceil(n / stride)) for n in oblique.size)
+    assert np.allclose(cg.direction, oblique.direction) and np.allclose(cg.spacing, np.array(oblique.spacing) * stride)
+    world = torch.as_tensor(oblique.world_coordinates()).permute(3, 0, 1, 2)[None]  # (1, 3, Z, Y, X)
+    means = cell_features(world, stride)[0].permute(1, 2, 3, 0).numpy()
+    full = tuple(slice(0, n // stride) for n in oblique.shape)
+    assert np.allclose(means[full], cg.world_coordinates()[full], atol=1e-9)
+    # the sliding cell starting at voxel stride * i is the same cell
+    sliding = sliding_cell_features(world, stride)[0].permute(1, 2, 3, 0).numpy()
+    assert np.allclose(sliding[(slice(0, None, stride),) * 3][full], means[full], atol=1e-9)
+
+
+@pytest.mark.parametrize("stride, step, shift", [(2, 1, (2, -1, 3)), (3, 2, (2, -4, 6))])
+def test_dense_costs_find_a_known_shift(stride, step, shift):
+    """Moving features = fixed features shifted by s voxels: every interior control point's cost minimum is s."""
+    rng = np.random.default_rng(0)
+    f = torch.as_tensor(rng.normal(size=(1, 5, 30, 27, 24)), dtype=torch.float32)
+    m = torch.roll(f, shifts=shift, dims=(2, 3, 4))  # m(x + s) = f(x)
+    cells = cell_features(f, stride)
+    pts = torch.nonzero(torch.ones(cells.shape[2:], dtype=torch.bool))
+    inner = ((pts * stride >= 8) & (pts * stride + stride <= torch.tensor(f.shape[2:]) - 8)).all(1)
+    pts = pts[inner]
+    off = displacement_offsets(3, step)
+    costs = dense_costs(cells, sliding_cell_features(m, stride), pts, stride, off, max_chunk_elements=2 ** 16)
+    assert costs.shape == (len(pts), 7 ** 3)
+    best = off[costs.argmin(1).numpy()]
+    assert (best == np.array(shift)).all()
+    assert float(costs.min(1).values.max()) == pytest.approx(0.0, abs=1e-5)
+    # brute force for one point and one displacement
+    p, k = pts[3], 100
+    z, y, x = (p * stride).tolist()
+    dz, dy, dx = off[k]
+    a = f[0, :, z:z + stride, y:y + stride, x:x + stride].mean((1, 2, 3))
+    b = m[0, :, z + dz:z + dz + stride, y + dy:y + dy + stride, x + dx:x + dx + stride].mean((1, 2, 3))
+    assert float(costs[3, k]) == pytest.approx(float(((a - b) ** 2).mean()), rel=1e-4)
+
+
+def test_coupled_convex_recovers_a_smooth_field_and_overrules_outliers():
+    """Costs = squared distance to a constant displacement, with a wrong minimum planted at 5 % of the points:
+    the coupling pulls those points back; points without costs follow the smoothing."""
+    rng = np.random.default_rng(1)
+    n, step = 7, 2.0
+    off_mm = torch.as_tensor(displacement_offsets(3, 1) * step, dtype=torch.float32)
+    truth = torch.tensor([2.0, -4.0, 2.0])
+    shape = (12, 12, 12)
+    pts = torch.nonzero(torch.ones(shape, dtype=torch.bool))
+    keep = torch.as_tensor(rng.random(len(pts)) < 0.7)  # 30 % of points carry no cost
+    pts = pts[keep]
+    costs = ((off_mm[None] - truth) ** 2).sum(-1).repeat(len(pts), 1)
+    bad = torch.as_tensor(rng.random(len(pts)) < 0.05)
+    costs[bad, 0] = -50.0  # a deep wrong minimum at (-6, -6, -6)
+    u0 = coupled_convex(costs, pts, shape, off_mm, step, (0.0,), 0, 0.15, n)
+    u = coupled_convex(costs, pts, shape, off_mm, step, (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0), 2, 0.15, n)
+    err0 = (u0[0].permute(1, 2, 3, 0) - truth).norm(dim=-1)
+    err = (u[0].permute(1, 2, 3, 0) - truth).norm(dim=-1)
+    assert float(err.max()) < 0.5 and float(err0.max()) > 5.0
+    assert u.shape == (1, 3, *shape)
+
+
+def test_inverse_consistency_of_opposite_translations_is_kept_and_errors_shrink(oblique):
+    t = torch.tensor([1.5, -2.0, 0.5], dtype=torch.float64)
+    shape = oblique.shape
+    u = t.view(1, 3, 1, 1, 1).expand(1, 3, *shape).clone()
+    w = -u
+    u2, w2 = make_inverse_consistent(u, w, oblique, 5)
+    assert torch.allclose(u2, u, atol=1e-9) and torch.allclose(w2, w, atol=1e-9)
+    rng = np.random.default_rng(2)
+    noise = torch.as_tensor(rng.normal(scale=0.5, size=w.shape))
+    w_bad = w + noise
+
+    def inconsistency(a, b):
+        from DeepLungRegLib.transforms.warp import GridSampler
+
+        s = GridSampler(oblique, oblique, "cpu", torch.float64)
+        return float((a + s(b, a.permute(0, 2, 3, 4, 1), fill=None))[:, :, 3:-3, 3:-3, 3:-3].abs().mean())
+
+    u3, w3 = make_inverse_consistent(u, w_bad, oblique, 10)
+    assert inconsistency(u3, w3) < 0.5 * inconsistency(u, w_bad)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"grid_spacing_mm": [8.0, 4.0], "search_step_mm": [4.0]}, "equal length"),
+    ({"search_half_width_mm": [60.0, 6.0], "search_step_mm": [2.0, 2.0]}, "too many"),
+    ({"coupling": []}, "at least one"),
+    ({"grid_spacing_mm": [1.0, 4.0]}, "grid_spacing_mm"),
+    ({"adam_levels_mm": [3.0], "adam_iterations": [1, 2]}, "equal length"),
+    ({"temperature": 0.0}, "temperature"),
+])
+def test_convex_config_rejects_absurd_values(kwargs, match):
+    with pytest.raises(DeepLungRegError, match=match):
+        ConvexConfig.from_dict(kwargs)
+
+
+@pytest.fixture(scope="module")
+def small_pair(sample_path):
+    ct = resample_to_spacing(read_image(sample_path), 4.0, fill=-1024.0)
+    return simulate_breathing(ct, amplitude="large", seed=5)
+
+
+#: a fast configuration for 4 mm test pairs
+FAST = {"feature_spacing_mm": 4.0, "grid_spacing_mm": [8.0, 4.0], "search_half_width_mm": [24.0, 4.0], "search_step_mm": [4.0, 4.0],
+        "adam_levels_mm": [4.0], "adam_iterations": [20], "adam_learning_rates": [0.3]}
+
+
+@pytest.mark.parametrize("inverse_consistent", [True, False])
+def test_convex_recovers_large_motion_on_a_small_pair(small_pair, inverse_consistent):
+    p = small_pair
+    res = register(p.fixed, p.moving, "convex", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
+                   config={**FAST, "inverse_consistent": inverse_consistent}, device="cpu")
+    before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
+    after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
+    assert before > 10 and after < 0.3 * before
+    assert res.field.shape == (*p.fixed.geometry.shape, 3)
+    levels = res.diagnostics["levels"]
+    assert [lv["displacements"] for lv in levels] == [13 ** 3, 3 ** 3] and levels[0]["control_points"] > 50
+    assert {"cost_volume_8mm", "convex_8mm", "convex_4mm"} <= set(res.timings)
+    assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
+
+
+def test_candidate_grid_defaults_first_subset_and_errors():
+    c = candidate_grid("convex")
+    assert len(c) == 12 and c[0] == {"smoothing_passes": 3, "regularisation": 1.0, "adam_levels_mm": (3.0,)}
+    assert len({json.dumps(x, sort_keys=True) for x in c}) == 12
+    sub = candidate_grid("convex", {"regularisation": [0.25, 0.5, 1.0, 2.0, 4.0]}, max_candidates=3, seed=1)
+    assert len(sub) == 3 and sub[0] == {"regularisation": 1.0}
+    with pytest.raises(DeepLungRegError, match="no option 'nonsense'"):
+        candidate_grid("convex", {"nonsense": [1, 2]})
+    with pytest.raises(DeepLungRegError, match="regularisation"):
+        candidate_grid("convex", {"regularisation": [1.0, -5.0]})
+    with pytest.raises(DeepLungRegError, match="non-empty list"):
+        candidate_grid("convex", {"regularisation": []})
+    with pytest.raises(DeepLungRegError, match="no default search grid"):
+        candidate_grid("affine")
+
+
+def test_rank_candidates_orders_by_weighted_mean_rank():
+    # 3 candidates, 2 pairs, criteria (TRE mean, TRE p95, SD log J)
+    s = np.array([[[1.0, 2.0, 0.1], [1.0, 2.0, 0.1]],
+                  [[2.0, 3.0, 0.05], [2.0, 3.0, 0.05]],
+                  [[0.5, 1.0, 0.2], [0.5, 1.0, 0.2]]])
+    failed = np.zeros((3, 2), bool)
+    r = rank_candidates(s, failed)
+    assert np.argsort(r).tolist() == [2, 0, 1]
+    assert r[2] == pytest.approx((1 + 1 + 0.5 * 3) / 2.5)
+    failed[2] = True  # a folding or failing candidate ranks last
+    assert np.argmax(rank_candidates(s, failed)) == 2
+
+
+def test_tune_writes_a_config_that_register_accepts(small_pair, tmp_path, capsys):
+    res = tune("convex", [small_pair], {"regularisation": [1.0, 4.0]}, base=FAST, names=["small"], device="cpu")
+    assert len(res.rows) == 2 and {r["regularisation"] for r in res.rows} == {1.0, 4.0}
+    assert res.ranking[0]["mean_rank"] <= res.ranking[1]["mean_rank"]
+    assert res.config["regularisation"] == res.best["regularisation"] and res.config["feature_spacing_mm"] == 4.0
+    files = write_tune_result(res, tmp_path / "tuned.json")
+    assert [f.name for f in files] == ["tuned.json", "tuned_tuning.md", "tuned_tuning.json"]
+    assert "| rank | regularisation |" in files[1].read_text()
+    with pytest.raises(DeepLungRegError, match="exists"):
+        write_tune_result(res, tmp_path / "tuned.json")
+    # the CLI reads it back
+    pairdir = write_pair(small_pair, tmp_path / "pair")
+    out = tmp_path / "reg"
+    rc = main(["register", str(pairdir / "fixed.nii.gz"), str(pairdir / "moving.nii.gz"), "-o", str(out), "--method", "convex",
+               "--config", str(tmp_path / "tuned.json"), "--fixed-mask", str(pairdir / "fixed_mask.nii.gz"),
+               "--moving-mask", str(pairdir / "moving_mask.nii.gz"), "-q"])
+    assert rc == 0
+    used = json.loads((out / "metrics.json").read_text())
+    assert used["config"]["regularisation"] == res.best["regularisation"]
+    # a config written for another method is refused, with the reason
+    rc = main(["register", str(pairdir / "fixed.nii.gz"), str(pairdir / "moving.nii.gz"), "-o", str(tmp_path / "reg2"),
+               "--method", "adam", "--config", str(tmp_path / "tuned.json"), "-q"])
+    assert rc == 2 and "holds options of method 'convex'" in capsys.readouterr().err
+
+
+def test_tune_cli_errors(tmp_path, capsys):
+    assert main(["tune", str(tmp_path / "nowhere"), "-o", str(tmp_path / "c.json"), "-q"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main(["tune", str(tmp_path), "-o", str(tmp_path / "c.txt"), "-q"]) == 2
+    assert "must end in .json" in capsys.readouterr().err
+    (tmp_path / "c.json").write_text("{}")
+    assert main(["tune", str(tmp_path), "-o", str(tmp_path / "c.json"), "-q"]) == 2
+    assert "exists" in capsys.readouterr().err
