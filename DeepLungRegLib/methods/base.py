@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import resource
 import threading
 import time
@@ -108,12 +109,19 @@ def method_settings(method: str) -> list[dict]:
     spec = get_method(method)
     doc = spec.config_cls.__doc__ or ""
     helps: dict[str, str] = {}
+    current: list[str] = []
     for line in doc.splitlines():
         line = line.strip()
-        if ":" in line and not line.startswith(("Options", "Attributes")):
-            names, text = line.split(":", 1)
-            for n in names.split(","):
-                helps[n.strip()] = text.strip()
+        m = re.match(r"^(\w+(?:\s*,\s*\w+)*):\s*(.*)$", line)
+        if m and not line.startswith(("Options", "Attributes")):
+            current = [n.strip() for n in m.group(1).split(",")]
+            for n in current:
+                helps[n] = m.group(2).strip()
+        elif line and current:  # a continuation line of the entry above
+            for n in current:
+                helps[n] = f"{helps[n]} {line}"
+        else:
+            current = []
     helps.setdefault("precision", "float32, or float16/bfloat16 on CUDA only.")
     out = []
     for f in dataclasses.fields(spec.config_cls):

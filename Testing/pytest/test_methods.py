@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from DeepLungRegLib import DeepLungRegError, Geometry, Image, RegistrationCancelled, read_image
-from DeepLungRegLib.methods import available_methods, register
+from DeepLungRegLib.methods import available_methods, method_settings, register
 from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats, tre
 from DeepLungRegLib.simulation import simulate_breathing
 from DeepLungRegLib.transforms import affine_to_field, resample_to_spacing, sample_field_at_points, warp_image
@@ -99,3 +99,13 @@ def test_register_rejects_bad_images_and_masks(small_pair):
 def test_cuda_request_without_gpu_is_refused(small_pair):
     with pytest.raises(DeepLungRegError, match="no CUDA"):
         register(small_pair.fixed, small_pair.moving, "adam", device="cuda")
+
+
+def test_every_option_of_every_method_has_its_whole_help_text():
+    """``methods --options`` and the Slicer settings table read the config docstrings, continuation lines included."""
+    for name in available_methods():
+        for opt in method_settings(name):
+            assert opt["help"], f"{name}.{opt['name']} has no help text"
+    helps = {o["name"]: o["help"] for o in method_settings("convex")}
+    assert helps["coupling"].endswith("(relative to the typical cost spread, per squared search step).")
+    assert helps["adam_iterations"] == helps["adam_levels_mm"]
