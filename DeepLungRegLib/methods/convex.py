@@ -83,12 +83,12 @@ class ConvexConfig(MethodConfig):
     search_half_width_mm: tuple[float, ...] = (24.0, 6.0)
     search_step_mm: tuple[float, ...] = (4.0, 2.0)
     coupling: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-    smoothing_passes: int = 3
+    smoothing_passes: int = 2
     temperature: float = 0.15
     inverse_consistent: bool = True
     consistency_iterations: int = 10
     mask_dilation_mm: float = 4.0
-    adam_levels_mm: tuple[float, ...] = (3.0,)
+    adam_levels_mm: tuple[float, ...] = (2.5,)
     adam_iterations: tuple[int, ...] = (30,)
     adam_learning_rates: tuple[float, ...] = (0.25,)
     regularisation: float = 1.0
