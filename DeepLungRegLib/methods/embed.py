@@ -87,9 +87,9 @@ class EmbedConfig(MethodConfig):
     densify: str = "tps"
     densify_smoothing: float = 2.0
     refine: bool = True
-    refine_levels_mm: tuple[float, ...] = (4.0, 2.5)
-    refine_iterations: tuple[int, ...] = (50, 40)
-    refine_learning_rates: tuple[float, ...] = (0.4, 0.25)
+    refine_levels_mm: tuple[float, ...] = (2.5,)
+    refine_iterations: tuple[int, ...] = (30,)
+    refine_learning_rates: tuple[float, ...] = (0.25,)
     regularisation: float = 1.0
     folding_weight: float = 10.0
     smoothing_passes: int = 2
