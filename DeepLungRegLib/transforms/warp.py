@@ -103,6 +103,28 @@ class GridSampler:
         return out[:, :, :, 0, 0]
 
 
+def sample_at_voxels(volume: torch.Tensor, positions: torch.Tensor, mode: str = "linear", padding: str = "border") -> torch.Tensor:
+    """Sample ``volume (N, C, Z, Y, X)`` at continuous voxel positions of its own grid.
+
+    For networks, which work in the index space of their input grid.
+
+    Args:
+        positions: ``(N, 3, Zo, Yo, Xo)`` positions in voxels, channels in ``(z, y, x)`` order.
+        padding: ``"border"`` (nearest border value) or ``"zeros"`` outside the volume.
+
+    Returns:
+        ``(N, C, Zo, Yo, Xo)``.
+    """
+    if mode not in _MODES:
+        raise DeepLungRegError(f"sample_at_voxels: unknown interpolation {mode!r}; use 'linear' or 'nearest'")
+    if positions.ndim != 5 or positions.shape[1] != 3:
+        raise DeepLungRegError(f"sample_at_voxels: positions must be (N, 3, Z, Y, X), got {tuple(positions.shape)}")
+    size = torch.tensor(volume.shape[2:], device=positions.device, dtype=positions.dtype).view(1, 3, 1, 1, 1)
+    norm = 2.0 * positions / (size - 1).clamp_min(1) - 1.0  # (N, 3 (z, y, x), ...)
+    grid = norm.flip(1).permute(0, 2, 3, 4, 1)  # grid_sample wants (x, y, z) last
+    return F.grid_sample(volume, grid.to(volume.dtype), mode=_MODES[mode], padding_mode=padding, align_corners=True)
+
+
 def warp_tensor(
     volume: torch.Tensor, moving: Geometry, field: torch.Tensor | None, fixed: Geometry, mode: str = "linear", fill: float = 0.0
 ) -> torch.Tensor:
