@@ -45,3 +45,27 @@ def jacobian_determinant_torch(field: torch.Tensor, index_to_world: torch.Tensor
 def folding_penalty(field: torch.Tensor, index_to_world: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
     """Mean of ``relu(margin - J)^2``: zero where the map keeps volume above ``margin``, growing as it folds."""
     return torch.relu(margin - jacobian_determinant_torch(field, index_to_world)).pow(2).mean()
+
+
+def curvature(displacement: torch.Tensor, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Curvature regulariser (Fischer & Modersitzki): mean over voxels and components of ``(Laplace u)^2 / 2``.
+
+    Args:
+        displacement: ``(N, D, *S)`` with ``D`` = 2 or 3 spatial dimensions ``S`` (channels first).
+        spacing: voxel size along the spatial axes (default 1).
+
+    Returns:
+        A scalar; 0 for any affine field (away from the border, which is replicated).
+    """
+    dims = displacement.ndim - 2
+    spacing = spacing or (1.0,) * dims
+    lap = torch.zeros_like(displacement)
+    for d in range(dims):
+        ax = 2 + d
+        pad = [0, 0] * dims
+        pad[2 * (dims - 1 - d)] = pad[2 * (dims - 1 - d) + 1] = 1
+        p = torch.nn.functional.pad(displacement, pad, mode="replicate")
+        n = displacement.shape[ax]
+        lap = lap + (p.narrow(ax, 2, n) - 2 * p.narrow(ax, 1, n) + p.narrow(ax, 0, n)) / spacing[d] ** 2
+    inner = tuple(slice(1, -1) for _ in range(dims))
+    return 0.5 * lap[(slice(None), slice(None), *inner)].pow(2).mean()

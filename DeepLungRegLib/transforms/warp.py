@@ -104,24 +104,27 @@ class GridSampler:
 
 
 def sample_at_voxels(volume: torch.Tensor, positions: torch.Tensor, mode: str = "linear", padding: str = "border") -> torch.Tensor:
-    """Sample ``volume (N, C, Z, Y, X)`` at continuous voxel positions of its own grid.
+    """Sample ``volume`` at continuous voxel positions of its own grid (2D or 3D).
 
     For networks, which work in the index space of their input grid.
 
     Args:
-        positions: ``(N, 3, Zo, Yo, Xo)`` positions in voxels, channels in ``(z, y, x)`` order.
+        volume: ``(N, C, Z, Y, X)`` or ``(N, C, Y, X)``.
+        positions: ``(N, D, *So)`` positions in voxels, channels in array-axis order
+            (``(z, y, x)`` in 3D, ``(y, x)`` in 2D).
         padding: ``"border"`` (nearest border value) or ``"zeros"`` outside the volume.
 
     Returns:
-        ``(N, C, Zo, Yo, Xo)``.
+        ``(N, C, *So)``.
     """
     if mode not in _MODES:
         raise DeepLungRegError(f"sample_at_voxels: unknown interpolation {mode!r}; use 'linear' or 'nearest'")
-    if positions.ndim != 5 or positions.shape[1] != 3:
-        raise DeepLungRegError(f"sample_at_voxels: positions must be (N, 3, Z, Y, X), got {tuple(positions.shape)}")
-    size = torch.tensor(volume.shape[2:], device=positions.device, dtype=positions.dtype).view(1, 3, 1, 1, 1)
-    norm = 2.0 * positions / (size - 1).clamp_min(1) - 1.0  # (N, 3 (z, y, x), ...)
-    grid = norm.flip(1).permute(0, 2, 3, 4, 1)  # grid_sample wants (x, y, z) last
+    d = volume.ndim - 2
+    if d not in (2, 3) or positions.ndim != d + 2 or positions.shape[1] != d:
+        raise DeepLungRegError(f"sample_at_voxels: positions must be (N, {d}, ...) for a {d}D volume, got {tuple(positions.shape)}")
+    size = torch.tensor(volume.shape[2:], device=positions.device, dtype=positions.dtype).view(1, d, *([1] * d))
+    norm = 2.0 * positions / (size - 1).clamp_min(1) - 1.0
+    grid = norm.flip(1).permute(0, *range(2, d + 2), 1)  # grid_sample wants (x, y[, z]) last
     return F.grid_sample(volume, grid.to(volume.dtype), mode=_MODES[mode], padding_mode=padding, align_corners=True)
 
 

@@ -96,3 +96,89 @@ def test_a_few_training_steps_lower_the_lindef_loss():
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.7 * losses[0]
+
+
+# ------------------------------------------------------------------ paper 002
+from DeepLungRegLib.losses import curvature, ngf  # noqa: E402
+from DeepLungRegLib.networks import MLVIRNet, UNet, compose_displacements, identity_grid, warp_voxels  # noqa: E402
+
+
+@pytest.mark.parametrize("dims, shape", [(3, (8, 12, 16)), (2, (12, 20))])
+def test_unet_shapes_and_identity_start(dims, shape):
+    net = UNet(dims=dims)
+    x = torch.randn(2, 2, *shape)
+    with torch.no_grad():
+        out = net(x)
+    assert out.shape == (2, dims, *shape) and float(out.abs().max()) == 0.0
+    assert 100_000 < sum(p.numel() for p in net.parameters()) < 200_000 or dims == 2  # about the 160k of the issue
+    with pytest.raises(DeepLungRegError, match="divisible by 4"):
+        net(torch.randn(1, 2, *(s + 1 for s in shape)))
+
+
+def test_curvature_is_zero_for_affine_and_known_for_quadratic_fields():
+    z, y, x = identity_grid((9, 10, 11), dtype=torch.float64)[0]
+    affine = torch.stack([0.1 * x + 2 * y, -z + 0.3, 0.5 * x])[None]
+    assert float(curvature(affine)) == pytest.approx(0.0, abs=1e-12)
+    quad = torch.stack([x ** 2, torch.zeros_like(x), torch.zeros_like(x)])[None]  # Laplacian 2 in one of three components
+    assert float(curvature(quad)) == pytest.approx(0.5 * 4 / 3)
+    # with 2 mm along x the same values are x_mm^2 / 4: Laplacian 0.5 per mm^2
+    assert float(curvature(quad, spacing=(1.0, 1.0, 2.0))) == pytest.approx(0.5 * 0.25 / 3)
+
+
+def test_ngf_prefers_aligned_edges():
+    torch.manual_seed(0)
+    img = torch.nn.functional.avg_pool3d(torch.randn(1, 1, 20, 20, 20), 3, 1, 1)
+    shifted = torch.roll(img, 3, dims=4)
+    assert float(ngf(img, img, eps=1e-3)) < 0.05 < float(ngf(img, shifted, eps=1e-3))
+    assert float(ngf(img, 2 * img + 1, eps=1e-3)) == pytest.approx(float(ngf(img, img, eps=1e-3)), abs=1e-3)  # contrast-free
+
+
+def test_compose_displacements_applies_the_first_map_first():
+    shape = (4, 5, 40)
+    x = identity_grid(shape, dtype=torch.float64)[0, 2]
+    first = torch.zeros(1, 3, *shape, dtype=torch.float64)
+    first[0, 2] = 0.5 * x  # F(x) = 1.5 x along the last axis
+    then = torch.zeros_like(first)
+    then[0, 2] = 3.0  # T(x) = x + 3
+    total = compose_displacements(first, then)
+    inner = 1.5 * x + 3 <= shape[2] - 1
+    assert torch.allclose(total[0, 2][inner] + x[inner], (1.5 * x + 3)[inner])  # T(F(x)), not F(T(x)) = 1.5 x + 4.5
+    img = torch.rand(1, 1, *shape, dtype=torch.float64)
+    assert torch.allclose(warp_voxels(img, torch.zeros_like(first)), img)
+
+
+def test_mlvirnet_levels_identity_start_and_progressive_training():
+    net = MLVIRNet(levels=3, base=4)
+    assert net.divisor == 16
+    f, m = torch.randn(1, 1, 16, 16, 32), torch.randn(1, 1, 16, 16, 32)
+    total, corr = net(f, m)
+    assert total.shape == (1, 3, 16, 16, 32) and len(corr) == 3 and float(total.abs().max()) == 0.0
+    assert len(net(f, m, finest=2)[1]) == 1
+    with pytest.raises(DeepLungRegError, match="multiple of 16"):
+        net(f[..., :24], m[..., :24])
+    torch.nn.init.normal_(net.nets[2].head.weight)
+    params = net.train_level(1)
+    assert all(p.requires_grad for p in params) and not any(p.requires_grad for p in net.nets[2].parameters())
+    assert torch.equal(net.nets[1].head.weight, net.nets[2].head.weight)  # initialised from the coarser level
+
+
+def test_a_few_training_steps_lower_the_mlvirnet_loss():
+    torch.manual_seed(0)
+    g = identity_grid((16, 16, 16))[0] / 15 * 2 - 1
+    blob = lambda c: torch.exp(-((g[0]) ** 2 + (g[1]) ** 2 + (g[2] - c) ** 2) / 0.08)[None, None]  # noqa: E731
+    fixed, moving = blob(0.1), blob(-0.1)
+    net = MLVIRNet(levels=2, base=8)
+    params = net.train_level(1)
+    opt = torch.optim.Adam(params, lr=3e-3)
+    losses = []
+    for _ in range(25):
+        opt.zero_grad()
+        disp, _ = net(fixed, moving, finest=1)
+        loss = ngf(fixed, warp_voxels(moving, disp), eps=0.05) + 0.1 * curvature(disp)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] - 0.01
+    # the moving blob lies 1.5 voxels towards -x: the field points that way where the blob is
+    near = fixed[0, 0] > 0.3
+    assert float(disp.detach()[0, 2][near].mean()) < -0.3
