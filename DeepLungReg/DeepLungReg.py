@@ -58,7 +58,7 @@ PIP_REQUIREMENTS = {"scipy": "scipy>=1.10", "tqdm": "tqdm>=4.60"}
 #: The registered methods, for the method combo box. Listed here because the parameter node is
 #: declared at import, before torch may be installed; Testing/pytest/test_slicer_static.py checks
 #: that this matches DeepLungRegLib.methods.available_methods().
-METHOD_CHOICES = ["adam", "affine", "convex", "embed"]
+METHOD_CHOICES = ["adam", "affine", "convex", "embed", "labeldriven", "lindef", "mlvirnet"]
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
 
 #: Output roles and the parameter-node fields that may name them.

@@ -75,6 +75,10 @@ def cmd_register(args) -> int:
     moving = read_image(args.moving, what=f"moving image {args.moving}")
     fl, ml = load_landmark_pair(args.fixed_landmarks, args.moving_landmarks, args.spacing, fixed, moving)
     cfg = _parse_options(args.option, args.config, args.method)
+    if args.finetune is not None:
+        if args.method not in ("lindef", "mlvirnet", "labeldriven"):
+            raise DeepLungRegError(f"register: --finetune is for the network methods (lindef, mlvirnet, labeldriven), not {args.method!r}")
+        cfg["finetune"] = args.finetune
     bar = _Progress(f"register ({args.method})", not args.quiet)
     try:
         metrics = run_registration(
@@ -198,7 +202,7 @@ def cmd_demo(args) -> int:
 
 def cmd_benchmark(args) -> int:
     from .methods import available_methods
-    from .benchmark.runner import dirlab_specs, pairdir_specs, run_benchmark, simulated_specs
+    from .benchmark.runner import dirlab_specs, pairdir_specs, run_benchmark, simulated_specs, split_methods
 
     out = Path(args.output)
     if (out / "results.csv").exists() and not args.overwrite:
@@ -206,8 +210,8 @@ def cmd_benchmark(args) -> int:
     sources = [x for x in (args.simulated, args.pairs, args.dirlab, args.copd) if x]
     if len(sources) != 1:
         raise DeepLungRegError("benchmark: give exactly one of --simulated CT..., --pairs DIR..., --dirlab ROOT, --copd ROOT")
-    methods = list(available_methods()) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-    methods += [b.strip() for b in (args.baselines or "").split(",") if b.strip()]
+    methods = list(available_methods()) if args.methods == "all" else split_methods(args.methods)
+    methods += split_methods(args.baselines or "")
     if not methods:
         raise DeepLungRegError("benchmark: no methods given")
 
@@ -264,6 +268,46 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .io.images import read_image
+    from .methods.base import parse_options
+    from .simulation.breathing import read_pair
+    from .training import NetworkConfig, from_simulated, train
+
+    opts = parse_options(args.option, "train")
+    shape = [int(v) for v in args.shape.split(",")]
+    cfg = NetworkConfig.from_dict({"method": args.method, "spacing_mm": args.spacing, "shape": shape, **opts})
+
+    def load(paths):
+        out = []
+        for p in paths or []:
+            out.append((Path(p).name.split(".")[0], read_image(p, what=f"CT {p}"), None))
+        return out
+
+    cts = load(args.ct)
+    if not cts and not args.pairs:
+        raise DeepLungRegError("train: give at least one --ct CT (pairs are simulated from it) or --pairs DIR")
+    if not cts:
+        raise DeepLungRegError("train: --pairs only adds real pairs to simulated ones; give at least one --ct too")
+    real = [from_simulated(read_pair(d), cfg.spacing_mm, cfg.shape, Path(d).name) for d in args.pairs or []]
+    bar = _Progress(f"train {args.method}", enabled=not args.quiet)
+
+    def progress(step: int, steps: int, row: dict) -> None:
+        bar(f"step {step}/{steps} loss {row['loss']:.4g}" + (f" val TRE {row['tre_after']:.2f} mm" if "tre_after" in row else ""), step / steps)
+
+    try:
+        res = train(cfg, cts, args.output, steps=args.steps, val_cts=load(args.val_ct), real_pairs=real, pool_size=args.pool,
+                    refresh_every=args.refresh_every, validate_every=args.validate_every, seed=args.seed, resume=args.resume,
+                    device=args.device if args.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu"),
+                    progress=progress)
+    finally:
+        bar.close()
+    v = res["validation"]
+    print(f"train: {res['steps']} steps in {res['seconds']:.0f} s; checkpoint {res['checkpoint']}"
+          + (f"; validation TRE {v['tre_before']:.2f} -> {v['tre_after']:.2f} mm" if v else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deeplungreg", description="Lung CT registration (DeepLungReg).")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -283,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("--config", help="JSON file with method options")
     s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="method option, e.g. -O regularisation=2")
+    s.add_argument("--finetune", type=int, metavar="N", help="network methods: N Adam iterations of instance optimisation after the network")
     s.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_register)
@@ -323,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("benchmark", help="compare methods and baselines on simulated or DIR-Lab pairs")
-    s.add_argument("--methods", default="all", help="comma-separated registered methods, or 'all' (default)")
+    s.add_argument("--methods", default="all",
+                   help="comma-separated registered methods, or 'all' (default); a variant with options is NAME:OPT=V[:OPT=V], e.g. mlvirnet:finetune=30")
     s.add_argument("--baselines", default="", help="comma-separated: convexadam, elastix (pip install 'DeepLungRegLib[bench]')")
     src = s.add_argument_group("pairs (exactly one)")
     src.add_argument("--simulated", nargs="+", metavar="CT", help="simulate pairs from these CT files")
@@ -357,6 +403,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("train", help="train a network method on pairs simulated on the fly from CTs (and real pairs)")
+    s.add_argument("--method", required=True, choices=["lindef", "mlvirnet", "labeldriven"])
+    s.add_argument("--ct", nargs="+", metavar="CT", help="training CTs (inhale); pairs are simulated from them on the fly")
+    s.add_argument("--val-ct", nargs="+", metavar="CT", help="held-out CTs for the validation TRE (a small and a large pair each)")
+    s.add_argument("--pairs", nargs="+", metavar="PAIRDIR", help="real (or stored) pairs to mix in, folders as written by 'simulate'")
+    s.add_argument("--steps", type=int, default=1000)
+    s.add_argument("--spacing", type=float, default=4.0, help="network grid spacing in mm (default 4; 2 on a GPU)")
+    s.add_argument("--shape", default="64,64,64", help="network grid Z,Y,X, multiples of 16 (default 64,64,64)")
+    s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="network option: width, levels, alpha, beta, ngf_eps, learning_rate")
+    s.add_argument("--pool", type=int, default=8, help="simulated pairs kept in memory (default 8)")
+    s.add_argument("--refresh-every", type=int, default=25, help="steps between two new simulated pairs (default 25)")
+    s.add_argument("--validate-every", type=int, default=100, help="steps between validations and checkpoints (default 100)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint.pt")
+    s.add_argument("-o", "--output", required=True, help="run folder: checkpoint.pt, log.csv, log.json, loss.png")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("methods", help="list the registration methods")
     s.add_argument("--options", action="store_true", help="also list each method's options, defaults and meaning")

@@ -114,6 +114,29 @@ def _flatten(pair: str, method: str, r: dict) -> dict:
     return row
 
 
+def method_variant(label: str) -> tuple[str, dict]:
+    """``"mlvirnet:finetune=30:finetune_level_mm=3"`` -> ``("mlvirnet", {"finetune": 30, "finetune_level_mm": 3})``."""
+    from ..methods.base import parse_options
+
+    name, _, rest = label.partition(":")
+    return name.strip(), parse_options([t for t in rest.split(":") if t.strip()], "benchmark")
+
+
+def split_methods(text: str) -> list[str]:
+    """Split ``--methods`` at commas outside brackets (``convex:adam_levels_mm=[3,2],adam``)."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "[{("
+        depth -= ch in "]})"
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return [m for m in out if m]
+
+
 def run_benchmark(
     specs: list[dict],
     methods: list[str],
@@ -133,9 +156,17 @@ def run_benchmark(
     if not specs:
         raise DeepLungRegError("benchmark: no pairs to run")
     known = set(available_methods()) | set(RUNNERS)
-    unknown = [m for m in methods if m not in known]
+    unknown = [m for m in methods if method_variant(m)[0] not in known]
     if unknown:
         raise DeepLungRegError(f"benchmark: unknown method(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for m in methods:  # refuse bad variant options before anything runs
+        name, opts = method_variant(m)
+        if opts:
+            if name in RUNNERS:
+                raise DeepLungRegError(f"benchmark: the baseline {name} takes no options ({m})")
+            from ..methods import get_method
+
+            get_method(name).config_cls.from_dict(opts)
     say = progress or (lambda msg: None)
     checks = {}
     if check_baselines:

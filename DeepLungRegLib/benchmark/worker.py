@@ -59,6 +59,7 @@ def measure(spec: dict, method: str, device: str = "auto") -> dict:
     from ..methods import available_methods, register
     from ..segmentation import lung_mask
     from .baselines import run_baseline
+    from .runner import method_variant
 
     t0 = time.perf_counter()
     fixed, moving, fmask, mmask, fp, mp, gt = load_pair(spec)
@@ -68,11 +69,12 @@ def measure(spec: dict, method: str, device: str = "auto") -> dict:
         fmask, mmask = lung_mask(fixed), lung_mask(moving)
     masks_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    if method in available_methods():
-        res = register(fixed, moving, method, fixed_mask=fmask, moving_mask=mmask, device=device)
+    name, options = method_variant(method)  # "method" or "method:option=value:..."
+    if name in available_methods():
+        res = register(fixed, moving, name, fixed_mask=fmask, moving_mask=mmask, config=options or None, device=device)
         field, diag = res.field, res.diagnostics
     else:
-        out = run_baseline(method, fixed, moving, fmask, mmask, device=device)
+        out = run_baseline(name, fixed, moving, fmask, mmask, device=device)
         field, diag = out.field, out.diagnostics
     reg_s = time.perf_counter() - t0
     row = score_field(field, fixed.geometry, fmask, mmask, fp, mp, None if gt is None else gt.field, per_landmark=True)

@@ -1,3 +1,3 @@
 """Imports every built-in method module so that it registers itself."""
 
-from . import adam, affine, convex, embed  # noqa: F401
+from . import adam, affine, convex, embed, labeldriven, lindef, mlvirnet  # noqa: F401

@@ -107,9 +107,10 @@ def parse_options(items: list[str] | str | None, owner: str = "register") -> dic
 def method_settings(method: str) -> list[dict]:
     """The options of ``method``: ``[{"name", "default", "type", "help"}]`` for GUIs and ``methods -v``."""
     spec = get_method(method)
-    doc = spec.config_cls.__doc__ or ""
     helps: dict[str, str] = {}
     current: list[str] = []
+    # the docstrings of the config class and its bases, the class's own last (it wins)
+    doc = "\n\n".join(k.__doc__ or "" for k in reversed(spec.config_cls.__mro__) if issubclass(k, MethodConfig))
     for line in doc.splitlines():
         line = line.strip()
         m = re.match(r"^(\w+(?:\s*,\s*\w+)*):\s*(.*)$", line)

@@ -161,3 +161,23 @@ def test_peak_rss_is_the_workers_own():
 
     assert peak_rss_mb() > 300 and child < peak_rss_mb() - 150
     del big
+
+
+def test_method_variants_and_their_splitting():
+    from DeepLungRegLib.benchmark.runner import method_variant, split_methods
+
+    assert split_methods("adam, convex:adam_levels_mm=[3,2.5]:regularisation=0.5,mlvirnet:finetune=30") == [
+        "adam", "convex:adam_levels_mm=[3,2.5]:regularisation=0.5", "mlvirnet:finetune=30"]
+    assert method_variant("convex:adam_levels_mm=[3,2.5]:regularisation=0.5") == (
+        "convex", {"adam_levels_mm": [3, 2.5], "regularisation": 0.5})
+    assert method_variant("adam") == ("adam", {})
+
+
+def test_benchmark_refuses_bad_variants_before_running(tmp_path):
+    from DeepLungRegLib.benchmark.runner import run_benchmark
+
+    spec = [{"kind": "pairdir", "path": str(tmp_path), "name": "x"}]
+    with pytest.raises(DeepLungRegError, match="unknown option"):
+        run_benchmark(spec, ["convex:nonsense=1"], tmp_path / "out", check_baselines=False)
+    with pytest.raises(DeepLungRegError, match="unknown method"):
+        run_benchmark(spec, ["nomethod:finetune=1"], tmp_path / "out", check_baselines=False)

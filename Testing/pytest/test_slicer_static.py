@@ -145,3 +145,12 @@ def test_method_choices_match_the_registry(module_ast):
     for n in cls.body:
         if isinstance(n, ast.AnnAssign) and n.target.id in ("method", "device"):
             assert "Choice(" in ast.unparse(n.annotation)
+
+
+def test_the_weights_cmake_installs_are_the_shipped_files():
+    text = (MODULE / "CMakeLists.txt").read_text()
+    m = re.search(r"set\(DeepLungReg_WEIGHTS ([^)]*)\)", text)
+    assert m, "DeepLungReg/CMakeLists.txt does not install the network weights"
+    listed = sorted(m.group(1).split())
+    shipped = sorted(p.name for p in (ROOT / "Resources" / "Weights").glob("*.pt"))
+    assert listed == shipped, f"CMake installs {listed} but Resources/Weights holds {shipped}"

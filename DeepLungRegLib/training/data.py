@@ -1,0 +1,149 @@
+"""Training pairs for the networks: semi-synthetic pairs from the breathing simulator, made on
+the fly from real CTs (the talk's synthetic supervision), on a fixed-size network grid.
+
+A pair becomes a :class:`NetworkPair`: both images (and lung masks) resampled
+onto one grid of ``shape`` voxels at ``spacing_mm`` centred on the fixed lung,
+intensities windowed to ``[0, 1]``. The network grid is a :class:`Geometry`, so
+a network's voxel displacement becomes a world field at the boundary
+(:func:`voxel_to_world`), never inside the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import DeepLungRegError
+from ..geometry import Geometry
+from ..io.images import Image
+from ..methods.common import normalise_ct
+from ..simulation import simulate_breathing
+from ..simulation.breathing import SimulatedPair
+from ..transforms.resample import resample_to_geometry, resample_to_spacing
+
+
+@dataclass
+class NetworkPair:
+    """One pair on the network grid.
+
+    Attributes:
+        geometry: the network grid (fixed image space).
+        fixed, moving: ``(1, 1, Z, Y, X)`` intensities in ``[0, 1]``.
+        fixed_mask, moving_mask: ``(1, 1, Z, Y, X)`` lung masks (0/1), or None.
+        fixed_points, moving_points: landmarks ``(K, 3)`` LPS mm, or None.
+        name: where it came from.
+    """
+
+    geometry: Geometry
+    fixed: torch.Tensor
+    moving: torch.Tensor
+    fixed_mask: torch.Tensor | None = None
+    moving_mask: torch.Tensor | None = None
+    fixed_points: np.ndarray | None = None
+    moving_points: np.ndarray | None = None
+    name: str = ""
+
+
+def network_grid(fixed: Image, fixed_mask: Image | None, spacing_mm: float, shape: tuple[int, int, int]) -> Geometry:
+    """A grid of ``shape`` (z, y, x) voxels at ``spacing_mm``, with the fixed image's direction,
+    centred on the fixed lung (or the image)."""
+    g = fixed.geometry
+    if fixed_mask is not None and np.any(fixed_mask.array):
+        kk, jj, ii = np.nonzero(fixed_mask.array)
+        lo = np.array([ii.min(), jj.min(), kk.min()], float)
+        hi = np.array([ii.max(), jj.max(), kk.max()], float)
+        centre_ijk = (lo + hi) / 2
+    else:
+        centre_ijk = (np.asarray(g.size, float) - 1) / 2
+    centre = g.index_to_world(centre_ijk[None])[0]
+    size = (shape[2], shape[1], shape[0])
+    sp = (float(spacing_mm),) * 3
+    half = (np.asarray(size, float) - 1) / 2 * spacing_mm
+    origin = centre - g.direction_matrix @ half
+    return Geometry(size, sp, tuple(origin), g.direction)
+
+
+def to_network_pair(fixed: Image, moving: Image, grid: Geometry, fixed_mask: Image | None = None, moving_mask: Image | None = None,
+                    fixed_points: np.ndarray | None = None, moving_points: np.ndarray | None = None, name: str = "") -> NetworkPair:
+    """Resample a pair (CT in HU) onto ``grid`` (the moving image through the identity in world space)."""
+    def img(x: Image) -> torch.Tensor:
+        a = resample_to_geometry(x.with_array(normalise_ct(x.array)), grid, smooth=True, fill=0.0).array
+        return torch.as_tensor(a, dtype=torch.float32)[None, None]
+
+    def msk(x: Image | None) -> torch.Tensor | None:
+        if x is None:
+            return None
+        a = resample_to_geometry(x.with_array(np.asarray(x.array, np.float32)), grid, fill=0.0).array > 0.5
+        return torch.as_tensor(a, dtype=torch.float32)[None, None]
+
+    return NetworkPair(grid, img(fixed), img(moving), msk(fixed_mask), msk(moving_mask), fixed_points, moving_points, name)
+
+
+def from_simulated(pair: SimulatedPair, spacing_mm: float, shape: tuple[int, int, int], name: str = "") -> NetworkPair:
+    grid = network_grid(pair.fixed, pair.fixed_mask, spacing_mm, shape)
+    return to_network_pair(pair.fixed, pair.moving, grid, pair.fixed_mask, pair.moving_mask, pair.fixed_landmarks, pair.moving_landmarks, name)
+
+
+def voxel_to_world(displacement: torch.Tensor, grid: Geometry) -> np.ndarray:
+    """A network displacement ``(1, 3, Z, Y, X)`` in voxels ``(z, y, x)`` -> ``(Z, Y, X, 3)`` mm (LPS) on ``grid``."""
+    d = displacement[0].detach().to("cpu", torch.float64).numpy()  # (3, Z, Y, X), z y x
+    ijk = np.stack([d[2], d[1], d[0]], -1)  # (Z, Y, X, 3) in i, j, k
+    return (ijk @ (grid.direction_matrix @ np.diag(grid.spacing)).T).astype(np.float32)
+
+
+def augment(pair: NetworkPair, rng: np.random.Generator) -> NetworkPair:
+    """Random intensity changes of each image (scale, offset, gamma, noise); the geometry is kept."""
+    def one(t: torch.Tensor) -> torch.Tensor:
+        t = t.clamp(0, 1) ** float(rng.uniform(0.8, 1.25))
+        t = t * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.05, 0.05))
+        return t + float(rng.uniform(0.0, 0.02)) * torch.randn_like(t)
+
+    return NetworkPair(pair.geometry, one(pair.fixed), one(pair.moving), pair.fixed_mask, pair.moving_mask,
+                       pair.fixed_points, pair.moving_points, pair.name)
+
+
+class SimulatedPairPool:
+    """A pool of simulated network pairs, refreshed on the fly with new simulations.
+
+    Args:
+        cts: real CTs in HU (the inhale images) with optional lung masks: ``[(name, ct, mask | None)]``.
+        spacing_mm, shape: the network grid.
+        size: pairs kept in the pool.
+        seed: first simulation seed; every new pair takes the next one.
+        amplitudes: drawn at random per pair.
+        sim_spacing_mm: the CT is resampled to this before simulating (speed).
+    """
+
+    def __init__(self, cts: list[tuple[str, Image, Image | None]], spacing_mm: float, shape: tuple[int, int, int], size: int = 8,
+                 seed: int = 0, amplitudes: tuple[str, ...] = ("small", "large"), sim_spacing_mm: float = 3.0):
+        if not cts:
+            raise DeepLungRegError("SimulatedPairPool: give at least one CT")
+        if size < 1:
+            raise DeepLungRegError(f"SimulatedPairPool: size must be >= 1, got {size}")
+        self.cts = [(n, resample_to_spacing(ct, sim_spacing_mm, fill=-1024.0),
+                     None if m is None else resample_to_geometry(m.with_array(np.asarray(m.array, np.float32)),
+                                                                 resample_to_spacing(ct, sim_spacing_mm).geometry, fill=0.0))
+                    for n, ct, m in cts]
+        self.cts = [(n, ct, None if m is None else m.with_array(m.array > 0.5)) for n, ct, m in self.cts]
+        self.spacing_mm, self.shape, self.amplitudes = spacing_mm, shape, amplitudes
+        self.rng = np.random.default_rng(seed)
+        self.next_seed = seed
+        self.made = 0
+        self.pairs = [self.new_pair() for _ in range(size)]
+
+    def new_pair(self) -> NetworkPair:
+        name, ct, mask = self.cts[self.next_seed % len(self.cts)]
+        amp = self.amplitudes[int(self.rng.integers(len(self.amplitudes)))]
+        sim = simulate_breathing(ct, amplitude=amp, seed=self.next_seed, mask=mask, n_landmarks=100)
+        self.next_seed += 1
+        self.made += 1
+        return from_simulated(sim, self.spacing_mm, self.shape, f"{name}_{amp}_s{self.next_seed - 1}")
+
+    def refresh(self) -> None:
+        """Replace the oldest pair with a new simulation."""
+        self.pairs = self.pairs[1:] + [self.new_pair()]
+
+    def sample(self) -> NetworkPair:
+        return augment(self.pairs[int(self.rng.integers(len(self.pairs)))], self.rng)

@@ -1,0 +1,127 @@
+"""The three trainable methods behind one interface: build the network from a
+:class:`NetworkConfig`, predict a displacement, and compute the training loss."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import DeepLungRegError
+from ..losses import curvature, ngf
+from ..networks import LabelDrivenNet, LinDefNet, MLVIRNet, identity_positions, labeldriven_loss, lindef_loss, warp_voxels
+from ..transforms.warp import sample_at_voxels
+from .data import NetworkPair
+
+NETWORK_METHODS = ("labeldriven", "lindef", "mlvirnet")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything needed to rebuild and train a network; stored in every checkpoint.
+
+    Attributes:
+        method: ``lindef``, ``mlvirnet`` or ``labeldriven``.
+        spacing_mm: voxel size of the network grid.
+        shape: network grid ``(Z, Y, X)`` (multiples of 16).
+        width: channel scale (1: the papers' widths; 0.25 for CPU).
+        levels: pyramid levels of ``mlvirnet`` (the paper: 3).
+        alpha: curvature weight (``mlvirnet``, ``labeldriven``) or ``||A - A_I||_1`` weight (``lindef``).
+        beta: lung-mask SSD weight (``mlvirnet``, ``labeldriven``) or ``||Phi - Phi_I||_1`` weight (``lindef``).
+        ngf_eps: NGF edge parameter.
+        learning_rate: Adam step.
+    """
+
+    method: str = "mlvirnet"
+    spacing_mm: float = 4.0
+    shape: tuple[int, int, int] = (64, 64, 64)
+    width: float = 0.5
+    levels: int = 3
+    alpha: float = 1.0
+    beta: float = 1.0
+    ngf_eps: float = 0.05
+    learning_rate: float = 1e-3
+
+    def __post_init__(self):
+        if self.method not in NETWORK_METHODS:
+            raise DeepLungRegError(f"NetworkConfig: method must be one of {', '.join(NETWORK_METHODS)}, got {self.method!r}")
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if len(self.shape) != 3 or any(s < 16 or s % 16 for s in self.shape) or max(self.shape) > 256:
+            raise DeepLungRegError(f"NetworkConfig: shape must be 3 multiples of 16 between 16 and 256, got {self.shape}")
+        if not 0.5 <= self.spacing_mm <= 16:
+            raise DeepLungRegError(f"NetworkConfig: spacing_mm must be between 0.5 and 16, got {self.spacing_mm}")
+        if not 0.05 <= self.width <= 4:
+            raise DeepLungRegError(f"NetworkConfig: width must be between 0.05 and 4, got {self.width}")
+        if not 1 <= self.levels <= 4:
+            raise DeepLungRegError(f"NetworkConfig: levels must be between 1 and 4, got {self.levels}")
+        for name in ("alpha", "beta"):
+            if not 0 <= getattr(self, name) <= 1e7:
+                raise DeepLungRegError(f"NetworkConfig: {name} must be between 0 and 1e7, got {getattr(self, name)}")
+        if not 1e-6 <= self.learning_rate <= 1:
+            raise DeepLungRegError(f"NetworkConfig: learning_rate must be between 1e-6 and 1, got {self.learning_rate}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "NetworkConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise DeepLungRegError(f"NetworkConfig: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        return cls(**d)
+
+
+def _w(n: int, width: float) -> int:
+    return max(2, int(round(n * width)))
+
+
+def build_network(cfg: NetworkConfig) -> torch.nn.Module:
+    """The network of ``cfg.method`` at ``cfg.width`` times the paper's channel counts."""
+    if cfg.method == "lindef":
+        return LinDefNet(widths=tuple(_w(n, cfg.width) for n in (32, 64, 64, 64, 64)), decoder_width=_w(32, cfg.width))
+    if cfg.method == "mlvirnet":
+        return MLVIRNet(levels=cfg.levels, base=_w(16, cfg.width))
+    return LabelDrivenNet(widths=tuple(_w(n, cfg.width) for n in (16, 32, 32, 64, 64)))
+
+
+def predict(model: torch.nn.Module, cfg: NetworkConfig, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+    """Displacement ``(N, 3, Z, Y, X)`` in network voxels ``(z, y, x)``: ``x -> x + u(x)`` maps fixed to moving."""
+    if cfg.method == "lindef":
+        pos, _, _ = model.positions(fixed, moving)
+        return pos - identity_positions(tuple(fixed.shape[2:]), fixed.device, fixed.dtype)
+    if cfg.method == "mlvirnet":
+        return model(fixed, moving)[0]
+    return model(fixed, moving)[-1]
+
+
+def _one_hot(mask: torch.Tensor | None) -> torch.Tensor | None:
+    return None if mask is None else torch.cat([1 - mask, mask], 1)
+
+
+def training_loss(model: torch.nn.Module, cfg: NetworkConfig, pair: NetworkPair, level: int = 0) -> tuple[torch.Tensor, dict]:
+    """The method's training loss on one pair (``level``: the ``mlvirnet`` level being trained)."""
+    f, m = pair.fixed, pair.moving
+    if cfg.method == "lindef":
+        pos, phi, a = model.positions(f, m)
+        warped = sample_at_voxels(m, pos)
+        loss = lindef_loss(f, warped, phi, a, alpha=cfg.alpha * 1e-6, beta=cfg.beta * 1e-6)
+        return loss, {"mse": float((f - warped).pow(2).mean().detach())}
+    if cfg.method == "mlvirnet":
+        disp, _ = model(f, m, finest=level)
+        sim = ngf(f, warp_voxels(m, disp), eps=cfg.ngf_eps)
+        reg = curvature(disp)
+        loss = sim + cfg.alpha * reg
+        parts = {"ngf": float(sim.detach()), "curvature": float(reg.detach())}
+        if cfg.beta > 0 and pair.fixed_mask is not None and pair.moving_mask is not None:
+            mask_term = 0.5 * (warp_voxels(pair.moving_mask, disp) - pair.fixed_mask).pow(2).mean()
+            loss = loss + cfg.beta * mask_term
+            parts["mask"] = float(mask_term.detach())
+        return loss, parts
+    fields = model(f, m)
+    loss = labeldriven_loss(f, m, _one_hot(pair.fixed_mask), _one_hot(pair.moving_mask), fields, alpha=cfg.alpha, beta=cfg.beta,
+                            eps=cfg.ngf_eps)
+    return loss, {"ngf_finest": float(ngf(f, warp_voxels(m, fields[-1].detach()), eps=cfg.ngf_eps))}

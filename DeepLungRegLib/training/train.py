@@ -1,0 +1,219 @@
+"""Training loop of the network methods: on-the-fly simulated pairs, validation TRE on held-out
+pairs, checkpoints that can be resumed, CSV/JSON logs and a loss-curve picture."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import DeepLungRegError
+from ..io.images import Image
+from ..transforms.warp import sample_field_at_points
+from .data import NetworkPair, SimulatedPairPool, from_simulated, voxel_to_world
+from .models import NetworkConfig, build_network, predict, training_loss
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def validation_tre(model: torch.nn.Module, cfg: NetworkConfig, pairs: list[NetworkPair]) -> dict:
+    """Mean TRE (mm) before and after over the landmarks of ``pairs``."""
+    before, after = [], []
+    model.eval()
+    with torch.no_grad():
+        for p in pairs:
+            u = voxel_to_world(predict(model, cfg, p.fixed, p.moving), p.geometry)
+            moved = p.fixed_points + sample_field_at_points(u, p.geometry, p.fixed_points)
+            before.append(np.linalg.norm(p.fixed_points - p.moving_points, axis=1))
+            after.append(np.linalg.norm(moved - p.moving_points, axis=1))
+    model.train()
+    b, a = np.concatenate(before), np.concatenate(after)
+    return {"tre_before": float(b.mean()), "tre_after": float(a.mean()), "tre_after_p95": float(np.percentile(a, 95))}
+
+
+def level_schedule(cfg: NetworkConfig, steps: int) -> list[int]:
+    """The level trained at each step: ``mlvirnet`` trains coarsest first, an equal share each (paper 002)."""
+    if cfg.method != "mlvirnet":
+        return [0] * steps
+    per = max(1, steps // cfg.levels)
+    return [max(0, cfg.levels - 1 - min(i // per, cfg.levels - 1)) for i in range(steps)]
+
+
+def save_checkpoint(path: Path, model, optimizer, cfg: NetworkConfig, step: int, level: int, history: list, data: dict, score: dict | None) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"method": cfg.method, "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "level": level, "history": history, "training_data": data, "validation": score}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a checkpoint written by :func:`train` (refuses anything else with a clear message)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepLungRegError(f"load_checkpoint: {path} does not exist")
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise DeepLungRegError(f"load_checkpoint: {path} is not a DeepLungReg checkpoint ({exc})") from exc
+    if not isinstance(ck, dict) or not {"method", "config", "model"} <= set(ck):
+        raise DeepLungRegError(f"load_checkpoint: {path} is not a DeepLungReg checkpoint (no method/config/model)")
+    return ck
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = [h["step"] for h in history]
+    loss = np.array([h["loss"] for h in history])
+    ax[0].plot(steps, loss, lw=0.6, alpha=0.5, label="loss")
+    if len(loss) >= 10:
+        k = max(5, len(loss) // 20)
+        ax[0].plot(steps[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5, label=f"mean of {k}")
+    for lv in sorted({h["level"] for h in history}):
+        first = next(h["step"] for h in history if h["level"] == lv)
+        ax[0].axvline(first, color="grey", ls=":", lw=0.8)
+    ax[0].set_xlabel("step")
+    ax[0].set_ylabel("training loss")
+    ax[0].legend()
+    val = [h for h in history if "tre_after" in h]
+    if val:
+        ax[1].plot([h["step"] for h in val], [h["tre_after"] for h in val], "o-", label="after")
+        ax[1].axhline(val[0]["tre_before"], color="grey", ls="--", label="before")
+        ax[1].set_ylabel("validation TRE (mm)")
+        ax[1].legend()
+    ax[1].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def train(
+    cfg: NetworkConfig,
+    cts: list[tuple[str, Image, Image | None]],
+    outdir: str | Path,
+    *,
+    steps: int = 1000,
+    val_cts: list[tuple[str, Image, Image | None]] | None = None,
+    real_pairs: list[NetworkPair] | None = None,
+    pool_size: int = 8,
+    refresh_every: int = 25,
+    validate_every: int = 100,
+    seed: int = 0,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> dict:
+    """Train ``cfg.method`` and write ``checkpoint.pt``, ``log.csv``, ``log.json`` and ``loss.png`` in ``outdir``.
+
+    Args:
+        cts: training CTs ``[(name, ct in HU, lung mask or None)]``; pairs are simulated from them on the fly.
+        val_cts: CTs for the held-out validation pairs (one small and one large pair each).
+        real_pairs: real pairs (on their own network grids) mixed into the pool.
+        refresh_every: steps between two new simulations in the pool.
+        resume: continue from ``outdir/checkpoint.pt`` (its config must match ``cfg``).
+
+    Returns:
+        The last validation score and where things were written.
+    """
+    outdir = Path(outdir)
+    ck_path = outdir / CHECKPOINT
+    if ck_path.exists() and not resume:
+        raise DeepLungRegError(f"train: {ck_path} exists; pass --resume to continue it or choose another folder")
+    if steps < 1:
+        raise DeepLungRegError(f"train: steps must be >= 1, got {steps}")
+    outdir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device)
+    torch.manual_seed(seed)
+    model = build_network(cfg).to(dev)
+    schedule = level_schedule(cfg, steps)
+    start, history, level = 0, [], schedule[0]
+    params = model.train_level(level) if cfg.method == "mlvirnet" else list(model.parameters())
+    opt = torch.optim.Adam(params, lr=cfg.learning_rate)
+    if resume:
+        ck = load_checkpoint(ck_path, dev)
+        if ck["config"] != cfg.to_dict():
+            raise DeepLungRegError(f"train: {ck_path} was trained with another config ({ck['config']}); resume needs the same one")
+        model.load_state_dict(ck["model"])
+        start, history, level = int(ck["step"]), list(ck["history"]), int(ck["level"])
+        if cfg.method == "mlvirnet":
+            for lv, net in enumerate(model.nets):  # freeze without re-initialising from the coarser level
+                for p in net.parameters():
+                    p.requires_grad_(lv == level)
+            params = list(model.nets[level].parameters())
+        opt = torch.optim.Adam(params, lr=cfg.learning_rate)
+        opt.load_state_dict(ck["optimizer"])
+    pool = SimulatedPairPool(cts, cfg.spacing_mm, cfg.shape, pool_size, seed=seed + 1000 * start)
+    extra = list(real_pairs or [])
+    val_pairs: list[NetworkPair] = []
+    for i, (name, ct, mask) in enumerate(val_cts or []):
+        from ..simulation import simulate_breathing
+
+        for amp in ("small", "large"):
+            sim = simulate_breathing(ct, amplitude=amp, seed=10_000 + i, mask=mask, n_landmarks=150)
+            val_pairs.append(from_simulated(sim, cfg.spacing_mm, cfg.shape, f"{name}_{amp}"))
+    data = {"training_cts": [n for n, _, _ in cts], "validation_cts": [n for n, _, _ in (val_cts or [])],
+            "real_pairs": [p.name for p in extra], "simulated_pairs_made": pool.made}
+    rng = np.random.default_rng(seed + start)
+    score = None
+    t0 = time.perf_counter()
+    log_csv = outdir / "log.csv"
+    for step in range(start, steps):
+        if cfg.method == "mlvirnet" and schedule[step] != level:
+            level = schedule[step]
+            opt = torch.optim.Adam(model.train_level(level), lr=cfg.learning_rate)
+        if step > start and step % refresh_every == 0:
+            pool.refresh()
+        pair = extra[int(rng.integers(len(extra)))] if extra and rng.random() < 0.3 else pool.sample()
+        pair = NetworkPair(pair.geometry, pair.fixed.to(dev), pair.moving.to(dev),
+                           None if pair.fixed_mask is None else pair.fixed_mask.to(dev),
+                           None if pair.moving_mask is None else pair.moving_mask.to(dev))
+        if cfg.method == "mlvirnet":
+            for lv in range(level + 1, cfg.levels):
+                model.nets[lv].eval()
+        opt.zero_grad()
+        loss, parts = training_loss(model, cfg, pair, level)
+        if not torch.isfinite(loss):
+            raise DeepLungRegError(f"train: the loss became {float(loss)} at step {step}; lower learning_rate")
+        loss.backward()
+        opt.step()
+        row = {"step": step + 1, "level": level, "loss": float(loss.detach()), **parts, "seconds": round(time.perf_counter() - t0, 2)}
+        if val_pairs and ((step + 1) % validate_every == 0 or step + 1 == steps):
+            score = validation_tre(model, cfg, val_pairs)
+            row.update(score)
+        history.append(row)
+        if progress:
+            progress(step + 1, steps, row)
+        if (step + 1) % validate_every == 0 or step + 1 == steps:
+            data["simulated_pairs_made"] = pool.made
+            save_checkpoint(ck_path, model, opt, cfg, step + 1, level, history, data, score)
+    first = ["step", "level", "loss"]
+    keys = first + sorted({k for h in history for k in h} - set(first))
+    with open(log_csv, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    (outdir / "log.json").write_text(json.dumps({"config": cfg.to_dict(), "training_data": data, "history": history}, indent=1))
+    plot_losses(history, outdir / "loss.png")
+    return {"checkpoint": str(ck_path), "validation": score, "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def export_weights(checkpoint: str | Path, dest: str | Path, command: str = "", *, overwrite: bool = False) -> Path:
+    """Write the inference part of a checkpoint (method, config, weights, training data, validation
+    score, steps, and the command that trained it) to ``dest``: what ``Resources/Weights`` ships."""
+    ck = load_checkpoint(checkpoint)
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise DeepLungRegError(f"export_weights: {dest} exists; pass overwrite=True to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"method": ck["method"], "config": ck["config"], "model": ck["model"], "step": ck["step"],
+                "training_data": ck["training_data"], "validation": ck["validation"], "command": command}, dest)
+    return dest

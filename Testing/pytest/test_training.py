@@ -1,0 +1,154 @@
+"""Training the network methods and running them: the network grid and its geometry, a tiny
+training run with its outputs and resume, the methods with trained weights and ``finetune``,
+and the shipped weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from DeepLungRegLib import DeepLungRegError, Image, read_image
+from DeepLungRegLib.cli import main
+from DeepLungRegLib.methods import register
+from DeepLungRegLib.methods._network import WEIGHTS_DIR
+from DeepLungRegLib.metrics import tre
+from DeepLungRegLib.simulation import simulate_breathing
+from DeepLungRegLib.training import NetworkConfig, export_weights, load_checkpoint, network_grid, train, voxel_to_world
+from DeepLungRegLib.transforms import resample_to_spacing
+
+NETWORKS = ("lindef", "mlvirnet", "labeldriven")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"method": "unet"}, "method must be one of"),
+    ({"shape": (64, 64, 60)}, "multiples of 16"),
+    ({"width": 0.0}, "width"),
+    ({"levels": 9}, "levels"),
+    ({"learning_rate": 5.0}, "learning_rate"),
+])
+def test_network_config_refuses_absurd_values(kwargs, match):
+    with pytest.raises(DeepLungRegError, match=match):
+        NetworkConfig(**kwargs)
+    with pytest.raises(DeepLungRegError, match="unknown option"):
+        NetworkConfig.from_dict({"method": "mlvirnet", "depth": 3})
+
+
+def test_network_grid_is_centred_on_the_lung_and_keeps_the_direction(oblique):
+    arr = np.zeros(oblique.shape, bool)
+    arr[4:10, 5:12, 6:15] = True  # (z, y, x)
+    fixed = Image(np.zeros(oblique.shape, np.float32), oblique)
+    grid = network_grid(fixed, Image(arr, oblique), 3.0, (16, 32, 48))
+    assert grid.shape == (16, 32, 48) and grid.spacing == (3.0, 3.0, 3.0)
+    assert np.allclose(grid.direction, oblique.direction)
+    centre_lung = oblique.index_to_world(np.array([[(6 + 14) / 2, (5 + 11) / 2, (4 + 9) / 2]]))[0]
+    centre_grid = grid.index_to_world((np.array([[48, 32, 16]]) - 1) / 2)[0]
+    assert np.allclose(centre_lung, centre_grid, atol=1e-6)
+
+
+def test_voxel_displacements_become_world_vectors_on_an_oblique_grid(oblique):
+    d = torch.zeros(1, 3, *oblique.shape)
+    d[0, 0] = 1.0  # one voxel along z (the k axis)
+    d[0, 2] = -2.0  # two voxels back along x (the i axis)
+    u = voxel_to_world(d, oblique)
+    m = oblique.direction_matrix @ np.diag(oblique.spacing)
+    assert u.shape == (*oblique.shape, 3)
+    assert np.allclose(u[3, 4, 5], m[:, 2] * 1.0 - m[:, 0] * 2.0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def demo_ct(sample_path):
+    return resample_to_spacing(read_image(sample_path), 4.0, fill=-1024.0)
+
+
+@pytest.fixture(scope="module")
+def trained(demo_ct, tmp_path_factory):
+    """A tiny mlvirnet trained for a few steps, and its run folder."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = NetworkConfig(method="mlvirnet", spacing_mm=8.0, shape=(32, 32, 32), width=0.25, levels=2)
+    res = train(cfg, [("demo", demo_ct, None)], out, steps=4, val_cts=[("demo", demo_ct, None)], pool_size=2, refresh_every=2, validate_every=2)
+    return cfg, out, res
+
+
+def test_a_tiny_training_run_writes_everything_and_can_be_resumed(trained, demo_ct):
+    cfg, out, res = trained
+    for name in ("checkpoint.pt", "log.csv", "log.json", "loss.png"):
+        assert (out / name).is_file(), name
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["method"] == "mlvirnet" and ck["step"] == 4 and ck["config"] == cfg.to_dict()
+    assert ck["training_data"]["training_cts"] == ["demo"] and ck["training_data"]["simulated_pairs_made"] >= 3
+    assert set(ck["validation"]) == {"tre_before", "tre_after", "tre_after_p95"}
+    log = json.loads((out / "log.json").read_text())["history"]
+    assert [h["step"] for h in log] == [1, 2, 3, 4] and [h["level"] for h in log] == [1, 1, 0, 0]  # coarsest level first
+    assert (out / "log.csv").read_text().splitlines()[0].startswith("step,level,loss")
+    with pytest.raises(DeepLungRegError, match="pass --resume"):
+        train(cfg, [("demo", demo_ct, None)], out, steps=6)
+    with pytest.raises(DeepLungRegError, match="another config"):
+        train(NetworkConfig(method="mlvirnet", spacing_mm=8.0, shape=(32, 32, 32), width=0.5, levels=2), [("demo", demo_ct, None)], out,
+              steps=6, resume=True)
+    res2 = train(cfg, [("demo", demo_ct, None)], out, steps=6, pool_size=2, resume=True, validate_every=2)
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 6 and res2["steps"] == 6
+    assert [h["step"] for h in json.loads((out / "log.json").read_text())["history"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_load_checkpoint_refuses_other_files(tmp_path):
+    with pytest.raises(DeepLungRegError, match="does not exist"):
+        load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "x.pt").write_text("not a checkpoint")
+    with pytest.raises(DeepLungRegError, match="not a DeepLungReg checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+@pytest.fixture(scope="module")
+def small_pair(demo_ct):
+    return simulate_breathing(demo_ct, amplitude="small", seed=4)
+
+
+def test_a_network_method_runs_with_given_weights_and_finetune_improves_it(trained, small_pair, tmp_path):
+    _, out, _ = trained
+    p = small_pair
+    shipped = export_weights(out / "checkpoint.pt", tmp_path / "w.pt", "deeplungreg train ...")
+    ck = load_checkpoint(shipped)
+    steps = load_checkpoint(out / "checkpoint.pt")["step"]  # 4, or 6 after the resume test
+    assert "optimizer" not in ck and ck["command"] == "deeplungreg train ..." and ck["step"] == steps
+    with pytest.raises(DeepLungRegError, match="exists"):
+        export_weights(out / "checkpoint.pt", shipped)
+    base = {"weights": str(shipped)}
+    res = register(p.fixed, p.moving, "mlvirnet", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=base, device="cpu")
+    assert res.field.shape == (*p.fixed.geometry.shape, 3) and np.isfinite(res.field).all()
+    assert res.diagnostics["trained_steps"] == steps and "network" in res.timings
+    tuned = register(p.fixed, p.moving, "mlvirnet", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
+                     config={**base, "finetune": 30, "finetune_level_mm": 4.0, "finetune_learning_rate": 0.5}, device="cpu")
+    t0 = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
+    t1 = tre(p.fixed_landmarks, p.moving_landmarks, tuned.field, tuned.geometry).mean()
+    assert t1 < 0.7 * t0
+    with pytest.raises(DeepLungRegError, match="holds weights of 'mlvirnet'"):
+        register(p.fixed, p.moving, "lindef", config=base, device="cpu")
+    with pytest.raises(DeepLungRegError, match="does not exist"):
+        register(p.fixed, p.moving, "mlvirnet", config={"weights": "/nowhere.pt"}, device="cpu")
+
+
+def test_train_cli_errors(tmp_path, capsys):
+    assert main(["train", "--method", "mlvirnet", "-o", str(tmp_path / "r"), "-q"]) == 2
+    assert "give at least one --ct" in capsys.readouterr().err
+    assert main(["train", "--method", "mlvirnet", "--ct", str(tmp_path / "none.nrrd"), "-o", str(tmp_path / "r"), "-q"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--method", "mlvirnet", "--ct", "x", "--shape", "60,64,64", "-o", str(tmp_path / "r"), "-q"]) == 2
+    assert "multiples of 16" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", NETWORKS)
+def test_the_shipped_weights_load_and_improve_tre_on_a_small_pair(method, small_pair):
+    path = WEIGHTS_DIR / f"{method}.pt"
+    assert path.is_file(), f"{path} is not shipped"
+    ck = load_checkpoint(path)
+    assert ck["method"] == method and "lung1_image" in ck["training_data"]["validation_cts"]
+    assert not {"lung1_image"} & set(ck["training_data"]["training_cts"])  # lung1 is kept for validation
+    assert path.stat().st_size < 10 * 2 ** 20
+    p = small_pair
+    res = register(p.fixed, p.moving, method, fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, device="cpu")
+    before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
+    after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
+    assert after < 0.8 * before, f"{method}: TRE {before:.2f} -> {after:.2f} mm"
