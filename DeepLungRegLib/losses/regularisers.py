@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .similarity import neighbours_along
+
 
 def diffusion(field: torch.Tensor, spacing_zyx: tuple[float, float, float]) -> torch.Tensor:
     """Diffusion regulariser: mean squared forward difference of the field per mm.
@@ -61,11 +63,7 @@ def curvature(displacement: torch.Tensor, spacing: tuple[float, ...] | None = No
     spacing = spacing or (1.0,) * dims
     lap = torch.zeros_like(displacement)
     for d in range(dims):
-        ax = 2 + d
-        pad = [0, 0] * dims
-        pad[2 * (dims - 1 - d)] = pad[2 * (dims - 1 - d) + 1] = 1
-        p = torch.nn.functional.pad(displacement, pad, mode="replicate")
-        n = displacement.shape[ax]
-        lap = lap + (p.narrow(ax, 2, n) - 2 * p.narrow(ax, 1, n) + p.narrow(ax, 0, n)) / spacing[d] ** 2
+        prev, nxt = neighbours_along(displacement, d)
+        lap = lap + (nxt - 2 * displacement + prev) / spacing[d] ** 2
     inner = tuple(slice(1, -1) for _ in range(dims))
     return 0.5 * lap[(slice(None), slice(None), *inner)].pow(2).mean()

@@ -13,18 +13,23 @@ def masked_mse(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = N
     return (sq * weight).sum() / weight.sum().clamp_min(1e-6)
 
 
+def neighbours_along(t: torch.Tensor, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous and next values of ``(N, C, *S)`` along spatial axis ``d`` (replicate border)."""
+    dims, ax, n = t.ndim - 2, 2 + d, t.shape[2 + d]
+    pad = [0, 0] * dims
+    pad[2 * (dims - 1 - d)] = pad[2 * (dims - 1 - d) + 1] = 1
+    p = torch.nn.functional.pad(t, pad, mode="replicate")
+    return p.narrow(ax, 0, n), p.narrow(ax, 2, n)
+
+
 def _central_gradient(img: torch.Tensor, spacing: tuple[float, ...] | None) -> list[torch.Tensor]:
     """Central differences (replicate border) of ``(N, C, *S)`` along each spatial axis."""
     dims = img.ndim - 2
     spacing = spacing or (1.0,) * dims
     out = []
     for d in range(dims):
-        ax = 2 + d
-        pad = [0, 0] * dims
-        pad[2 * (dims - 1 - d)] = pad[2 * (dims - 1 - d) + 1] = 1
-        p = torch.nn.functional.pad(img, pad, mode="replicate")
-        n = img.shape[ax]
-        out.append((p.narrow(ax, 2, n) - p.narrow(ax, 0, n)) / (2.0 * spacing[d]))
+        prev, nxt = neighbours_along(img, d)
+        out.append((nxt - prev) / (2.0 * spacing[d]))
     return out
 
 

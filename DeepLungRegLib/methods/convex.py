@@ -323,6 +323,11 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
     n_levels = len(config.grid_spacing_mm)
     sp = max(fg.spacing)
     to_world = fg.direction_matrix @ np.diag(fg.spacing)
+    lung = None  # the dilated fixed lung, where costs are computed (the same on every level)
+    if af.lung is not None:
+        it = int(round(config.mask_dilation_mm / sp))
+        dilated = ndi.binary_dilation(af.lung, iterations=it) if it > 0 else af.lung
+        lung = torch.as_tensor(dilated, device=dev)[None, None].to(dt)
     for li, (gmm, hmm, smm) in enumerate(zip(config.grid_spacing_mm, config.search_half_width_mm, config.search_step_mm)):
         ctx.check_cancel()
         stride = max(1, int(round(gmm / sp)))
@@ -334,10 +339,8 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
         lo, hi = 0.15 + 0.45 * li / n_levels, 0.15 + 0.45 * (li + 1) / n_levels
         with ctx.stage(f"cost_volume_{gmm:g}mm"), torch.no_grad():
             mw = sampler(af.moving_feat, u, fill=None) if li > 0 else af.moving_feat
-            if af.lung is not None:
-                it = int(round(config.mask_dilation_mm / sp))
-                lung = ndi.binary_dilation(af.lung, iterations=it) if it > 0 else af.lung
-                cells = F.max_pool3d(_pad_to_multiple(torch.as_tensor(lung, device=dev)[None, None].to(dt), stride), stride, stride=stride)[0, 0] > 0
+            if lung is not None:
+                cells = F.max_pool3d(_pad_to_multiple(lung, stride), stride, stride=stride)[0, 0] > 0
             else:
                 cells = torch.ones(cg.shape, device=dev, dtype=torch.bool)
             points = torch.nonzero(cells)
