@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DeepLungRegError
+from .filters import box_mean3d
 
 # six face neighbours as (dz, dy, dx)
 _SIX = [(-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)]
@@ -49,8 +50,7 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2, eps: float
     shifted = [_shift(padded, tuple(dilation * o for o in off), pad, shape) for off in _SIX]
     diffs = torch.cat([(shifted[a] - shifted[b]) ** 2 for a, b in _PAIRS], dim=1)  # (N, 12, Z, Y, X)
     if radius > 0:
-        k = 2 * radius + 1
-        diffs = F.avg_pool3d(F.pad(diffs, (radius,) * 6, mode="replicate"), k, stride=1)
+        diffs = box_mean3d(diffs, radius)
     diffs = diffs - diffs.min(dim=1, keepdim=True).values
     var = diffs.mean(dim=1, keepdim=True)
     mean_var = var.mean()

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..features import mind_ssc
+from ..features.filters import box_mean3d
 from ..geometry import Geometry
 from ..io.images import Image
 from ..transforms.fields import affine_to_field
@@ -91,9 +92,13 @@ def resample_field(field: torch.Tensor, src: Geometry, dst: Geometry) -> torch.T
 
 
 def smooth3(t: torch.Tensor, passes: int = 2) -> torch.Tensor:
-    """Repeated 3x3x3 box smoothing of ``(N, C, Z, Y, X)`` with replicate padding."""
+    """Repeated 3x3x3 box smoothing of ``(N, C, Z, Y, X)`` with replicate padding.
+
+    Each pass is the separable product of three 1D 3-point means (the same as a
+    replicate-padded 3x3x3 average pool, several times faster on the CPU, also
+    under autograd)."""
     for _ in range(passes):
-        t = F.avg_pool3d(F.pad(t, (1,) * 6, mode="replicate"), 3, stride=1)
+        t = box_mean3d(t, 1)
     return t
 
 

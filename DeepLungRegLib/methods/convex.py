@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..errors import DeepLungRegError
+from ..features.filters import box_mean3d
 from ..geometry import Geometry
 from ..transforms.warp import GridSampler
 from .adam import instance_optimise
@@ -179,7 +180,7 @@ def sliding_cell_features(feat: torch.Tensor, stride: int) -> torch.Tensor:
     """Mean features of the cell starting at every voxel: ``(1, C, Z, Y, X)`` -> same shape."""
     if stride == 1:
         return feat
-    return F.avg_pool3d(F.pad(feat, (0, stride - 1) * 3, mode="replicate"), stride, stride=1)
+    return box_mean3d(feat, 0, stride - 1)
 
 
 def dense_costs(fixed_cells: torch.Tensor, moving_sliding: torch.Tensor, points_zyx: torch.Tensor, stride: int,
@@ -200,23 +201,29 @@ def dense_costs(fixed_cells: torch.Tensor, moving_sliding: torch.Tensor, points_
     reach = int(np.abs(offsets).max()) if len(offsets) else 0
     mp = F.pad(moving_sliding, (reach,) * 6, mode="replicate")[0]  # (C, Zp, Yp, Xp)
     _, zp, yp, xp = mp.shape
-    rows = mp.reshape(c, -1).T.contiguous()  # (Zp*Yp*Xp, C): one row of channels per voxel
     dev = mp.device
+    # mean((f - m)^2) = mean(f^2) - 2 mean(f m) + mean(m^2): one row of [m_1..m_C, mean(m^2)]
+    # per voxel, gathered once per (point, displacement) and reduced by one batched matmul
+    # against [-2 f_1 / C .. -2 f_C / C, 1]
+    rows = mp.reshape(c, -1).T  # (Zp*Yp*Xp, C)
+    rows = torch.cat([rows, (rows ** 2).mean(1, keepdim=True)], 1).float().contiguous()  # (Zp*Yp*Xp, C + 1)
     base = points_zyx * stride + reach  # (N, 3) in padded voxels
     base_lin = (base[:, 0] * yp + base[:, 1]) * xp + base[:, 2]
     off = torch.as_tensor(offsets, device=dev, dtype=torch.long)
     off_lin = (off[:, 0] * yp + off[:, 1]) * xp + off[:, 2]
-    fvec = fixed_cells[0][:, points_zyx[:, 0], points_zyx[:, 1], points_zyx[:, 2]].T.contiguous()  # (N, C)
+    fvec = fixed_cells[0][:, points_zyx[:, 0], points_zyx[:, 1], points_zyx[:, 2]].T.float()  # (N, C)
+    weights = torch.cat([fvec * (-2.0 / c), torch.ones_like(fvec[:, :1])], 1)[:, :, None].contiguous()  # (N, C + 1, 1)
     n, d = len(points_zyx), len(offsets)
     out = torch.empty((n, d), device=dev, dtype=torch.float32)
-    chunk = max(1, int(max_chunk_elements // max(c * n, 1)))
+    chunk = max(1, int(max_chunk_elements // max((c + 1) * n, 1)))
     for s in range(0, d, chunk):
         idx = (base_lin[:, None] + off_lin[None, s:s + chunk]).reshape(-1)  # (N * Dc,)
-        g = rows.index_select(0, idx).view(n, -1, c)  # (N, Dc, C)
-        out[:, s:s + chunk] = ((g - fvec[:, None, :]) ** 2).mean(-1).float()
+        g = rows.index_select(0, idx).view(n, -1, c + 1)  # (N, Dc, C + 1)
+        out[:, s:s + chunk] = torch.bmm(g, weights)[..., 0]
         if progress:
             progress(min(1.0, (s + chunk) / d))
-    return out
+    # rounding can leave tiny negative values where the features agree
+    return out.add_((fvec ** 2).mean(1, keepdim=True)).clamp_min_(0.0)
 
 
 def coupled_convex(costs: torch.Tensor, points_zyx: torch.Tensor, grid_shape: tuple[int, int, int], offsets_mm: torch.Tensor,
@@ -255,7 +262,7 @@ def coupled_convex(costs: torch.Tensor, points_zyx: torch.Tensor, grid_shape: tu
             if theta > 0:
                 # cost + theta |d - v|^2 / step^2, without the per-row constant theta |v|^2 / step^2
                 # (it changes neither the argmin nor the softmax)
-                total = torch.addmm(total + theta * off_sq, v_pts[s:s + rows], off.T, alpha=-2 * theta / step_mm ** 2)
+                total = torch.addmm(total, v_pts[s:s + rows], off.T, alpha=-2 * theta / step_mm ** 2).add_(theta * off_sq)
             if soft:
                 out[s:s + rows] = soft_argmin(total, off, temperature, n, row_spread[s:s + rows])
             else:
