@@ -19,6 +19,7 @@ import csv
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -122,6 +123,11 @@ def method_variant(label: str) -> tuple[str, dict]:
     return name.strip(), parse_options([t for t in rest.split(":") if t.strip()], "benchmark")
 
 
+def _file_safe(label: str) -> str:
+    """A method label (``mlvirnet:weights=/a/b.pt``) as a file-name part."""
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "_", label)
+
+
 def split_methods(text: str) -> list[str]:
     """Split ``--methods`` at commas outside brackets (``convex:adam_levels_mm=[3,2],adam``)."""
     out, depth, cur = [], 0, ""
@@ -189,7 +195,7 @@ def run_benchmark(
         spec_path = work / f"{spec['name']}.json"
         spec_path.write_text(json.dumps(spec))
         for method in methods:
-            out_path = work / f"{spec['name']}__{method}.json"
+            out_path = work / f"{spec['name']}__{_file_safe(method)}.json"
             say(f"{method} on {spec['name']}")
             t0 = time.perf_counter()
             try:

@@ -171,6 +171,10 @@ def test_method_variants_and_their_splitting():
     assert method_variant("convex:adam_levels_mm=[3,2.5]:regularisation=0.5") == (
         "convex", {"adam_levels_mm": [3, 2.5], "regularisation": 0.5})
     assert method_variant("adam") == ("adam", {})
+    # a variant naming a weights file still gives one flat file name per run
+    from DeepLungRegLib.benchmark.runner import _file_safe
+
+    assert _file_safe("mlvirnet:weights=/runs/a b/w.pt:finetune=30") == "mlvirnet_weights=_runs_a_b_w.pt_finetune=30"
 
 
 def test_benchmark_refuses_bad_variants_before_running(tmp_path):
