@@ -8,7 +8,9 @@ memory is its own) and is scored against the pair's ground truth:
 Variants (all else at the defaults):
     raw       raw cost maps, graph diffusion, no refinement
     pca64     PCA with 64 components, graph diffusion, no refinement (also pca256, pca512)
-    nograph   raw costs, no graph diffusion, no refinement
+    nograph   raw costs, no graph diffusion (in either pass), no refinement
+    onepass   raw costs, graph diffusion, no second (local) pass, no refinement
+    onepass+io  as onepass, with the Adam refinement
     default   raw costs, graph diffusion, Adam refinement ("embed+io", the method's default)
 """
 
@@ -27,7 +29,9 @@ VARIANTS = {
     "pca64": {"embedding": "pca", "components": 64, "refine": False},
     "pca256": {"embedding": "pca", "components": 256, "refine": False},
     "pca512": {"embedding": "pca", "components": 512, "refine": False},
-    "nograph": {"embedding": "none", "graph_smoothing": 0.0, "refine": False},
+    "nograph": {"embedding": "none", "graph_smoothing": 0.0, "second_pass_smoothing": 0.0, "refine": False},
+    "onepass": {"embedding": "none", "second_pass_range_mm": 0.0, "refine": False},
+    "onepass+io": {"second_pass_range_mm": 0.0},
     "default": {},
 }
 

@@ -13,9 +13,14 @@
 6. Regularisation: diffusion on the kNN keypoint graph in embedding space,
    ``Z <- (I + lambda L)^-1 Z`` with the graph Laplacian ``L``; the costs are
    reconstructed and a soft-argmin gives sub-voxel displacements.
-7. Densification by regularised thin-plate splines (``scipy``'s
+7. A second, local pass (default ``second_pass_range_mm`` 12 mm, 7^3
+   displacements): the moving features are warped by the first pass's
+   thin-plate spline (sampled on an 8 mm grid) and steps 4-6 are repeated with a
+   weaker graph weight, so that the graph diffuses cost maps of small residuals
+   instead of the large absolute motion, whose gradients it blurs.
+8. Densification by regularised thin-plate splines (``scipy``'s
    ``RBFInterpolator``) or Gaussian scattered-data interpolation.
-8. Optional refinement by the ``adam`` instance optimisation (the default: "embed+io").
+9. Optional refinement by the ``adam`` instance optimisation (the default: "embed+io").
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from ..io.images import Image
 from ..keypoints import foerstner_keypoints
+from ..transforms.warp import GridSampler
 from .adam import instance_optimise
 from .affine import AffineConfig, estimate_affine
 from .base import MethodConfig, RunContext, check_range, register_method
@@ -51,6 +57,9 @@ class EmbedConfig(MethodConfig):
         feature_spacing_mm: grid spacing of the MIND-SSC features (half resolution of a 1 mm CT).
         search_range_mm: full width of the displacement search per axis (after affine alignment).
         search_step_mm: step of the displacement search (a multiple of the feature spacing).
+        second_pass_range_mm: full width of a second, local search around the first pass's
+            result (the moving features warped by its densified field; 0: no second pass).
+        second_pass_step_mm, second_pass_smoothing: its step and graph-Laplacian weight.
         patch_radius: radius in feature voxels of the compared patches.
         embedding: "pca" (project cost maps on principal components) or "none" (raw costs).
         components: number of principal components (the paper uses 256 and 512).
@@ -77,6 +86,9 @@ class EmbedConfig(MethodConfig):
     feature_spacing_mm: float = 2.0
     search_range_mm: float = 40.0
     search_step_mm: float = 2.0
+    second_pass_range_mm: float = 12.0
+    second_pass_step_mm: float = 2.0
+    second_pass_smoothing: float = 0.5
     patch_radius: int = 1
     embedding: str = "none"
     components: int = 64
@@ -128,6 +140,11 @@ class EmbedConfig(MethodConfig):
         check_range(c, "margin_mm", self.margin_mm, 0.0, 200.0)
         check_range(c, "mask_dilation_mm", self.mask_dilation_mm, 0.0, 100.0)
         check_range(c, "chunk", self.chunk, 1, 4096)
+        check_range(c, "second_pass_range_mm", self.second_pass_range_mm, 0.0, 60.0)
+        check_range(c, "second_pass_step_mm", self.second_pass_step_mm, 0.5, 16.0)
+        check_range(c, "second_pass_smoothing", self.second_pass_smoothing, 0.0, 1000.0)
+        if self.second_pass_range_mm / self.second_pass_step_mm > 40:
+            raise DeepLungRegError("EmbedConfig: second_pass_range_mm / second_pass_step_mm is too many steps per axis (at most 40)")
         steps = self.search_range_mm / self.search_step_mm
         if steps > 40:
             raise DeepLungRegError(f"EmbedConfig: search_range_mm / search_step_mm = {steps:.0f} steps per axis is too many (at most 40)")
@@ -282,6 +299,51 @@ def reject_outliers(points: np.ndarray, disp: np.ndarray, neighbours: int, thres
     return out, int(bad.sum())
 
 
+def _keypoint_pass(ff, mf, kp_zyx, kp_world, fg, range_mm, step_mm, smoothing, config, ctx, span, diag, prefix):
+    """One discrete keypoint search: costs, embedding, graph regularisation, soft-argmin.
+
+    Returns ``(K, 3)`` displacements in world mm from the fixed keypoints into ``mf``'s frame.
+    """
+    lo, hi = span
+    step = max(1, int(round(step_mm / max(fg.spacing))))
+    radius = max(1, int(round(range_mm / 2 / (step * max(fg.spacing)))))
+    offsets = displacement_offsets(radius, step)  # (D, 3) zyx voxels
+    offsets_mm = (offsets[:, ::-1] * np.asarray(fg.spacing)) @ fg.direction_matrix.T  # world mm
+    diag[prefix + "displacements"] = int(len(offsets))
+    diag[prefix + "search_half_width_mm"] = float(radius * step * max(fg.spacing))
+    with ctx.stage(prefix + "cost_volume"), torch.no_grad():
+        costs = keypoint_costs(ff, mf, kp_zyx, radius, step, config.patch_radius, config.chunk,
+                               lambda f: (ctx.check_cancel(), ctx.progress(prefix.replace("_", " ") + "discrete search", lo + (hi - lo) * 0.9 * f)))
+
+    with ctx.stage(prefix + "embedding"), torch.no_grad():
+        if config.embedding == "pca":
+            q = int(min(config.components, min(costs.shape) - 1))
+            mean = costs.mean(0, keepdim=True)
+            _, s, v = torch.pca_lowrank(costs, q=q, center=True, niter=3)
+            z = ((costs - mean) @ v).cpu().numpy()
+            total = float(((costs - mean) ** 2).sum())
+            diag[prefix + "pca_components"] = q
+            diag[prefix + "pca_variance_explained"] = round(float((s ** 2).sum()) / max(total, 1e-12), 4)
+        else:
+            z = costs.cpu().numpy()
+    ctx.progress(prefix.replace("_", " ") + "graph regularisation", lo + (hi - lo) * 0.9)
+    with ctx.stage(prefix + "graph_regularisation"):
+        lap = graph_laplacian(kp_world, config.graph_neighbours)
+        z = graph_diffuse(z, lap, smoothing)
+    with ctx.stage(prefix + "soft_argmin"), torch.no_grad():
+        zt = torch.as_tensor(z, device=costs.device, dtype=torch.float32)
+        rec = zt @ v.T.float() + mean if config.embedding == "pca" else zt
+        d = soft_argmin(rec, torch.as_tensor(offsets_mm, device=costs.device, dtype=torch.float32), config.temperature, 2 * radius + 1).cpu().numpy()
+        del costs, rec
+    return d
+
+
+def sample_field_at(field: np.ndarray, geometry: Geometry, points: np.ndarray) -> np.ndarray:
+    """Trilinear values ``(K, 3)`` of a field ``(Z, Y, X, 3)`` on ``geometry`` at world points ``(K, 3)`` (border-extended)."""
+    zyx = geometry.world_to_index(points)[:, ::-1].T
+    return np.stack([ndi.map_coordinates(field[..., i], zyx, order=1, mode="nearest") for i in range(3)], 1)
+
+
 # --------------------------------------------------------------------- method
 @register_method("embed", "Keypoint displacement embeddings: discrete search, PCA, graph regularisation, then Adam (paper 000)", EmbedConfig)
 def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: EmbedConfig, ctx: RunContext):
@@ -314,38 +376,27 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
         raise DeepLungRegError(f"embed: only {len(kp_zyx)} keypoints found in the fixed lung; check the mask")
     diag["keypoints"] = int(len(kp_zyx))
 
-    step = max(1, int(round(config.search_step_mm / max(fg.spacing))))
-    radius = max(1, int(round(config.search_range_mm / 2 / (step * max(fg.spacing)))))
-    offsets = displacement_offsets(radius, step)  # (D, 3) zyx voxels
-    offsets_mm = (offsets[:, ::-1] * np.asarray(fg.spacing)) @ fg.direction_matrix.T  # world mm
-    diag["displacements"] = int(len(offsets))
-    diag["search_half_width_mm"] = float(radius * step * max(fg.spacing))
-    with ctx.stage("cost_volume"), torch.no_grad():
-        costs = keypoint_costs(ff, mf, kp_zyx, radius, step, config.patch_radius, config.chunk,
-                               lambda f: (ctx.check_cancel(), ctx.progress("discrete search", 0.15 + 0.35 * f)))
-
-    with ctx.stage("embedding"), torch.no_grad():
-        if config.embedding == "pca":
-            q = int(min(config.components, min(costs.shape) - 1))
-            mean = costs.mean(0, keepdim=True)
-            _, s, v = torch.pca_lowrank(costs, q=q, center=True, niter=3)
-            z = ((costs - mean) @ v).cpu().numpy()
-            total = float(((costs - mean) ** 2).sum())
-            diag["pca_components"] = q
-            diag["pca_variance_explained"] = round(float((s ** 2).sum()) / max(total, 1e-12), 4)
-        else:
-            z = costs.cpu().numpy()
-    ctx.progress("graph regularisation", 0.55)
-    with ctx.stage("graph_regularisation"):
-        lap = graph_laplacian(kp_world, config.graph_neighbours)
-        z = graph_diffuse(z, lap, config.graph_smoothing)
-    with ctx.stage("soft_argmin"), torch.no_grad():
-        zt = torch.as_tensor(z, device=costs.device, dtype=torch.float32)
-        rec = zt @ v.T.float() + mean if config.embedding == "pca" else zt
-        d = soft_argmin(rec, torch.as_tensor(offsets_mm, device=costs.device, dtype=torch.float32), config.temperature, 2 * radius + 1).cpu().numpy()
-        del costs, rec
-
+    d = _keypoint_pass(ff, mf, kp_zyx, kp_world, fg, config.search_range_mm, config.search_step_mm, config.graph_smoothing,
+                       config, ctx, (0.15, 0.5), diag, "")
     d, diag["outliers_replaced"] = reject_outliers(kp_world, d, config.graph_neighbours, config.outlier_mm)
+    if config.second_pass_range_mm > 0:
+        # A local search around the first result: the moving features warped by its
+        # densified field, so that the graph diffuses cost maps of small residuals.
+        # The spline is sampled on an 8 mm grid only (the local search absorbs what that
+        # loses); the features are warped, and the result composed, through that grid.
+        with ctx.stage("second_pass_warp"), torch.no_grad():
+            coarse_geom = level_geometry(fr, max(8.0, config.feature_spacing_mm))
+            coarse = densify_tps(kp_world, d, coarse_geom, config.densify_smoothing)  # aligned frame
+            first = resample_field(torch.as_tensor(coarse, device=dev, dtype=dt)[None], coarse_geom, fg)
+            mw = GridSampler(fg, fg, dev, dt)(mf, first, fill=None)
+            del first
+        d2 = _keypoint_pass(ff, mw, kp_zyx, kp_world, fg, config.second_pass_range_mm, config.second_pass_step_mm,
+                            config.second_pass_smoothing, config, ctx, (0.5, 0.55), diag, "second_pass_")
+        del mw
+        # fixed p matches warped-moving p + d2 = aligned-moving q + first(q), q = p + d2
+        d, n_bad = reject_outliers(kp_world, d2 + sample_field_at(coarse, coarse_geom, kp_world + d2),
+                                   config.graph_neighbours, config.outlier_mm)
+        diag["outliers_replaced"] += n_bad
     # Keypoint correspondences: p -> A (p + d); the deformable residual is interpolated densely.
     target = apply_affine(mat, kp_world + d)
     residual = target - apply_affine(mat, kp_world)
