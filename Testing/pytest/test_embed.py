@@ -10,7 +10,7 @@ from DeepLungRegLib import DeepLungRegError, Geometry, read_image
 from DeepLungRegLib.methods import register
 from DeepLungRegLib.methods.embed import (
     EmbedConfig, densify_gaussian, densify_tps, displacement_offsets, graph_diffuse, graph_laplacian, keypoint_costs,
-    reject_outliers, soft_argmin,
+    reject_outliers, sample_field_at, soft_argmin,
 )
 from DeepLungRegLib.metrics import tre
 from DeepLungRegLib.simulation import simulate_breathing
@@ -86,8 +86,22 @@ def test_densify_reproduces_smooth_displacements(oblique, how):
     assert np.abs(dense[inner] - truth[inner]).max() < tol
 
 
+def test_sample_field_at_is_trilinear_on_an_oblique_grid(oblique):
+    """An affine field is reproduced exactly between the nodes of an oblique, anisotropic, off-origin grid."""
+    g = oblique
+    a = np.array([[0.02, 0.0, 0.01], [0.0, -0.03, 0.0], [0.01, 0.0, 0.02]])
+    field = (g.world_coordinates().reshape(-1, 3) @ a.T + np.array([1.0, -2.0, 0.5])).reshape(*g.shape, 3)
+    rng = np.random.default_rng(4)
+    pts = g.index_to_world(rng.uniform(0, np.array(g.size) - 1, size=(50, 3)))
+    assert np.allclose(sample_field_at(field, g, pts), pts @ a.T + np.array([1.0, -2.0, 0.5]), atol=1e-6)
+    # outside the grid the border value is kept (as the warp does)
+    far = g.index_to_world(np.array([[-5.0, 0.0, 0.0]]))
+    assert np.allclose(sample_field_at(field, g, far), field[0, 0, 0], atol=1e-6)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"embedding": "svd"}, "embedding must be"),
+    ({"second_pass_range_mm": 40.0, "second_pass_step_mm": 0.5}, "too many"),
     ({"densify": "nearest"}, "densify must be"),
     ({"search_range_mm": 100.0, "search_step_mm": 1.0}, "too many"),
     ({"keypoints": 1}, "keypoints"),
@@ -114,6 +128,8 @@ def test_embed_recovers_large_motion_on_a_small_pair(small_pair):
     assert before > 10 and after < 0.3 * before
     d = res.diagnostics
     assert d["keypoints"] >= 100 and d["displacements"] == 11 ** 3 and "cost_volume" in res.timings
+    # the second pass: 12 mm wide on 4 mm features, i.e. +-2 voxels
+    assert d["second_pass_displacements"] == 5 ** 3 and "second_pass_cost_volume" in res.timings
     from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats
 
     assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
