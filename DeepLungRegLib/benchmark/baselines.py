@@ -62,33 +62,39 @@ def _field_to_grid(field: np.ndarray, src: Geometry, dst: Geometry) -> np.ndarra
 
 
 # ------------------------------------------------------------------ ConvexAdam
-#: ConvexAdam's own defaults (its convex_adam_pt). A tuned setting needs a search (not done yet).
+#: ConvexAdam's own defaults (its convex_adam_pt). ``scripts/tune_convexadam.py`` searched
+#: a small grid on a separate tuning pair and ranked these defaults first (docs/benchmark.md),
+#: so they are also the tuned setting.
 CONVEXADAM_SETTINGS = {"default": {}}
 
 
 def run_convexadam(fixed: Image, moving: Image, fixed_mask=None, moving_mask=None, *, device: str = "auto",
-                   spacing: float = 2.0, setting: str = "default") -> BaselineResult:
+                   spacing: float = 2.0, setting: str = "default", settings: dict | None = None) -> BaselineResult:
     """ConvexAdam (PyPI ``convexAdam``) on an isotropic ``spacing`` grid, float32.
 
-    ConvexAdam returns voxel displacements along the array axes ``(z, y, x)``;
-    they are turned into mm along LPS and resampled back to the fixed grid.
+    ``setting`` names one of :data:`CONVEXADAM_SETTINGS`; ``settings`` gives
+    ``convex_adam_pt`` keyword arguments directly (and wins). ConvexAdam returns
+    voxel displacements along the array axes ``(z, y, x)``; they are turned into
+    mm along LPS and resampled back to the fixed grid.
     """
     _require("convexadam")
     from convexAdam.convex_adam_MIND import convex_adam_pt
 
-    if setting not in CONVEXADAM_SETTINGS:
+    if settings is None and setting not in CONVEXADAM_SETTINGS:
         raise DeepLungRegError(f"convexadam: unknown setting {setting!r}; known: {', '.join(CONVEXADAM_SETTINGS)}")
+    kwargs = dict(settings) if settings is not None else CONVEXADAM_SETTINGS[setting]
     dev = resolve_device(device)
     g = fixed.geometry
     iso = _isotropic_grid(g, spacing)
     f = resample_to_geometry(fixed.with_array(fixed.array.astype(np.float32)), iso, mode="linear", fill=-1024.0)
     m = resample_to_geometry(moving.with_array(moving.array.astype(np.float32)), iso, mode="linear", fill=-1024.0)
     t0 = time.perf_counter()
-    disp = convex_adam_pt(f.array, m.array, dtype=torch.float32, device=dev, verbose=False, **CONVEXADAM_SETTINGS[setting])
+    disp = convex_adam_pt(f.array, m.array, dtype=torch.float32, device=dev, verbose=False, **kwargs)
     seconds = time.perf_counter() - t0
     disp_ijk = np.asarray(disp, dtype=np.float64)[..., ::-1]  # (dz, dy, dx) voxels -> (di, dj, dk)
     u = disp_ijk @ (iso.direction_matrix @ np.diag(iso.spacing)).T
-    return BaselineResult(_field_to_grid(u, iso, g), {"device": str(dev), "setting": setting, "grid_mm": spacing,
+    return BaselineResult(_field_to_grid(u, iso, g), {"device": str(dev), "setting": setting if settings is None else kwargs,
+                                                        "grid_mm": spacing,
                                                         "convexadam_s": seconds})
 
 
