@@ -20,7 +20,7 @@ from ..losses import masked_mse
 from ..transforms.fields import affine_to_field
 from ..transforms.warp import world_grid_tensor
 from .base import MethodConfig, RunContext, check_range, register_method
-from .common import make_level, region_geometry
+from .common import AlignedFeatures, aligned_features, make_level, region_geometry
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,31 @@ def estimate_affine(fixed: Image, moving: Image, fixed_mask: Image | None, movin
     mat[:3, :3] = a
     mat[:3, 3] = c + t.detach().cpu().double().numpy() - a @ c
     return mat, {"affine_matrix": mat.tolist(), "affine_final_loss": losses[-1] if losses else None, "affine_det": float(np.linalg.det(a))}
+
+
+def affine_aligned_start(fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None, config,
+                         ctx: RunContext, progress_span=(0.0, 0.15)):
+    """The common start of the discrete methods: working regions, the affine pre-alignment
+    (stage "affine") and MIND-SSC features of the fixed and affinely aligned moving image
+    (stage "features").
+
+    Args:
+        config: supplies ``margin_mm``, ``precision``, ``feature_spacing_mm``, ``mind_radius``
+            and ``mind_dilation``.
+
+    Returns:
+        ``(fixed region, moving region, 4x4 affine (fixed -> moving world), AlignedFeatures,
+        the affine's diagnostics)``.
+    """
+    fr = region_geometry(fixed, fixed_mask, config.margin_mm)
+    mr = region_geometry(moving, moving_mask, config.margin_mm)
+    with ctx.stage("affine"):
+        mat, adiag = estimate_affine(fixed, moving, fixed_mask, moving_mask, AffineConfig(precision=config.precision), ctx,
+                                     progress_span)
+    with ctx.stage("features"):
+        af: AlignedFeatures = aligned_features(fixed, moving, fr, mr, fixed_mask, mat, config.feature_spacing_mm,
+                                               config.mind_radius, config.mind_dilation, ctx.device, ctx.dtype)
+    return fr, mr, mat, af, adiag
 
 
 @register_method("affine", "Robust affine pre-alignment (MIND-SSC, Adam, lung-mask weighted)", AffineConfig)

@@ -44,9 +44,9 @@ from ..features.filters import box_mean3d
 from ..geometry import Geometry
 from ..transforms.warp import GridSampler
 from .adam import instance_optimise
-from .affine import AffineConfig, estimate_affine
+from .affine import affine_aligned_start
 from .base import MethodConfig, RunContext, check_range, register_method
-from .common import aligned_features, apply_affine, region_geometry, resample_field, smooth3
+from .common import apply_affine, resample_field, smooth3
 from .embed import displacement_offsets, soft_argmin
 
 
@@ -316,14 +316,8 @@ def _solve_level(fixed_cells, moving_sliding, points, stride, offsets, offsets_m
 def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx: RunContext):
     dev, dt = ctx.device, ctx.dtype
     diag: dict = {"levels": []}
-    fr = region_geometry(fixed, fixed_mask, config.margin_mm)
-    mr = region_geometry(moving, moving_mask, config.margin_mm)
-    with ctx.stage("affine"):
-        mat, adiag = estimate_affine(fixed, moving, fixed_mask, moving_mask, AffineConfig(precision=config.precision), ctx, (0.0, 0.15))
+    fr, mr, mat, af, adiag = affine_aligned_start(fixed, moving, fixed_mask, moving_mask, config, ctx)
     diag.update(adiag)
-    with ctx.stage("features"):
-        af = aligned_features(fixed, moving, fr, mr, fixed_mask, mat, config.feature_spacing_mm, config.mind_radius,
-                              config.mind_dilation, dev, dt)
     fg = af.geometry
     sampler = GridSampler(fg, fg, dev, dt)
     u = torch.zeros((1, *fg.shape, 3), device=dev, dtype=dt)  # world mm, w.r.t. the affinely aligned moving image

@@ -42,9 +42,9 @@ from ..io.images import Image
 from ..keypoints import foerstner_keypoints
 from ..transforms.warp import GridSampler
 from .adam import instance_optimise
-from .affine import AffineConfig, estimate_affine
+from .affine import affine_aligned_start
 from .base import MethodConfig, RunContext, check_range, register_method
-from .common import aligned_features, apply_affine, level_geometry, region_geometry, resample_field
+from .common import apply_affine, level_geometry, resample_field
 
 
 @dataclass(frozen=True)
@@ -349,17 +349,10 @@ def sample_field_at(field: np.ndarray, geometry: Geometry, points: np.ndarray) -
 def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: EmbedConfig, ctx: RunContext):
     dev, dt = ctx.device, ctx.dtype
     diag: dict = {}
-    fr = region_geometry(fixed, fixed_mask, config.margin_mm)
-    mr = region_geometry(moving, moving_mask, config.margin_mm)
-    with ctx.stage("affine"):
-        mat, adiag = estimate_affine(fixed, moving, fixed_mask, moving_mask, AffineConfig(precision=config.precision), ctx, (0.0, 0.15))
-    diag.update(adiag)
-
     # Features on the fixed feature grid; the moving image goes through the affine first.
-    with ctx.stage("features"):
-        af = aligned_features(fixed, moving, fr, mr, fixed_mask, mat, config.feature_spacing_mm, config.mind_radius,
-                              config.mind_dilation, dev, dt)
-        fg, f_img, ff, mf = af.geometry, af.fixed_image, af.fixed_feat, af.moving_feat
+    fr, mr, mat, af, adiag = affine_aligned_start(fixed, moving, fixed_mask, moving_mask, config, ctx)
+    diag.update(adiag)
+    fg, f_img, ff, mf = af.geometry, af.fixed_image, af.fixed_feat, af.moving_feat
     ctx.check_cancel()
 
     with ctx.stage("keypoints"):
