@@ -299,8 +299,9 @@ def reject_outliers(points: np.ndarray, disp: np.ndarray, neighbours: int, thres
     return out, int(bad.sum())
 
 
-def _keypoint_pass(ff, mf, kp_zyx, kp_world, fg, range_mm, step_mm, smoothing, config, ctx, span, diag, prefix):
-    """One discrete keypoint search: costs, embedding, graph regularisation, soft-argmin.
+def _keypoint_pass(ff, mf, kp_zyx, lap, fg, range_mm, step_mm, smoothing, config, ctx, span, diag, prefix):
+    """One discrete keypoint search: costs, embedding, graph regularisation (on the keypoint
+    graph Laplacian ``lap``), soft-argmin.
 
     Returns ``(K, 3)`` displacements in world mm from the fixed keypoints into ``mf``'s frame.
     """
@@ -328,7 +329,6 @@ def _keypoint_pass(ff, mf, kp_zyx, kp_world, fg, range_mm, step_mm, smoothing, c
             z = costs.cpu().numpy()
     ctx.progress(prefix.replace("_", " ") + "graph regularisation", lo + (hi - lo) * 0.9)
     with ctx.stage(prefix + "graph_regularisation"):
-        lap = graph_laplacian(kp_world, config.graph_neighbours)
         z = graph_diffuse(z, lap, smoothing)
     with ctx.stage(prefix + "soft_argmin"), torch.no_grad():
         zt = torch.as_tensor(z, device=costs.device, dtype=torch.float32)
@@ -369,7 +369,8 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
         raise DeepLungRegError(f"embed: only {len(kp_zyx)} keypoints found in the fixed lung; check the mask")
     diag["keypoints"] = int(len(kp_zyx))
 
-    d = _keypoint_pass(ff, mf, kp_zyx, kp_world, fg, config.search_range_mm, config.search_step_mm, config.graph_smoothing,
+    lap = graph_laplacian(kp_world, config.graph_neighbours)  # the keypoint graph of both passes
+    d = _keypoint_pass(ff, mf, kp_zyx, lap, fg, config.search_range_mm, config.search_step_mm, config.graph_smoothing,
                        config, ctx, (0.15, 0.5), diag, "")
     d, diag["outliers_replaced"] = reject_outliers(kp_world, d, config.graph_neighbours, config.outlier_mm)
     if config.second_pass_range_mm > 0:
@@ -383,7 +384,7 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
             first = resample_field(torch.as_tensor(coarse, device=dev, dtype=dt)[None], coarse_geom, fg)
             mw = GridSampler(fg, fg, dev, dt)(mf, first, fill=None)
             del first
-        d2 = _keypoint_pass(ff, mw, kp_zyx, kp_world, fg, config.second_pass_range_mm, config.second_pass_step_mm,
+        d2 = _keypoint_pass(ff, mw, kp_zyx, lap, fg, config.second_pass_range_mm, config.second_pass_step_mm,
                             config.second_pass_smoothing, config, ctx, (0.5, 0.55), diag, "second_pass_")
         del mw
         # fixed p matches warped-moving p + d2 = aligned-moving q + first(q), q = p + d2
