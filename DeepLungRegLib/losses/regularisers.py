@@ -33,15 +33,19 @@ def jacobian_determinant_torch(field: torch.Tensor, index_to_world: torch.Tensor
     Returns:
         ``(N, Z-2, Y-2, X-2)`` determinants at the interior voxels.
     """
-    gk = (field[:, 2:, 1:-1, 1:-1] - field[:, :-2, 1:-1, 1:-1]) / 2  # d u / d k
+    gk = (field[:, 2:, 1:-1, 1:-1] - field[:, :-2, 1:-1, 1:-1]) / 2  # d u / d k, (N, Z-2, Y-2, X-2, 3 components)
     gj = (field[:, 1:-1, 2:, 1:-1] - field[:, 1:-1, :-2, 1:-1]) / 2
     gi = (field[:, 1:-1, 1:-1, 2:] - field[:, 1:-1, 1:-1, :-2]) / 2
-    g_idx = torch.stack([gi, gj, gk], dim=-1)  # (..., 3 components, 3 index axes)
-    m = torch.eye(3, dtype=field.dtype, device=field.device) + g_idx @ torch.linalg.inv(index_to_world).to(field.dtype)
-    # the 3x3 determinant written out: about twice as fast as torch.linalg.det's batched LU, forward and backward
-    return (m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
-            - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
-            + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0]))
+    inv = torch.linalg.inv(index_to_world.detach().to("cpu", torch.float64)).tolist()  # rows: i, j, k; columns: world axes
+    # m[c][w] = delta_cw + d u_c / d x_w = delta_cw + sum_a g_a[c] inv[a][w], as separate tensors: building a
+    # (..., 3, 3) tensor and indexing it makes every backward of an element allocate and fill the whole
+    # (..., 3, 3) array, which dominated the refinement's time.
+    cols = [(gi * inv[0][w] + gj * inv[1][w] + gk * inv[2][w]).unbind(-1) for w in range(3)]
+    m = [[cols[w][c] + 1.0 if c == w else cols[w][c] for w in range(3)] for c in range(3)]
+    # the 3x3 determinant written out (faster than torch.linalg.det's batched LU, forward and backward)
+    return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
 
 
 def folding_penalty(field: torch.Tensor, index_to_world: torch.Tensor, margin: float = 0.1) -> torch.Tensor:
