@@ -48,8 +48,13 @@ class MethodConfig:
             raise DeepLungRegError(f"{cls.__name__}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
         for k, v in list(values.items()):
             default = getattr(cls, k, None) if not isinstance(names[k].default, dataclasses._MISSING_TYPE) else None
-            if isinstance(default, tuple) and isinstance(v, (list, tuple)):
-                values[k] = tuple(v)
+            if isinstance(default, tuple):
+                if isinstance(v, (list, tuple)):
+                    values[k] = tuple(v)
+                elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                    values[k] = (v,)  # one level: refine_iterations=20 means (20,)
+                else:
+                    raise DeepLungRegError(f"{cls.__name__}: {k} must be a number or a list of numbers, got {v!r}")
         cfg = cls(**values)
         cfg.validate()
         return cfg

@@ -70,6 +70,7 @@ def test_cancel_stops_the_method(small_pair):
     (dict(config={"levels_mm": [100.0], "iterations": [5], "learning_rates": [1.0]}), "levels_mm must be between"),
     (dict(config={"levels_mm": [4.0], "iterations": [5, 5], "learning_rates": [1.0]}), "equal length"),
     (dict(config={"bogus": 1}), "unknown option"),
+    (dict(config={"iterations": "many"}), "iterations must be a number or a list of numbers"),
     (dict(config={"regularisation": float("nan")}), "regularisation"),
     (dict(config={"precision": "float16"}, device="cpu"), "not allowed on the CPU"),
 ])
@@ -78,6 +79,13 @@ def test_register_rejects_bad_options(small_pair, kwargs, match):
     method = kwargs.pop("method", "adam")
     with pytest.raises(DeepLungRegError, match=match):
         register(p.fixed, p.moving, method, **kwargs)
+
+
+def test_a_number_for_a_per_level_option_means_one_level():
+    from DeepLungRegLib.methods.adam import AdamConfig
+
+    cfg = AdamConfig.from_dict({"levels_mm": 4, "iterations": 20, "learning_rates": 0.5})
+    assert (cfg.levels_mm, cfg.iterations, cfg.learning_rates) == ((4,), (20,), (0.5,))
 
 
 def test_register_rejects_bad_images_and_masks(small_pair):
