@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..features.filters import box_mean3d
+
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared difference of ``a`` and ``b`` ``(N, C, Z, Y, X)``, weighted by ``weight (N, 1, Z, Y, X)``."""
@@ -55,3 +57,25 @@ def ngf(fixed: torch.Tensor, warped: torch.Tensor, eps: float = 0.1, spacing: tu
     if weight is None:
         return d.mean()
     return (d * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+def local_ncc_distance(fixed: torch.Tensor, warped: torch.Tensor, radius: int = 4, eps: float = 1e-5,
+                       reduce: bool = True) -> torch.Tensor:
+    """``1 - local normalised cross-correlation`` over ``(2 radius + 1)^3`` windows.
+
+    Args:
+        fixed, warped: ``(N, 1, Z, Y, X)`` images.
+        radius: window radius in voxels (replicate border).
+        eps: added to the local variances (flat regions give 0 correlation, not NaN).
+        reduce: return the mean (a scalar) instead of the ``(N, 1, Z, Y, X)`` map.
+
+    Returns:
+        0 where the images are locally an increasing affine function of each other,
+        up to 2 where they are anti-correlated.
+    """
+    mf, mw = box_mean3d(fixed, radius), box_mean3d(warped, radius)
+    cov = box_mean3d(fixed * warped, radius) - mf * mw
+    vf = (box_mean3d(fixed * fixed, radius) - mf * mf).clamp_min(0) + eps
+    vw = (box_mean3d(warped * warped, radius) - mw * mw).clamp_min(0) + eps
+    d = 1.0 - cov / torch.sqrt(vf * vw)
+    return d.mean() if reduce else d

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import DeepLungRegError
+from ..losses import local_ncc_distance, ngf
 from ..transforms.warp import sample_at_voxels
 
 
@@ -156,7 +157,23 @@ class LinDefNet(nn.Module):
 
 
 def lindef_loss(fixed: torch.Tensor, warped: torch.Tensor, phi: torch.Tensor, a: torch.Tensor,
-                alpha: float = 1e-6, beta: float = 1e-6) -> torch.Tensor:
-    """Paper 001's loss: ``||R - W(S, G)||^2 + alpha ||A - A_I||_1 + beta ||Phi - Phi_I||_1`` (sums, as written)."""
+                alpha: float = 1e-6, beta: float = 1e-6, similarity: str = "mse", ngf_eps: float = 0.05) -> torch.Tensor:
+    """Paper 001's loss: ``D(R, W(S, G)) + alpha ||A - A_I||_1 + beta ||Phi - Phi_I||_1`` (sums, as written).
+
+    Args:
+        fixed, warped: ``(N, 1, Z, Y, X)`` images R and W(S, G).
+        phi: ``(N, 3, Z, Y, X)`` spatial gradients; a: ``(N, 3, 4)`` affine matrices.
+        similarity: the per-voxel data term D, summed over voxels: ``"mse"`` (the paper's
+            ``||R - W(S, G)||^2``), ``"ncc"`` (``1 -`` local NCC, 9^3 windows) or ``"ngf"``
+            (``1 -`` squared NGF cosine, edge parameter ``ngf_eps``), the options the paper names.
+    """
+    if similarity == "mse":
+        data = (fixed - warped).pow(2).sum()
+    elif similarity == "ncc":
+        data = local_ncc_distance(fixed, warped) * fixed.numel()
+    elif similarity == "ngf":
+        data = ngf(fixed, warped, eps=ngf_eps) * fixed.numel()
+    else:
+        raise DeepLungRegError(f"lindef_loss: similarity must be 'mse', 'ncc' or 'ngf', got {similarity!r}")
     eye = torch.eye(3, 4, device=a.device, dtype=a.dtype)
-    return (fixed - warped).pow(2).sum() + alpha * (a - eye).abs().sum() + beta * (phi - 1.0).abs().sum()
+    return data + alpha * (a - eye).abs().sum() + beta * (phi - 1.0).abs().sum()

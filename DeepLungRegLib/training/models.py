@@ -30,6 +30,8 @@ class NetworkConfig:
         alpha: curvature weight (``mlvirnet``, ``labeldriven``) or ``||A - A_I||_1`` weight (``lindef``).
         beta: lung-mask SSD weight (``mlvirnet``, ``labeldriven``) or ``||Phi - Phi_I||_1`` weight (``lindef``).
         ngf_eps: NGF edge parameter.
+        similarity: ``lindef``'s data term: ``"mse"`` (the paper's, the default), ``"ncc"`` or
+            ``"ngf"``. ``mlvirnet`` and ``labeldriven`` use NGF, as in their papers.
         learning_rate: Adam step.
     """
 
@@ -42,6 +44,7 @@ class NetworkConfig:
     beta: float = 1.0
     ngf_eps: float = 0.05
     learning_rate: float = 1e-3
+    similarity: str = "mse"
 
     def __post_init__(self):
         if self.method not in NETWORK_METHODS:
@@ -58,6 +61,10 @@ class NetworkConfig:
         for name in ("alpha", "beta"):
             if not 0 <= getattr(self, name) <= 1e7:
                 raise DeepLungRegError(f"NetworkConfig: {name} must be between 0 and 1e7, got {getattr(self, name)}")
+        if self.similarity not in ("mse", "ncc", "ngf"):
+            raise DeepLungRegError(f"NetworkConfig: similarity must be 'mse', 'ncc' or 'ngf', got {self.similarity!r}")
+        if self.method != "lindef" and self.similarity != "mse":
+            raise DeepLungRegError(f"NetworkConfig: similarity applies to lindef only; {self.method} trains with NGF (its paper's loss)")
         if not 1e-6 <= self.learning_rate <= 1:
             raise DeepLungRegError(f"NetworkConfig: learning_rate must be between 1e-6 and 1, got {self.learning_rate}")
 
@@ -108,7 +115,8 @@ def training_loss(model: torch.nn.Module, cfg: NetworkConfig, pair: NetworkPair,
     if cfg.method == "lindef":
         pos, phi, a = model.positions(f, m)
         warped = sample_at_voxels(m, pos)
-        loss = lindef_loss(f, warped, phi, a, alpha=cfg.alpha * 1e-6, beta=cfg.beta * 1e-6)
+        loss = lindef_loss(f, warped, phi, a, alpha=cfg.alpha * 1e-6, beta=cfg.beta * 1e-6, similarity=cfg.similarity,
+                           ngf_eps=cfg.ngf_eps)
         return loss, {"mse": float((f - warped).pow(2).mean().detach())}
     if cfg.method == "mlvirnet":
         disp, _ = model(f, m, finest=level)

@@ -140,7 +140,7 @@ def train(
     opt = torch.optim.Adam(params, lr=cfg.learning_rate)
     if resume:
         ck = load_checkpoint(ck_path, dev)
-        if ck["config"] != cfg.to_dict():
+        if NetworkConfig.from_dict(ck["config"]).to_dict() != cfg.to_dict():  # options added since then take their defaults
             raise DeepLungRegError(f"train: {ck_path} was trained with another config ({ck['config']}); resume needs the same one")
         model.load_state_dict(ck["model"])
         start, history, level = int(ck["step"]), list(ck["history"]), int(ck["level"])

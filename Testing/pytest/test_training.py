@@ -28,6 +28,8 @@ NETWORKS = ("lindef", "mlvirnet", "labeldriven")
     ({"width": 0.0}, "width"),
     ({"levels": 9}, "levels"),
     ({"learning_rate": 5.0}, "learning_rate"),
+    ({"method": "lindef", "similarity": "mi"}, "similarity must be"),
+    ({"method": "mlvirnet", "similarity": "ncc"}, "applies to lindef only"),
 ])
 def test_network_config_refuses_absurd_values(kwargs, match):
     with pytest.raises(DeepLungRegError, match=match):
