@@ -308,6 +308,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_features(args) -> int:
+    from .features.cnn import train_feature_net
+    from .io.images import read_image
+
+    def load(paths):
+        return [(Path(p).name.split(".")[0], read_image(p, what=f"CT {p}")) for p in paths or []]
+
+    bar = _Progress("train-features", enabled=not args.quiet)
+
+    def progress(step: int, steps: int, row: dict) -> None:
+        bar(f"step {step}/{steps} loss {row['loss']:.4g}" + (f" val MSE {row['validation_mse']:.4g}" if "validation_mse" in row else ""),
+            step / steps)
+
+    try:
+        res = train_feature_net(load(args.ct), args.output, steps=args.steps, val_cts=load(args.val_ct), spacing_mm=args.spacing,
+                                crop=args.crop, batch=args.batch, base=args.base, learning_rate=args.learning_rate,
+                                validate_every=args.validate_every, seed=args.seed, resume=args.resume, progress=progress)
+    finally:
+        bar.close()
+    print(f"train-features: {res['steps']} steps in {res['seconds']:.0f} s; checkpoint {res['checkpoint']}"
+          + (f"; validation MSE {res['validation_mse']:.4g} (MIND-SSC of the noisy crops: {res['mind_noise_mse']:.4g})"
+             if res["validation_mse"] is not None else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deeplungreg", description="Lung CT registration (DeepLungReg).")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -412,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=1000)
     s.add_argument("--spacing", type=float, default=4.0, help="network grid spacing in mm (default 4; 2 on a GPU)")
     s.add_argument("--shape", default="64,64,64", help="network grid Z,Y,X, multiples of 16 (default 64,64,64)")
-    s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="network option: width, levels, alpha, beta, ngf_eps, learning_rate")
+    s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="network option: width, levels, alpha, beta, ngf_eps, learning_rate, similarity (lindef: mse, ncc or ngf)")
     s.add_argument("--pool", type=int, default=8, help="simulated pairs kept in memory (default 8)")
     s.add_argument("--refresh-every", type=int, default=25, help="steps between two new simulated pairs (default 25)")
     s.add_argument("--validate-every", type=int, default=100, help="steps between validations and checkpoints (default 100)")
@@ -422,6 +447,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="run folder: checkpoint.pt, log.csv, log.json, loss.png")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("train-features", help="train embed's feature CNN (paper 000) to predict MIND-SSC from CT crops")
+    s.add_argument("--ct", nargs="+", required=True, metavar="CT", help="training CTs")
+    s.add_argument("--val-ct", nargs="+", metavar="CT", help="held-out CTs for the validation error")
+    s.add_argument("--steps", type=int, default=3000)
+    s.add_argument("--spacing", type=float, default=2.0, help="grid spacing in mm (embed's feature_spacing_mm, default 2)")
+    s.add_argument("--crop", type=int, default=48, help="crop size in voxels (default 48)")
+    s.add_argument("--batch", type=int, default=2, help="crops per step (default 2)")
+    s.add_argument("--base", type=int, default=8, help="filters of the first U-Net level (default 8)")
+    s.add_argument("--learning-rate", type=float, default=3e-3)
+    s.add_argument("--validate-every", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint.pt")
+    s.add_argument("-o", "--output", required=True, help="run folder: checkpoint.pt, log.csv, log.json, loss.png")
+    s.add_argument("-q", "--quiet", action="store_true")
+    s.set_defaults(func=cmd_train_features)
 
     s = sub.add_parser("methods", help="list the registration methods")
     s.add_argument("--options", action="store_true", help="also list each method's options, defaults and meaning")

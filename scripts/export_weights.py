@@ -1,5 +1,7 @@
 """Copy the inference part of a training checkpoint into Resources/Weights (what the extension ships).
 
+Network methods (`deeplungreg train`) and embed's feature CNN (`deeplungreg train-features`) alike:
+
     python scripts/export_weights.py train-runs/mlvirnet/checkpoint.pt Resources/Weights/mlvirnet.pt \
         --command "python -m DeepLungRegLib.cli train --method mlvirnet ..."
 """
@@ -13,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from DeepLungRegLib.errors import DeepLungRegError  # noqa: E402
+from DeepLungRegLib.features.cnn import export_feature_net  # noqa: E402
 from DeepLungRegLib.training.train import export_weights  # noqa: E402
 
 
@@ -24,7 +27,11 @@ def main() -> int:
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args()
     try:
-        out = export_weights(a.checkpoint, a.dest, a.command, overwrite=a.overwrite)
+        import torch
+
+        ck = torch.load(a.checkpoint, map_location="cpu", weights_only=False) if Path(a.checkpoint).is_file() else {}
+        export = export_feature_net if isinstance(ck, dict) and ck.get("kind") == "feature_net" else export_weights
+        out = export(a.checkpoint, a.dest, a.command, overwrite=a.overwrite)
     except DeepLungRegError as exc:
         print(f"export_weights: error: {exc}", file=sys.stderr)
         return 2

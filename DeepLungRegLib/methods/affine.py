@@ -102,7 +102,7 @@ def estimate_affine(fixed: Image, moving: Image, fixed_mask: Image | None, movin
 
 
 def affine_aligned_start(fixed: Image, moving: Image, fixed_mask: Image | None, moving_mask: Image | None, config,
-                         ctx: RunContext, progress_span=(0.0, 0.15)):
+                         ctx: RunContext, progress_span=(0.0, 0.15), descriptor=None):
     """The common start of the discrete methods: working regions, the affine pre-alignment
     (stage "affine") and MIND-SSC features of the fixed and affinely aligned moving image
     (stage "features").
@@ -110,6 +110,7 @@ def affine_aligned_start(fixed: Image, moving: Image, fixed_mask: Image | None, 
     Args:
         config: supplies ``margin_mm``, ``precision``, ``feature_spacing_mm``, ``mind_radius``
             and ``mind_dilation``.
+        descriptor: features to use instead of MIND-SSC (see :func:`~.common.aligned_features`).
 
     Returns:
         ``(fixed region, moving region, 4x4 affine (fixed -> moving world), AlignedFeatures,
@@ -122,7 +123,7 @@ def affine_aligned_start(fixed: Image, moving: Image, fixed_mask: Image | None, 
                                      progress_span)
     with ctx.stage("features"):
         af: AlignedFeatures = aligned_features(fixed, moving, fr, mr, fixed_mask, mat, config.feature_spacing_mm,
-                                               config.mind_radius, config.mind_dilation, ctx.device, ctx.dtype)
+                                               config.mind_radius, config.mind_dilation, ctx.device, ctx.dtype, descriptor)
     return fr, mr, mat, af, adiag
 
 

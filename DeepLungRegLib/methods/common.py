@@ -4,6 +4,7 @@ pyramids and moving fields between grids."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -116,18 +117,21 @@ class AlignedFeatures:
 def aligned_features(
     fixed: Image, moving: Image, fixed_region: Geometry, moving_region: Geometry, fixed_mask: Image | None,
     affine: np.ndarray, spacing_mm: float, mind_radius: int, mind_dilation: int, device: torch.device, dtype: torch.dtype,
+    descriptor: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> AlignedFeatures:
     """Resample the fixed image and the moving image through ``affine`` (4x4, fixed -> moving world)
-    onto the fixed region at ``spacing_mm`` and compute MIND-SSC features of both."""
+    onto the fixed region at ``spacing_mm`` and compute MIND-SSC features of both (or those of
+    ``descriptor``, ``(1, 1, Z, Y, X) -> (1, C, Z, Y, X)``, e.g. embed's feature CNN)."""
     fg = level_geometry(fixed_region, spacing_mm)
     f_img = resample_to_geometry(fixed.with_array(normalise_ct(fixed.array)), fg, smooth=True)
     m_lv = resample_to_geometry(moving.with_array(normalise_ct(moving.array)), level_geometry(moving_region, spacing_mm), smooth=True)
     m_img = warp_image(m_lv, affine_to_field(affine, fg), fg, fill=0.0)
     ft = torch.as_tensor(f_img.array, device=device, dtype=dtype)[None, None]
     mt = torch.as_tensor(m_img.array, device=device, dtype=dtype)[None, None]
+    describe = descriptor or (lambda t: mind_ssc(t, mind_radius, mind_dilation))
     with torch.no_grad():
-        ff = mind_ssc(ft, mind_radius, mind_dilation)
-        mf = mind_ssc(mt, mind_radius, mind_dilation)
+        ff = describe(ft)
+        mf = describe(mt)
     lung = None
     if fixed_mask is not None:
         lung = resample_to_geometry(fixed_mask.with_array(fixed_mask.array.astype(np.float32)), fg).array > 0.5

@@ -3,7 +3,8 @@
 1. Affine pre-alignment (the ``affine`` method); the moving image is resampled
    through it onto the fixed feature grid.
 2. Förstner keypoints in the fixed lung (non-maximum suppression, minimum distance).
-3. MIND-SSC features of both images on a grid of ``feature_spacing_mm``.
+3. MIND-SSC features of both images on a grid of ``feature_spacing_mm`` (or, with
+   ``features="cnn"``, those of paper 000's light U-Net trained to predict MIND-SSC).
 4. Discrete search: for every keypoint the fixed feature patch is compared
    (SSD) with the moving patch at every displacement of a dense 3D set
    (``search_range_mm`` wide in steps of ``search_step_mm``: 21^3 = 9261 by
@@ -58,6 +59,9 @@ class EmbedConfig(MethodConfig):
         keypoints: maximal number of Förstner keypoints in the fixed lung.
         keypoint_distance_mm: minimal distance between keypoints.
         feature_spacing_mm: grid spacing of the MIND-SSC features (half resolution of a 1 mm CT).
+        features: "mind" (handcrafted MIND-SSC) or "cnn" (paper 000's light U-Net trained to predict
+            MIND-SSC, ``deeplungreg train-features``); the refinement always uses MIND-SSC.
+        feature_weights: weights of the feature CNN ("" : the shipped ``Resources/Weights/mindnet.pt``).
         search_range_mm: full width of the displacement search per axis (after affine alignment).
         search_step_mm: step of the displacement search (a multiple of the feature spacing).
         second_pass_range_mm: full width of a second, local search around the first pass's
@@ -88,6 +92,8 @@ class EmbedConfig(MethodConfig):
     keypoints: int = 2000
     keypoint_distance_mm: float = 4.0
     feature_spacing_mm: float = 2.0
+    features: str = "mind"
+    feature_weights: str = ""
     search_range_mm: float = 40.0
     search_step_mm: float = 2.0
     second_pass_range_mm: float = 12.0
@@ -124,6 +130,8 @@ class EmbedConfig(MethodConfig):
         check_range(c, "search_range_mm", self.search_range_mm, 1.0, 120.0)
         check_range(c, "search_step_mm", self.search_step_mm, 0.5, 16.0)
         check_range(c, "patch_radius", self.patch_radius, 0, 4)
+        if self.features not in ("mind", "cnn"):
+            raise DeepLungRegError(f"EmbedConfig: features must be 'mind' or 'cnn', got {self.features!r}")
         if self.embedding not in ("pca", "none"):
             raise DeepLungRegError(f"EmbedConfig: embedding must be 'pca' or 'none', got {self.embedding!r}")
         check_range(c, "components", self.components, 2, 4096)
@@ -374,7 +382,12 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
     dev, dt = ctx.device, ctx.dtype
     diag: dict = {}
     # Features on the fixed feature grid; the moving image goes through the affine first.
-    fr, mr, mat, af, adiag = affine_aligned_start(fixed, moving, fixed_mask, moving_mask, config, ctx)
+    descriptor = None
+    if config.features == "cnn":
+        from ..features.cnn import cnn_descriptor, load_feature_net
+
+        descriptor = cnn_descriptor(load_feature_net(config.feature_weights or None, dev))
+    fr, mr, mat, af, adiag = affine_aligned_start(fixed, moving, fixed_mask, moving_mask, config, ctx, descriptor=descriptor)
     diag.update(adiag)
     fg, f_img, ff, mf = af.geometry, af.fixed_image, af.fixed_feat, af.moving_feat
     ctx.check_cancel()
