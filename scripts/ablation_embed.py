@@ -11,6 +11,8 @@ Variants (all else at the defaults):
     nograph   raw costs, no graph diffusion (in either pass), no refinement
     onepass   raw costs, graph diffusion, no second (local) pass, no refinement
     onepass+io  as onepass, with the Adam refinement
+    cnn       the shipped feature CNN instead of MIND-SSC, no refinement
+    cnn+io    the shipped feature CNN, with the Adam refinement
     default   raw costs, graph diffusion, Adam refinement ("embed+io", the method's default)
 """
 
@@ -32,6 +34,8 @@ VARIANTS = {
     "nograph": {"embedding": "none", "graph_smoothing": 0.0, "second_pass_smoothing": 0.0, "refine": False},
     "onepass": {"embedding": "none", "second_pass_range_mm": 0.0, "refine": False},
     "onepass+io": {"second_pass_range_mm": 0.0},
+    "cnn": {"features": "cnn", "refine": False},
+    "cnn+io": {"features": "cnn"},
     "default": {},
 }
 

@@ -105,6 +105,7 @@ def test_sample_field_at_is_trilinear_on_an_oblique_grid(oblique):
     ({"densify": "nearest"}, "densify must be"),
     ({"search_range_mm": 100.0, "search_step_mm": 1.0}, "too many"),
     ({"keypoints": 1}, "keypoints"),
+    ({"densify_spacing_mm": 0.1}, "densify_spacing_mm"),
     ({"refine_levels_mm": [4.0], "refine_iterations": [1, 2]}, "equal length"),
 ])
 def test_embed_config_rejects_absurd_values(kwargs, match):
@@ -130,6 +131,7 @@ def test_embed_recovers_large_motion_on_a_small_pair(small_pair):
     assert d["keypoints"] >= 100 and d["displacements"] == 11 ** 3 and "cost_volume" in res.timings
     # the second pass: 12 mm wide on 4 mm features, i.e. +-2 voxels
     assert d["second_pass_displacements"] == 5 ** 3 and "second_pass_cost_volume" in res.timings
+    assert d["densify_spacing_mm"] == 8.0  # automatic: 8 mm when the refinement follows
     from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats
 
     assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
