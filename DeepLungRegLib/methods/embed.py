@@ -30,6 +30,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +72,9 @@ class EmbedConfig(MethodConfig):
         patch_radius: radius in feature voxels of the compared patches.
         embedding: "pca" (project cost maps on principal components) or "none" (raw costs).
         components: number of principal components (the paper uses 256 and 512).
+        pca_basis: a file of PCA bases (written with ``pca_basis_out``) to project on instead of
+            fitting one on the pair; a pass whose displacement count has no basis in it fits its own.
+        pca_basis_out: write the bases fitted (or used) here, one per pass, as ``.npz``.
         graph_neighbours: neighbours per keypoint in the kNN graph.
         graph_smoothing: weight lambda of the graph-Laplacian diffusion (0: none).
         temperature: soft-argmin temperature relative to the spread of each cost map.
@@ -104,6 +108,8 @@ class EmbedConfig(MethodConfig):
     patch_radius: int = 1
     embedding: str = "none"
     components: int = 64
+    pca_basis: str = ""
+    pca_basis_out: str = ""
     graph_neighbours: int = 10
     graph_smoothing: float = 2.0
     temperature: float = 0.15
@@ -137,6 +143,8 @@ class EmbedConfig(MethodConfig):
         if self.embedding not in ("pca", "none"):
             raise DeepLungRegError(f"EmbedConfig: embedding must be 'pca' or 'none', got {self.embedding!r}")
         check_range(c, "components", self.components, 2, 4096)
+        if (self.pca_basis or self.pca_basis_out) and self.embedding != "pca":
+            raise DeepLungRegError("EmbedConfig: pca_basis and pca_basis_out need embedding='pca'")
         check_range(c, "graph_neighbours", self.graph_neighbours, 1, 100)
         check_range(c, "graph_smoothing", self.graph_smoothing, 0.0, 1000.0)
         check_range(c, "temperature", self.temperature, 1e-4, 10.0)
@@ -335,9 +343,48 @@ def reject_outliers(points: np.ndarray, disp: np.ndarray, neighbours: int, thres
     return out, int(bad.sum())
 
 
-def _keypoint_pass(ff, mf, kp_zyx, lap, fg, range_mm, step_mm, smoothing, config, ctx, span, diag, prefix):
+def fit_pca_basis(costs: torch.Tensor, components: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(1, D)`` and the leading principal directions ``(D, q)`` of cost maps ``(K, D)``."""
+    q = int(min(components, min(costs.shape) - 1))
+    _, _, v = torch.pca_lowrank(costs, q=q, center=True, niter=3)
+    return costs.mean(0, keepdim=True), v
+
+
+def save_pca_bases(path: str, bases: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Write ``{D: (mean (1, D), components (D, q))}`` to ``path`` (``.npz``; refuses to overwrite)."""
+    if os.path.exists(path):
+        raise DeepLungRegError(f"embed: {path} exists; choose another pca_basis_out")
+    arrays = {}
+    for d, (mean, v) in bases.items():
+        arrays[f"mean_{d}"] = mean.cpu().numpy()
+        arrays[f"components_{d}"] = v.cpu().numpy()
+    with open(path, "wb") as fh:  # a file object: numpy would otherwise append .npz to the name
+        np.savez(fh, **arrays)
+
+
+def load_pca_bases(path: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Read the bases written by :func:`save_pca_bases` (clear errors for a missing or foreign file)."""
+    if not os.path.isfile(path):
+        raise DeepLungRegError(f"embed: PCA basis file {path} does not exist")
+    try:
+        with np.load(path) as z:
+            out = {int(k[5:]): (z[k], z[f"components_{k[5:]}"]) for k in z.files if k.startswith("mean_")}
+    except Exception as exc:
+        raise DeepLungRegError(f"embed: {path} is not a PCA basis file written by pca_basis_out ({exc})") from exc
+    for d, (mean, v) in out.items():
+        if mean.shape != (1, d) or v.ndim != 2 or v.shape[0] != d:
+            raise DeepLungRegError(f"embed: {path} holds a basis of shape {mean.shape}, {v.shape} for {d} displacements")
+    if not out:
+        raise DeepLungRegError(f"embed: {path} holds no PCA basis")
+    return out
+
+
+def _keypoint_pass(ff, mf, kp_zyx, lap, fg, range_mm, step_mm, smoothing, config, ctx, span, diag, prefix, bases=None):
     """One discrete keypoint search: costs, embedding, graph regularisation (on the keypoint
     graph Laplacian ``lap``), soft-argmin.
+
+    ``bases`` maps a displacement count to a loaded ``(mean, components)``; the basis this
+    pass used is stored in it.
 
     Returns ``(K, 3)`` displacements in world mm from the fixed keypoints into ``mf``'s frame.
     """
@@ -354,13 +401,22 @@ def _keypoint_pass(ff, mf, kp_zyx, lap, fg, range_mm, step_mm, smoothing, config
 
     with ctx.stage(prefix + "embedding"), torch.no_grad():
         if config.embedding == "pca":
-            q = int(min(config.components, min(costs.shape) - 1))
-            mean = costs.mean(0, keepdim=True)
-            _, s, v = torch.pca_lowrank(costs, q=q, center=True, niter=3)
+            bases = {} if bases is None else bases
+            dcount = costs.shape[1]
+            if dcount in bases:
+                mean, v = (torch.as_tensor(np.asarray(a), device=costs.device, dtype=costs.dtype) for a in bases[dcount])
+                diag[prefix + "pca_basis"] = "loaded"
+            else:
+                mean, v = fit_pca_basis(costs, config.components)
+                diag[prefix + "pca_basis"] = "fitted on this pair"
+            bases[dcount] = (mean, v)
             z = (costs - mean) @ v
-            total = float(((costs - mean) ** 2).sum())
-            diag[prefix + "pca_components"] = q
-            diag[prefix + "pca_variance_explained"] = round(float((s ** 2).sum()) / max(total, 1e-12), 4)
+            centred = costs - mean
+            # variance explained, valid for a loaded basis too: 1 - |residual|^2 / |centred|^2
+            resid = float((centred - z @ v.T).pow(2).sum())
+            diag[prefix + "pca_components"] = int(v.shape[1])
+            diag[prefix + "pca_variance_explained"] = round(1.0 - resid / max(float(centred.pow(2).sum()), 1e-12), 4)
+            del centred
         else:
             z = costs
     ctx.progress(prefix.replace("_", " ") + "graph regularisation", lo + (hi - lo) * 0.9)
@@ -384,6 +440,9 @@ def sample_field_at(field: np.ndarray, geometry: Geometry, points: np.ndarray) -
 def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: EmbedConfig, ctx: RunContext):
     dev, dt = ctx.device, ctx.dtype
     diag: dict = {}
+    if config.pca_basis_out and os.path.exists(config.pca_basis_out):  # before the work, not after
+        raise DeepLungRegError(f"embed: {config.pca_basis_out} exists; choose another pca_basis_out")
+    bases = load_pca_bases(config.pca_basis) if config.pca_basis else {}
     # Features on the fixed feature grid; the moving image goes through the affine first.
     descriptor = None
     if config.features == "cnn":
@@ -411,7 +470,7 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
 
     lap = graph_laplacian(kp_world, config.graph_neighbours)  # the keypoint graph of both passes
     d = _keypoint_pass(ff, mf, kp_zyx, lap, fg, config.search_range_mm, config.search_step_mm, config.graph_smoothing,
-                       config, ctx, (0.15, 0.5), diag, "")
+                       config, ctx, (0.15, 0.5), diag, "", bases)
     d, diag["outliers_replaced"] = reject_outliers(kp_world, d, config.graph_neighbours, config.outlier_mm)
     if config.second_pass_range_mm > 0:
         # A local search around the first result: the moving features warped by its
@@ -425,12 +484,15 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
             mw = GridSampler(fg, fg, dev, dt)(mf, first, fill=None)
             del first
         d2 = _keypoint_pass(ff, mw, kp_zyx, lap, fg, config.second_pass_range_mm, config.second_pass_step_mm,
-                            config.second_pass_smoothing, config, ctx, (0.5, 0.55), diag, "second_pass_")
+                            config.second_pass_smoothing, config, ctx, (0.5, 0.55), diag, "second_pass_", bases)
         del mw
         # fixed p matches warped-moving p + d2 = aligned-moving q + first(q), q = p + d2
         d, n_bad = reject_outliers(kp_world, d2 + sample_field_at(coarse, coarse_geom, kp_world + d2),
                                    config.graph_neighbours, config.outlier_mm)
         diag["outliers_replaced"] += n_bad
+    if config.pca_basis_out:
+        save_pca_bases(config.pca_basis_out, bases)
+        diag["pca_basis_out"] = config.pca_basis_out
     # Keypoint correspondences: p -> A (p + d); the deformable residual is interpolated densely.
     target = apply_affine(mat, kp_world + d)
     residual = target - apply_affine(mat, kp_world)

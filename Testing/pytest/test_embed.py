@@ -150,3 +150,29 @@ def test_torch_jacobian_of_an_affine_field_is_its_determinant(oblique):
     assert float(folding_penalty(u, m)) == 0.0
     flip = torch.as_tensor((x @ np.diag([-1.0, 1.0, 1.0]).T - x)[None], dtype=torch.float64)  # a mirror folds everywhere
     assert float(folding_penalty(flip, m)) == pytest.approx(1.1 ** 2)
+
+
+def test_a_saved_pca_basis_reloads_and_reproduces_the_fit(small_pair, tmp_path):
+    """A basis fitted on a pair and written with pca_basis_out, then loaded for the same pair,
+    gives the same field; bad basis files are refused with their name."""
+    p = small_pair
+    cfg = {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 300, "refine": False, "embedding": "pca", "components": 32}
+    out = tmp_path / "basis.npz"
+    a = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
+                 config={**cfg, "pca_basis_out": str(out)}, device="cpu")
+    assert out.is_file() and a.diagnostics["pca_basis"] == "fitted on this pair"
+    b = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
+                 config={**cfg, "pca_basis": str(out)}, device="cpu")
+    assert b.diagnostics["pca_basis"] == "loaded" and b.diagnostics["second_pass_pca_basis"] == "loaded"
+    assert b.diagnostics["pca_variance_explained"] == pytest.approx(a.diagnostics["pca_variance_explained"], abs=1e-3)
+    assert np.abs(a.field - b.field).max() < 1e-3
+    with pytest.raises(DeepLungRegError, match="exists"):
+        register(p.fixed, p.moving, "embed", config={**cfg, "pca_basis_out": str(out)}, device="cpu")
+    with pytest.raises(DeepLungRegError, match="does not exist"):
+        register(p.fixed, p.moving, "embed", config={**cfg, "pca_basis": str(tmp_path / "none.npz")}, device="cpu")
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, something=np.zeros(3))
+    with pytest.raises(DeepLungRegError, match="holds no PCA basis"):
+        register(p.fixed, p.moving, "embed", config={**cfg, "pca_basis": str(bad)}, device="cpu")
+    with pytest.raises(DeepLungRegError, match="need embedding='pca'"):
+        EmbedConfig.from_dict({"pca_basis": str(out)})
