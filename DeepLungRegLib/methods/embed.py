@@ -21,10 +21,9 @@
    instead of the large absolute motion, whose gradients it blurs.
 8. Densification by regularised thin-plate splines (``scipy``'s
    ``RBFInterpolator``) or Gaussian scattered-data interpolation, on a grid of
-   ``densify_spacing_mm``: by default 8 mm when the refinement follows (it works
-   at 2.5 mm; on the benchmark pairs 8 mm scored as well as 4 mm or slightly
-   better, in a sixth of the time) and 4 mm without it (there the spline grid is
-   the final field: lung1 large p95 2.36 against 2.68 mm at 8 mm).
+   ``densify_spacing_mm`` (8 mm: on the benchmark pairs it scored as well as 4 mm
+   or slightly better, in a sixth of the time, with and without the refinement;
+   the exception is lung1 large without the refinement, p95 2.68 against 2.36 mm).
 9. Optional refinement by the ``adam`` instance optimisation (the default: "embed+io").
 """
 
@@ -82,8 +81,7 @@ class EmbedConfig(MethodConfig):
             neighbours by more than this is replaced by that median (0: off).
         densify: "tps" (regularised thin-plate spline) or "gaussian" (scattered-data interpolation).
         densify_smoothing: TPS smoothing, or Gaussian sigma in mm.
-        densify_spacing_mm: grid spacing on which the dense field is interpolated (at least the feature
-            spacing); 0: automatic, 8 mm when the refinement follows (it restores the detail), 4 mm without.
+        densify_spacing_mm: grid spacing on which the dense field is interpolated (at least the feature spacing).
         refine: refine with the adam instance optimisation ("embed+io").
         refine_levels_mm, refine_iterations, refine_learning_rates: the refinement pyramid.
         regularisation: diffusion weight of the refinement (on the update).
@@ -116,7 +114,7 @@ class EmbedConfig(MethodConfig):
     outlier_mm: float = 5.0
     densify: str = "tps"
     densify_smoothing: float = 2.0
-    densify_spacing_mm: float = 0.0
+    densify_spacing_mm: float = 8.0
     refine: bool = True
     refine_levels_mm: tuple[float, ...] = (2.5,)
     refine_iterations: tuple[int, ...] = (30,)
@@ -151,8 +149,7 @@ class EmbedConfig(MethodConfig):
         if self.densify not in ("tps", "gaussian"):
             raise DeepLungRegError(f"EmbedConfig: densify must be 'tps' or 'gaussian', got {self.densify!r}")
         check_range(c, "densify_smoothing", self.densify_smoothing, 0.0, 1000.0)
-        if self.densify_spacing_mm != 0:
-            check_range(c, "densify_spacing_mm", self.densify_spacing_mm, 0.5, 32.0)
+        check_range(c, "densify_spacing_mm", self.densify_spacing_mm, 0.5, 32.0)
         n = len(self.refine_levels_mm)
         if len(self.refine_iterations) != n or len(self.refine_learning_rates) != n:
             raise DeepLungRegError("EmbedConfig: refine_levels_mm, refine_iterations and refine_learning_rates must have equal length")
@@ -498,10 +495,8 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
     residual = target - apply_affine(mat, kp_world)
     diag["keypoint_displacement_mm_mean"] = round(float(np.linalg.norm(target - kp_world, axis=1).mean()), 3)
     with ctx.stage("densify"):
-        refined = config.refine and len(config.refine_levels_mm) > 0
-        spacing = config.densify_spacing_mm or (8.0 if refined else 4.0)
-        cg = level_geometry(fr, max(spacing, config.feature_spacing_mm))
-        diag["densify_spacing_mm"] = float(max(spacing, config.feature_spacing_mm))
+        cg = level_geometry(fr, max(config.densify_spacing_mm, config.feature_spacing_mm))
+        diag["densify_spacing_mm"] = float(max(config.densify_spacing_mm, config.feature_spacing_mm))
         if config.densify == "tps":
             dense = densify_tps(kp_world, residual, cg, config.densify_smoothing)
         else:
@@ -510,7 +505,7 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
         current = torch.as_tensor(dense, device=dev, dtype=dt)[None]
     ctx.progress("densified", 0.6)
     current_geom = cg
-    if refined:
+    if config.refine and len(config.refine_levels_mm):
         current, current_geom, losses = instance_optimise(
             fixed, moving, fixed_mask, fr, mr, current, cg, config.refine_levels_mm, config.refine_iterations,
             config.refine_learning_rates, config, ctx, (0.6, 1.0), label="refine", residual=True,

@@ -131,7 +131,7 @@ def test_embed_recovers_large_motion_on_a_small_pair(small_pair):
     assert d["keypoints"] >= 100 and d["displacements"] == 11 ** 3 and "cost_volume" in res.timings
     # the second pass: 12 mm wide on 4 mm features, i.e. +-2 voxels
     assert d["second_pass_displacements"] == 5 ** 3 and "second_pass_cost_volume" in res.timings
-    assert d["densify_spacing_mm"] == 8.0  # automatic: 8 mm when the refinement follows
+    assert d["densify_spacing_mm"] == 8.0
     from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats
 
     assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1

@@ -72,7 +72,6 @@ def test_exported_feature_weights_load_and_run_in_embed(feature_run, ct3, tmp_pa
            "keypoints": 300, "refine": False, "second_pass_range_mm": 0.0}
     res = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=cfg, device="cpu")
     assert res.field.shape == (*p.fixed.geometry.shape, 3) and np.isfinite(res.field).all()
-    assert res.diagnostics["densify_spacing_mm"] == 4.0  # automatic: 4 mm without the refinement
     before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
     after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
     assert after < before  # even a 40-step network's features carry the motion
