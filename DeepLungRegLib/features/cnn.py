@@ -15,8 +15,6 @@ and outputs stride-2 features; here input and output share the feature grid
 
 from __future__ import annotations
 
-import csv
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -127,7 +125,7 @@ def train_feature_net(cts: list[tuple[str, Image]], outdir: str | Path, *, steps
         is the error of MIND-SSC computed on the augmented validation crops, the baseline
         the network should beat.
     """
-    from ..training.train import plot_losses
+    from ..training.train import write_training_logs
 
     if steps < 1 or crop < 16 or batch < 1:
         raise DeepLungRegError(f"train_feature_net: need steps >= 1, crop >= 16 and batch >= 1, got {steps}, {crop}, {batch}")
@@ -193,13 +191,7 @@ def train_feature_net(cts: list[tuple[str, Image]], outdir: str | Path, *, steps
             torch.save({"kind": "feature_net", "config": config, "meta": meta, "model": net.state_dict(), "optimizer": opt.state_dict(),
                         "step": step + 1, "history": history, "validation_mse": score, "mind_noise_mse": baseline}, tmp)
             tmp.replace(ck_path)
-    keys = ["step", "level", "loss"] + sorted({k for h in history for k in h} - {"step", "level", "loss"})
-    with open(outdir / "log.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    (outdir / "log.json").write_text(json.dumps({"config": config, "meta": meta, "history": history}, indent=1))
-    plot_losses(history, outdir / "loss.png")
+    write_training_logs(outdir, history, {"config": config, "meta": meta})
     return {"checkpoint": str(ck_path), "validation_mse": score, "mind_noise_mse": baseline, "steps": steps,
             "seconds": round(time.perf_counter() - t0, 1)}
 

@@ -96,6 +96,18 @@ def plot_losses(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def write_training_logs(outdir: Path, history: list[dict], header: dict) -> None:
+    """``log.csv`` (one row per step), ``log.json`` (``header`` and the history) and ``loss.png`` in ``outdir``."""
+    first = ["step", "level", "loss"]
+    keys = first + sorted({k for h in history for k in h} - set(first))
+    with open(outdir / "log.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    (outdir / "log.json").write_text(json.dumps({**header, "history": history}, indent=1))
+    plot_losses(history, outdir / "loss.png")
+
+
 def train(
     cfg: NetworkConfig,
     cts: list[tuple[str, Image, Image | None]],
@@ -165,7 +177,6 @@ def train(
     rng = np.random.default_rng(seed + start)
     score = None
     t0 = time.perf_counter()
-    log_csv = outdir / "log.csv"
     for step in range(start, steps):
         if cfg.method == "mlvirnet" and schedule[step] != level:
             level = schedule[step]
@@ -195,14 +206,7 @@ def train(
         if (step + 1) % validate_every == 0 or step + 1 == steps:
             data["simulated_pairs_made"] = pool.made
             save_checkpoint(ck_path, model, opt, cfg, step + 1, level, history, data, score)
-    first = ["step", "level", "loss"]
-    keys = first + sorted({k for h in history for k in h} - set(first))
-    with open(log_csv, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    (outdir / "log.json").write_text(json.dumps({"config": cfg.to_dict(), "training_data": data, "history": history}, indent=1))
-    plot_losses(history, outdir / "loss.png")
+    write_training_logs(outdir, history, {"config": cfg.to_dict(), "training_data": data})
     return {"checkpoint": str(ck_path), "validation": score, "steps": steps, "seconds": round(time.perf_counter() - t0, 1)}
 
 
