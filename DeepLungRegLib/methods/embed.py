@@ -407,8 +407,8 @@ def _keypoint_pass(ff, mf, kp_zyx, lap, fg, range_mm, step_mm, smoothing, config
                 mean, v = fit_pca_basis(costs, config.components)
                 diag[prefix + "pca_basis"] = "fitted on this pair"
             bases[dcount] = (mean, v)
-            z = (costs - mean) @ v
             centred = costs - mean
+            z = centred @ v
             # variance explained, valid for a loaded basis too: 1 - |residual|^2 / |centred|^2
             resid = float((centred - z @ v.T).pow(2).sum())
             diag[prefix + "pca_components"] = int(v.shape[1])
