@@ -144,6 +144,8 @@ def train_feature_net(cts: list[tuple[str, Image]], outdir: str | Path, *, steps
     meta = {"spacing_mm": spacing_mm, "crop": crop, "batch": batch, "mind_radius": mind_radius, "mind_dilation": mind_dilation,
             "training_cts": [n for n, _ in cts], "validation_cts": [n for n, _ in (val_cts or [])], "learning_rate": learning_rate}
     if resume:
+        if not ck_path.is_file():
+            raise DeepLungRegError(f"train_feature_net: --resume needs {ck_path}, which does not exist")
         ck = torch.load(ck_path, map_location="cpu", weights_only=False)
         if ck.get("config") != config or ck.get("meta", {}).get("crop") != crop:
             raise DeepLungRegError(f"train_feature_net: {ck_path} was trained with other settings; resume needs the same ones")

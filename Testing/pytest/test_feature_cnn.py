@@ -78,6 +78,8 @@ def test_exported_feature_weights_load_and_run_in_embed(feature_run, ct3, tmp_pa
 
 
 def test_feature_weights_errors(tmp_path):
+    with pytest.raises(DeepLungRegError, match="--resume needs"):
+        train_feature_net([("x", None)], tmp_path / "fresh", steps=2, resume=True)
     with pytest.raises(DeepLungRegError, match="do not exist"):
         load_feature_net(tmp_path / "none.pt")
     bad = tmp_path / "bad.pt"
