@@ -10,6 +10,7 @@ a network's voxel displacement becomes a world field at the boundary
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from ..methods.common import normalise_ct
 from ..simulation import simulate_breathing
 from ..simulation.breathing import SimulatedPair
 from ..transforms.resample import resample_to_geometry, resample_to_spacing
+from ..transforms.warp import sample_field_at_points
 
 
 @dataclass
@@ -34,6 +36,8 @@ class NetworkPair:
         fixed_mask, moving_mask: ``(1, 1, Z, Y, X)`` lung masks (0/1), or None.
         fixed_points, moving_points: landmarks ``(K, 3)`` LPS mm, or None.
         name: where it came from.
+        true_displacement: ``(1, 3, Z, Y, X)`` the known displacement in network voxels ``(z, y, x)``
+            (simulated pairs), or None (real pairs).
     """
 
     geometry: Geometry
@@ -44,6 +48,15 @@ class NetworkPair:
     fixed_points: np.ndarray | None = None
     moving_points: np.ndarray | None = None
     name: str = ""
+    true_displacement: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> "NetworkPair":
+        """The tensors on ``device`` (geometry, landmarks and name unchanged)."""
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
+        return dataclasses.replace(self, fixed=self.fixed.to(device), moving=self.moving.to(device), fixed_mask=mv(self.fixed_mask),
+                                   moving_mask=mv(self.moving_mask), true_displacement=mv(self.true_displacement))
 
 
 def network_grid(fixed: Image, fixed_mask: Image | None, spacing_mm: float, shape: tuple[int, int, int]) -> Geometry:
@@ -82,8 +95,18 @@ def to_network_pair(fixed: Image, moving: Image, grid: Geometry, fixed_mask: Ima
 
 
 def from_simulated(pair: SimulatedPair, spacing_mm: float, shape: tuple[int, int, int], name: str = "") -> NetworkPair:
+    """A simulated pair on its network grid, with the simulator's displacement as ``true_displacement``."""
     grid = network_grid(pair.fixed, pair.fixed_mask, spacing_mm, shape)
-    return to_network_pair(pair.fixed, pair.moving, grid, pair.fixed_mask, pair.moving_mask, pair.fixed_landmarks, pair.moving_landmarks, name)
+    net = to_network_pair(pair.fixed, pair.moving, grid, pair.fixed_mask, pair.moving_mask, pair.fixed_landmarks, pair.moving_landmarks, name)
+    u = sample_field_at_points(pair.field, pair.fixed.geometry, grid.world_coordinates().reshape(-1, 3)).reshape(*grid.shape, 3)
+    return dataclasses.replace(net, true_displacement=world_to_voxel(u, grid))
+
+
+def world_to_voxel(field: np.ndarray, grid: Geometry) -> torch.Tensor:
+    """A world field ``(Z, Y, X, 3)`` mm (LPS) on ``grid`` -> ``(1, 3, Z, Y, X)`` network voxels ``(z, y, x)``;
+    the inverse of :func:`voxel_to_world`."""
+    ijk = np.asarray(field, np.float64) @ np.linalg.inv(grid.direction_matrix @ np.diag(grid.spacing)).T
+    return torch.as_tensor(np.stack([ijk[..., 2], ijk[..., 1], ijk[..., 0]])[None], dtype=torch.float32)
 
 
 def voxel_to_world(displacement: torch.Tensor, grid: Geometry) -> np.ndarray:
@@ -100,8 +123,7 @@ def augment(pair: NetworkPair, rng: np.random.Generator) -> NetworkPair:
         t = t * float(rng.uniform(0.9, 1.1)) + float(rng.uniform(-0.05, 0.05))
         return t + float(rng.uniform(0.0, 0.02)) * torch.randn_like(t)
 
-    return NetworkPair(pair.geometry, one(pair.fixed), one(pair.moving), pair.fixed_mask, pair.moving_mask,
-                       pair.fixed_points, pair.moving_points, pair.name)
+    return dataclasses.replace(pair, fixed=one(pair.fixed), moving=one(pair.moving))
 
 
 class SimulatedPairPool:

@@ -33,6 +33,10 @@ class NetworkConfig:
         similarity: ``lindef``'s data term: ``"mse"`` (the paper's, the default), ``"ncc"`` or
             ``"ngf"``. ``mlvirnet`` and ``labeldriven`` use NGF, as in their papers.
         learning_rate: Adam step.
+        supervision: weight of the synthetic-supervision term, the mean end-point error (network
+            voxels) between the predicted and the simulator's displacement (the talk's "synthetic
+            supervision"; Eppenhof and Pluim). 0, the default, trains with the paper's loss only.
+            Pairs without a known displacement (real pairs) skip the term.
     """
 
     method: str = "mlvirnet"
@@ -45,6 +49,7 @@ class NetworkConfig:
     ngf_eps: float = 0.05
     learning_rate: float = 1e-3
     similarity: str = "mse"
+    supervision: float = 0.0
 
     def __post_init__(self):
         if self.method not in NETWORK_METHODS:
@@ -65,6 +70,8 @@ class NetworkConfig:
             raise DeepLungRegError(f"NetworkConfig: similarity must be 'mse', 'ncc' or 'ngf', got {self.similarity!r}")
         if self.method != "lindef" and self.similarity != "mse":
             raise DeepLungRegError(f"NetworkConfig: similarity applies to lindef only; {self.method} trains with NGF (its paper's loss)")
+        if not 0 <= self.supervision <= 1e3:
+            raise DeepLungRegError(f"NetworkConfig: supervision must be between 0 and 1000, got {self.supervision}")
         if not 1e-6 <= self.learning_rate <= 1:
             raise DeepLungRegError(f"NetworkConfig: learning_rate must be between 1e-6 and 1, got {self.learning_rate}")
 
@@ -109,15 +116,32 @@ def _one_hot(mask: torch.Tensor | None) -> torch.Tensor | None:
     return None if mask is None else torch.cat([1 - mask, mask], 1)
 
 
+def endpoint_error(displacement: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean distance between two displacements ``(N, D, *S)`` (same units)."""
+    return (displacement - target).pow(2).sum(1).add(1e-12).sqrt().mean()
+
+
 def training_loss(model: torch.nn.Module, cfg: NetworkConfig, pair: NetworkPair, level: int = 0) -> tuple[torch.Tensor, dict]:
-    """The method's training loss on one pair (``level``: the ``mlvirnet`` level being trained)."""
+    """The method's training loss on one pair (``level``: the ``mlvirnet`` level being trained), plus
+    ``cfg.supervision`` times the end-point error against ``pair.true_displacement`` where it is known."""
+    loss, parts, fields = _paper_loss(model, cfg, pair, level)
+    if cfg.supervision > 0 and pair.true_displacement is not None:
+        epe = sum(endpoint_error(u, pair.true_displacement) for u in fields) / len(fields)
+        loss = loss + cfg.supervision * epe
+        parts["epe"] = float(epe.detach())
+    return loss, parts
+
+
+def _paper_loss(model: torch.nn.Module, cfg: NetworkConfig, pair: NetworkPair, level: int) -> tuple[torch.Tensor, dict, list[torch.Tensor]]:
+    """The paper's loss, its logged parts, and the predicted displacements (voxels) it was taken on."""
     f, m = pair.fixed, pair.moving
     if cfg.method == "lindef":
         pos, phi, a = model.positions(f, m)
         warped = sample_at_voxels(m, pos)
         loss = lindef_loss(f, warped, phi, a, alpha=cfg.alpha * 1e-6, beta=cfg.beta * 1e-6, similarity=cfg.similarity,
                            ngf_eps=cfg.ngf_eps)
-        return loss, {"mse": float((f - warped).pow(2).mean().detach())}
+        disp = pos - identity_positions(tuple(f.shape[2:]), f.device, f.dtype)
+        return loss, {"mse": float((f - warped).pow(2).mean().detach())}, [disp]
     if cfg.method == "mlvirnet":
         disp, _ = model(f, m, finest=level)
         sim = ngf(f, warp_voxels(m, disp), eps=cfg.ngf_eps)
@@ -128,8 +152,8 @@ def training_loss(model: torch.nn.Module, cfg: NetworkConfig, pair: NetworkPair,
             mask_term = 0.5 * (warp_voxels(pair.moving_mask, disp) - pair.fixed_mask).pow(2).mean()
             loss = loss + cfg.beta * mask_term
             parts["mask"] = float(mask_term.detach())
-        return loss, parts
+        return loss, parts, [disp]
     fields = model(f, m)
     loss = labeldriven_loss(f, m, _one_hot(pair.fixed_mask), _one_hot(pair.moving_mask), fields, alpha=cfg.alpha, beta=cfg.beta,
                             eps=cfg.ngf_eps)
-    return loss, {"ngf_finest": float(ngf(f, warp_voxels(m, fields[-1].detach()), eps=cfg.ngf_eps))}
+    return loss, {"ngf_finest": float(ngf(f, warp_voxels(m, fields[-1].detach()), eps=cfg.ngf_eps))}, fields

@@ -184,9 +184,7 @@ def train(
         if step > start and step % refresh_every == 0:
             pool.refresh()
         pair = extra[int(rng.integers(len(extra)))] if extra and rng.random() < 0.3 else pool.sample()
-        pair = NetworkPair(pair.geometry, pair.fixed.to(dev), pair.moving.to(dev),
-                           None if pair.fixed_mask is None else pair.fixed_mask.to(dev),
-                           None if pair.moving_mask is None else pair.moving_mask.to(dev))
+        pair = pair.to(dev)
         if cfg.method == "mlvirnet":
             for lv in range(level + 1, cfg.levels):
                 model.nets[lv].eval()

@@ -4,6 +4,7 @@ and the shipped weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,8 +17,9 @@ from DeepLungRegLib.methods import register
 from DeepLungRegLib.methods._network import WEIGHTS_DIR
 from DeepLungRegLib.metrics import tre
 from DeepLungRegLib.simulation import simulate_breathing
-from DeepLungRegLib.training import NetworkConfig, export_weights, load_checkpoint, network_grid, train, voxel_to_world
-from DeepLungRegLib.transforms import resample_to_spacing
+from DeepLungRegLib.training import (NetworkConfig, build_network, export_weights, from_simulated, load_checkpoint, network_grid, train,
+                                     training_loss, voxel_to_world, world_to_voxel)
+from DeepLungRegLib.transforms import resample_to_spacing, sample_field_at_points
 
 NETWORKS = ("lindef", "mlvirnet", "labeldriven")
 
@@ -30,6 +32,7 @@ NETWORKS = ("lindef", "mlvirnet", "labeldriven")
     ({"learning_rate": 5.0}, "learning_rate"),
     ({"method": "lindef", "similarity": "mi"}, "similarity must be"),
     ({"method": "mlvirnet", "similarity": "ncc"}, "applies to lindef only"),
+    ({"supervision": -1.0}, "supervision must be"),
 ])
 def test_network_config_refuses_absurd_values(kwargs, match):
     with pytest.raises(DeepLungRegError, match=match):
@@ -58,6 +61,38 @@ def test_voxel_displacements_become_world_vectors_on_an_oblique_grid(oblique):
     m = oblique.direction_matrix @ np.diag(oblique.spacing)
     assert u.shape == (*oblique.shape, 3)
     assert np.allclose(u[3, 4, 5], m[:, 2] * 1.0 - m[:, 0] * 2.0, atol=1e-5)
+
+
+def test_world_to_voxel_inverts_voxel_to_world_on_an_oblique_grid(oblique):
+    d = torch.randn(1, 3, *oblique.shape)
+    back = world_to_voxel(voxel_to_world(d, oblique), oblique)
+    assert back.shape == d.shape and torch.allclose(back, d, atol=1e-4)
+
+
+def test_a_simulated_network_pair_carries_the_true_displacement(demo_ct):
+    sim = simulate_breathing(demo_ct, amplitude="large", seed=3)
+    pair = from_simulated(sim, 8.0, (32, 32, 32))
+    assert pair.true_displacement.shape == (1, 3, 32, 32, 32)
+    # the known displacement, taken back to the world, moves the fixed landmarks onto the moving ones
+    u = voxel_to_world(pair.true_displacement, pair.geometry)
+    moved = sim.fixed_landmarks + sample_field_at_points(u, pair.geometry, sim.fixed_landmarks)
+    err = np.linalg.norm(moved - sim.moving_landmarks, axis=1)
+    assert np.median(err) < 1.0 < np.linalg.norm(sim.fixed_landmarks - sim.moving_landmarks, axis=1).mean()
+
+
+@pytest.mark.parametrize("method", NETWORKS)
+def test_the_supervision_term_adds_the_end_point_error_to_the_paper_loss(method, demo_ct):
+    pair = from_simulated(simulate_breathing(demo_ct, amplitude="small", seed=5), 8.0, (32, 32, 32))
+    kw = {"method": method, "spacing_mm": 8.0, "shape": (32, 32, 32), "width": 0.25}
+    torch.manual_seed(0)
+    model = build_network(NetworkConfig(**kw)).eval()
+    with torch.no_grad():
+        plain, parts = training_loss(model, NetworkConfig(**kw), pair)
+        sup, sparts = training_loss(model, NetworkConfig(**kw, supervision=2.0), pair)
+        assert "epe" not in parts and sparts["epe"] > 0
+        assert float(sup) == pytest.approx(float(plain) + 2.0 * sparts["epe"], rel=1e-4)
+        real = dataclasses.replace(pair, true_displacement=None)  # a real pair: no known field, no term
+        assert float(training_loss(model, NetworkConfig(**kw, supervision=2.0), real)[0]) == pytest.approx(float(plain), rel=1e-5)
 
 
 @pytest.fixture(scope="module")
