@@ -277,6 +277,13 @@ def cmd_train(args) -> int:
     opts = parse_options(args.option, "train")
     shape = [int(v) for v in args.shape.split(",")]
     cfg = NetworkConfig.from_dict({"method": args.method, "spacing_mm": args.spacing, "shape": shape, **opts})
+    level_steps = None
+    if args.level_steps:
+        try:
+            level_steps = tuple(int(v) for v in args.level_steps.split(","))
+        except ValueError as exc:
+            raise DeepLungRegError(f"train: --level-steps takes whole numbers like 2000,400,400, got {args.level_steps!r}") from exc
+    steps = args.steps if args.steps is not None else (sum(level_steps) if level_steps else 1000)
 
     def load(paths):
         out = []
@@ -296,7 +303,7 @@ def cmd_train(args) -> int:
         bar(f"step {step}/{steps} loss {row['loss']:.4g}" + (f" val TRE {row['tre_after']:.2f} mm" if "tre_after" in row else ""), step / steps)
 
     try:
-        res = train(cfg, cts, args.output, steps=args.steps, val_cts=load(args.val_ct), real_pairs=real, pool_size=args.pool,
+        res = train(cfg, cts, args.output, steps=steps, level_steps=level_steps, val_cts=load(args.val_ct), real_pairs=real, pool_size=args.pool,
                     refresh_every=args.refresh_every, validate_every=args.validate_every, seed=args.seed, resume=args.resume,
                     device=args.device if args.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu"),
                     progress=progress)
@@ -434,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ct", nargs="+", metavar="CT", help="training CTs (inhale); pairs are simulated from them on the fly")
     s.add_argument("--val-ct", nargs="+", metavar="CT", help="held-out CTs for the validation TRE (a small and a large pair each)")
     s.add_argument("--pairs", nargs="+", metavar="PAIRDIR", help="real (or stored) pairs to mix in, folders as written by 'simulate'")
-    s.add_argument("--steps", type=int, default=1000)
+    s.add_argument("--steps", type=int, default=None, help="training steps (default 1000, or the sum of --level-steps)")
+    s.add_argument("--level-steps", metavar="N1,N2,...", help="mlvirnet: steps per level, coarsest first (default: an equal share of --steps)")
     s.add_argument("--spacing", type=float, default=4.0, help="network grid spacing in mm (default 4; 2 on a GPU)")
     s.add_argument("--shape", default="64,64,64", help="network grid Z,Y,X, multiples of 16 (default 64,64,64)")
     s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="network option: width, levels, alpha, beta, ngf_eps, learning_rate, similarity (lindef: mse, ncc or ngf), "

@@ -36,7 +36,7 @@ class NetworkConfig:
         supervision: weight of the synthetic-supervision term, the mean end-point error (network
             voxels) between the predicted and the simulator's displacement (the talk's "synthetic
             supervision"; Eppenhof and Pluim). 0, the default, trains with the paper's loss only.
-            Pairs without a known displacement (real pairs) skip the term.
+            A pair without a known displacement skips the term.
     """
 
     method: str = "mlvirnet"

@@ -36,10 +36,44 @@ def validation_tre(model: torch.nn.Module, cfg: NetworkConfig, pairs: list[Netwo
     return {"tre_before": float(b.mean()), "tre_after": float(a.mean()), "tre_after_p95": float(np.percentile(a, 95))}
 
 
-def level_schedule(cfg: NetworkConfig, steps: int) -> list[int]:
-    """The level trained at each step: ``mlvirnet`` trains coarsest first, an equal share each (paper 002)."""
+def validation_pairs(val_cts: list[tuple[str, Image, Image | None]], cfg: NetworkConfig) -> list[NetworkPair]:
+    """The held-out validation pairs: a small and a large pair simulated from each CT (fixed seeds,
+    150 landmarks), on ``cfg``'s network grid."""
+    from ..simulation import simulate_breathing
+
+    pairs = []
+    for i, (name, ct, mask) in enumerate(val_cts):
+        for amp in ("small", "large"):
+            sim = simulate_breathing(ct, amplitude=amp, seed=10_000 + i, mask=mask, n_landmarks=150)
+            pairs.append(from_simulated(sim, cfg.spacing_mm, cfg.shape, f"{name}_{amp}"))
+    return pairs
+
+
+def train_step(model: torch.nn.Module, cfg: NetworkConfig, opt: torch.optim.Optimizer, pair: NetworkPair, level: int = 0,
+               step: int = 0) -> dict:
+    """One optimiser step on one pair; returns the loss and its logged parts."""
+    opt.zero_grad()
+    loss, parts = training_loss(model, cfg, pair, level)
+    if not torch.isfinite(loss):
+        raise DeepLungRegError(f"train: the loss became {float(loss)} at step {step}; lower learning_rate")
+    loss.backward()
+    opt.step()
+    return {"loss": float(loss.detach()), **parts}
+
+
+def level_schedule(cfg: NetworkConfig, steps: int, level_steps: tuple[int, ...] | None = None) -> list[int]:
+    """The level trained at each step. ``mlvirnet`` trains coarsest first (paper 002): ``level_steps[i]``
+    steps on the i-th level counted from the coarsest, or by default an equal share of ``steps`` each."""
     if cfg.method != "mlvirnet":
+        if level_steps is not None:
+            raise DeepLungRegError(f"train: level_steps applies to mlvirnet only, not {cfg.method}")
         return [0] * steps
+    if level_steps is not None:
+        if len(level_steps) != cfg.levels or any(int(n) < 1 for n in level_steps):
+            raise DeepLungRegError(f"train: level_steps needs {cfg.levels} positive step counts (coarsest first), got {list(level_steps)}")
+        if sum(level_steps) != steps:
+            raise DeepLungRegError(f"train: level_steps {list(level_steps)} add up to {sum(level_steps)} steps, not {steps}")
+        return [cfg.levels - 1 - i for i, n in enumerate(level_steps) for _ in range(int(n))]
     per = max(1, steps // cfg.levels)
     return [max(0, cfg.levels - 1 - min(i // per, cfg.levels - 1)) for i in range(steps)]
 
@@ -121,6 +155,7 @@ def train(
     validate_every: int = 100,
     seed: int = 0,
     resume: bool = False,
+    level_steps: tuple[int, ...] | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> dict:
@@ -132,6 +167,7 @@ def train(
         real_pairs: real pairs (on their own network grids) mixed into the pool.
         refresh_every: steps between two new simulations in the pool.
         resume: continue from ``outdir/checkpoint.pt`` (its config must match ``cfg``).
+        level_steps: ``mlvirnet``: steps per level, coarsest first (adding up to ``steps``); default an equal share.
 
     Returns:
         The last validation score and where things were written.
@@ -146,7 +182,7 @@ def train(
     dev = torch.device(device)
     torch.manual_seed(seed)
     model = build_network(cfg).to(dev)
-    schedule = level_schedule(cfg, steps)
+    schedule = level_schedule(cfg, steps, level_steps)
     start, history, level = 0, [], schedule[0]
     params = model.train_level(level) if cfg.method == "mlvirnet" else list(model.parameters())
     opt = torch.optim.Adam(params, lr=cfg.learning_rate)
@@ -165,15 +201,11 @@ def train(
         opt.load_state_dict(ck["optimizer"])
     pool = SimulatedPairPool(cts, cfg.spacing_mm, cfg.shape, pool_size, seed=seed + 1000 * start)
     extra = list(real_pairs or [])
-    val_pairs: list[NetworkPair] = []
-    for i, (name, ct, mask) in enumerate(val_cts or []):
-        from ..simulation import simulate_breathing
-
-        for amp in ("small", "large"):
-            sim = simulate_breathing(ct, amplitude=amp, seed=10_000 + i, mask=mask, n_landmarks=150)
-            val_pairs.append(from_simulated(sim, cfg.spacing_mm, cfg.shape, f"{name}_{amp}"))
+    val_pairs = validation_pairs(val_cts or [], cfg)
     data = {"training_cts": [n for n, _, _ in cts], "validation_cts": [n for n, _, _ in (val_cts or [])],
             "real_pairs": [p.name for p in extra], "simulated_pairs_made": pool.made}
+    if cfg.method == "mlvirnet":
+        data["level_steps"] = [schedule.count(lv) for lv in range(cfg.levels - 1, -1, -1)]
     rng = np.random.default_rng(seed + start)
     score = None
     t0 = time.perf_counter()
@@ -188,13 +220,8 @@ def train(
         if cfg.method == "mlvirnet":
             for lv in range(level + 1, cfg.levels):
                 model.nets[lv].eval()
-        opt.zero_grad()
-        loss, parts = training_loss(model, cfg, pair, level)
-        if not torch.isfinite(loss):
-            raise DeepLungRegError(f"train: the loss became {float(loss)} at step {step}; lower learning_rate")
-        loss.backward()
-        opt.step()
-        row = {"step": step + 1, "level": level, "loss": float(loss.detach()), **parts, "seconds": round(time.perf_counter() - t0, 2)}
+        row = {"step": step + 1, "level": level, **train_step(model, cfg, opt, pair, level, step),
+               "seconds": round(time.perf_counter() - t0, 2)}
         if val_pairs and ((step + 1) % validate_every == 0 or step + 1 == steps):
             score = validation_tre(model, cfg, val_pairs)
             row.update(score)

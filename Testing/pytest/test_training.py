@@ -19,6 +19,7 @@ from DeepLungRegLib.metrics import tre
 from DeepLungRegLib.simulation import simulate_breathing
 from DeepLungRegLib.training import (NetworkConfig, build_network, export_weights, from_simulated, load_checkpoint, network_grid, train,
                                      training_loss, voxel_to_world, world_to_voxel)
+from DeepLungRegLib.training.train import level_schedule
 from DeepLungRegLib.transforms import resample_to_spacing, sample_field_at_points
 
 NETWORKS = ("lindef", "mlvirnet", "labeldriven")
@@ -116,6 +117,7 @@ def test_a_tiny_training_run_writes_everything_and_can_be_resumed(trained, demo_
     ck = load_checkpoint(out / "checkpoint.pt")
     assert ck["method"] == "mlvirnet" and ck["step"] == 4 and ck["config"] == cfg.to_dict()
     assert ck["training_data"]["training_cts"] == ["demo"] and ck["training_data"]["simulated_pairs_made"] >= 3
+    assert ck["training_data"]["level_steps"] == [2, 2]
     assert set(ck["validation"]) == {"tre_before", "tre_after", "tre_after_p95"}
     log = json.loads((out / "log.json").read_text())["history"]
     assert [h["step"] for h in log] == [1, 2, 3, 4] and [h["level"] for h in log] == [1, 1, 0, 0]  # coarsest level first
@@ -128,6 +130,18 @@ def test_a_tiny_training_run_writes_everything_and_can_be_resumed(trained, demo_
     res2 = train(cfg, [("demo", demo_ct, None)], out, steps=6, pool_size=2, resume=True, validate_every=2)
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 6 and res2["steps"] == 6
     assert [h["step"] for h in json.loads((out / "log.json").read_text())["history"]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_mlvirnet_level_steps_give_each_level_its_own_share():
+    cfg = NetworkConfig(method="mlvirnet", levels=3)
+    assert level_schedule(cfg, 6) == [2, 2, 1, 1, 0, 0]  # default: an equal share, coarsest first
+    assert level_schedule(cfg, 6, (3, 2, 1)) == [2, 2, 2, 1, 1, 0]
+    with pytest.raises(DeepLungRegError, match="add up to 5 steps, not 6"):
+        level_schedule(cfg, 6, (3, 1, 1))
+    with pytest.raises(DeepLungRegError, match="needs 3 positive step counts"):
+        level_schedule(cfg, 6, (3, 3))
+    with pytest.raises(DeepLungRegError, match="mlvirnet only"):
+        level_schedule(NetworkConfig(method="lindef"), 6, (3, 3))
 
 
 def test_load_checkpoint_refuses_other_files(tmp_path):
@@ -174,6 +188,8 @@ def test_train_cli_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--method", "mlvirnet", "--ct", "x", "--shape", "60,64,64", "-o", str(tmp_path / "r"), "-q"]) == 2
     assert "multiples of 16" in capsys.readouterr().err
+    assert main(["train", "--method", "mlvirnet", "--ct", "x", "--level-steps", "5,a", "-o", str(tmp_path / "r"), "-q"]) == 2
+    assert "--level-steps takes whole numbers" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", NETWORKS)
@@ -189,3 +205,22 @@ def test_the_shipped_weights_load_and_improve_tre_on_a_small_pair(method, small_
     before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
     after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
     assert after < 0.8 * before, f"{method}: TRE {before:.2f} -> {after:.2f} mm"
+
+
+def test_the_loss_weight_search_script_ranks_its_candidates(sample_path, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("search_loss_weights", Path(__file__).parents[2] / "scripts" / "search_loss_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "search.md"
+    args = ["--method", "mlvirnet", "--ct", str(sample_path), "--val-ct", str(sample_path), "--grid", "supervision=0,1",
+            "--steps", "3", "--validate-every", "1", "--pool", "1", "--spacing", "8", "--shape", "32,32,32", "-O", "width=0.25",
+            "-O", "levels=2", "-o", str(out)]
+    assert mod.main(args) == 0
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert sorted(r["supervision"] for r in rows) == [0.0, 1.0] and rows[0]["tre"] <= rows[1]["tre"]
+    assert all(len(r["scores"]) == 3 for r in rows) and "| rank | supervision |" in out.read_text()
+    assert mod.main(args) == 2  # the table exists: nothing is overwritten
+    assert mod.main([*args[:6], "--grid", "gamma=1", "-o", str(tmp_path / "x.md")]) == 2
