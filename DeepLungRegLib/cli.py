@@ -305,6 +305,7 @@ def cmd_train(args) -> int:
     try:
         res = train(cfg, cts, args.output, steps=steps, level_steps=level_steps, val_cts=load(args.val_ct), real_pairs=real, pool_size=args.pool,
                     refresh_every=args.refresh_every, validate_every=args.validate_every, seed=args.seed, resume=args.resume,
+                    spatial_augment=args.spatial_augment,
                     device=args.device if args.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu"),
                     progress=progress)
     finally:
@@ -450,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pool", type=int, default=8, help="simulated pairs kept in memory (default 8)")
     s.add_argument("--refresh-every", type=int, default=25, help="steps between two new simulated pairs (default 25)")
     s.add_argument("--validate-every", type=int, default=100, help="steps between validations and checkpoints (default 100)")
+    s.add_argument("--spatial-augment", action="store_true",
+                   help="a new anatomy for every simulated pair: random rotation, scaling and left-right mirroring of the CT")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint.pt")

@@ -77,7 +77,7 @@ def weights_path(method: str, config: NetworkMethodConfig) -> Path:
 
 def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mask, config: NetworkMethodConfig, ctx: RunContext):
     """Predict with the method's network, bring the field to the fixed grid, optionally fine-tune it."""
-    from ..training import NetworkConfig, build_network, load_checkpoint, network_grid, predict, to_network_pair, voxel_to_world
+    from ..training import NetworkConfig, build_network, load_checkpoint, load_network_state, network_grid, predict, to_network_pair, voxel_to_world
 
     dev, dt = ctx.device, ctx.dtype
     path = weights_path(method, config)
@@ -87,7 +87,7 @@ def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mas
             raise DeepLungRegError(f"{method}: {path} holds weights of {ck['method']!r}")
         ncfg = NetworkConfig.from_dict(ck["config"])
         model = build_network(ncfg)
-        model.load_state_dict(ck["model"])
+        load_network_state(model, ck["model"])
         model.to(dev).eval()
     with ctx.stage("network_input"):
         grid = network_grid(fixed, fixed_mask, ncfg.spacing_mm, ncfg.shape)

@@ -81,6 +81,8 @@ class LabelDrivenNet(nn.Module):
         output_strides: control-point spacings of the three outputs, coarse to fine
             (each a power of two present among the scales).
         dims: 2 or 3.
+
+    Batch norm uses each input's own statistics, in training and at inference (see :mod:`.unet`).
     """
 
     def __init__(self, widths: tuple[int, ...] = (16, 32, 32, 64, 64), output_strides: tuple[int, ...] = (16, 8, 4), dims: int = 3):
@@ -98,7 +100,7 @@ class LabelDrivenNet(nn.Module):
         self.encoder = nn.ModuleList()
         cin = 1
         for w in widths:
-            self.encoder.append(nn.Sequential(ConvBlock(cin, w, dims), ConvBlock(w, w, dims)))
+            self.encoder.append(nn.Sequential(ConvBlock(cin, w, dims, running_stats=False), ConvBlock(w, w, dims, running_stats=False)))
             cin = w
         self.pool = pool(2, stride=2)
         # decoder from the coarsest scale up to the finest output
@@ -112,7 +114,7 @@ class LabelDrivenNet(nn.Module):
             if stride_out <= min(self.output_strides):
                 break
             self.up.append(convt(ch, widths[i - 1], 2, stride=2))
-            self.merge.append(ConvBlock(widths[i - 1] + 2 * widths[i - 1], widths[i - 1], dims))
+            self.merge.append(ConvBlock(widths[i - 1] + 2 * widths[i - 1], widths[i - 1], dims, running_stats=False))
             ch = widths[i - 1]
         if 1 in self.output_strides:
             self.heads["1"] = conv(ch, dims, 3, padding=1)

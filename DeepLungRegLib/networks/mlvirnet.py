@@ -76,7 +76,8 @@ class MLVIRNet(nn.Module):
         if levels < 1:
             raise DeepLungRegError(f"MLVIRNet: levels must be >= 1, got {levels}")
         self.levels, self.dims = levels, dims
-        self.nets = nn.ModuleList([UNet(2, dims, base, unet_levels, dims) for _ in range(levels)])  # 0 = finest
+        # batch norm on one pair per step: each input's own statistics, in training and at inference
+        self.nets = nn.ModuleList([UNet(2, dims, base, unet_levels, dims, running_stats=False) for _ in range(levels)])  # 0 = finest
 
     @property
     def divisor(self) -> int:

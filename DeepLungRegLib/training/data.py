@@ -20,6 +20,7 @@ from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from ..io.images import Image
 from ..methods.common import normalise_ct
+from ..segmentation import lung_mask
 from ..simulation import simulate_breathing
 from ..simulation.breathing import SimulatedPair
 from ..transforms.resample import resample_to_geometry, resample_to_spacing
@@ -126,20 +127,59 @@ def augment(pair: NetworkPair, rng: np.random.Generator) -> NetworkPair:
     return dataclasses.replace(pair, fixed=one(pair.fixed), moving=one(pair.moving))
 
 
+def augment_anatomy(ct: Image, mask: Image | None, rng: np.random.Generator, *, max_rotation_deg: float = 8.0,
+                    scale_range: tuple[float, float] = (0.9, 1.1), flip_probability: float = 0.5) -> tuple[Image, Image | None]:
+    """A new "anatomy" from a real CT: a random rotation (up to ``max_rotation_deg`` about each axis),
+    scaling per axis and left-right mirroring about the image centre, resampled onto the CT's own grid
+    (air outside). The lung mask, if given, goes along (nearest neighbour). Breathing is simulated
+    afterwards, so the motion is always head-foot as in a real scan.
+
+    Args:
+        ct: ``(Z, Y, X)`` HU.
+        mask: lung mask on the same grid, or None.
+    """
+    import SimpleITK as sitk
+
+    from ..io.images import image_to_sitk
+
+    angles = np.deg2rad(rng.uniform(-max_rotation_deg, max_rotation_deg, 3))
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rot = (np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]]) @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+           @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]))
+    scale = np.diag(rng.uniform(*scale_range, 3) * np.array([-1.0 if rng.random() < flip_probability else 1.0, 1.0, 1.0]))
+    g = ct.geometry
+    t = sitk.AffineTransform(3)
+    t.SetMatrix((rot @ scale).ravel().tolist())  # LPS: x (left-right) is the mirrored axis
+    t.SetCenter(g.index_to_world((np.asarray(g.size, float) - 1)[None] / 2)[0].tolist())
+
+    def warp(img: Image, interp, fill: float) -> Image:
+        ref = image_to_sitk(img)
+        out = sitk.Resample(ref, ref, t, interp, fill, ref.GetPixelID())
+        return img.with_array(sitk.GetArrayFromImage(out))
+
+    new_ct = warp(ct, sitk.sitkLinear, -1024.0)
+    new_mask = None if mask is None else warp(mask.with_array(np.asarray(mask.array, np.uint8)), sitk.sitkNearestNeighbor, 0.0)
+    return new_ct, None if new_mask is None else new_mask.with_array(new_mask.array > 0)
+
+
 class SimulatedPairPool:
     """A pool of simulated network pairs, refreshed on the fly with new simulations.
 
     Args:
-        cts: real CTs in HU (the inhale images) with optional lung masks: ``[(name, ct, mask | None)]``.
+        cts: real CTs in HU (the inhale images) with optional lung masks: ``[(name, ct, mask | None)]``
+            (None: segmented automatically).
         spacing_mm, shape: the network grid.
         size: pairs kept in the pool.
         seed: first simulation seed; every new pair takes the next one.
         amplitudes: drawn at random per pair.
         sim_spacing_mm: the CT is resampled to this before simulating (speed).
+        spatial_augment: give every new pair a new anatomy by :func:`augment_anatomy`.
     """
 
     def __init__(self, cts: list[tuple[str, Image, Image | None]], spacing_mm: float, shape: tuple[int, int, int], size: int = 8,
-                 seed: int = 0, amplitudes: tuple[str, ...] = ("small", "large"), sim_spacing_mm: float = 3.0):
+                 seed: int = 0, amplitudes: tuple[str, ...] = ("small", "large"), sim_spacing_mm: float = 3.0,
+                 spatial_augment: bool = False):
         if not cts:
             raise DeepLungRegError("SimulatedPairPool: give at least one CT")
         if size < 1:
@@ -148,8 +188,9 @@ class SimulatedPairPool:
                      None if m is None else resample_to_geometry(m.with_array(np.asarray(m.array, np.float32)),
                                                                  resample_to_spacing(ct, sim_spacing_mm).geometry, fill=0.0))
                     for n, ct, m in cts]
-        self.cts = [(n, ct, None if m is None else m.with_array(m.array > 0.5)) for n, ct, m in self.cts]
-        self.spacing_mm, self.shape, self.amplitudes = spacing_mm, shape, amplitudes
+        # a CT without a mask is segmented once here, not at every simulation (and its mask follows the augmentation)
+        self.cts = [(n, ct, lung_mask(ct) if m is None else m.with_array(m.array > 0.5)) for n, ct, m in self.cts]
+        self.spacing_mm, self.shape, self.amplitudes, self.spatial_augment = spacing_mm, shape, amplitudes, spatial_augment
         self.rng = np.random.default_rng(seed)
         self.next_seed = seed
         self.made = 0
@@ -158,6 +199,8 @@ class SimulatedPairPool:
     def new_pair(self) -> NetworkPair:
         name, ct, mask = self.cts[self.next_seed % len(self.cts)]
         amp = self.amplitudes[int(self.rng.integers(len(self.amplitudes)))]
+        if self.spatial_augment:
+            ct, mask = augment_anatomy(ct, mask, self.rng)
         sim = simulate_breathing(ct, amplitude=amp, seed=self.next_seed, mask=mask, n_landmarks=100)
         self.next_seed += 1
         self.made += 1

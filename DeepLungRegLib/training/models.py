@@ -102,6 +102,15 @@ def build_network(cfg: NetworkConfig) -> torch.nn.Module:
     return LabelDrivenNet(widths=tuple(_w(n, cfg.width) for n in (16, 32, 32, 64, 64)))
 
 
+def load_network_state(model: torch.nn.Module, state: dict) -> None:
+    """Load trained weights into ``model``. Batch-norm running statistics that the model no longer keeps
+    (weights trained before ``mlvirnet`` and ``labeldriven`` normalised with each input's own statistics)
+    are dropped; anything else that does not match is an error."""
+    own = model.state_dict()
+    stale = ("running_mean", "running_var", "num_batches_tracked")
+    model.load_state_dict({k: v for k, v in state.items() if k in own or not k.endswith(stale)})
+
+
 def predict(model: torch.nn.Module, cfg: NetworkConfig, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
     """Displacement ``(N, 3, Z, Y, X)`` in network voxels ``(z, y, x)``: ``x -> x + u(x)`` maps fixed to moving."""
     if cfg.method == "lindef":

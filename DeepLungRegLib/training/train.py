@@ -16,7 +16,7 @@ from ..errors import DeepLungRegError
 from ..io.images import Image
 from ..transforms.warp import sample_field_at_points
 from .data import NetworkPair, SimulatedPairPool, from_simulated, voxel_to_world
-from .models import NetworkConfig, build_network, predict, training_loss
+from .models import NetworkConfig, build_network, load_network_state, predict, training_loss
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -156,6 +156,7 @@ def train(
     seed: int = 0,
     resume: bool = False,
     level_steps: tuple[int, ...] | None = None,
+    spatial_augment: bool = False,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> dict:
@@ -167,6 +168,8 @@ def train(
         real_pairs: real pairs (on their own network grids) mixed into the pool.
         refresh_every: steps between two new simulations in the pool.
         resume: continue from ``outdir/checkpoint.pt`` (its config must match ``cfg``).
+        spatial_augment: give every simulated pair a new anatomy (random rotation, scaling and mirroring
+            of the CT, :func:`~.data.augment_anatomy`) before its breathing is simulated.
         level_steps: ``mlvirnet``: steps per level, coarsest first (adding up to ``steps``); default an equal share.
 
     Returns:
@@ -190,7 +193,7 @@ def train(
         ck = load_checkpoint(ck_path, dev)
         if NetworkConfig.from_dict(ck["config"]).to_dict() != cfg.to_dict():  # options added since then take their defaults
             raise DeepLungRegError(f"train: {ck_path} was trained with another config ({ck['config']}); resume needs the same one")
-        model.load_state_dict(ck["model"])
+        load_network_state(model, ck["model"])
         start, history, level = int(ck["step"]), list(ck["history"]), int(ck["level"])
         if cfg.method == "mlvirnet":
             for lv, net in enumerate(model.nets):  # freeze without re-initialising from the coarser level
@@ -199,11 +202,12 @@ def train(
             params = list(model.nets[level].parameters())
         opt = torch.optim.Adam(params, lr=cfg.learning_rate)
         opt.load_state_dict(ck["optimizer"])
-    pool = SimulatedPairPool(cts, cfg.spacing_mm, cfg.shape, pool_size, seed=seed + 1000 * start)
+    pool = SimulatedPairPool(cts, cfg.spacing_mm, cfg.shape, pool_size, seed=seed + 1000 * start, spatial_augment=spatial_augment)
     extra = list(real_pairs or [])
     val_pairs = validation_pairs(val_cts or [], cfg)
     data = {"training_cts": [n for n, _, _ in cts], "validation_cts": [n for n, _, _ in (val_cts or [])],
-            "real_pairs": [p.name for p in extra], "simulated_pairs_made": pool.made}
+            "real_pairs": [p.name for p in extra], "simulated_pairs_made": pool.made, "spatial_augment": spatial_augment,
+            "refresh_every": refresh_every}
     if cfg.method == "mlvirnet":
         data["level_steps"] = [schedule.count(lv) for lv in range(cfg.levels - 1, -1, -1)]
     rng = np.random.default_rng(seed + start)

@@ -261,3 +261,31 @@ def test_a_few_training_steps_lower_the_labeldriven_loss_in_2d():
     after = float((warp_voxels(moving, u) - fixed).abs().sum())
     assert after < 0.6 * before  # the disc moved towards the fixed one
     assert float(u[0, 1][fixed[0, 0] > 0.5].mean()) < -1.0  # the moving disc lies 3 pixels towards -x
+
+
+@pytest.mark.parametrize("method", ["mlvirnet", "labeldriven"])
+def test_batch_norm_uses_each_inputs_own_statistics_at_inference_and_old_weights_still_load(method):
+    from DeepLungRegLib.training import NetworkConfig, build_network, load_network_state
+
+    torch.manual_seed(0)
+    cfg = NetworkConfig(method=method, spacing_mm=8.0, shape=(32, 32, 32), width=0.25)
+    net = build_network(cfg)
+    for p in net.parameters():  # away from the zero-initialised heads, so that outputs differ
+        p.data.add_(0.05 * torch.randn_like(p))
+    f, m = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        trained_like = net.train()(f, m)
+        infer = net.eval()(f, m)
+    first = (lambda out: out[0]) if method == "mlvirnet" else (lambda out: out[-1])
+    assert float(first(trained_like).abs().max()) > 0 and torch.allclose(first(trained_like), first(infer), atol=1e-5)
+    # weights saved when batch norm kept running statistics: those are dropped, nothing else
+    state = net.state_dict()
+    bn = [k.rsplit(".", 1)[0] for k, v in state.items() if k.endswith(".bias") and k.rsplit(".", 1)[0] + ".weight" in state
+          and state[k.rsplit(".", 1)[0] + ".weight"].ndim == 1]
+    assert bn
+    old = dict(state, **{f"{b}.running_mean": torch.zeros(1) for b in bn}, **{f"{b}.num_batches_tracked": torch.tensor(3) for b in bn})
+    fresh = build_network(cfg)
+    load_network_state(fresh, old)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), state.values()))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        load_network_state(fresh, dict(state, **{"extra.weight": torch.zeros(1)}))

@@ -19,6 +19,7 @@ from DeepLungRegLib.metrics import tre
 from DeepLungRegLib.simulation import simulate_breathing
 from DeepLungRegLib.training import (NetworkConfig, build_network, export_weights, from_simulated, load_checkpoint, network_grid, train,
                                      training_loss, voxel_to_world, world_to_voxel)
+from DeepLungRegLib.training.data import augment_anatomy
 from DeepLungRegLib.training.train import level_schedule
 from DeepLungRegLib.transforms import resample_to_spacing, sample_field_at_points
 
@@ -79,6 +80,25 @@ def test_a_simulated_network_pair_carries_the_true_displacement(demo_ct):
     moved = sim.fixed_landmarks + sample_field_at_points(u, pair.geometry, sim.fixed_landmarks)
     err = np.linalg.norm(moved - sim.moving_landmarks, axis=1)
     assert np.median(err) < 1.0 < np.linalg.norm(sim.fixed_landmarks - sim.moving_landmarks, axis=1).mean()
+
+
+def test_augment_anatomy_mirrors_left_right_about_the_centre_on_an_oblique_grid(oblique):
+    world = oblique.world_coordinates()  # (Z, Y, X, 3) LPS
+    ct = Image((world[..., 0] * 3.0).astype(np.float32), oblique)  # intensity: 3 x (LPS x), linear
+    mask = Image(world[..., 0] > world[..., 0].mean(), oblique)
+    rng = np.random.default_rng(0)
+    same, same_mask = augment_anatomy(ct, mask, rng, max_rotation_deg=0.0, scale_range=(1.0, 1.0), flip_probability=0.0)
+    assert np.allclose(same.array, ct.array, atol=1e-3) and (same_mask.array == mask.array).all()
+    out, out_mask = augment_anatomy(ct, mask, rng, max_rotation_deg=0.0, scale_range=(1.0, 1.0), flip_probability=1.0)
+    centre = oblique.index_to_world((np.asarray(oblique.size, float) - 1)[None] / 2)[0]
+    mirrored_x = 2 * centre[0] - world[..., 0]  # the input is sampled at the point mirrored in LPS x
+    inside = np.abs(world[..., 0] - centre[0]) < 0.3 * np.ptp(world[..., 0])
+    inside &= np.linalg.norm(world - centre, axis=-1) < 12.0  # well inside the oblique grid
+    assert inside.sum() > 20
+    assert np.allclose(out.array[inside], 3.0 * mirrored_x[inside], atol=1e-2)
+    clear = inside & (np.abs(mirrored_x - world[..., 0].mean()) > 4.0)  # off the mask's edge by more than a voxel
+    assert out_mask.array.dtype == bool and (out_mask.array[clear] == (mirrored_x[clear] > world[..., 0].mean())).all()
+    assert out.geometry == oblique and (out.array[~inside] != 0).any()
 
 
 @pytest.mark.parametrize("method", NETWORKS)
