@@ -305,7 +305,7 @@ def cmd_train(args) -> int:
     try:
         res = train(cfg, cts, args.output, steps=steps, level_steps=level_steps, val_cts=load(args.val_ct), real_pairs=real, pool_size=args.pool,
                     refresh_every=args.refresh_every, validate_every=args.validate_every, seed=args.seed, resume=args.resume,
-                    spatial_augment=args.spatial_augment,
+                    spatial_augment=args.spatial_augment, init=args.init,
                     device=args.device if args.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu"),
                     progress=progress)
     finally:
@@ -456,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint.pt")
+    s.add_argument("--init", metavar="WEIGHTS", help="start from trained weights (fine-tuning; e.g. Resources/Weights/M.pt with its -O width/levels); "
+                   "mlvirnet then allows 0 in --level-steps")
     s.add_argument("-o", "--output", required=True, help="run folder: checkpoint.pt, log.csv, log.json, loss.png")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_train)

@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refresh-every", type=int, default=25)
     p.add_argument("--pool", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spatial-augment", action="store_true", help="a new anatomy per simulated pair (as deeplungreg train --spatial-augment)")
     p.add_argument("-o", "--output", required=True, help="Markdown table to write (a .json beside it)")
     args = p.parse_args(argv)
     try:
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"search_loss_weights: {exc}", file=sys.stderr)
         return 2
     print(f"{len(candidates)} candidates, {args.steps} steps each; building the pairs ...", file=sys.stderr, flush=True)
-    pool = SimulatedPairPool(load, candidates[0].spacing_mm, candidates[0].shape, args.pool, seed=args.seed)
+    pool = SimulatedPairPool(load, candidates[0].spacing_mm, candidates[0].shape, args.pool, seed=args.seed,
+                             spatial_augment=args.spatial_augment)
     val = validation_pairs(val_cts, candidates[0])
     before = validation_tre(build_network(candidates[0]), candidates[0], val)["tre_before"]
     rows = []
@@ -128,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Loss-weight search: {args.method}{level}, {args.steps} steps each", "",
              f"Training CTs: {', '.join(n for n, _, _ in load)}; validation: {', '.join(n for n, _, _ in val_cts)} "
              f"(initial TRE {before:.2f} mm). Fixed: {json.dumps({k: v for k, v in base.items() if k not in names})}. "
+             f"Refresh every {args.refresh_every} steps, spatial augmentation {'on' if args.spatial_augment else 'off'}. "
              "TRE and p95 are the means of the last three validations.", "",
              "| rank | " + " | ".join(names) + " | TRE (mm) | p95 (mm) | final TRE | seconds |",
              "|---" * (len(names) + 5) + "|"]

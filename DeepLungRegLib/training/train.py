@@ -61,21 +61,48 @@ def train_step(model: torch.nn.Module, cfg: NetworkConfig, opt: torch.optim.Opti
     return {"loss": float(loss.detach()), **parts}
 
 
-def level_schedule(cfg: NetworkConfig, steps: int, level_steps: tuple[int, ...] | None = None) -> list[int]:
+def level_schedule(cfg: NetworkConfig, steps: int, level_steps: tuple[int, ...] | None = None, pretrained: bool = False) -> list[int]:
     """The level trained at each step. ``mlvirnet`` trains coarsest first (paper 002): ``level_steps[i]``
-    steps on the i-th level counted from the coarsest, or by default an equal share of ``steps`` each."""
+    steps on the i-th level counted from the coarsest, or by default an equal share of ``steps`` each.
+    ``pretrained`` (fine-tuning trained weights) allows 0 steps on a level."""
     if cfg.method != "mlvirnet":
         if level_steps is not None:
             raise DeepLungRegError(f"train: level_steps applies to mlvirnet only, not {cfg.method}")
         return [0] * steps
     if level_steps is not None:
-        if len(level_steps) != cfg.levels or any(int(n) < 1 for n in level_steps):
-            raise DeepLungRegError(f"train: level_steps needs {cfg.levels} positive step counts (coarsest first), got {list(level_steps)}")
+        low = 0 if pretrained else 1
+        if len(level_steps) != cfg.levels or any(int(n) < low for n in level_steps):
+            kind = "step counts >= 0" if pretrained else "positive step counts (0 only when starting from trained weights)"
+            raise DeepLungRegError(f"train: level_steps needs {cfg.levels} {kind}, coarsest first; got {list(level_steps)}")
         if sum(level_steps) != steps:
             raise DeepLungRegError(f"train: level_steps {list(level_steps)} add up to {sum(level_steps)} steps, not {steps}")
         return [cfg.levels - 1 - i for i, n in enumerate(level_steps) for _ in range(int(n))]
     per = max(1, steps // cfg.levels)
     return [max(0, cfg.levels - 1 - min(i // per, cfg.levels - 1)) for i in range(steps)]
+
+
+def _level_parameters(model: torch.nn.Module, level: int, initialise: bool) -> list[torch.nn.Parameter]:
+    """``mlvirnet``: train ``level`` with the others frozen; ``initialise`` copies the coarser level's weights
+    into it first (progressive training from scratch), otherwise its own weights are kept (resume, fine-tuning)."""
+    if initialise:
+        return model.train_level(level)
+    for lv, net in enumerate(model.nets):
+        for p in net.parameters():
+            p.requires_grad_(lv == level)
+    return list(model.nets[level].parameters())
+
+
+def load_initial_weights(model: torch.nn.Module, cfg: NetworkConfig, path: str | Path) -> dict:
+    """Start training from trained weights (a checkpoint or shipped weights of the same method and widths)."""
+    ck = load_checkpoint(path)
+    if ck["method"] != cfg.method:
+        raise DeepLungRegError(f"train: {path} holds weights of {ck['method']!r}, not {cfg.method!r}")
+    try:
+        load_network_state(model, ck["model"])
+    except RuntimeError as exc:
+        raise DeepLungRegError(f"train: the weights in {path} do not fit this network (config {ck['config']}); use the same width "
+                               f"and levels") from exc
+    return ck
 
 
 def save_checkpoint(path: Path, model, optimizer, cfg: NetworkConfig, step: int, level: int, history: list, data: dict, score: dict | None) -> None:
@@ -157,6 +184,7 @@ def train(
     resume: bool = False,
     level_steps: tuple[int, ...] | None = None,
     spatial_augment: bool = False,
+    init: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int, dict], None] | None = None,
 ) -> dict:
@@ -170,6 +198,8 @@ def train(
         resume: continue from ``outdir/checkpoint.pt`` (its config must match ``cfg``).
         spatial_augment: give every simulated pair a new anatomy (random rotation, scaling and mirroring
             of the CT, :func:`~.data.augment_anatomy`) before its breathing is simulated.
+        init: start from these trained weights (fine-tuning, e.g. the shipped ones on your own CTs);
+            ``mlvirnet`` then keeps every level's own weights instead of copying the coarser one's.
         level_steps: ``mlvirnet``: steps per level, coarsest first (adding up to ``steps``); default an equal share.
 
     Returns:
@@ -185,21 +215,23 @@ def train(
     dev = torch.device(device)
     torch.manual_seed(seed)
     model = build_network(cfg).to(dev)
-    schedule = level_schedule(cfg, steps, level_steps)
+    resumed = load_checkpoint(ck_path, dev) if resume else None
+    if resumed is not None and init is None:
+        init = resumed.get("training_data", {}).get("initial_weights")  # a fine-tuning run stays one
+    if init is not None and resumed is None:
+        load_initial_weights(model, cfg, init)
+    schedule = level_schedule(cfg, steps, level_steps, pretrained=init is not None)
     start, history, level = 0, [], schedule[0]
-    params = model.train_level(level) if cfg.method == "mlvirnet" else list(model.parameters())
+    params = _level_parameters(model, level, init is None) if cfg.method == "mlvirnet" else list(model.parameters())
     opt = torch.optim.Adam(params, lr=cfg.learning_rate)
-    if resume:
-        ck = load_checkpoint(ck_path, dev)
+    if resumed is not None:
+        ck = resumed
         if NetworkConfig.from_dict(ck["config"]).to_dict() != cfg.to_dict():  # options added since then take their defaults
             raise DeepLungRegError(f"train: {ck_path} was trained with another config ({ck['config']}); resume needs the same one")
         load_network_state(model, ck["model"])
         start, history, level = int(ck["step"]), list(ck["history"]), int(ck["level"])
         if cfg.method == "mlvirnet":
-            for lv, net in enumerate(model.nets):  # freeze without re-initialising from the coarser level
-                for p in net.parameters():
-                    p.requires_grad_(lv == level)
-            params = list(model.nets[level].parameters())
+            params = _level_parameters(model, level, initialise=False)
         opt = torch.optim.Adam(params, lr=cfg.learning_rate)
         opt.load_state_dict(ck["optimizer"])
     pool = SimulatedPairPool(cts, cfg.spacing_mm, cfg.shape, pool_size, seed=seed + 1000 * start, spatial_augment=spatial_augment)
@@ -207,7 +239,7 @@ def train(
     val_pairs = validation_pairs(val_cts or [], cfg)
     data = {"training_cts": [n for n, _, _ in cts], "validation_cts": [n for n, _, _ in (val_cts or [])],
             "real_pairs": [p.name for p in extra], "simulated_pairs_made": pool.made, "spatial_augment": spatial_augment,
-            "refresh_every": refresh_every}
+            "refresh_every": refresh_every, "initial_weights": None if init is None else str(init)}
     if cfg.method == "mlvirnet":
         data["level_steps"] = [schedule.count(lv) for lv in range(cfg.levels - 1, -1, -1)]
     rng = np.random.default_rng(seed + start)
@@ -216,7 +248,7 @@ def train(
     for step in range(start, steps):
         if cfg.method == "mlvirnet" and schedule[step] != level:
             level = schedule[step]
-            opt = torch.optim.Adam(model.train_level(level), lr=cfg.learning_rate)
+            opt = torch.optim.Adam(_level_parameters(model, level, init is None), lr=cfg.learning_rate)
         if step > start and step % refresh_every == 0:
             pool.refresh()
         pair = extra[int(rng.integers(len(extra)))] if extra and rng.random() < 0.3 else pool.sample()

@@ -164,6 +164,28 @@ def test_mlvirnet_level_steps_give_each_level_its_own_share():
         level_schedule(NetworkConfig(method="lindef"), 6, (3, 3))
 
 
+def test_training_can_start_from_trained_weights_and_keep_each_levels_own(trained, demo_ct, tmp_path):
+    cfg, out, _ = trained
+    init = load_checkpoint(out / "checkpoint.pt")["model"]
+    with pytest.raises(DeepLungRegError, match="needs 2 positive step counts"):
+        train(cfg, [("demo", demo_ct, None)], tmp_path / "a", steps=2, level_steps=(0, 2), pool_size=1)
+    train(cfg, [("demo", demo_ct, None)], tmp_path / "b", steps=2, level_steps=(0, 2), pool_size=1, init=out / "checkpoint.pt")
+    ck = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert ck["training_data"]["initial_weights"] == str(out / "checkpoint.pt") and ck["training_data"]["level_steps"] == [0, 2]
+    coarse = [k for k in init if k.startswith("nets.1.") and k.endswith("weight")]
+    assert coarse and all(torch.equal(ck["model"][k], init[k]) for k in coarse)  # frozen, as trained
+    # the fine level went on from its own trained weights, not from a copy of the coarse level
+    for k in (k for k in init if k.startswith("nets.0.") and k.endswith("weight")):
+        now, own, coarse_copy = ck["model"][k], init[k], init["nets.1." + k[len("nets.0."):]]
+        assert float((now - own).abs().sum()) < float((now - coarse_copy).abs().sum()), k
+    with pytest.raises(DeepLungRegError, match="holds weights of 'mlvirnet', not 'lindef'"):
+        train(NetworkConfig(method="lindef", spacing_mm=8.0, shape=(32, 32, 32), width=0.25), [("demo", demo_ct, None)], tmp_path / "c",
+              steps=1, pool_size=1, init=out / "checkpoint.pt")
+    with pytest.raises(DeepLungRegError, match="do not fit this network"):
+        train(NetworkConfig(method="mlvirnet", spacing_mm=8.0, shape=(32, 32, 32), width=0.5, levels=2), [("demo", demo_ct, None)],
+              tmp_path / "d", steps=1, pool_size=1, init=out / "checkpoint.pt")
+
+
 def test_load_checkpoint_refuses_other_files(tmp_path):
     with pytest.raises(DeepLungRegError, match="does not exist"):
         load_checkpoint(tmp_path / "none.pt")
