@@ -43,18 +43,18 @@ SEARCHABLE = ("alpha", "beta", "supervision", "ngf_eps", "learning_rate")
 
 
 def parse_grid(items: list[str]) -> dict[str, list[float]]:
-    """``["beta=1,10", "supervision=0,0.1"]`` -> ``{"beta": [1.0, 10.0], "supervision": [0.0, 0.1]}``."""
+    """``["beta=1,10", "supervision=[0,0.1]"]`` -> ``{"beta": [1.0, 10.0], "supervision": [0.0, 0.1]}``
+    (values read as ``deeplungreg tune --grid`` reads them)."""
     grid: dict[str, list[float]] = {}
-    for item in items:
-        name, sep, values = item.partition("=")
-        if not sep or name not in SEARCHABLE:
-            raise DeepLungRegError(f"--grid {item!r}: write NAME=V1,V2,... with NAME one of {', '.join(SEARCHABLE)}")
-        try:
-            grid[name] = [float(v) for v in values.split(",") if v.strip()]
-        except ValueError as exc:
-            raise DeepLungRegError(f"--grid {item!r}: the values must be numbers") from exc
-        if not grid[name]:
-            raise DeepLungRegError(f"--grid {item!r}: give at least one value")
+    for name, values in parse_options(items, "--grid").items():
+        if name not in SEARCHABLE:
+            raise DeepLungRegError(f"--grid {name}: write NAME=V1,V2,... with NAME one of {', '.join(SEARCHABLE)}")
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise DeepLungRegError(f"--grid {name}: give at least one value")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise DeepLungRegError(f"--grid {name}: the values must be numbers, got {values!r}")
+        grid[name] = [float(v) for v in values]
     return grid
 
 
