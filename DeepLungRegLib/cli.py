@@ -99,10 +99,11 @@ def cmd_simulate(args) -> int:
     from .simulation import simulate_breathing, write_pair
     from .transforms.resample import resample_to_spacing
 
-    from .simulation.breathing import check_pair_outdir
+    from .simulation.breathing import amplitude_parameters, check_pair_outdir
 
     out = Path(args.output)
     check_pair_outdir(out, args.overwrite)  # before the simulation's minutes of work
+    amplitude_parameters(args.amplitude)
     ct = read_image(args.ct, what=f"CT {args.ct}")
     if args.spacing:
         ct = resample_to_spacing(ct, args.spacing, fill=-1024.0)
@@ -273,6 +274,7 @@ def cmd_train(args) -> int:
     from .methods.base import parse_options
     from .simulation.breathing import read_pair
     from .training import NetworkConfig, from_simulated, train
+    from .training.data import check_amplitude_range
 
     opts = parse_options(args.option, "train")
     shape = [int(v) for v in args.shape.split(",")]
@@ -284,6 +286,13 @@ def cmd_train(args) -> int:
         except ValueError as exc:
             raise DeepLungRegError(f"train: --level-steps takes whole numbers like 2000,400,400, got {args.level_steps!r}") from exc
     steps = args.steps if args.steps is not None else (sum(level_steps) if level_steps else 1000)
+    amplitude_range = None
+    if args.amplitude_range:
+        try:
+            amplitude_range = tuple(float(v) for v in args.amplitude_range.split(","))
+        except ValueError as exc:
+            raise DeepLungRegError(f"train: --amplitude-range takes two numbers in mm like 4,25, got {args.amplitude_range!r}") from exc
+        amplitude_range = check_amplitude_range(amplitude_range)
 
     def load(paths):
         out = []
@@ -305,7 +314,7 @@ def cmd_train(args) -> int:
     try:
         res = train(cfg, cts, args.output, steps=steps, level_steps=level_steps, val_cts=load(args.val_ct), real_pairs=real, pool_size=args.pool,
                     refresh_every=args.refresh_every, validate_every=args.validate_every, seed=args.seed, resume=args.resume,
-                    spatial_augment=args.spatial_augment, init=args.init,
+                    spatial_augment=args.spatial_augment, amplitude_range_mm=amplitude_range, init=args.init,
                     device=args.device if args.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu"),
                     progress=progress)
     finally:
@@ -368,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="make a semi-synthetic inhale/exhale pair from one CT")
     s.add_argument("ct")
     s.add_argument("-o", "--output", required=True)
-    s.add_argument("--amplitude", default="small", choices=["small", "large"])
+    s.add_argument("--amplitude", default="small", help="small, large (the presets) or the mean lung displacement in mm, e.g. 12 (default small)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--noise", type=float, default=20.0, help="noise SD in HU (default 20)")
     s.add_argument("--landmarks", type=int, default=300)
@@ -453,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--validate-every", type=int, default=100, help="steps between validations and checkpoints (default 100)")
     s.add_argument("--spatial-augment", action="store_true",
                    help="a new anatomy for every simulated pair: random rotation, scaling and left-right mirroring of the CT")
+    s.add_argument("--amplitude-range", metavar="LOW,HIGH",
+                   help="draw every simulated pair's mean lung displacement uniformly from LOW-HIGH mm instead of the small/large presets")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint.pt")

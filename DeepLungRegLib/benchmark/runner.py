@@ -43,14 +43,13 @@ CSV_COLUMNS = [
 
 def simulated_specs(cts: list[str], amplitudes: list[str], seeds: list[int], outdir: Path, *, spacing: float = 2.0,
                     progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Simulate (or reuse) a pair per CT, amplitude and seed under ``outdir/pairs``."""
+    """Simulate (or reuse) a pair per CT, amplitude (preset or mm) and seed under ``outdir/pairs``."""
     from ..io.images import read_image
-    from ..simulation import AMPLITUDES, simulate_breathing, write_pair
+    from ..simulation import amplitude_parameters, simulate_breathing, write_pair
     from ..transforms.resample import resample_to_spacing
 
     for a in amplitudes:
-        if a not in AMPLITUDES:
-            raise DeepLungRegError(f"benchmark: unknown amplitude {a!r}; use {', '.join(AMPLITUDES)}")
+        amplitude_parameters(a)  # a preset name or a mean displacement in mm
     specs = []
     for ct_path in cts:
         ct_path = Path(ct_path)

@@ -7,7 +7,7 @@ Motion model (exhale relative to inhale, LPS: +z superior, +y posterior,
 
 * cranio-caudal: the lung moves superiorly by ``A * s^p``, where ``s`` is
   0 at the apex and 1 at the base, so motion grows towards the diaphragm (exponent 1.5 for
-  ``small``, 0.8 for ``large``);
+  ``small``, 0.8 for ``large``, interpolated for an amplitude given in mm);
   below the base the abdomen follows the diaphragm with exponential decay;
 * antero-posterior: anterior lung moves posteriorly, the posterior lung
   (spine) stays;
@@ -17,7 +17,7 @@ Motion model (exhale relative to inhale, LPS: +z superior, +y posterior,
 * smooth local randomness: Gaussian-filtered noise fields.
 
 The field is scaled so the mean displacement inside the lung matches the
-preset, and smoothed further until its minimum Jacobian is positive. The
+preset (or the amplitude given in mm), and smoothed further until its minimum Jacobian is positive. The
 exhale image is ``M(y) = F'(y + w(y))`` with ``w`` the inverse field and
 ``F'`` the inhale image with lung density scaled by mass conservation
 (``(HU + 1000) / J - 1000``). Independent Gaussian noise is added to both.
@@ -53,6 +53,35 @@ AMPLITUDES: dict[str, dict] = {
     "small": {"mean_mm": (7.0, 9.0), "exponent": 1.5, "description": "like DIR-Lab 4D-CT (mean 7-9 mm, max about 20 mm)"},
     "large": {"mean_mm": (18.0, 23.0), "exponent": 0.8, "description": "like DIR-Lab COPD (mean 18-23 mm, max about 40 mm)"},
 }
+
+#: Range of a numeric amplitude (mean lung displacement in mm).
+AMPLITUDE_RANGE_MM = (1.0, 40.0)
+
+
+def amplitude_parameters(amplitude: str | float) -> tuple[tuple[float, float], float]:
+    """The mean-displacement range (mm) and cranio-caudal exponent of ``amplitude``: a preset name
+    (:data:`AMPLITUDES`) or a number, the mean lung displacement in mm. A number's exponent is
+    interpolated between the presets' (1.5 at the small preset's mean, 0.8 at the large one's), so
+    larger motion concentrates less at the base, as in the presets."""
+    if isinstance(amplitude, str):
+        if amplitude not in AMPLITUDES:
+            try:
+                amplitude = float(amplitude)
+            except ValueError:
+                raise DeepLungRegError(f"simulate: unknown amplitude {amplitude!r}; use one of {', '.join(AMPLITUDES)} "
+                                       "or a mean lung displacement in mm") from None
+        else:
+            preset = AMPLITUDES[amplitude]
+            return tuple(preset["mean_mm"]), float(preset["exponent"])
+    a = float(amplitude)
+    lo, hi = AMPLITUDE_RANGE_MM
+    if not (np.isfinite(a) and lo <= a <= hi):
+        raise DeepLungRegError(f"simulate: a numeric amplitude is the mean lung displacement in mm and must lie in "
+                               f"[{lo:g}, {hi:g}], got {amplitude}")
+    means = [float(np.mean(AMPLITUDES[k]["mean_mm"])) for k in ("small", "large")]
+    exps = [AMPLITUDES[k]["exponent"] for k in ("small", "large")]
+    return (a, a), float(np.interp(a, means, exps))
+
 
 PAIR_FILES = {
     "fixed": "fixed.nii.gz",
@@ -118,7 +147,7 @@ def _motion_field(mask: np.ndarray, geom: Geometry, rng: np.random.Generator, sl
 def simulate_breathing(
     ct: Image,
     *,
-    amplitude: str = "small",
+    amplitude: str | float = "small",
     seed: int = 0,
     mask: Image | None = None,
     noise_hu: float = 20.0,
@@ -130,7 +159,8 @@ def simulate_breathing(
 
     Args:
         ct: the inhale CT in HU (becomes the fixed image).
-        amplitude: ``"small"`` or ``"large"`` (see :data:`AMPLITUDES`).
+        amplitude: ``"small"`` or ``"large"`` (see :data:`AMPLITUDES`), or the mean lung displacement in mm
+            (a number in :data:`AMPLITUDE_RANGE_MM`; see :func:`amplitude_parameters`).
         seed: random seed; the same seed gives the same pair.
         mask: inhale lung mask (computed automatically when omitted).
         noise_hu: standard deviation of the Gaussian noise added to both images.
@@ -139,8 +169,7 @@ def simulate_breathing(
     Returns:
         The pair with ground truth, landmarks and an ``info`` summary.
     """
-    if amplitude not in AMPLITUDES:
-        raise DeepLungRegError(f"simulate: unknown amplitude {amplitude!r}; use one of {', '.join(AMPLITUDES)}")
+    mean_range, exponent = amplitude_parameters(amplitude)
     if not (0 <= noise_hu <= 500):
         raise DeepLungRegError(f"simulate: noise_hu must be between 0 and 500, got {noise_hu}")
     if not (1 <= n_landmarks <= 100000):
@@ -158,12 +187,12 @@ def simulate_breathing(
 
     work_geom = ct.geometry.with_spacing(tuple(max(s, working_spacing_mm) for s in ct.geometry.spacing))
     work_mask = resample_to_geometry(mask.with_array(lung.astype(np.float32)), work_geom, fill=0.0).array > 0.5
-    target_mean = float(rng.uniform(*AMPLITUDES[amplitude]["mean_mm"]))
+    target_mean = float(rng.uniform(*mean_range))
 
     report("motion field", 0.15)
     sigma = 6.0
     for attempt in range(6):
-        u_work, _ = _motion_field(work_mask, work_geom, np.random.default_rng(seed + 1000 * attempt), sigma, AMPLITUDES[amplitude]["exponent"])
+        u_work, _ = _motion_field(work_mask, work_geom, np.random.default_rng(seed + 1000 * attempt), sigma, exponent)
         mag = np.linalg.norm(u_work[work_mask], axis=-1)
         u_work *= target_mean / max(mag.mean(), 1e-6)
         jac = jacobian_determinant(u_work, work_geom)
@@ -207,7 +236,7 @@ def simulate_breathing(
 
     lung_disp = np.linalg.norm(u_full[lung], axis=-1)
     info = {
-        "amplitude": amplitude,
+        "amplitude": amplitude if isinstance(amplitude, str) and amplitude in AMPLITUDES else float(amplitude),
         "seed": int(seed),
         "target_mean_mm": target_mean,
         "mean_lung_displacement_mm": float(lung_disp.mean()),

@@ -22,7 +22,7 @@ from ..io.images import Image
 from ..methods.common import normalise_ct
 from ..segmentation import lung_mask
 from ..simulation import simulate_breathing
-from ..simulation.breathing import SimulatedPair
+from ..simulation.breathing import SimulatedPair, amplitude_parameters
 from ..transforms.resample import resample_to_geometry, resample_to_spacing
 from ..transforms.warp import sample_field_at_points
 
@@ -163,6 +163,17 @@ def augment_anatomy(ct: Image, mask: Image | None, rng: np.random.Generator, *, 
     return new_ct, None if new_mask is None else new_mask.with_array(new_mask.array > 0)
 
 
+def check_amplitude_range(amplitude_range_mm: tuple[float, float]) -> tuple[float, float]:
+    """``(low, high)`` mean lung displacements in mm, each a valid simulator amplitude, low <= high."""
+    if len(amplitude_range_mm) != 2:
+        raise DeepLungRegError(f"amplitude range: give two numbers (LOW, HIGH) in mm, got {list(amplitude_range_mm)}")
+    lo, hi = (float(a) for a in amplitude_range_mm)
+    amplitude_parameters(lo), amplitude_parameters(hi)
+    if lo > hi:
+        raise DeepLungRegError(f"amplitude range: {lo:g}-{hi:g} mm is reversed; give LOW,HIGH")
+    return lo, hi
+
+
 class SimulatedPairPool:
     """A pool of simulated network pairs, refreshed on the fly with new simulations.
 
@@ -172,18 +183,22 @@ class SimulatedPairPool:
         spacing_mm, shape: the network grid.
         size: pairs kept in the pool.
         seed: first simulation seed; every new pair takes the next one.
-        amplitudes: drawn at random per pair.
+        amplitudes: presets drawn at random per pair.
+        amplitude_range_mm: instead of the presets, draw each pair's mean lung displacement uniformly
+            from this range (mm): a continuum of amplitudes, so that a network must measure the motion
+            rather than tell two presets apart.
         sim_spacing_mm: the CT is resampled to this before simulating (speed).
         spatial_augment: give every new pair a new anatomy by :func:`augment_anatomy`.
     """
 
     def __init__(self, cts: list[tuple[str, Image, Image | None]], spacing_mm: float, shape: tuple[int, int, int], size: int = 8,
                  seed: int = 0, amplitudes: tuple[str, ...] = ("small", "large"), sim_spacing_mm: float = 3.0,
-                 spatial_augment: bool = False):
+                 spatial_augment: bool = False, amplitude_range_mm: tuple[float, float] | None = None):
         if not cts:
             raise DeepLungRegError("SimulatedPairPool: give at least one CT")
         if size < 1:
             raise DeepLungRegError(f"SimulatedPairPool: size must be >= 1, got {size}")
+        self.amplitude_range_mm = None if amplitude_range_mm is None else check_amplitude_range(amplitude_range_mm)
         self.cts = [(n, resample_to_spacing(ct, sim_spacing_mm, fill=-1024.0),
                      None if m is None else resample_to_geometry(m.with_array(np.asarray(m.array, np.float32)),
                                                                  resample_to_spacing(ct, sim_spacing_mm).geometry, fill=0.0))
@@ -198,13 +213,16 @@ class SimulatedPairPool:
 
     def new_pair(self) -> NetworkPair:
         name, ct, mask = self.cts[self.next_seed % len(self.cts)]
-        amp = self.amplitudes[int(self.rng.integers(len(self.amplitudes)))]
+        if self.amplitude_range_mm is None:
+            amp = self.amplitudes[int(self.rng.integers(len(self.amplitudes)))]
+        else:
+            amp = round(float(self.rng.uniform(*self.amplitude_range_mm)), 2)
         if self.spatial_augment:
             ct, mask = augment_anatomy(ct, mask, self.rng)
         sim = simulate_breathing(ct, amplitude=amp, seed=self.next_seed, mask=mask, n_landmarks=100)
         self.next_seed += 1
         self.made += 1
-        return from_simulated(sim, self.spacing_mm, self.shape, f"{name}_{amp}_s{self.next_seed - 1}")
+        return from_simulated(sim, self.spacing_mm, self.shape, f"{name}_{amp}{'' if isinstance(amp, str) else 'mm'}_s{self.next_seed - 1}")
 
     def refresh(self) -> None:
         """Replace the oldest pair with a new simulation."""

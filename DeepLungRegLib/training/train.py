@@ -184,6 +184,7 @@ def train(
     resume: bool = False,
     level_steps: tuple[int, ...] | None = None,
     spatial_augment: bool = False,
+    amplitude_range_mm: tuple[float, float] | None = None,
     init: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int, dict], None] | None = None,
@@ -198,6 +199,8 @@ def train(
         resume: continue from ``outdir/checkpoint.pt`` (its config must match ``cfg``).
         spatial_augment: give every simulated pair a new anatomy (random rotation, scaling and mirroring
             of the CT, :func:`~.data.augment_anatomy`) before its breathing is simulated.
+        amplitude_range_mm: draw every simulated pair's mean lung displacement (mm) uniformly from this
+            range instead of the small/large presets (validation keeps the presets).
         init: start from these trained weights (fine-tuning, e.g. the shipped ones on your own CTs);
             ``mlvirnet`` then keeps every level's own weights instead of copying the coarser one's.
         level_steps: ``mlvirnet``: steps per level, coarsest first (adding up to ``steps``); default an equal share.
@@ -234,12 +237,13 @@ def train(
             params = _level_parameters(model, level, initialise=False)
         opt = torch.optim.Adam(params, lr=cfg.learning_rate)
         opt.load_state_dict(ck["optimizer"])
-    pool = SimulatedPairPool(cts, cfg.spacing_mm, cfg.shape, pool_size, seed=seed + 1000 * start, spatial_augment=spatial_augment)
+    pool = SimulatedPairPool(cts, cfg.spacing_mm, cfg.shape, pool_size, seed=seed + 1000 * start, spatial_augment=spatial_augment,
+                             amplitude_range_mm=amplitude_range_mm)
     extra = list(real_pairs or [])
     val_pairs = validation_pairs(val_cts or [], cfg)
     data = {"training_cts": [n for n, _, _ in cts], "validation_cts": [n for n, _, _ in (val_cts or [])],
             "real_pairs": [p.name for p in extra], "simulated_pairs_made": pool.made, "spatial_augment": spatial_augment,
-            "refresh_every": refresh_every, "initial_weights": None if init is None else str(init)}
+            "amplitudes": list(pool.amplitude_range_mm) if pool.amplitude_range_mm else list(pool.amplitudes), "refresh_every": refresh_every, "initial_weights": None if init is None else str(init)}
     if cfg.method == "mlvirnet":
         data["level_steps"] = [schedule.count(lv) for lv in range(cfg.levels - 1, -1, -1)]
     rng = np.random.default_rng(seed + start)

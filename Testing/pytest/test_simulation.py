@@ -3,7 +3,7 @@ import pytest
 
 from DeepLungRegLib import DeepLungRegError, read_image
 from DeepLungRegLib.metrics import jacobian_determinant
-from DeepLungRegLib.simulation import read_pair, simulate_breathing, write_pair
+from DeepLungRegLib.simulation import amplitude_parameters, read_pair, simulate_breathing, write_pair
 from DeepLungRegLib.transforms import sample_field_at_points, warp_image
 
 
@@ -23,6 +23,24 @@ def test_amplitude_presets_and_invertibility(sample_ct, amplitude, lo, hi, max_l
     lung = pair.fixed_mask.array
     assert jac[lung].mean() < 1.0  # exhale compresses the lung
     assert info["inverse_residual_mm"] < 0.05
+
+
+def test_a_numeric_amplitude_sets_the_mean_lung_displacement(sample_ct):
+    pair = simulate_breathing(sample_ct, amplitude=12.5, seed=4)
+    assert pair.info["amplitude"] == 12.5
+    assert abs(pair.info["mean_lung_displacement_mm"] - 12.5) < 0.5
+    assert jacobian_determinant(pair.field, pair.fixed.geometry).min() > 0
+    # the exponent lies between the presets' and a preset name keeps its own range
+    assert amplitude_parameters(12.5)[0] == (12.5, 12.5)
+    assert 0.8 < amplitude_parameters(12.5)[1] < 1.5
+    assert amplitude_parameters("large") == ((18.0, 23.0), 0.8)
+    assert amplitude_parameters("3") == ((3.0, 3.0), 1.5)
+
+
+@pytest.mark.parametrize("amplitude", [0.2, float("nan"), 80, "-3"])
+def test_an_absurd_numeric_amplitude_is_refused(sample_ct, amplitude):
+    with pytest.raises(DeepLungRegError, match=r"mean lung displacement in mm and must lie in \[1, 40\]"):
+        simulate_breathing(sample_ct, amplitude=amplitude)
 
 
 def test_motion_is_realistic(sample_ct):

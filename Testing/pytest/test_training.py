@@ -17,7 +17,7 @@ from DeepLungRegLib.methods import register
 from DeepLungRegLib.methods._network import WEIGHTS_DIR
 from DeepLungRegLib.metrics import tre
 from DeepLungRegLib.simulation import simulate_breathing
-from DeepLungRegLib.training import (NetworkConfig, build_network, export_weights, from_simulated, load_checkpoint, network_grid, train,
+from DeepLungRegLib.training import (NetworkConfig, SimulatedPairPool, build_network, export_weights, from_simulated, load_checkpoint, network_grid, train,
                                      training_loss, voxel_to_world, world_to_voxel)
 from DeepLungRegLib.training.data import augment_anatomy
 from DeepLungRegLib.training.train import level_schedule
@@ -99,6 +99,17 @@ def test_augment_anatomy_mirrors_left_right_about_the_centre_on_an_oblique_grid(
     clear = inside & (np.abs(mirrored_x - world[..., 0].mean()) > 4.0)  # off the mask's edge by more than a voxel
     assert out_mask.array.dtype == bool and (out_mask.array[clear] == (mirrored_x[clear] > world[..., 0].mean())).all()
     assert out.geometry == oblique and (out.array[~inside] != 0).any()
+
+
+def test_a_pool_with_an_amplitude_range_simulates_mean_displacements_inside_it(demo_ct):
+    pool = SimulatedPairPool([("demo", demo_ct, None)], 8.0, (32, 32, 32), size=3, seed=1,
+                             amplitude_range_mm=(5.0, 15.0), sim_spacing_mm=4.0)
+    for p in pool.pairs:
+        mm = float(p.name.split("_")[-2].removesuffix("mm"))
+        assert 5.0 <= mm <= 15.0
+    assert len({p.name for p in pool.pairs}) == 3
+    with pytest.raises(DeepLungRegError, match="reversed"):
+        SimulatedPairPool([("demo", demo_ct, None)], 8.0, (32, 32, 32), amplitude_range_mm=(15.0, 5.0))
 
 
 @pytest.mark.parametrize("method", NETWORKS)
@@ -232,6 +243,9 @@ def test_train_cli_errors(tmp_path, capsys):
     assert "multiples of 16" in capsys.readouterr().err
     assert main(["train", "--method", "mlvirnet", "--ct", "x", "--level-steps", "5,a", "-o", str(tmp_path / "r"), "-q"]) == 2
     assert "--level-steps takes whole numbers" in capsys.readouterr().err
+    for bad, match in [("4", "LOW, HIGH"), ("4,a", "takes two numbers"), ("25,4", "reversed"), ("0.1,20", "must lie in")]:
+        assert main(["train", "--method", "mlvirnet", "--ct", "x", "--amplitude-range", bad, "-o", str(tmp_path / "r"), "-q"]) == 2
+        assert match in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", NETWORKS)
