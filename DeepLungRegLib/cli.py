@@ -112,9 +112,11 @@ def cmd_simulate(args) -> int:
         pair = simulate_breathing(ct, amplitude=args.amplitude, seed=args.seed, noise_hu=args.noise, n_landmarks=args.landmarks, progress=bar)
     finally:
         bar.close()
+    if args.reverse:
+        pair = pair.reversed()
     write_pair(pair, out, overwrite=args.overwrite, source=str(args.ct))
     i = pair.info
-    print(f"simulated {args.amplitude} pair (seed {args.seed}): mean lung displacement {i['mean_lung_displacement_mm']:.1f} mm, "
+    print(f"simulated {args.amplitude} pair (seed {args.seed}{', reversed: the exhale is fixed' if args.reverse else ''}): mean lung displacement {i['mean_lung_displacement_mm']:.1f} mm, "
           f"max {i['max_lung_displacement_mm']:.1f} mm, min Jacobian {i['min_jacobian']:.2f}, {i['n_landmarks']} landmarks")
     print(f"written to {out.resolve()}")
     return 0
@@ -314,7 +316,8 @@ def cmd_train(args) -> int:
     try:
         res = train(cfg, cts, args.output, steps=steps, level_steps=level_steps, val_cts=load(args.val_ct), real_pairs=real, pool_size=args.pool,
                     refresh_every=args.refresh_every, validate_every=args.validate_every, seed=args.seed, resume=args.resume,
-                    spatial_augment=args.spatial_augment, amplitude_range_mm=amplitude_range, init=args.init,
+                    spatial_augment=args.spatial_augment, amplitude_range_mm=amplitude_range, reverse_fraction=args.reverse_fraction,
+                    init=args.init,
                     device=args.device if args.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu"),
                     progress=progress)
     finally:
@@ -382,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--noise", type=float, default=20.0, help="noise SD in HU (default 20)")
     s.add_argument("--landmarks", type=int, default=300)
     s.add_argument("--spacing", type=float, help="resample the CT to this isotropic spacing (mm) first")
+    s.add_argument("--reverse", action="store_true", help="write the pair the other way round: the simulated exhale fixed, the CT moving")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_simulate)
@@ -464,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a new anatomy for every simulated pair: random rotation, scaling and left-right mirroring of the CT")
     s.add_argument("--amplitude-range", metavar="LOW,HIGH",
                    help="draw every simulated pair's mean lung displacement uniformly from LOW-HIGH mm instead of the small/large presets")
+    s.add_argument("--reverse-fraction", type=float, default=0.0, metavar="F",
+                   help="share of the simulated pairs made the other way round, the exhale image fixed (default 0; 0.5 teaches both directions)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint.pt")

@@ -97,7 +97,9 @@ PAIR_FILES = {
 
 @dataclass
 class SimulatedPair:
-    """A simulated pair. ``field`` is the ground truth on the fixed grid (mm, LPS, ``x_m = x_f + u``)."""
+    """A simulated pair. ``field`` is the ground truth on the fixed grid (mm, LPS, ``x_m = x_f + u``).
+    ``inverse_field`` (held in memory after a simulation, not written) is the inverse on the same grid,
+    ``x_f = x_m + w(x_m)``; it makes the reversed pair (:meth:`reversed`)."""
 
     fixed: Image
     moving: Image
@@ -107,6 +109,17 @@ class SimulatedPair:
     fixed_landmarks: np.ndarray
     moving_landmarks: np.ndarray
     info: dict = field(default_factory=dict)
+    inverse_field: np.ndarray | None = None
+
+    def reversed(self) -> "SimulatedPair":
+        """The same pair the other way round: the exhale image fixed and the inhale image moving, with
+        the inverse field as ground truth and the landmarks swapped (both images share one grid)."""
+        if self.inverse_field is None:
+            raise DeepLungRegError("simulate: this pair has no inverse field (pairs read from disk have none); "
+                                   "reverse it right after simulating")
+        info = {**self.info, "reversed": not self.info.get("reversed", False)}
+        return SimulatedPair(self.moving, self.fixed, self.moving_mask, self.fixed_mask, self.inverse_field, self.moving_landmarks,
+                             self.fixed_landmarks, info, self.field)
 
 
 def _gaussian(a: np.ndarray, sigma_mm: float, spacing_zyx) -> np.ndarray:
@@ -251,7 +264,7 @@ def simulate_breathing(
         "geometry": ct.geometry.to_dict(),
     }
     report("done", 1.0)
-    return SimulatedPair(fixed_img, moving_img, mask.with_array(lung), ct.with_array(moving_mask), u_full, pts, moved, info)
+    return SimulatedPair(fixed_img, moving_img, mask.with_array(lung), ct.with_array(moving_mask), u_full, pts, moved, info, inv_full)
 
 
 def check_pair_outdir(outdir: str | os.PathLike, overwrite: bool) -> None:

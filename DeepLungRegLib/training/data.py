@@ -189,16 +189,22 @@ class SimulatedPairPool:
             rather than tell two presets apart.
         sim_spacing_mm: the CT is resampled to this before simulating (speed).
         spatial_augment: give every new pair a new anatomy by :func:`augment_anatomy`.
+        reverse_fraction: share of the pairs made the other way round (the exhale image fixed, see
+            :meth:`SimulatedPair.reversed`), so that a network cannot assume which image is the inhale.
     """
 
     def __init__(self, cts: list[tuple[str, Image, Image | None]], spacing_mm: float, shape: tuple[int, int, int], size: int = 8,
                  seed: int = 0, amplitudes: tuple[str, ...] = ("small", "large"), sim_spacing_mm: float = 3.0,
-                 spatial_augment: bool = False, amplitude_range_mm: tuple[float, float] | None = None):
+                 spatial_augment: bool = False, amplitude_range_mm: tuple[float, float] | None = None,
+                 reverse_fraction: float = 0.0):
         if not cts:
             raise DeepLungRegError("SimulatedPairPool: give at least one CT")
         if size < 1:
             raise DeepLungRegError(f"SimulatedPairPool: size must be >= 1, got {size}")
         self.amplitude_range_mm = None if amplitude_range_mm is None else check_amplitude_range(amplitude_range_mm)
+        if not 0.0 <= reverse_fraction <= 1.0:
+            raise DeepLungRegError(f"SimulatedPairPool: reverse_fraction is a share of the pairs, between 0 and 1; got {reverse_fraction}")
+        self.reverse_fraction = float(reverse_fraction)
         self.cts = [(n, resample_to_spacing(ct, sim_spacing_mm, fill=-1024.0),
                      None if m is None else resample_to_geometry(m.with_array(np.asarray(m.array, np.float32)),
                                                                  resample_to_spacing(ct, sim_spacing_mm).geometry, fill=0.0))
@@ -220,9 +226,13 @@ class SimulatedPairPool:
         if self.spatial_augment:
             ct, mask = augment_anatomy(ct, mask, self.rng)
         sim = simulate_breathing(ct, amplitude=amp, seed=self.next_seed, mask=mask, n_landmarks=100)
+        reverse = self.reverse_fraction > 0 and self.rng.random() < self.reverse_fraction
+        if reverse:
+            sim = sim.reversed()
         self.next_seed += 1
         self.made += 1
-        return from_simulated(sim, self.spacing_mm, self.shape, f"{name}_{amp}{'' if isinstance(amp, str) else 'mm'}_s{self.next_seed - 1}")
+        return from_simulated(sim, self.spacing_mm, self.shape,
+                              f"{name}_{amp}{'' if isinstance(amp, str) else 'mm'}_s{self.next_seed - 1}{'_reversed' if reverse else ''}")
 
     def refresh(self) -> None:
         """Replace the oldest pair with a new simulation."""

@@ -36,9 +36,10 @@ def validation_tre(model: torch.nn.Module, cfg: NetworkConfig, pairs: list[Netwo
     return {"tre_before": float(b.mean()), "tre_after": float(a.mean()), "tre_after_p95": float(np.percentile(a, 95))}
 
 
-def validation_pairs(val_cts: list[tuple[str, Image, Image | None]], cfg: NetworkConfig) -> list[NetworkPair]:
+def validation_pairs(val_cts: list[tuple[str, Image, Image | None]], cfg: NetworkConfig, reversed_too: bool = False) -> list[NetworkPair]:
     """The held-out validation pairs: a small and a large pair simulated from each CT (fixed seeds,
-    150 landmarks), on ``cfg``'s network grid."""
+    150 landmarks), on ``cfg``'s network grid; with ``reversed_too`` each also the other way round
+    (the exhale image fixed)."""
     from ..simulation import simulate_breathing
 
     pairs = []
@@ -46,6 +47,8 @@ def validation_pairs(val_cts: list[tuple[str, Image, Image | None]], cfg: Networ
         for amp in ("small", "large"):
             sim = simulate_breathing(ct, amplitude=amp, seed=10_000 + i, mask=mask, n_landmarks=150)
             pairs.append(from_simulated(sim, cfg.spacing_mm, cfg.shape, f"{name}_{amp}"))
+            if reversed_too:
+                pairs.append(from_simulated(sim.reversed(), cfg.spacing_mm, cfg.shape, f"{name}_{amp}_reversed"))
     return pairs
 
 
@@ -185,6 +188,7 @@ def train(
     level_steps: tuple[int, ...] | None = None,
     spatial_augment: bool = False,
     amplitude_range_mm: tuple[float, float] | None = None,
+    reverse_fraction: float = 0.0,
     init: str | Path | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int, int, dict], None] | None = None,
@@ -201,6 +205,8 @@ def train(
             of the CT, :func:`~.data.augment_anatomy`) before its breathing is simulated.
         amplitude_range_mm: draw every simulated pair's mean lung displacement (mm) uniformly from this
             range instead of the small/large presets (validation keeps the presets).
+        reverse_fraction: share of the simulated pairs made the other way round (the exhale image fixed);
+            when above 0 the validation scores the reversed pairs too.
         init: start from these trained weights (fine-tuning, e.g. the shipped ones on your own CTs);
             ``mlvirnet`` then keeps every level's own weights instead of copying the coarser one's.
         level_steps: ``mlvirnet``: steps per level, coarsest first (adding up to ``steps``); default an equal share.
@@ -238,12 +244,13 @@ def train(
         opt = torch.optim.Adam(params, lr=cfg.learning_rate)
         opt.load_state_dict(ck["optimizer"])
     pool = SimulatedPairPool(cts, cfg.spacing_mm, cfg.shape, pool_size, seed=seed + 1000 * start, spatial_augment=spatial_augment,
-                             amplitude_range_mm=amplitude_range_mm)
+                             amplitude_range_mm=amplitude_range_mm, reverse_fraction=reverse_fraction)
     extra = list(real_pairs or [])
-    val_pairs = validation_pairs(val_cts or [], cfg)
+    val_pairs = validation_pairs(val_cts or [], cfg, reversed_too=reverse_fraction > 0)
     data = {"training_cts": [n for n, _, _ in cts], "validation_cts": [n for n, _, _ in (val_cts or [])],
             "real_pairs": [p.name for p in extra], "simulated_pairs_made": pool.made, "spatial_augment": spatial_augment,
-            "amplitudes": list(pool.amplitude_range_mm) if pool.amplitude_range_mm else list(pool.amplitudes), "refresh_every": refresh_every, "initial_weights": None if init is None else str(init)}
+            "amplitudes": list(pool.amplitude_range_mm) if pool.amplitude_range_mm else list(pool.amplitudes),
+            "reverse_fraction": reverse_fraction, "refresh_every": refresh_every, "initial_weights": None if init is None else str(init)}
     if cfg.method == "mlvirnet":
         data["level_steps"] = [schedule.count(lv) for lv in range(cfg.levels - 1, -1, -1)]
     rng = np.random.default_rng(seed + start)

@@ -9,6 +9,8 @@ import pytest
 
 from DeepLungRegLib.cli import main
 from DeepLungRegLib.pipeline import OUTPUT_FILES
+from DeepLungRegLib.simulation import read_pair
+from DeepLungRegLib.transforms import sample_field_at_points
 
 FAST = ["-O", "levels_mm=[8,4]", "-O", "iterations=[60,40]", "-O", "learning_rates=[1,0.5]"]
 
@@ -30,6 +32,17 @@ def test_simulate_writes_the_pair(pair_dir):
         assert (pair_dir / name).exists(), name
     info = json.loads((pair_dir / "simulation.json").read_text())
     assert info["min_jacobian"] > 0 and 6.5 < info["mean_lung_displacement_mm"] < 9.5
+
+
+def test_simulate_reverse_writes_the_exhale_as_the_fixed_image(pair_dir, sample_path, tmp_path):
+    out = tmp_path / "reversed"
+    assert main(["simulate", str(sample_path), "-o", str(out), "--spacing", "4", "--seed", "2", "--reverse", "-q"]) == 0
+    fwd, rev = read_pair(pair_dir), read_pair(out)
+    assert np.array_equal(rev.fixed.array, fwd.moving.array) and np.array_equal(rev.moving.array, fwd.fixed.array)
+    assert np.allclose(rev.fixed_landmarks, fwd.moving_landmarks, atol=1e-3) and rev.info["reversed"]
+    # its ground truth takes the exhale landmarks back to the inhale ones
+    moved = rev.fixed_landmarks + sample_field_at_points(rev.field, rev.fixed.geometry, rev.fixed_landmarks)
+    assert np.linalg.norm(moved - rev.moving_landmarks, axis=1).mean() < 0.1
 
 
 def test_register_evaluate_tre(pair_dir, tmp_path, capsys):

@@ -112,6 +112,19 @@ def test_a_pool_with_an_amplitude_range_simulates_mean_displacements_inside_it(d
         SimulatedPairPool([("demo", demo_ct, None)], 8.0, (32, 32, 32), amplitude_range_mm=(15.0, 5.0))
 
 
+def test_a_pool_can_make_reversed_pairs_whose_fixed_image_is_the_exhale(demo_ct):
+    pool = SimulatedPairPool([("demo", demo_ct, None)], 8.0, (32, 32, 32), size=2, seed=2, reverse_fraction=1.0, sim_spacing_mm=4.0)
+    for p in pool.pairs:
+        assert p.name.endswith("_reversed")
+        # the exhale (fixed) lung is smaller than the inhale (moving) one, and the known field moves landmarks onto their partners
+        assert p.fixed_mask.sum() < p.moving_mask.sum()
+        u = voxel_to_world(p.true_displacement, p.geometry)
+        moved = p.fixed_points + sample_field_at_points(u, p.geometry, p.fixed_points)
+        assert np.linalg.norm(moved - p.moving_points, axis=1).mean() < 0.5 < np.linalg.norm(p.fixed_points - p.moving_points, axis=1).mean()
+    with pytest.raises(DeepLungRegError, match="between 0 and 1"):
+        SimulatedPairPool([("demo", demo_ct, None)], 8.0, (32, 32, 32), reverse_fraction=1.5)
+
+
 @pytest.mark.parametrize("method", NETWORKS)
 def test_the_supervision_term_adds_the_end_point_error_to_the_paper_loss(method, demo_ct):
     pair = from_simulated(simulate_breathing(demo_ct, amplitude="small", seed=5), 8.0, (32, 32, 32))
