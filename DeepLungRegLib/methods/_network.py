@@ -19,12 +19,21 @@ from .common import region_geometry, resample_field
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
 
 
+#: Values of the ``direction`` option.
+DIRECTIONS = ("auto", "forward", "reverse")
+
+
 @dataclass(frozen=True)
 class NetworkMethodConfig(MethodConfig):
     """Options of the network methods.
 
     Attributes:
         weights: a checkpoint from ``deeplungreg train`` (default: the shipped weights).
+        direction: ``forward`` runs the network on (fixed, moving) as given. The networks learn which image
+            is the inhale (the simulator's fixed image), so on a pair the other way round they get much worse.
+            ``reverse`` runs them on (moving, fixed) and inverts the predicted field. ``auto`` (default) runs
+            both and keeps the one whose warped moving image is closer to the fixed image (mean squared
+            difference on the network grid).
         finetune: Adam iterations of instance optimisation on the predicted field (0: the network alone).
         finetune_level_mm: grid spacing of that optimisation.
         finetune_learning_rate: its Adam step (mm).
@@ -37,6 +46,7 @@ class NetworkMethodConfig(MethodConfig):
     """
 
     weights: str = ""
+    direction: str = "auto"
     finetune: int = 0
     finetune_level_mm: float = 2.5
     finetune_learning_rate: float = 0.25
@@ -50,6 +60,8 @@ class NetworkMethodConfig(MethodConfig):
 
     def validate(self) -> None:
         c = type(self).__name__
+        if self.direction not in DIRECTIONS:
+            raise DeepLungRegError(f"{c}: direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
         check_range(c, "finetune", self.finetune, 0, 5000)
         check_range(c, "finetune_level_mm", self.finetune_level_mm, 0.5, 32.0)
         check_range(c, "finetune_learning_rate", self.finetune_learning_rate, 1e-4, 20.0)
@@ -75,9 +87,37 @@ def weights_path(method: str, config: NetworkMethodConfig) -> Path:
     return path
 
 
+def directed_prediction(model: torch.nn.Module, ncfg, fixed: torch.Tensor, moving: torch.Tensor, grid, direction: str = "auto") -> tuple[torch.Tensor, dict]:
+    """The network's displacement for (fixed, moving) in the chosen ``direction`` (see
+    :class:`NetworkMethodConfig`).
+
+    Args:
+        fixed, moving: ``(1, 1, Z, Y, X)`` network inputs on ``grid``.
+
+    Returns:
+        ``(displacement, info)``: ``(1, 3, Z, Y, X)`` network voxels ``(z, y, x)`` in the resampling direction
+        of (fixed, moving), and the direction used with the mean squared difference of each candidate.
+    """
+    from ..networks.mlvirnet import warp_voxels
+    from ..training import predict, voxel_to_world, world_to_voxel
+    from ..transforms.fields import invert_field
+
+    candidates = {}
+    with torch.no_grad():
+        if direction in ("auto", "forward"):
+            candidates["forward"] = predict(model, ncfg, fixed, moving)
+        if direction in ("auto", "reverse"):
+            back = voxel_to_world(predict(model, ncfg, moving, fixed), grid)  # x_fixed = y + w(y) on the grid
+            inverse, _ = invert_field(back, grid, device=fixed.device)
+            candidates["reverse"] = world_to_voxel(inverse, grid).to(fixed.device)
+        mse = {k: float(((warp_voxels(moving, d) - fixed) ** 2).mean()) for k, d in candidates.items()}
+    chosen = min(mse, key=lambda k: (mse[k], k != "forward"))
+    return candidates[chosen], {"direction": chosen, "mean_squared_difference": {k: round(v, 6) for k, v in mse.items()}}
+
+
 def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mask, config: NetworkMethodConfig, ctx: RunContext):
     """Predict with the method's network, bring the field to the fixed grid, optionally fine-tune it."""
-    from ..training import NetworkConfig, build_network, load_checkpoint, load_network_state, network_grid, predict, to_network_pair, voxel_to_world
+    from ..training import NetworkConfig, build_network, load_checkpoint, load_network_state, network_grid, to_network_pair, voxel_to_world
 
     dev, dt = ctx.device, ctx.dtype
     path = weights_path(method, config)
@@ -96,12 +136,12 @@ def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mas
     ctx.progress(f"{method} network", 0.1)
     with ctx.stage("network"), torch.no_grad():
         t0 = time.perf_counter()
-        disp = predict(model, ncfg, pair.fixed.to(dev), pair.moving.to(dev))
+        disp, direction = directed_prediction(model, ncfg, pair.fixed.to(dev), pair.moving.to(dev), grid, config.direction)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t_net = time.perf_counter() - t0
         current = torch.as_tensor(voxel_to_world(disp, grid), device=dev, dtype=dt)[None]
-    diag = {"weights": str(path), "network_grid": grid.to_dict(), "network_seconds": round(t_net, 3),
+    diag = {"weights": str(path), "network_grid": grid.to_dict(), "network_seconds": round(t_net, 3), **direction,
             "trained_steps": int(ck.get("step", 0)), "training_data": ck.get("training_data"), "validation": ck.get("validation")}
     current_geom = grid
     if config.finetune > 0:

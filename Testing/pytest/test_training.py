@@ -261,6 +261,41 @@ def test_train_cli_errors(tmp_path, capsys):
         assert match in capsys.readouterr().err
 
 
+class _ConstantShift(torch.nn.Module):
+    """A stand-in network that predicts the same voxel displacement whatever its inputs."""
+
+    def __init__(self, shift: torch.Tensor):
+        super().__init__()
+        self.shift = shift
+
+    def forward(self, fixed, moving):
+        return [self.shift.expand(1, 3, *fixed.shape[2:])]
+
+
+def test_direction_auto_keeps_the_prediction_whose_warp_matches_and_reverse_inverts_it(oblique):
+    from DeepLungRegLib.methods._network import directed_prediction
+    from DeepLungRegLib.networks.mlvirnet import warp_voxels
+
+    zz, yy, xx = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in oblique.shape], indexing="ij")
+    c = [n / 2 for n in oblique.shape]
+    blob = torch.as_tensor(np.exp(-((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) / 18.0))[None, None]
+    shift = torch.tensor([2.0, -1.0, 1.5]).view(1, 3, 1, 1, 1)
+    shifted = warp_voxels(blob, shift)  # shifted(x) = blob(x + shift): (shifted, blob) is registered by +shift
+    cfg = NetworkConfig(method="mlvirnet", spacing_mm=4.0, shape=(16, 16, 16))
+    model = _ConstantShift(shift)
+    d, info = directed_prediction(model, cfg, shifted, blob, oblique, "auto")
+    assert info["direction"] == "forward" and torch.allclose(d, shift.expand_as(d))
+    # the pair the other way round needs -shift: the network's (wrong) +shift is refused, its reversal inverted
+    d, info = directed_prediction(model, cfg, blob, shifted, oblique, "auto")
+    assert info["direction"] == "reverse"
+    assert info["mean_squared_difference"]["reverse"] < 0.1 * info["mean_squared_difference"]["forward"]
+    assert torch.allclose(d, -shift.expand_as(d), atol=1e-3)
+    d, info = directed_prediction(model, cfg, blob, shifted, oblique, "forward")
+    assert info["direction"] == "forward" and list(info["mean_squared_difference"]) == ["forward"]
+    with pytest.raises(DeepLungRegError, match="direction must be one of auto, forward, reverse"):
+        register(Image(blob[0, 0].numpy(), oblique), Image(blob[0, 0].numpy(), oblique), "mlvirnet", config={"direction": "both"})
+
+
 @pytest.mark.parametrize("method", NETWORKS)
 def test_the_shipped_weights_load_and_improve_tre_on_a_small_pair(method, small_pair):
     path = WEIGHTS_DIR / f"{method}.pt"
@@ -274,6 +309,19 @@ def test_the_shipped_weights_load_and_improve_tre_on_a_small_pair(method, small_
     before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
     after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
     assert after < 0.8 * before, f"{method}: TRE {before:.2f} -> {after:.2f} mm"
+    assert res.diagnostics["direction"] == "forward"
+
+
+@pytest.mark.parametrize("method", NETWORKS)
+def test_the_shipped_weights_register_a_pair_the_other_way_round(method, small_pair):
+    """The networks learnt the inhale as the fixed image; direction=auto runs them the other way and inverts."""
+    p = small_pair.reversed()
+    before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
+    auto = register(p.fixed, p.moving, method, fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, device="cpu")
+    forward = register(p.fixed, p.moving, method, fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config={"direction": "forward"}, device="cpu")
+    after = tre(p.fixed_landmarks, p.moving_landmarks, auto.field, auto.geometry).mean()
+    assert auto.diagnostics["direction"] == "reverse"
+    assert after < 0.8 * before < tre(p.fixed_landmarks, p.moving_landmarks, forward.field, forward.geometry).mean()
 
 
 def test_the_loss_weight_search_script_ranks_its_candidates(sample_path, tmp_path):
