@@ -278,23 +278,20 @@ def cmd_train(args) -> int:
     from .training import NetworkConfig, from_simulated, train
     from .training.data import check_amplitude_range
 
-    opts = parse_options(args.option, "train")
-    shape = [int(v) for v in args.shape.split(",")]
-    cfg = NetworkConfig.from_dict({"method": args.method, "spacing_mm": args.spacing, "shape": shape, **opts})
-    level_steps = None
-    if args.level_steps:
+    def numbers(text: str, kind: type, what: str) -> tuple:
         try:
-            level_steps = tuple(int(v) for v in args.level_steps.split(","))
+            return tuple(kind(v) for v in text.split(","))
         except ValueError as exc:
-            raise DeepLungRegError(f"train: --level-steps takes whole numbers like 2000,400,400, got {args.level_steps!r}") from exc
+            raise DeepLungRegError(f"train: {what}, got {text!r}") from exc
+
+    opts = parse_options(args.option, "train")
+    shape = list(numbers(args.shape, int, "--shape takes three whole numbers like 64,64,64"))
+    cfg = NetworkConfig.from_dict({"method": args.method, "spacing_mm": args.spacing, "shape": shape, **opts})
+    level_steps = numbers(args.level_steps, int, "--level-steps takes whole numbers like 2000,400,400") if args.level_steps else None
     steps = args.steps if args.steps is not None else (sum(level_steps) if level_steps else 1000)
     amplitude_range = None
     if args.amplitude_range:
-        try:
-            amplitude_range = tuple(float(v) for v in args.amplitude_range.split(","))
-        except ValueError as exc:
-            raise DeepLungRegError(f"train: --amplitude-range takes two numbers in mm like 4,25, got {args.amplitude_range!r}") from exc
-        amplitude_range = check_amplitude_range(amplitude_range)
+        amplitude_range = check_amplitude_range(numbers(args.amplitude_range, float, "--amplitude-range takes two numbers in mm like 4,25"))
 
     def load(paths):
         out = []

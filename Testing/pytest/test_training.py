@@ -254,6 +254,8 @@ def test_train_cli_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--method", "mlvirnet", "--ct", "x", "--shape", "60,64,64", "-o", str(tmp_path / "r"), "-q"]) == 2
     assert "multiples of 16" in capsys.readouterr().err
+    assert main(["train", "--method", "mlvirnet", "--ct", "x", "--shape", "64,a,64", "-o", str(tmp_path / "r"), "-q"]) == 2
+    assert "--shape takes three whole numbers" in capsys.readouterr().err
     assert main(["train", "--method", "mlvirnet", "--ct", "x", "--level-steps", "5,a", "-o", str(tmp_path / "r"), "-q"]) == 2
     assert "--level-steps takes whole numbers" in capsys.readouterr().err
     for bad, match in [("4", "LOW, HIGH"), ("4,a", "takes two numbers"), ("25,4", "reversed"), ("0.1,20", "must lie in")]:
