@@ -96,23 +96,24 @@ def directed_prediction(model: torch.nn.Module, ncfg, fixed: torch.Tensor, movin
 
     Returns:
         ``(displacement, info)``: ``(1, 3, Z, Y, X)`` network voxels ``(z, y, x)`` in the resampling direction
-        of (fixed, moving), and the direction used with the mean squared difference of each candidate.
+        of (fixed, moving), and the direction used with the mean squared difference of each candidate
+        (and the largest residual of the inversion, mm, when the reversed run was made).
     """
     from ..networks.mlvirnet import warp_voxels
     from ..training import predict, voxel_to_world, world_to_voxel
     from ..transforms.fields import invert_field
 
-    candidates = {}
+    candidates, info = {}, {}
     with torch.no_grad():
         if direction in ("auto", "forward"):
             candidates["forward"] = predict(model, ncfg, fixed, moving)
         if direction in ("auto", "reverse"):
             back = voxel_to_world(predict(model, ncfg, moving, fixed), grid)  # x_fixed = y + w(y) on the grid
-            inverse, _ = invert_field(back, grid, device=fixed.device)
+            inverse, info["inverse_residual_mm"] = invert_field(back, grid, device=fixed.device)
             candidates["reverse"] = world_to_voxel(inverse, grid).to(fixed.device)
         mse = {k: float(((warp_voxels(moving, d) - fixed) ** 2).mean()) for k, d in candidates.items()}
     chosen = min(mse, key=lambda k: (mse[k], k != "forward"))
-    return candidates[chosen], {"direction": chosen, "mean_squared_difference": {k: round(v, 6) for k, v in mse.items()}}
+    return candidates[chosen], {"direction": chosen, "mean_squared_difference": {k: round(v, 6) for k, v in mse.items()}, **info}
 
 
 def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mask, config: NetworkMethodConfig, ctx: RunContext):
