@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--amplitude-range", metavar="LOW,HIGH",
                    help="draw every simulated pair's mean lung displacement uniformly from LOW-HIGH mm instead of the small/large presets")
     s.add_argument("--reverse-fraction", type=float, default=0.0, metavar="F",
-                   help="share of the simulated pairs made the other way round, the exhale image fixed (default 0; 0.5 teaches both directions)")
+                   help="share of the simulated pairs made the other way round, the exhale image fixed (default 0; see docs/networks.md)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint.pt")

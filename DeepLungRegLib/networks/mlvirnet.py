@@ -111,9 +111,10 @@ class MLVIRNet(nn.Module):
             total = z if lv == self.levels - 1 else compose_displacements(z, total)
         return total, corrections
 
-    def train_level(self, level: int) -> list[nn.Parameter]:
-        """Prepare progressive training of ``level``: freeze the coarser networks, initialise this one
-        from the next coarser one (the coarsest keeps its own initialisation) and return its parameters."""
+    def train_level(self, level: int, initialise: bool = True) -> list[nn.Parameter]:
+        """Prepare progressive training of ``level``: freeze the other networks, initialise this one
+        from the next coarser one (the coarsest keeps its own initialisation; ``initialise=False`` keeps
+        its own weights, to resume or fine-tune) and return its parameters."""
         if not 0 <= level < self.levels:
             raise DeepLungRegError(f"MLVIRNet: level must be in [0, {self.levels - 1}], got {level}")
         for lv, net in enumerate(self.nets):
@@ -121,6 +122,6 @@ class MLVIRNet(nn.Module):
                 p.requires_grad_(lv == level)
             if lv > level:
                 net.eval()  # frozen batch-norm statistics
-        if level < self.levels - 1:
+        if initialise and level < self.levels - 1:
             self.nets[level].load_state_dict(self.nets[level + 1].state_dict())
         return list(self.nets[level].parameters())

@@ -84,17 +84,6 @@ def level_schedule(cfg: NetworkConfig, steps: int, level_steps: tuple[int, ...] 
     return [max(0, cfg.levels - 1 - min(i // per, cfg.levels - 1)) for i in range(steps)]
 
 
-def _level_parameters(model: torch.nn.Module, level: int, initialise: bool) -> list[torch.nn.Parameter]:
-    """``mlvirnet``: train ``level`` with the others frozen; ``initialise`` copies the coarser level's weights
-    into it first (progressive training from scratch), otherwise its own weights are kept (resume, fine-tuning)."""
-    if initialise:
-        return model.train_level(level)
-    for lv, net in enumerate(model.nets):
-        for p in net.parameters():
-            p.requires_grad_(lv == level)
-    return list(model.nets[level].parameters())
-
-
 def load_initial_weights(model: torch.nn.Module, cfg: NetworkConfig, path: str | Path) -> dict:
     """Start training from trained weights (a checkpoint or shipped weights of the same method and widths)."""
     ck = load_checkpoint(path)
@@ -231,7 +220,7 @@ def train(
         load_initial_weights(model, cfg, init)
     schedule = level_schedule(cfg, steps, level_steps, pretrained=init is not None)
     start, history, level = 0, [], schedule[0]
-    params = _level_parameters(model, level, init is None) if cfg.method == "mlvirnet" else list(model.parameters())
+    params = model.train_level(level, initialise=init is None) if cfg.method == "mlvirnet" else list(model.parameters())
     opt = torch.optim.Adam(params, lr=cfg.learning_rate)
     if resumed is not None:
         ck = resumed
@@ -240,7 +229,7 @@ def train(
         load_network_state(model, ck["model"])
         start, history, level = int(ck["step"]), list(ck["history"]), int(ck["level"])
         if cfg.method == "mlvirnet":
-            params = _level_parameters(model, level, initialise=False)
+            params = model.train_level(level, initialise=False)
         opt = torch.optim.Adam(params, lr=cfg.learning_rate)
         opt.load_state_dict(ck["optimizer"])
     pool = SimulatedPairPool(cts, cfg.spacing_mm, cfg.shape, pool_size, seed=seed + 1000 * start, spatial_augment=spatial_augment,
@@ -259,7 +248,7 @@ def train(
     for step in range(start, steps):
         if cfg.method == "mlvirnet" and schedule[step] != level:
             level = schedule[step]
-            opt = torch.optim.Adam(_level_parameters(model, level, init is None), lr=cfg.learning_rate)
+            opt = torch.optim.Adam(model.train_level(level, initialise=init is None), lr=cfg.learning_rate)
         if step > start and step % refresh_every == 0:
             pool.refresh()
         pair = extra[int(rng.integers(len(extra)))] if extra and rng.random() < 0.3 else pool.sample()
