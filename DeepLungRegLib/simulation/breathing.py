@@ -20,7 +20,11 @@ The field is scaled so the mean displacement inside the lung matches the
 preset (or the amplitude given in mm), and smoothed further until its minimum Jacobian is positive. The
 exhale image is ``M(y) = F'(y + w(y))`` with ``w`` the inverse field and
 ``F'`` the inhale image with lung density scaled by mass conservation
-(``(HU + 1000) / J - 1000``). Independent Gaussian noise is added to both.
+(``(HU + 1000) / J - 1000``). Where ``y + w(y)`` falls outside the CT (the
+anatomy that exhalation brings into the field of view from below it), the
+nearest border value is repeated: filling it with air would give the exhale a
+slab of air under the lung bases that no scanner shows (and that a network can
+read the amplitude from). Independent Gaussian noise is added to both.
 About 300 Förstner keypoints inside the inhale lung are the landmarks; their
 partners are ``p + u(p)``.
 """
@@ -230,8 +234,9 @@ def simulate_breathing(
     report("density change and warp", 0.6)
     src = ct.array.astype(np.float32)
     dens = np.where(lung, np.clip((src + 1000.0) / np.clip(jac_full, 0.2, None) - 1000.0, -1024.0, 3071.0), src)
-    moving_clean = warp_image(ct.with_array(dens), inv_full, ct.geometry, fill=-1024.0).array
-    moving_mask = warp_image(mask.with_array(lung.astype(np.float32)), inv_full, ct.geometry, fill=0.0).array > 0.5
+    # outside the CT: the nearest border value (fill=None), for the image and its mask alike
+    moving_clean = warp_image(ct.with_array(dens), inv_full, ct.geometry, fill=None).array
+    moving_mask = warp_image(mask.with_array(lung.astype(np.float32)), inv_full, ct.geometry, fill=None).array > 0.5
 
     report("noise", 0.7)
     fixed_arr = src + rng.normal(0.0, noise_hu, src.shape).astype(np.float32) if noise_hu else src

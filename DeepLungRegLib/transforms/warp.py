@@ -129,7 +129,7 @@ def sample_at_voxels(volume: torch.Tensor, positions: torch.Tensor, mode: str = 
 
 
 def warp_tensor(
-    volume: torch.Tensor, moving: Geometry, field: torch.Tensor | None, fixed: Geometry, mode: str = "linear", fill: float = 0.0
+    volume: torch.Tensor, moving: Geometry, field: torch.Tensor | None, fixed: Geometry, mode: str = "linear", fill: float | None = 0.0
 ) -> torch.Tensor:
     """Differentiable warp of ``volume (N, C, Zm, Ym, Xm)`` on ``moving`` by ``field (N, Z, Y, X, 3)`` on ``fixed``."""
     return GridSampler(fixed, moving, volume.device, volume.dtype)(volume, field, mode, fill)
@@ -141,7 +141,7 @@ def warp_image(
     fixed: Geometry,
     *,
     mode: str = "linear",
-    fill: float = 0.0,
+    fill: float | None = 0.0,
     device: torch.device | str = "cpu",
 ) -> Image:
     """Warp a moving image onto the fixed grid: ``out(x) = moving(x + u(x))``.
@@ -151,7 +151,7 @@ def warp_image(
         field: ``(Z, Y, X, 3)`` mm on ``fixed`` (``None`` = identity, i.e. plain resampling).
         fixed: the output grid.
         mode: ``"linear"`` for intensities, ``"nearest"`` for labels.
-        fill: value outside the moving image (use -1024 for CT).
+        fill: value outside the moving image (use -1024 for CT); ``None`` repeats the nearest border value.
     """
     if field is not None:
         field = np.asarray(field)

@@ -114,3 +114,19 @@ def test_bad_simulation_input(sample_ct, tmp_path):
         simulate_breathing(sample_ct, noise_hu=-1)
     with pytest.raises(DeepLungRegError, match="not a simulated pair"):
         read_pair(tmp_path)
+
+
+def test_anatomy_brought_in_from_outside_the_ct_repeats_the_border(sample_ct):
+    # exhale samples the inhale below the lowest slice; that region repeats the border, not a slab of air
+    pair = simulate_breathing(sample_ct, amplitude="large", seed=3, noise_hu=0.0)
+    g = pair.fixed.geometry
+    pos = g.world_to_index((g.world_coordinates() + pair.inverse_field).reshape(-1, 3)).reshape(*g.shape, 3)
+    outside = (pos < -0.5).any(-1) | (pos > np.array(g.shape[::-1]) - 0.5).any(-1)
+    assert outside.sum() > 1000, "the large motion should reach beyond the CT somewhere"
+    moving = pair.moving.array.astype(np.float32)
+    air = lambda a: float((a < -950).mean())  # noqa: E731
+    # as much air there as on the CT's own faces, not all air
+    faces = np.concatenate([pair.fixed.array[i].ravel() for i in (0, -1)] + [pair.fixed.array[:, i].ravel() for i in (0, -1)]
+                           + [pair.fixed.array[:, :, i].ravel() for i in (0, -1)])
+    assert air(moving[outside]) < air(faces) + 0.2
+    assert np.isfinite(moving).all()
