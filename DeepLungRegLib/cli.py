@@ -457,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--spacing", type=float, default=4.0, help="network grid spacing in mm (default 4; 2 on a GPU)")
     s.add_argument("--shape", default="64,64,64", help="network grid Z,Y,X, multiples of 16 (default 64,64,64)")
     s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="network option: width, levels, alpha, beta, ngf_eps, learning_rate, similarity (lindef: mse, ncc or ngf), "
-                   "supervision (weight of the end-point error against the simulated field; 0: the paper's loss only)")
+                   "supervision (weight of the end-point error against the simulated field; 0: the paper's loss only), "
+                   "coarse_jitter (mlvirnet: scale the frozen coarser levels' field by a random factor in [1-j, 1+j] while a finer level trains)")
     s.add_argument("--pool", type=int, default=8, help="simulated pairs kept in memory (default 8)")
     s.add_argument("--refresh-every", type=int, default=25, help="steps between two new simulated pairs (default 25)")
     s.add_argument("--validate-every", type=int, default=100, help="steps between validations and checkpoints (default 100)")

@@ -84,11 +84,17 @@ class MLVIRNet(nn.Module):
         """Every input size must be a multiple of this."""
         return 2 ** (self.levels - 1) * 2 ** (self.nets[0].levels - 1)
 
-    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, finest: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, finest: int = 0,
+                coarse_jitter: float = 0.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Register ``moving`` to ``fixed`` (both ``(N, 1, *S)`` on one grid).
 
         Args:
             finest: stop after this level (0: all levels; used while training coarser levels).
+            coarse_jitter: training only: before level ``finest`` runs, scale the coarser levels' total
+                displacement by a random factor in ``[1 - j, 1 + j]`` (one per pair), so that the level
+                learns to correct coarse errors of that size. On its training anatomies the coarser
+                levels are nearly right, and a finer level trained without it learns only small
+                corrections; on unseen anatomy the coarse error is larger. 0 (the default) is the paper.
 
         Returns:
             The total displacement ``(N, D, *S)`` in input voxels and the per-level
@@ -100,10 +106,15 @@ class MLVIRNet(nn.Module):
             raise DeepLungRegError(f"MLVIRNet: every input size must be a multiple of {self.divisor}, got {tuple(fixed.shape[2:])}")
         if not 0 <= finest < self.levels:
             raise DeepLungRegError(f"MLVIRNet: finest must be in [0, {self.levels - 1}], got {finest}")
+        if not 0 <= coarse_jitter < 1:
+            raise DeepLungRegError(f"MLVIRNet: coarse_jitter must be in [0, 1), got {coarse_jitter}")
         shape = tuple(fixed.shape[2:])
         total = torch.zeros((fixed.shape[0], self.dims, *shape), device=fixed.device, dtype=fixed.dtype)
         corrections = []
         for lv in range(self.levels - 1, finest - 1, -1):
+            if lv == finest and lv < self.levels - 1 and coarse_jitter > 0:
+                factor = 1 + coarse_jitter * (2 * torch.rand((fixed.shape[0],) + (1,) * (self.dims + 1), device=fixed.device) - 1)
+                total = total * factor.to(total.dtype)
             warped = moving if lv == self.levels - 1 else warp_voxels(moving, total)
             z = self.nets[lv](torch.cat([downsample(fixed, lv), downsample(warped, lv)], 1))
             z = upsample_displacement(z, shape, 2 ** lv)

@@ -37,6 +37,9 @@ class NetworkConfig:
             voxels) between the predicted and the simulator's displacement (the talk's "synthetic
             supervision"; Eppenhof and Pluim). 0, the default, trains with the paper's loss only.
             A pair without a known displacement skips the term.
+        coarse_jitter: ``mlvirnet`` only: while a finer level trains, the frozen coarser levels'
+            displacement is scaled by a random factor in ``[1 - j, 1 + j]``, so that the level learns
+            to correct coarse errors (see :meth:`MLVIRNet.forward`). 0, the default, is the paper.
     """
 
     method: str = "mlvirnet"
@@ -50,6 +53,7 @@ class NetworkConfig:
     learning_rate: float = 1e-3
     similarity: str = "mse"
     supervision: float = 0.0
+    coarse_jitter: float = 0.0
 
     def __post_init__(self):
         if self.method not in NETWORK_METHODS:
@@ -72,6 +76,10 @@ class NetworkConfig:
             raise DeepLungRegError(f"NetworkConfig: similarity applies to lindef only; {self.method} trains with NGF (its paper's loss)")
         if not 0 <= self.supervision <= 1e3:
             raise DeepLungRegError(f"NetworkConfig: supervision must be between 0 and 1000, got {self.supervision}")
+        if not 0 <= self.coarse_jitter < 1:
+            raise DeepLungRegError(f"NetworkConfig: coarse_jitter must be in [0, 1), got {self.coarse_jitter}")
+        if self.method != "mlvirnet" and self.coarse_jitter:
+            raise DeepLungRegError(f"NetworkConfig: coarse_jitter applies to mlvirnet only, not {self.method}")
         if not 1e-6 <= self.learning_rate <= 1:
             raise DeepLungRegError(f"NetworkConfig: learning_rate must be between 1e-6 and 1, got {self.learning_rate}")
 
@@ -152,7 +160,7 @@ def _paper_loss(model: torch.nn.Module, cfg: NetworkConfig, pair: NetworkPair, l
         disp = pos - identity_positions(tuple(f.shape[2:]), f.device, f.dtype)
         return loss, {"mse": float((f - warped).pow(2).mean().detach())}, [disp]
     if cfg.method == "mlvirnet":
-        disp, _ = model(f, m, finest=level)
+        disp, _ = model(f, m, finest=level, coarse_jitter=cfg.coarse_jitter)
         sim = ngf(f, warp_voxels(m, disp), eps=cfg.ngf_eps)
         reg = curvature(disp)
         loss = sim + cfg.alpha * reg

@@ -176,6 +176,22 @@ def test_mlvirnet_levels_identity_start_and_progressive_training():
     assert torch.equal(net.nets[1].head.weight, net.nets[2].head.weight)  # initialised from the coarser level
 
 
+def test_coarse_jitter_scales_the_frozen_coarser_field_before_the_level_that_trains():
+    torch.manual_seed(1)
+    net = MLVIRNet(levels=2, base=4)
+    torch.nn.init.constant_(net.nets[1].head.bias, 0.75)  # coarsest: a constant 0.75 coarse voxels = 1.5 input voxels
+    f, m = torch.randn(4, 1, 16, 16, 16), torch.randn(4, 1, 16, 16, 16)
+    plain = net(f, m)[0]  # the finer network starts at zero: the total is the coarse field
+    assert torch.allclose(plain, torch.full_like(plain, 1.5))
+    factors = net(f, m, coarse_jitter=0.4)[0][:, 0].flatten(1)
+    assert torch.allclose(factors.min(1).values, factors.max(1).values)  # one factor per pair
+    ratio = factors[:, 0] / 1.5
+    assert bool(((ratio >= 0.6) & (ratio <= 1.4)).all()) and float(ratio.std()) > 0.01
+    assert torch.equal(net(f, m, finest=1, coarse_jitter=0.4)[0], net(f, m, finest=1)[0])  # the coarsest level itself is not jittered
+    with pytest.raises(DeepLungRegError, match="coarse_jitter"):
+        net(f, m, coarse_jitter=1.0)
+
+
 def test_a_few_training_steps_lower_the_mlvirnet_loss():
     torch.manual_seed(0)
     g = identity_grid((16, 16, 16))[0] / 15 * 2 - 1

@@ -35,6 +35,8 @@ NETWORKS = ("lindef", "mlvirnet", "labeldriven")
     ({"method": "lindef", "similarity": "mi"}, "similarity must be"),
     ({"method": "mlvirnet", "similarity": "ncc"}, "applies to lindef only"),
     ({"supervision": -1.0}, "supervision must be"),
+    ({"coarse_jitter": 1.5}, r"coarse_jitter must be in \[0, 1\)"),
+    ({"method": "lindef", "coarse_jitter": 0.3}, "coarse_jitter applies to mlvirnet only"),
 ])
 def test_network_config_refuses_absurd_values(kwargs, match):
     with pytest.raises(DeepLungRegError, match=match):
