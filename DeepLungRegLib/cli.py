@@ -49,6 +49,14 @@ def _parse_options(pairs: list[str] | None, config_file: str | None, method: str
     return cfg
 
 
+def numbers(command: str, text: str, kind: type, what: str) -> tuple:
+    """A comma list of numbers from an option; a bad entry is a one-line error naming the option."""
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError as exc:
+        raise DeepLungRegError(f"{command}: {what}, got {text!r}") from exc
+
+
 def cmd_methods(args) -> int:
     from .methods import available_methods, method_settings
 
@@ -222,9 +230,9 @@ def cmd_benchmark(args) -> int:
         if not args.quiet:
             print(f"benchmark: {msg}", file=sys.stderr, flush=True)
 
-    seeds = [int(x) for x in args.seeds.split(",")]
+    seeds = list(numbers("benchmark", args.seeds, int, "--seeds takes whole numbers like 1,2,3"))
     amplitudes = [a.strip() for a in args.amplitudes.split(",")]
-    cases = [int(c) for c in args.cases.split(",")] if args.cases else None
+    cases = list(numbers("benchmark", args.cases, int, "--cases takes DIR-Lab case numbers like 1,2,3")) if args.cases else None
     if args.simulated:
         cts = args.simulated[:1] if args.quick else args.simulated
         specs = simulated_specs(cts, amplitudes[:1] if args.quick else amplitudes, seeds[:1] if args.quick else seeds, out,
@@ -278,20 +286,14 @@ def cmd_train(args) -> int:
     from .training import NetworkConfig, from_simulated, train
     from .training.data import check_amplitude_range
 
-    def numbers(text: str, kind: type, what: str) -> tuple:
-        try:
-            return tuple(kind(v) for v in text.split(","))
-        except ValueError as exc:
-            raise DeepLungRegError(f"train: {what}, got {text!r}") from exc
-
     opts = parse_options(args.option, "train")
-    shape = list(numbers(args.shape, int, "--shape takes three whole numbers like 64,64,64"))
+    shape = list(numbers("train", args.shape, int, "--shape takes three whole numbers like 64,64,64"))
     cfg = NetworkConfig.from_dict({"method": args.method, "spacing_mm": args.spacing, "shape": shape, **opts})
-    level_steps = numbers(args.level_steps, int, "--level-steps takes whole numbers like 2000,400,400") if args.level_steps else None
+    level_steps = numbers("train", args.level_steps, int, "--level-steps takes whole numbers like 2000,400,400") if args.level_steps else None
     steps = args.steps if args.steps is not None else (sum(level_steps) if level_steps else 1000)
     amplitude_range = None
     if args.amplitude_range:
-        amplitude_range = check_amplitude_range(numbers(args.amplitude_range, float, "--amplitude-range takes two numbers in mm like 4,25"))
+        amplitude_range = check_amplitude_range(numbers("train", args.amplitude_range, float, "--amplitude-range takes two numbers in mm like 4,25"))
 
     def load(paths):
         out = []

@@ -121,6 +121,8 @@ def test_benchmark_command_end_to_end(tmp_path, sample_path, capsys):
     (["--methods", "nope", "--pairs", "x"], "not a simulated pair folder"),
     (["--methods", "affine"], "exactly one of"),
     (["--methods", "affine", "--dirlab", "/nonexistent"], "is not a folder"),
+    (["--methods", "affine", "--simulated", "x.nrrd", "--seeds", "1,a"], "--seeds takes whole numbers"),
+    (["--methods", "affine", "--dirlab", "/nonexistent", "--cases", "1,x"], "--cases takes DIR-Lab case numbers"),
 ])
 def test_benchmark_command_errors(tmp_path, capsys, argv, match):
     assert cli(["benchmark", *argv, "-o", str(tmp_path / "o")]) == 2
