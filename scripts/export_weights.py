@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from DeepLungRegLib.errors import DeepLungRegError  # noqa: E402
 from DeepLungRegLib.features.cnn import export_feature_net  # noqa: E402
+from DeepLungRegLib.io.weights import load_torch_file  # noqa: E402
 from DeepLungRegLib.training.train import export_weights  # noqa: E402
 
 
@@ -27,9 +28,7 @@ def main() -> int:
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args()
     try:
-        import torch
-
-        ck = torch.load(a.checkpoint, map_location="cpu", weights_only=False) if Path(a.checkpoint).is_file() else {}
+        ck = load_torch_file(a.checkpoint, "cpu", owner="export_weights") if Path(a.checkpoint).is_file() else {}
         export = export_feature_net if isinstance(ck, dict) and ck.get("kind") == "feature_net" else export_weights
         out = export(a.checkpoint, a.dest, a.command, overwrite=a.overwrite)
     except DeepLungRegError as exc:

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import DeepLungRegError
+from ..io.weights import load_torch_file
 from ..io.images import Image
 from .mind import mind_ssc
 
@@ -64,8 +65,8 @@ def load_feature_net(path: str | Path | None = None, device: torch.device | str 
     path = Path(path) if path else DEFAULT_WEIGHTS
     if not path.is_file():
         raise DeepLungRegError(f"feature network weights {path} do not exist; train them with `deeplungreg train-features`")
+    ck = load_torch_file(path, device, owner="feature network")
     try:
-        ck = torch.load(path, map_location=device, weights_only=False)
         net = MindNet(**ck["config"])
         net.load_state_dict(ck["model"])
     except Exception as exc:  # a foreign or truncated file
@@ -146,7 +147,7 @@ def train_feature_net(cts: list[tuple[str, Image]], outdir: str | Path, *, steps
     if resume:
         if not ck_path.is_file():
             raise DeepLungRegError(f"train_feature_net: --resume needs {ck_path}, which does not exist")
-        ck = torch.load(ck_path, map_location="cpu", weights_only=False)
+        ck = load_torch_file(ck_path, "cpu", owner="train_feature_net")
         if ck.get("config") != config or ck.get("meta", {}).get("crop") != crop:
             raise DeepLungRegError(f"train_feature_net: {ck_path} was trained with other settings; resume needs the same ones")
         net.load_state_dict(ck["model"])
@@ -205,7 +206,7 @@ def export_feature_net(checkpoint: str | Path, dest: str | Path, command: str = 
         raise DeepLungRegError(f"export_feature_net: {checkpoint} does not exist")
     if dest.exists() and not overwrite:
         raise DeepLungRegError(f"export_feature_net: {dest} exists; pass overwrite=True to replace it")
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ck = load_torch_file(checkpoint, "cpu", owner="export_feature_net")
     if ck.get("kind") != "feature_net":
         raise DeepLungRegError(f"export_feature_net: {checkpoint} is not a feature-network checkpoint")
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import DeepLungRegError
+from ..io.weights import load_torch_file
 from ..io.images import Image
 from ..transforms.warp import sample_field_at_points
 from .data import NetworkPair, SimulatedPairPool, from_simulated, voxel_to_world
@@ -106,14 +107,8 @@ def save_checkpoint(path: Path, model, optimizer, cfg: NetworkConfig, step: int,
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Read a checkpoint written by :func:`train` (refuses anything else with a clear message)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DeepLungRegError(f"load_checkpoint: {path} does not exist")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise DeepLungRegError(f"load_checkpoint: {path} is not a DeepLungReg checkpoint ({exc})") from exc
-    if not isinstance(ck, dict) or not {"method", "config", "model"} <= set(ck):
+    ck = load_torch_file(path, map_location, owner="load_checkpoint", kind="checkpoint")
+    if not {"method", "config", "model"} <= set(ck):
         raise DeepLungRegError(f"load_checkpoint: {path} is not a DeepLungReg checkpoint (no method/config/model)")
     return ck
 

@@ -42,7 +42,7 @@ def test_a_tiny_feature_training_run_lowers_the_loss_and_writes_everything(featu
     out, res = feature_run
     for name in ("checkpoint.pt", "log.csv", "log.json", "loss.png"):
         assert (out / name).is_file(), name
-    hist = torch.load(out / "checkpoint.pt", weights_only=False)["history"]
+    hist = torch.load(out / "checkpoint.pt", weights_only=True)["history"]
     first, last = np.mean([h["loss"] for h in hist[:10]]), np.mean([h["loss"] for h in hist[-10:]])
     assert last < 0.95 * first
     val = [h["validation_mse"] for h in hist if "validation_mse" in h]
@@ -55,7 +55,7 @@ def test_feature_training_refuses_to_overwrite_and_resumes(feature_run, ct3):
     with pytest.raises(DeepLungRegError, match="exists"):
         train_feature_net([("demo", ct3)], out, steps=81, spacing_mm=3.0, crop=24, base=6)
     res = train_feature_net([("demo", ct3)], out, steps=82, spacing_mm=3.0, crop=24, base=6, resume=True)
-    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 82 and res["steps"] == 82
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 82 and res["steps"] == 82
     with pytest.raises(DeepLungRegError, match="other settings"):
         train_feature_net([("demo", ct3)], out, steps=90, spacing_mm=3.0, crop=24, base=8, resume=True)
 
