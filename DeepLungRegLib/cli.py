@@ -8,14 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import __version__
-from .errors import DeepLungRegError, RegistrationCancelled
+from .errors import DeepLungRegError, RegistrationCancelled, Terminated
 
 SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "Sample" / "popi00_demo.nrrd"
 
@@ -112,8 +114,10 @@ def cmd_simulate(args) -> int:
     out = Path(args.output)
     check_pair_outdir(out, args.overwrite)  # before the simulation's minutes of work
     amplitude_parameters(args.amplitude)
+    if args.spacing is not None and not (np.isfinite(args.spacing) and 0.2 <= args.spacing <= 20.0):
+        raise DeepLungRegError(f"simulate: --spacing must be between 0.2 and 20 mm, got {args.spacing:g}")
     ct = read_image(args.ct, what=f"CT {args.ct}")
-    if args.spacing:
+    if args.spacing is not None:
         ct = resample_to_spacing(ct, args.spacing, fill=-1024.0)
     bar = _Progress(f"simulate ({args.amplitude})", not args.quiet)
     try:
@@ -501,10 +505,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="deeplungreg: %(levelname)s: %(message)s")
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a scheduler's or a task manager's stop) unwinds like Ctrl-C: staged outputs are removed
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except DeepLungRegError as exc:
@@ -514,8 +526,14 @@ def main(argv: list[str] | None = None) -> int:
         print("deeplungreg: cancelled", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("deeplungreg: interrupted", file=sys.stderr)
+        print("deeplungreg: interrupted; no partial outputs were left", file=sys.stderr)
         return 130
+    except Terminated:
+        print("deeplungreg: terminated (SIGTERM); no partial outputs were left", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

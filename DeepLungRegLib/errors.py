@@ -14,3 +14,8 @@ class DeepLungRegError(ValueError):
 
 class RegistrationCancelled(RuntimeError):
     """Raised inside a method when the caller's cancel flag is set."""
+
+
+class Terminated(BaseException):
+    """Raised by the command line's SIGTERM handler so that a run unwinds (and removes what it staged)
+    like after Ctrl-C. A ``BaseException``, like :class:`KeyboardInterrupt`, so no ``except Exception`` swallows it."""

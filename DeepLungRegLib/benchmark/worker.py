@@ -11,25 +11,16 @@ masks found where the pair has none (timed apart), the method or baseline run
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 from pathlib import Path
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory in MB.
+    """This process's peak resident memory in MB (see :func:`DeepLungRegLib.memory.peak_rss_mb`; 0 where unknown)."""
+    from ..memory import peak_rss_mb as peak
 
-    ``VmHWM`` from ``/proc/self/status`` starts afresh at exec; ``ru_maxrss`` is
-    inherited from the parent on Linux, so it is only the fallback elsewhere.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return peak() or 0.0
 
 
 def load_pair(spec: dict):
