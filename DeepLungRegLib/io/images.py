@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
+from .nifti import check_nifti, is_nifti
 
 #: File endings we write. Anything SimpleITK reads is accepted on input.
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -123,6 +124,8 @@ def read_image(path: str | os.PathLike, *, what: str | None = None, dtype: type 
     what = what or str(path)
     if not path.exists():
         raise DeepLungRegError(f"read_image: {what} does not exist")
+    if path.is_file() and is_nifti(path):
+        check_nifti(path, what)  # ITK reads truncated files and NaN voxels of NIfTI files silently
     try:
         img = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except DeepLungRegError:
