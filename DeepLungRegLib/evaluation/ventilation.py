@@ -24,21 +24,29 @@ def jacobian_ventilation(jac: np.ndarray, lung: np.ndarray) -> np.ndarray:
     jac, lung = np.asarray(jac), np.asarray(lung, dtype=bool)
     if jac.shape != lung.shape:
         raise DeepLungRegError(f"jacobian_ventilation: Jacobian {jac.shape} and lung mask {lung.shape} differ in shape")
-    return np.where(lung, jac - 1.0, 0.0).astype(np.float32)
+    out = np.zeros(jac.shape, np.float32)
+    np.subtract(jac, np.float32(1.0), out=out, where=lung, dtype=np.float32)
+    return out
 
 
 def hu_ventilation(inhale_hu: np.ndarray, warped_exhale_hu: np.ndarray, lung: np.ndarray) -> np.ndarray:
     """HU-based specific ventilation inside ``lung`` (0 outside), shape ``(Z, Y, X)`` float32.
 
     HU values are clipped to [-1000, -1] so the air fractions stay defined.
+    Computed a slice at a time (float64 inside a slice).
     """
-    a, b, m = np.asarray(inhale_hu, float), np.asarray(warped_exhale_hu, float), np.asarray(lung, bool)
+    a, b, m = np.asarray(inhale_hu), np.asarray(warped_exhale_hu), np.asarray(lung, bool)
     if not (a.shape == b.shape == m.shape):
         raise DeepLungRegError(f"hu_ventilation: shapes differ: {a.shape}, {b.shape}, {m.shape}")
-    hin = np.clip(a, -999.0, -1.0)
-    hex_ = np.clip(b, -999.0, -1.0)
-    sv = 1000.0 * (hin - hex_) / (hex_ * (1000.0 + hin))
-    return np.where(m, np.clip(sv, -5.0, 5.0), 0.0).astype(np.float32)
+    out = np.zeros(a.shape, np.float32)
+    for k in range(a.shape[0]):
+        if not m[k].any():
+            continue
+        hin = np.clip(a[k].astype(float), -999.0, -1.0)
+        hex_ = np.clip(b[k].astype(float), -999.0, -1.0)
+        sv = 1000.0 * (hin - hex_) / (hex_ * (1000.0 + hin))
+        out[k] = np.where(m[k], np.clip(sv, -5.0, 5.0), 0.0)
+    return out
 
 
 def ventilation_summary(jac_vent: np.ndarray, hu_vent: np.ndarray | None, lung_mask: Image) -> dict:
@@ -49,14 +57,17 @@ def ventilation_summary(jac_vent: np.ndarray, hu_vent: np.ndarray | None, lung_m
     for name, sel in (("right", labels == 1), ("left", labels == 2), ("both", labels > 0)):
         if not sel.any():
             continue
+        jv = jac_vent[sel]
         entry = {
-            "volume_ml": float(sel.sum() * vox_ml),
-            "jacobian_minus_1_mean": float(jac_vent[sel].mean()),
-            "jacobian_minus_1_std": float(jac_vent[sel].std()),
-            "volume_change_ml": float(jac_vent[sel].sum() * vox_ml),
+            "volume_ml": float(jv.size * vox_ml),
+            "jacobian_minus_1_mean": float(jv.mean(dtype=np.float64)),
+            "jacobian_minus_1_std": float(jv.std(dtype=np.float64)),
+            "volume_change_ml": float(jv.sum(dtype=np.float64) * vox_ml),
         }
+        del jv
         if hu_vent is not None:
-            entry["specific_ventilation_mean"] = float(hu_vent[sel].mean())
-            entry["specific_ventilation_std"] = float(hu_vent[sel].std())
+            hv = hu_vent[sel]
+            entry["specific_ventilation_mean"] = float(hv.mean(dtype=np.float64))
+            entry["specific_ventilation_std"] = float(hv.std(dtype=np.float64))
         out[name] = entry
     return out

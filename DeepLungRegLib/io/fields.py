@@ -9,7 +9,10 @@ fixed-to-moving (resampling) transform.
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ import SimpleITK as sitk
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from .images import _suffix, check_writable, image_to_sitk
+from .nifti import check_nifti, is_nifti
 
 FIELD_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".h5")
 
@@ -29,9 +33,15 @@ def check_field(field: np.ndarray, geometry: Geometry, *, what: str = "field") -
         raise DeepLungRegError(f"check_field: {what} must have shape (Z, Y, X, 3), got {field.shape}")
     if field.shape[:3] != geometry.shape:
         raise DeepLungRegError(f"check_field: {what} shape {field.shape[:3]} does not match the fixed grid {geometry.shape}")
-    if not np.all(np.isfinite(field)):
+    if not _all_finite(field):
         raise DeepLungRegError(f"check_field: {what} contains NaN/Inf values")
     return field.astype(np.float32, copy=False)
+
+
+def _all_finite(a: np.ndarray, slab: int = 1 << 22) -> bool:
+    """``np.isfinite(a).all()`` without a full-size temporary."""
+    flat = a.reshape(-1)
+    return all(bool(np.isfinite(flat[i:i + slab]).all()) for i in range(0, flat.size, slab))
 
 
 def field_to_sitk_transform(field: np.ndarray, geometry: Geometry) -> sitk.DisplacementFieldTransform:
@@ -41,12 +51,53 @@ def field_to_sitk_transform(field: np.ndarray, geometry: Geometry) -> sitk.Displ
     return sitk.DisplacementFieldTransform(img)
 
 
+def _nifti_vector_header(geometry: Geometry) -> bytes:
+    """The 352-byte NIfTI-1 header ITK writes for a 3-component float32 image on ``geometry``.
+
+    ITK computes the header (qform quaternion, sform, units, vector intent) for a
+    one-voxel image of the same spacing, origin and direction; only the sizes
+    are then set, as they do not enter any other field.
+    """
+    tiny = sitk.Image([1, 1, 1], sitk.sitkVectorFloat32, 3)
+    tiny.SetSpacing(geometry.spacing)
+    tiny.SetOrigin(geometry.origin)
+    tiny.SetDirection(geometry.direction)
+    with tempfile.TemporaryDirectory() as tmp:
+        p = os.path.join(tmp, "h.nii")
+        sitk.WriteImage(tiny, p, useCompression=False)
+        with open(p, "rb") as fh:
+            header = bytearray(fh.read(352))
+    if struct.unpack_from("<i", header, 0)[0] != 348 or struct.unpack_from("<8h", header, 40)[:6] != (5, 1, 1, 1, 1, 3):
+        raise DeepLungRegError("write_field: unexpected NIfTI header from SimpleITK")  # pragma: no cover
+    struct.pack_into("<3h", header, 42, *geometry.size)
+    return bytes(header)
+
+
+def _write_nifti_field(field: np.ndarray, geometry: Geometry, path: Path, slab_voxels: int = 4_000_000) -> None:
+    """Stream a field into a NIfTI file a component plane and a slab at a time (no full copy: a
+    512x512x600 field is 1.9 GB, and ITK's writer holds two more copies of it)."""
+    header = _nifti_vector_header(geometry)
+    opener = (lambda: gzip.open(path, "wb", compresslevel=1)) if _suffix(path) == ".nii.gz" else (lambda: open(path, "wb"))
+    step = max(1, slab_voxels // max(1, geometry.shape[1] * geometry.shape[2]))
+    with opener() as fh:
+        fh.write(header)
+        for c in range(3):  # NIfTI stores vector images component by component (dim[5])
+            for z0 in range(0, geometry.shape[0], step):
+                fh.write(np.ascontiguousarray(field[z0:z0 + step, :, :, c], dtype="<f4").tobytes())
+
+
 def write_field(field: np.ndarray, geometry: Geometry, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
-    """Write a displacement field ``(Z, Y, X, 3)`` (mm, LPS, fixed grid)."""
+    """Write a displacement field ``(Z, Y, X, 3)`` (mm, LPS, fixed grid).
+
+    NIfTI files are streamed without copying the field; ``.mha``/``.nrrd``/``.h5``
+    go through SimpleITK.
+    """
     path = check_writable(path, overwrite=overwrite, suffixes=FIELD_SUFFIXES)
     field = check_field(field, geometry)
     if _suffix(path) == ".h5":
         sitk.WriteTransform(field_to_sitk_transform(field, geometry), str(path))
+    elif _suffix(path) in (".nii", ".nii.gz"):
+        _write_nifti_field(field, geometry, path)
     else:
         sitk.WriteImage(image_to_sitk(field, geometry), str(path), useCompression=True)
     return path
@@ -61,6 +112,11 @@ def read_field(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     path = Path(path)
     if not path.exists():
         raise DeepLungRegError(f"read_field: {path} does not exist")
+    if path.is_file() and is_nifti(path):
+        try:
+            check_nifti(path)
+        except DeepLungRegError as exc:
+            raise DeepLungRegError(str(exc).replace("read_image:", "read_field:", 1)) from exc
     try:
         if _suffix(path) in (".h5", ".tfm", ".hdf5"):
             tx = sitk.ReadTransform(str(path))

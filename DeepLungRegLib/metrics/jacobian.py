@@ -27,9 +27,39 @@ def spatial_gradient(field: np.ndarray, geometry: Geometry) -> np.ndarray:
     return g @ np.linalg.inv(geometry.direction_matrix)
 
 
-def jacobian_determinant(field: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """``det(I + grad u)`` at every voxel, shape ``(Z, Y, X)`` float32."""
-    return np.linalg.det(np.eye(3) + spatial_gradient(field, geometry)).astype(np.float32)
+def jacobian_determinant(field: np.ndarray, geometry: Geometry, *, slab_voxels: int = 4_000_000) -> np.ndarray:
+    """``det(I + grad u)`` at every voxel, shape ``(Z, Y, X)`` float32.
+
+    The same differences as :func:`spatial_gradient`, computed in float32 a slab
+    of slices at a time (with one slice of overlap each side), so the memory
+    beyond the field and the result stays bounded for full-resolution CTs.
+    """
+    f = np.asarray(field)
+    if f.shape != (*geometry.shape, 3):
+        raise DeepLungRegError(f"jacobian_determinant: field shape {f.shape} does not match the grid {(*geometry.shape, 3)}")
+    inv = np.linalg.inv(geometry.direction_matrix).astype(np.float32)
+    nz = geometry.shape[0]
+    step = max(1, slab_voxels // max(1, geometry.shape[1] * geometry.shape[2]))
+    out = np.empty(geometry.shape, np.float32)
+    for z0 in range(0, nz, step):
+        z1 = min(nz, z0 + step)
+        lo, hi = max(0, z0 - 1), min(nz, z1 + 1)
+        slab = np.asarray(f[lo:hi], dtype=np.float32)
+        keep = slice(z0 - lo, z0 - lo + (z1 - z0))
+        # g[c][d]: d u_c / d xi_d (xi: spacing-scaled index axes i, j, k)
+        g = [[None] * 3 for _ in range(3)]
+        for axis, col in ((2, 0), (1, 1), (0, 2)):
+            for c in range(3):
+                if slab.shape[axis] > 1:
+                    g[c][col] = np.gradient(slab[..., c], geometry.spacing[col], axis=axis)[keep]
+                else:
+                    g[c][col] = np.zeros(slab[keep].shape[:3], np.float32)
+        # world gradient G = g @ inv(D); J = det(I + G)
+        m = [[sum(g[c][d] * inv[d, e] for d in range(3)) + (1.0 if c == e else 0.0) for e in range(3)] for c in range(3)]
+        out[z0:z1] = (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+                      - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+                      + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
+    return out
 
 
 def jacobian_stats(jac: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:

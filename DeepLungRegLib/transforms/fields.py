@@ -7,7 +7,7 @@ import torch
 
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
-from .warp import GridSampler, world_grid_tensor
+from .warp import GridSampler, sample_on_grid
 
 
 def field_to_tensor(field: np.ndarray, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -28,15 +28,40 @@ def affine_to_field(matrix: np.ndarray, geometry: Geometry) -> np.ndarray:
         geometry: grid to sample the field on.
 
     Returns:
-        ``(Z, Y, X, 3)`` float32 field ``u(x) = M x + t - x``.
+        ``(Z, Y, X, 3)`` float32 field ``u(x) = M x + t - x``, computed a slab of
+        slices at a time (float64 inside a slab).
     """
     m = np.asarray(matrix, dtype=float)
     if m.shape not in ((4, 4), (3, 4)) or not np.all(np.isfinite(m)):
         raise DeepLungRegError(f"affine_to_field: matrix must be a finite 3x4 or 4x4 array, got shape {m.shape}")
-    x = world_grid_tensor(geometry, "cpu", torch.float64)
-    a = torch.as_tensor(m[:3, :3] - np.eye(3))
-    t = torch.as_tensor(m[:3, 3])
-    return (x @ a.T + t).to(torch.float32).numpy()
+    # u(ijk) = (A - I)(o + D S ijk) + t, linear in the index
+    lin = (m[:3, :3] - np.eye(3)) @ geometry.direction_matrix @ np.diag(geometry.spacing)
+    off = (m[:3, :3] - np.eye(3)) @ np.asarray(geometry.origin) + m[:3, 3]
+    out = np.empty((*geometry.shape, 3), np.float32)
+    nz, ny, nx = geometry.shape
+    j = np.arange(ny, dtype=float)[:, None, None]
+    i = np.arange(nx, dtype=float)[None, :, None]
+    plane = i * lin[:, 0] + j * lin[:, 1] + off  # (Y, X, 3)
+    for k in range(nz):
+        out[k] = plane + k * lin[:, 2]
+    return out
+
+
+def field_to_grid(field: torch.Tensor | np.ndarray, src: Geometry, dst: Geometry) -> np.ndarray:
+    """A field ``(1, Z, Y, X, 3)`` tensor or ``(Z, Y, X, 3)`` array on ``src`` trilinearly
+    resampled onto grid ``dst`` (border-extended outside ``src``), a slab at a time.
+
+    Returns:
+        ``(Z', Y', X', 3)`` float32 on ``dst``; the vectors stay in world mm.
+    """
+    t = torch.as_tensor(field).detach()
+    if t.ndim == 5:
+        t = t[0]
+    if t.ndim != 4 or t.shape[-1] != 3 or tuple(t.shape[:3]) != src.shape:
+        raise DeepLungRegError(f"field_to_grid: field shape {tuple(t.shape)} does not match its grid {(*src.shape, 3)}")
+    vol = t.permute(3, 0, 1, 2).to(torch.float32)
+    with torch.no_grad():
+        return sample_on_grid(vol, src, dst, fill=None, channels_last=True)
 
 
 def _field_volume(field: torch.Tensor) -> torch.Tensor:

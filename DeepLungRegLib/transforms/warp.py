@@ -135,6 +135,101 @@ def warp_tensor(
     return GridSampler(fixed, moving, volume.device, volume.dtype)(volume, field, mode, fill)
 
 
+#: Voxels of the output grid handled at once by the slab-wise samplers (bounds their temporary memory:
+#: about 60 bytes per voxel, so ~120 MB, whatever the size of the image).
+SLAB_VOXELS = 2_000_000
+
+
+def _slabs(shape: tuple[int, int, int], slab_voxels: int):
+    """``(z0, z1)`` ranges of whole slices with about ``slab_voxels`` voxels each."""
+    per_slice = max(1, shape[1] * shape[2])
+    step = max(1, slab_voxels // per_slice)
+    for z0 in range(0, shape[0], step):
+        yield z0, min(shape[0], z0 + step)
+
+
+def _slab_coordinates(dst: Geometry, src: Geometry, z0: int, z1: int, device) -> torch.Tensor:
+    """grid_sample coordinates ``(1, z1-z0, Y, X, 3)`` (float64) of ``dst``'s slices ``z0:z1`` in ``src``."""
+    a, b = _world_to_normalised(src)
+    m = a @ dst.direction_matrix @ np.diag(dst.spacing)  # dst index -> src normalised
+    c = a @ np.asarray(dst.origin) + b
+    zz, yy, xx = torch.meshgrid(torch.arange(z0, z1, device=device, dtype=torch.float64),
+                                torch.arange(dst.shape[1], device=device, dtype=torch.float64),
+                                torch.arange(dst.shape[2], device=device, dtype=torch.float64), indexing="ij")
+    ijk = torch.stack([xx, yy, zz], dim=-1)
+    return (ijk @ torch.as_tensor(m.T, device=device) + torch.as_tensor(c, device=device))[None]
+
+
+def sample_on_grid(
+    volume: torch.Tensor | np.ndarray,
+    src: Geometry,
+    dst: Geometry,
+    field: np.ndarray | None = None,
+    *,
+    mode: str = "linear",
+    fill: float | None = 0.0,
+    out: np.ndarray | None = None,
+    channels_last: bool = False,
+    slab_voxels: int = SLAB_VOXELS,
+) -> np.ndarray:
+    """Sample a volume on ``src`` at the points ``x + u(x)`` of grid ``dst``, a slab of slices at a time.
+
+    Memory beyond the input and the output is bounded by ``slab_voxels`` whatever
+    the grid size, so full-resolution CTs (512x512x600) can be warped on a laptop.
+
+    Args:
+        volume: ``(C, Zs, Ys, Xs)`` or ``(Zs, Ys, Xs)`` on ``src`` (a tensor is used on its device).
+        field: optional ``(Z, Y, X, 3)`` mm on ``dst`` (``None``: plain resampling).
+        fill: value outside ``src``; ``None`` repeats the nearest border value.
+        out: optional output array to fill (``(C, Z, Y, X)``, or ``(Z, Y, X, C)`` with
+            ``channels_last``; ``(Z, Y, X)`` for a 3D volume); its dtype is kept (values are
+            rounded for integer types).
+
+    Returns:
+        The sampled volume on ``dst``, float32 unless ``out`` says otherwise.
+    """
+    if mode not in _MODES:
+        raise DeepLungRegError(f"sample_on_grid: unknown interpolation {mode!r}; use 'linear' or 'nearest'")
+    vol = torch.as_tensor(volume)
+    scalar = vol.ndim == 3
+    if scalar:
+        vol = vol[None]
+    if vol.ndim != 4 or tuple(vol.shape[1:]) != src.shape:
+        raise DeepLungRegError(f"sample_on_grid: volume shape {tuple(vol.shape)} does not match its grid {src.shape}")
+    if vol.dtype not in (torch.float32, torch.float64):
+        vol = vol.to(torch.float32)
+    if field is not None and np.shape(field) != (*dst.shape, 3):
+        raise DeepLungRegError(f"sample_on_grid: field shape {np.shape(field)} does not match the grid {(*dst.shape, 3)}")
+    n_c = vol.shape[0]
+    if out is None:
+        out = np.empty(dst.shape if scalar else ((*dst.shape, n_c) if channels_last else (n_c, *dst.shape)), np.float32)
+    dev = vol.device
+    a_field = torch.as_tensor(_world_to_normalised(src)[0].T, device=dev, dtype=torch.float64)
+    shifted = vol if fill in (None, 0.0) else vol - fill
+    padding = "border" if fill is None else "zeros"
+    integer = np.dtype(out.dtype).kind in "iub"
+    for z0, z1 in _slabs(dst.shape, slab_voxels):
+        grid = _slab_coordinates(dst, src, z0, z1, dev)
+        if field is not None:
+            grid = grid + torch.as_tensor(np.asarray(field[z0:z1]), device=dev).to(torch.float64) @ a_field
+        res = F.grid_sample(shifted[None], grid.to(vol.dtype), mode=_MODES[mode], padding_mode=padding, align_corners=True)[0]
+        if fill not in (None, 0.0):
+            res = res + fill
+        r = res.cpu().numpy()
+        if integer:
+            info = np.iinfo(out.dtype) if np.dtype(out.dtype).kind in "iu" else None
+            r = np.round(r)
+            if info is not None:
+                r = np.clip(r, info.min, info.max)
+        if scalar:
+            out[z0:z1] = r[0]
+        elif channels_last:
+            out[z0:z1] = np.moveaxis(r, 0, -1)
+        else:
+            out[:, z0:z1] = r
+    return out
+
+
 def warp_image(
     moving: Image,
     field: np.ndarray | None,
@@ -143,8 +238,12 @@ def warp_image(
     mode: str = "linear",
     fill: float | None = 0.0,
     device: torch.device | str = "cpu",
+    dtype: np.dtype | type | None = None,
 ) -> Image:
     """Warp a moving image onto the fixed grid: ``out(x) = moving(x + u(x))``.
+
+    Works a slab of fixed slices at a time (see :func:`sample_on_grid`), so its
+    memory is the moving image as float32 plus the output.
 
     Args:
         moving: the image to resample.
@@ -152,32 +251,45 @@ def warp_image(
         fixed: the output grid.
         mode: ``"linear"`` for intensities, ``"nearest"`` for labels.
         fill: value outside the moving image (use -1024 for CT); ``None`` repeats the nearest border value.
+        dtype: output type (rounded and clipped for integers). Default: float32 for linear
+            interpolation, the moving image's own type for nearest.
     """
     if field is not None:
         field = np.asarray(field)
         if field.shape != (*fixed.shape, 3):
             raise DeepLungRegError(f"warp_image: field shape {field.shape} does not match the fixed grid {(*fixed.shape, 3)}")
     src = np.asarray(moving.array)
-    out_dtype = src.dtype
-    vol = torch.as_tensor(src.astype(np.float32))[None, None].to(device)
-    f = None if field is None else torch.as_tensor(np.asarray(field, dtype=np.float32))[None].to(device)
+    if dtype is None:
+        dtype = src.dtype if (mode == "nearest" or src.dtype.kind == "b") else np.float32
+    vol = torch.as_tensor(src.astype(np.float32, copy=False), device=device)
+    out = np.empty(fixed.shape, dtype=np.uint8 if np.dtype(dtype).kind == "b" else dtype)
     with torch.no_grad():
-        out = warp_tensor(vol, moving.geometry, f, fixed, mode=mode, fill=fill)[0, 0].cpu().numpy()
-    if out_dtype.kind in "iub":
-        out = np.round(out) if mode == "nearest" else out
-        if mode == "nearest" or out_dtype.kind == "b":
-            out = out.astype(out_dtype)
-    return Image(out, fixed)
+        sample_on_grid(vol, moving.geometry, fixed, field, mode=mode, fill=fill, out=out)
+    return Image(out.astype(bool) if np.dtype(dtype).kind == "b" else out, fixed)
 
 
 def sample_field_at_points(field: np.ndarray, geometry: Geometry, points: np.ndarray) -> np.ndarray:
-    """Trilinearly interpolate a field ``(Z, Y, X, 3)`` at LPS points ``(N, 3)``; returns ``(N, 3)``.
+    """Trilinearly interpolate a field ``(Z, Y, X, 3)`` at LPS points ``(N, 3)``; returns ``(N, 3)`` float64.
 
-    Points outside the grid take the value of the nearest border voxel.
+    Points outside the grid take the value of the nearest border voxel. Only the
+    eight neighbours of each point are read, so this costs nothing for
+    full-resolution fields.
     """
     points = np.asarray(points, dtype=float).reshape(-1, 3)
-    f = torch.as_tensor(np.asarray(field, dtype=np.float64)).permute(3, 0, 1, 2)[None]  # (1, 3, Z, Y, X)
-    a, b = _world_to_normalised(geometry)
-    n = torch.as_tensor(points @ a.T + b).view(1, -1, 1, 1, 3)
-    out = F.grid_sample(f, n, mode="bilinear", padding_mode="border", align_corners=True)
-    return out.view(3, -1).T.numpy()
+    f = np.asarray(field)
+    if f.shape != (*geometry.shape, 3):
+        raise DeepLungRegError(f"sample_field_at_points: field shape {f.shape} does not match the grid {(*geometry.shape, 3)}")
+    size = np.asarray(geometry.size)  # (i, j, k)
+    ijk = np.clip(geometry.world_to_index(points), 0.0, size - 1.0)
+    lo = np.minimum(np.floor(ijk).astype(int), np.maximum(size - 2, 0))
+    t = ijk - lo
+    out = np.zeros((len(points), 3))
+    for di in (0, 1):
+        for dj in (0, 1):
+            for dk in (0, 1):
+                i = np.minimum(lo[:, 0] + di, size[0] - 1)
+                j = np.minimum(lo[:, 1] + dj, size[1] - 1)
+                k = np.minimum(lo[:, 2] + dk, size[2] - 1)
+                w = (t[:, 0] if di else 1 - t[:, 0]) * (t[:, 1] if dj else 1 - t[:, 1]) * (t[:, 2] if dk else 1 - t[:, 2])
+                out += w[:, None] * f[k, j, i].astype(np.float64)
+    return out

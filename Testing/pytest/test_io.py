@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from DeepLungRegLib import DeepLungRegError, Image, read_field, read_image, read_landmarks, write_field, write_image, write_landmarks
+from DeepLungRegLib import DeepLungRegError, Geometry, Image, read_field, read_image, read_landmarks, write_field, write_image, write_landmarks
 from DeepLungRegLib.io.images import image_to_sitk
 
 
@@ -166,3 +166,17 @@ def test_field_shape_is_checked(tmp_path, oblique):
         write_field(np.zeros((2, 2, 2, 3), np.float32), oblique, tmp_path / "f.nii.gz")
     with pytest.raises(DeepLungRegError, match="unsupported"):
         write_field(np.zeros((*oblique.shape, 3), np.float32), oblique, tmp_path / "f.png")
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0]), np.array([[0, 0, -1.0], [1, 0, 0], [0, -1, 0]])])
+def test_streamed_nifti_field_is_byte_for_byte_what_itk_writes(tmp_path, oblique, direction):
+    """write_field streams NIfTI fields (no full copy); ITK must read back exactly what it would have written."""
+    for d in (direction, oblique.direction_matrix):
+        g = Geometry((7, 5, 4), (1.5, 2.0, 3.0), (10.0, -20.0, 30.0), tuple(np.asarray(d).ravel()))
+        f = np.random.default_rng(0).normal(0, 3, (*g.shape, 3)).astype(np.float32)
+        write_field(f, g, tmp_path / "ours.nii")
+        sitk.WriteImage(image_to_sitk(f, g), str(tmp_path / "itk.nii"))
+        assert (tmp_path / "ours.nii").read_bytes() == (tmp_path / "itk.nii").read_bytes()
+        write_field(f, g, tmp_path / "ours.nii.gz")
+        back, gb = read_field(tmp_path / "ours.nii.gz")
+        assert np.array_equal(back, f) and gb.same_as(g, tol=1e-6)
