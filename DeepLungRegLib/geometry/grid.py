@@ -17,6 +17,7 @@ Conventions (obeyed everywhere in DeepLungRegLib)
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,7 +127,54 @@ class Geometry:
         w = self.index_to_world(corners)
         return w.min(axis=0), w.max(axis=0)
 
+    def nearest_axes(self) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """The LPS world axis each index axis ``(i, j, k)`` runs along, and its sign.
+
+        For an oblique grid, the assignment of world axes to index axes that
+        maximises the summed ``|cos|`` of their angles (a permutation, so every
+        world axis is taken once). Returns ``(world_axis, sign)``, one entry per
+        index axis; e.g. a RAS-stored image gives ``((0, 1, 2), (-1, -1, 1))``.
+        """
+        d = np.abs(self.direction_matrix)
+        best = max(itertools.permutations(range(3)), key=lambda p: sum(d[p[a], a] for a in range(3)))
+        signs = tuple(1 if self.direction_matrix[best[a], a] >= 0 else -1 for a in range(3))
+        return tuple(int(w) for w in best), signs
+
+    def is_axis_aligned(self, tol: float = 1e-6) -> bool:
+        """True when every index axis runs along an LPS axis (a signed permutation of the identity)."""
+        axes, signs = self.nearest_axes()
+        perm = np.zeros((3, 3))
+        for a in range(3):
+            perm[axes[a], a] = signs[a]
+        return bool(np.allclose(self.direction_matrix, perm, atol=tol))
+
+    def spacing_along_world(self) -> tuple[float, float, float]:
+        """Voxel size along the LPS axes ``(x, y, z)``: the spacing of the index axis nearest to each."""
+        axes, _ = self.nearest_axes()
+        out = [0.0, 0.0, 0.0]
+        for a in range(3):
+            out[axes[a]] = self.spacing[a]
+        return tuple(out)
+
     # ------------------------------------------------------------- new grids
+    def axis_aligned(self, spacing: float | tuple[float, float, float] | None = None) -> "Geometry":
+        """The grid along the LPS axes (identity direction) that covers this grid's voxel centres.
+
+        The working frame of every method: grids of the same physical region come
+        out the same however the image was stored (axis order, flips, obliquity).
+
+        Args:
+            spacing: mm along ``(x, y, z)``, or one number; default
+                :meth:`spacing_along_world`. For an identity-direction grid and the
+                same spacing this is :meth:`with_spacing`.
+        """
+        sp = np.broadcast_to(np.asarray(self.spacing_along_world() if spacing is None else spacing, dtype=float), (3,))
+        if np.any(sp <= 0) or not np.all(np.isfinite(sp)):
+            raise DeepLungRegError(f"Geometry.axis_aligned: spacing must be > 0, got {tuple(sp)}")
+        lo, hi = self.bounds_world()
+        size = np.maximum(1, np.round((hi - lo) / sp).astype(int) + 1)
+        return Geometry(tuple(size), tuple(sp), tuple(lo))
+
     def with_spacing(self, spacing: float | tuple[float, float, float]) -> "Geometry":
         """Same physical extent and direction, resampled to ``spacing`` mm.
 

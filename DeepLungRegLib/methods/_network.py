@@ -12,8 +12,8 @@ import torch
 from ..errors import DeepLungRegError
 from ..io.images import Image
 from .adam import instance_optimise
-from .base import MethodConfig, RunContext, check_range
-from .common import region_geometry, resample_field
+from .base import GridField, MethodConfig, RunContext, check_range
+from .common import region_geometry
 
 #: Shipped weights: ``Resources/Weights/<method>.pt`` beside the library (the source tree or the Slicer install).
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
@@ -158,6 +158,4 @@ def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mas
             fixed, moving, fixed_mask, fr, mr, current, grid, (config.finetune_level_mm,), (config.finetune,),
             (config.finetune_learning_rate,), config, ctx, (0.3, 1.0), label="finetune", residual=True, folding_weight=config.folding_weight)
         diag["finetune_levels"] = losses
-    with ctx.stage("upsample"), torch.no_grad():
-        full = resample_field(current, current_geom, fixed.geometry)
-    return full[0].to("cpu", torch.float32).numpy(), diag
+    return GridField(current.detach().to("cpu", torch.float32), current_geom), diag

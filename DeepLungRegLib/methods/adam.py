@@ -20,7 +20,7 @@ from ..errors import DeepLungRegError
 from ..losses import diffusion, folding_penalty, jacobian_determinant_torch
 from ..transforms.fields import affine_to_field
 from .affine import AffineConfig, estimate_affine
-from .base import MethodConfig, RunContext, check_range, register_method
+from .base import GridField, MethodConfig, RunContext, check_range, register_method
 from .common import make_level, region_geometry, resample_field, smooth3
 
 
@@ -153,8 +153,6 @@ def run_adam(fixed, moving, fixed_mask, moving_mask, config: AdamConfig, ctx: Ru
         current = torch.zeros((1, *fr.shape, 3), device=dev, dtype=dt)
     current, current_geom, level_losses = instance_optimise(
         fixed, moving, fixed_mask, fr, mr, current, fr, config.levels_mm, config.iterations, config.learning_rates, config, ctx)
-    with ctx.stage("upsample"), torch.no_grad():
-        full = resample_field(current, current_geom, fixed.geometry)
     diag["levels"] = level_losses
     diag["working_region"] = fr.to_dict()
-    return full[0].to("cpu", torch.float32).numpy(), diag
+    return GridField(current.detach().to("cpu", torch.float32), current_geom), diag

@@ -19,7 +19,7 @@ from ..io.images import Image
 from ..losses import masked_mse
 from ..transforms.fields import affine_to_field
 from ..transforms.warp import world_grid_tensor
-from .base import MethodConfig, RunContext, check_range, register_method
+from .base import AffineField, MethodConfig, RunContext, check_range, register_method
 from .common import AlignedFeatures, aligned_features, make_level, region_geometry
 
 
@@ -130,4 +130,4 @@ def affine_aligned_start(fixed: Image, moving: Image, fixed_mask: Image | None, 
 @register_method("affine", "Robust affine pre-alignment (MIND-SSC, Adam, lung-mask weighted)", AffineConfig)
 def run_affine(fixed, moving, fixed_mask, moving_mask, config: AffineConfig, ctx: RunContext):
     mat, diag = estimate_affine(fixed, moving, fixed_mask, moving_mask, config, ctx)
-    return affine_to_field(mat, fixed.geometry), diag
+    return AffineField(mat), diag

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import re
-import resource
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +20,11 @@ from ..device import resolve_device, resolve_dtype
 from ..errors import DeepLungRegError, RegistrationCancelled
 from ..geometry import Geometry
 from ..io.images import Image
+from ..memory import peak_rss_mb
+from ..transforms.fields import field_to_grid
+from ..transforms.frames import to_working_frame
+
+log = logging.getLogger(__name__)
 
 #: ``progress(stage, fraction)`` with fraction in [0, 1].
 ProgressFn = Callable[[str, float], None]
@@ -55,6 +60,8 @@ class MethodConfig:
                     values[k] = (v,)  # one level: refine_iterations=20 means (20,)
                 else:
                     raise DeepLungRegError(f"{cls.__name__}: {k} must be a number or a list of numbers, got {v!r}")
+        for k, v in list(values.items()):
+            values[k] = _coerce(cls.__name__, k, str(names[k].type), v)
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -62,6 +69,32 @@ class MethodConfig:
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "MethodConfig":
         return cls.from_dict(read_config_json(path, cls.__name__))
+
+
+def _coerce(owner: str, name: str, type_name: str, value: Any) -> Any:
+    """Check an option's value against its declared type: ``2.5`` for a whole-number option is refused
+    (not truncated), ``"abc"`` for a number is refused, ``2`` for a float option becomes ``2.0``."""
+    base = type_name.replace(" ", "")
+    if base.startswith("tuple[") and isinstance(value, tuple):
+        inner = base[len("tuple["):].split(",")[0]
+        return tuple(_coerce(owner, name, inner, v) for v in value)
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            raise DeepLungRegError(f"{owner}: {name} must be a whole number, got {value!r}")
+        return int(value)
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DeepLungRegError(f"{owner}: {name} must be a number, got {value!r}")
+        return float(value)
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise DeepLungRegError(f"{owner}: {name} must be true or false, got {value!r}")
+    if base == "str" and not isinstance(value, str):
+        raise DeepLungRegError(f"{owner}: {name} must be text, got {value!r}")
+    return value
 
 
 def read_config_json(path: str | os.PathLike, owner: str = "config") -> dict:
@@ -231,7 +264,7 @@ def get_method(name: str) -> MethodSpec:
     return _REGISTRY[name]
 
 
-def _check_image(img: Image, what: str) -> None:
+def check_image(img: Image, what: str) -> None:
     if not isinstance(img, Image):
         raise DeepLungRegError(f"register: {what} must be an Image, got {type(img).__name__}")
     a = img.array
@@ -245,23 +278,88 @@ def _check_image(img: Image, what: str) -> None:
         raise DeepLungRegError(f"register: {what} is constant ({float(a.min())}); nothing to register")
 
 
-def _check_mask(mask: Image | None, img: Image, what: str) -> Image | None:
+#: A "lung" mask covering more of its image than this is implausible (an all-ones mask, or a body mask).
+MASK_WARNING_FRACTION = 0.85
+
+
+def _holds_hu_air(img: Image) -> bool:
+    return float(np.percentile(np.asarray(img.array)[::2, ::2, ::2], 1)) < -500
+
+
+def _check_intensities(fixed: Image, moving: Image) -> None:
+    """Warn when one image is a CT in Hounsfield units and the other holds no air in HU (often a CT
+    stored with an offset, e.g. uint16 = HU + 1024, whose reader ignored the rescale intercept)."""
+    f, m = _holds_hu_air(fixed), _holds_hu_air(moving)
+    if f != m:
+        other = "moving" if f else "fixed"
+        log.warning("the %s image holds no air in Hounsfield units (nothing below -500) while the %s image does; if it "
+                    "is a CT stored with an offset (e.g. uint16 = HU + 1024), convert it to HU first",
+                    other, "fixed" if f else "moving")
+
+
+def mask_on_image(mask: Image | None, img: Image, what: str, *, check_coverage: bool = True) -> Image | None:
+    """A mask as bool on ``img``'s grid; one stored on another grid of the same scan is resampled onto it.
+
+    Refuses an empty mask or one outside the image; with ``check_coverage``, warns
+    about a mask that covers almost the whole image (not a lung mask).
+    """
     if mask is None:
         return None
-    if mask.array.shape != img.array.shape or not mask.geometry.same_as(img.geometry, tol=1e-3):
-        raise DeepLungRegError(f"register: {what} does not lie on the same grid as its image ({mask.array.shape} vs {img.array.shape})")
+    if not isinstance(mask, Image):
+        raise DeepLungRegError(f"register: {what} must be an Image, got {type(mask).__name__}")
     m = mask.with_array(np.asarray(mask.array) > 0)
     if not m.array.any():
         raise DeepLungRegError(f"register: {what} is empty")
+    if m.array.shape != img.array.shape or not mask.geometry.same_as(img.geometry, tol=1e-3):
+        from ..transforms.warp import warp_image
+
+        m = warp_image(m, None, img.geometry, mode="nearest")
+        if not m.array.any():
+            raise DeepLungRegError(f"register: {what} does not overlap its image (it lies outside the image's field of view)")
+        log.info("%s is stored on another grid than its image; resampled onto the image grid", what)
+    fraction = float(np.count_nonzero(m.array)) / m.array.size
+    if check_coverage and fraction > MASK_WARNING_FRACTION:
+        log.warning("%s covers %.0f %% of its image; a lung mask covers much less. Is it a lung mask?", what, 100 * fraction)
     return m
 
 
 def peak_memory_mb(device: torch.device) -> dict[str, float]:
     """Peak resident memory of this process (and of the GPU when on CUDA), in MB."""
-    out = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    out: dict[str, float] = {}
+    rss = peak_rss_mb()
+    if rss is not None:
+        out["peak_rss_mb"] = rss
     if device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out
+
+
+class GridField:
+    """A displacement field on its own grid (a method's working grid), resampled onto another on demand.
+
+    Attributes:
+        values: ``(1, Z, Y, X, 3)`` tensor or ``(Z, Y, X, 3)`` array, mm along LPS, resampling direction.
+        geometry: its grid.
+    """
+
+    def __init__(self, values, geometry: Geometry):
+        self.values, self.geometry = values, geometry
+
+    def on(self, geometry: Geometry) -> np.ndarray:
+        """The field on ``geometry`` as ``(Z, Y, X, 3)`` float32 (trilinear, border-extended)."""
+        return field_to_grid(self.values, self.geometry, geometry)
+
+
+class AffineField:
+    """The displacement ``u(x) = A x + t - x`` of a 4x4 LPS matrix (fixed -> moving), exact on any grid."""
+
+    def __init__(self, matrix: np.ndarray):
+        self.matrix = np.asarray(matrix, dtype=float)
+
+    def on(self, geometry: Geometry) -> np.ndarray:
+        from ..transforms.fields import affine_to_field
+
+        return affine_to_field(self.matrix, geometry)
 
 
 def register(
@@ -292,10 +390,11 @@ def register(
         The :class:`RegistrationResult` with the field on the fixed grid.
     """
     spec = get_method(method)
-    _check_image(fixed, "fixed image")
-    _check_image(moving, "moving image")
-    fixed_mask = _check_mask(fixed_mask, fixed, "fixed mask")
-    moving_mask = _check_mask(moving_mask, moving, "moving mask")
+    check_image(fixed, "fixed image")
+    check_image(moving, "moving image")
+    _check_intensities(fixed, moving)
+    fixed_mask = mask_on_image(fixed_mask, fixed, "fixed mask")
+    moving_mask = mask_on_image(moving_mask, moving, "moving mask")
     if config is None or isinstance(config, dict):
         config = spec.config_cls.from_dict(config)
     elif not isinstance(config, spec.config_cls):
@@ -312,8 +411,21 @@ def register(
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
-    field_arr, diagnostics = spec.run(fixed, moving, fixed_mask, moving_mask, config, ctx)
+    with ctx.stage("working_frame"):
+        # Both images on LPS-axis-aligned float32 grids (no finer than 1 mm) before any feature is
+        # computed, so the result does not depend on how the images were stored.
+        wf, wm = to_working_frame(fixed), to_working_frame(moving)
+        wfm = None if fixed_mask is None else to_working_frame(fixed_mask, label=True)
+        wmm = None if moving_mask is None else to_working_frame(moving_mask, label=True)
+    raw, diagnostics = spec.run(wf, wm, wfm, wmm, config, ctx)
+    ctx.check_cancel()
+    with ctx.stage("field_to_fixed_grid"):
+        ctx.progress("field to the fixed grid", 0.99)
+        if hasattr(raw, "on"):
+            field_arr = raw.on(fixed.geometry)
+        else:  # a plain array on the working fixed grid
+            field_arr = field_to_grid(np.asarray(raw, dtype=np.float32), wf.geometry, fixed.geometry)
     ctx.timings["total"] = time.perf_counter() - t0
-    diagnostics = {"device": str(dev), **diagnostics, **peak_memory_mb(dev)}
+    diagnostics = {"device": str(dev), **diagnostics, "working_grid": wf.geometry.to_dict(), **peak_memory_mb(dev)}
     ctx.progress("done", 1.0)
     return RegistrationResult(np.asarray(field_arr, dtype=np.float32), fixed.geometry, method, config.to_dict(), ctx.timings, diagnostics)

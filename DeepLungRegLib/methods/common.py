@@ -38,8 +38,9 @@ def region_geometry(image: Image, mask: Image | None, margin_mm: float) -> Geome
 
 
 def level_geometry(region: Geometry, spacing_mm: float) -> Geometry:
-    """``region`` resampled to about ``spacing_mm`` (never finer than the region's own spacing)."""
-    return region.with_spacing(tuple(max(spacing_mm, s) for s in region.spacing))
+    """The LPS-axis-aligned grid over ``region`` at about ``spacing_mm`` (never finer than the region's own
+    spacing along each axis): fixed and moving features are computed on grids of the same orientation."""
+    return region.axis_aligned(tuple(max(spacing_mm, s) for s in region.spacing_along_world()))
 
 
 def normalise_ct(arr: np.ndarray) -> np.ndarray:

@@ -45,7 +45,7 @@ from ..geometry import Geometry
 from ..transforms.warp import GridSampler
 from .adam import instance_optimise
 from .affine import affine_aligned_start
-from .base import MethodConfig, RunContext, check_range, register_method
+from .base import GridField, MethodConfig, RunContext, check_range, register_method
 from .common import apply_affine, resample_field, smooth3
 from .embed import displacement_offsets, soft_argmin
 
@@ -378,7 +378,5 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
             config.adam_learning_rates, _AdamView(config), ctx, (0.6, 1.0), label="adam", residual=True,
             folding_weight=config.folding_weight)
         diag["adam_levels"] = losses
-    with ctx.stage("upsample"), torch.no_grad():
-        full = resample_field(current, current_geom, fixed.geometry)
     diag["working_region"] = fr.to_dict()
-    return full[0].to("cpu", torch.float32).numpy(), diag
+    return GridField(current.detach().to("cpu", torch.float32), current_geom), diag

@@ -48,7 +48,7 @@ from ..keypoints import foerstner_keypoints
 from ..transforms.warp import GridSampler
 from .adam import instance_optimise
 from .affine import affine_aligned_start
-from .base import MethodConfig, RunContext, check_range, register_method
+from .base import GridField, MethodConfig, RunContext, check_range, register_method
 from .common import apply_affine, level_geometry, resample_field
 
 
@@ -511,7 +511,5 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
             config.refine_learning_rates, config, ctx, (0.6, 1.0), label="refine", residual=True,
             folding_weight=config.folding_weight)
         diag["refine_levels"] = losses
-    with ctx.stage("upsample"), torch.no_grad():
-        full = resample_field(current, current_geom, fixed.geometry)
     diag["working_region"] = fr.to_dict()
-    return full[0].to("cpu", torch.float32).numpy(), diag
+    return GridField(current.detach().to("cpu", torch.float32), current_geom), diag

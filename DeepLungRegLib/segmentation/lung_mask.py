@@ -19,6 +19,7 @@ from scipy import ndimage as ndi
 
 from ..errors import DeepLungRegError
 from ..io.images import Image
+from ..transforms.frames import reorient
 from ..transforms.resample import resample_to_geometry
 
 
@@ -51,11 +52,19 @@ def lung_mask(ct: Image, *, threshold_hu: float = -400.0, working_spacing_mm: fl
     arr = ct.array
     if arr.size == 0:
         raise DeepLungRegError("lung_mask: the image is empty")
-    if float(np.percentile(arr, 1)) > -300:
-        raise DeepLungRegError("lung_mask: the image holds almost no air; is it a CT in Hounsfield units?")
-    spacing = tuple(max(s, working_spacing_mm) for s in ct.geometry.spacing)
-    work = resample_to_geometry(ct.with_array(arr.astype(np.float32)), ct.geometry.with_spacing(spacing), smooth=True, fill=-1024.0)
+    if min(ct.geometry.size) < 4:
+        raise DeepLungRegError(f"lung_mask: the image is too small for a lung mask ({ct.geometry.size} voxels)")
+    # the working copy is stored along L, P, S (axial slices along the array's first axis) however the CT
+    # is stored; an oblique grid keeps its own field of view (its slice corners are the scan's corners)
+    own = reorient(ct).geometry
+    work = resample_to_geometry(ct, own.with_spacing(tuple(max(s, working_spacing_mm) for s in own.spacing)), smooth=True,
+                                fill=None, float_output=True)
     a = work.array
+    if min(a.shape) < 3:
+        raise DeepLungRegError(f"lung_mask: the image is too small for a lung mask ({ct.geometry.size} voxels, "
+                               f"{tuple(round(s, 1) for s in ct.geometry.spacing)} mm)")
+    if float(np.percentile(a, 1)) > -300:
+        raise DeepLungRegError("lung_mask: the image holds almost no air; is it a CT in Hounsfield units?")
     vox_ml = work.geometry.voxel_volume_ml
     # an opening cuts thin air bridges between the lungs and the outside air
     air = ndi.binary_opening(a < threshold_hu, structure=_ball(1))
@@ -90,24 +99,43 @@ def split_lungs(mask: Image) -> np.ndarray:
     m = np.asarray(mask.array, dtype=bool)
     if not m.any():
         raise DeepLungRegError("split_lungs: the lung mask is empty")
+    g = mask.geometry
+    # world x of voxel (k, j, i) = ox + a i + b j + c k: evaluated a slice at a time (no full coordinate array)
+    a, b, c = (g.direction_matrix @ np.diag(g.spacing))[0]
+    row = g.origin[0] + a * np.arange(m.shape[2])[None, :] + b * np.arange(m.shape[1])[:, None]  # (Y, X)
+
+    def world_x(k: int) -> np.ndarray:
+        return row + c * k
+
     lab, n = ndi.label(m)
-    world_x = mask.geometry.world_coordinates()[..., 0]
     out = np.zeros(m.shape, np.uint8)
     if n >= 2:
         sizes = ndi.sum(m, lab, index=np.arange(1, n + 1))
-        a, b = np.argsort(sizes)[::-1][:2] + 1
-        if sizes[b - 1] >= 0.2 * sizes[a - 1]:
-            xa, xb = world_x[lab == a].mean(), world_x[lab == b].mean()
-            right, left = (a, b) if xa < xb else (b, a)
-            out[lab == right] = 1
-            out[lab == left] = 2
-            # smaller pieces join the side they lie on
-            rest = m & (out == 0)
+        ca, cb = np.argsort(sizes)[::-1][:2] + 1
+        if sizes[cb - 1] >= 0.2 * sizes[ca - 1]:
+            # world x is affine in the index: the mean world x of a component is that of its centroid
+            (za, ya, xa_), (zb, yb, xb_) = ndi.center_of_mass(m, lab, [ca, cb])
+            xa = g.origin[0] + a * xa_ + b * ya + c * za
+            xb = g.origin[0] + a * xb_ + b * yb + c * zb
+            right, left = (ca, cb) if xa < xb else (cb, ca)
             cut = 0.5 * (xa + xb)
-            out[rest & (world_x < cut)] = 1
-            out[rest & (world_x >= cut)] = 2
+            for k in range(m.shape[0]):
+                if not m[k].any():
+                    continue
+                lk = lab[k]
+                ok = out[k]
+                ok[lk == right] = 1
+                ok[lk == left] = 2
+                # smaller pieces join the side they lie on
+                rest = m[k] & (ok == 0)
+                wx = world_x(k)
+                ok[rest & (wx < cut)] = 1
+                ok[rest & (wx >= cut)] = 2
             return out
-    cut = float(np.median(world_x[m]))
-    out[m & (world_x < cut)] = 1
-    out[m & (world_x >= cut)] = 2
+    del lab
+    cut = float(np.median(np.concatenate([world_x(k)[m[k]] for k in range(m.shape[0]) if m[k].any()])))
+    for k in range(m.shape[0]):
+        wx = world_x(k)
+        out[k][m[k] & (wx < cut)] = 1
+        out[k][m[k] & (wx >= cut)] = 2
     return out

@@ -61,8 +61,8 @@ class NetworkPair:
 
 
 def network_grid(fixed: Image, fixed_mask: Image | None, spacing_mm: float, shape: tuple[int, int, int]) -> Geometry:
-    """A grid of ``shape`` (z, y, x) voxels at ``spacing_mm``, with the fixed image's direction,
-    centred on the fixed lung (or the image)."""
+    """A grid of ``shape`` (z, y, x) voxels at ``spacing_mm`` along the LPS axes (the networks learnt
+    anatomy in that orientation, whatever the storage of the image), centred on the fixed lung (or the image)."""
     g = fixed.geometry
     if fixed_mask is not None and np.any(fixed_mask.array):
         kk, jj, ii = np.nonzero(fixed_mask.array)
@@ -75,8 +75,8 @@ def network_grid(fixed: Image, fixed_mask: Image | None, spacing_mm: float, shap
     size = (shape[2], shape[1], shape[0])
     sp = (float(spacing_mm),) * 3
     half = (np.asarray(size, float) - 1) / 2 * spacing_mm
-    origin = centre - g.direction_matrix @ half
-    return Geometry(size, sp, tuple(origin), g.direction)
+    origin = centre - half
+    return Geometry(size, sp, tuple(origin))
 
 
 def to_network_pair(fixed: Image, moving: Image, grid: Geometry, fixed_mask: Image | None = None, moving_mask: Image | None = None,

@@ -4,28 +4,53 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from ..io.images import Image, image_to_sitk
+from .warp import sample_on_grid
 
 _INTERP = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}
 
 
-def resample_to_geometry(image: Image, geometry: Geometry, *, mode: str = "linear", fill: float = 0.0, smooth: bool = False) -> Image:
+def resample_to_geometry(image: Image, geometry: Geometry, *, mode: str = "linear", fill: float | None = 0.0, smooth: bool = False,
+                         float_output: bool = False) -> Image:
     """Resample ``image`` onto ``geometry`` (same world position, identity transform).
 
     With ``smooth=True`` and a coarser target grid, a Gaussian with sigma
     proportional to the spacing ratio is applied first to avoid aliasing.
+    Outside the image, voxels get ``fill``, or the nearest border value when
+    ``fill`` is None (then the result is float32). Otherwise the output keeps
+    the input's voxel type unless ``float_output`` (float32) or smoothing made
+    it float32.
     """
     if mode not in _INTERP:
         raise DeepLungRegError(f"resample: unknown interpolation {mode!r}; use {', '.join(_INTERP)}")
     src = image_to_sitk(image if image.array.dtype != bool else image.with_array(image.array.astype(np.uint8)))
+    if float_output:
+        src = sitk.Cast(src, sitk.sitkFloat32)
     if smooth and mode != "nearest":
-        ratio = np.asarray(geometry.spacing) / np.asarray(image.geometry.spacing)
+        # the target's voxel size along each source index axis (whatever the two grids' axis orders)
+        target = np.abs(image.geometry.direction_matrix).T @ np.asarray(geometry.spacing_along_world())
+        ratio = target / np.asarray(image.geometry.spacing)
         sigma = [0.4 * s * max(r - 1.0, 0.0) for s, r in zip(image.geometry.spacing, ratio)]
-        if max(sigma) > 0:
+        if max(sigma) > 0 and min(image.geometry.size) >= 4:
             src = sitk.SmoothingRecursiveGaussian(sitk.Cast(src, sitk.sitkFloat32), [max(s, 1e-3) for s in sigma])
+        elif max(sigma) > 0:  # ITK's recursive filter needs 4 voxels per axis; tiny images take scipy's
+            from scipy.ndimage import gaussian_filter
+
+            arr = gaussian_filter(sitk.GetArrayFromImage(src).astype(np.float32), [s / sp for s, sp in zip(sigma[::-1], image.geometry.spacing[::-1])],
+                                  mode="nearest")
+            smoothed = sitk.GetImageFromArray(arr)
+            smoothed.CopyInformation(src)
+            src = smoothed
+    if fill is None:
+        if mode == "bspline":
+            raise DeepLungRegError("resample: border repetition (fill=None) works with 'linear' or 'nearest' interpolation")
+        vol = np.array(sitk.GetArrayViewFromImage(src), dtype=np.float32)  # a writable copy for torch
+        out = sample_on_grid(torch.from_numpy(vol), image.geometry, geometry, mode=mode, fill=None)
+        return Image(out > 0.5 if image.array.dtype == bool else out, geometry)
     ref = sitk.Image(list(geometry.size), sitk.sitkUInt8)
     ref.SetSpacing(geometry.spacing)
     ref.SetOrigin(geometry.origin)

@@ -90,8 +90,9 @@ def test_a_number_for_a_per_level_option_means_one_level():
 
 def test_register_rejects_bad_images_and_masks(small_pair):
     p = small_pair
-    other = Image(np.ones((4, 4, 4), bool), Geometry((4, 4, 4), (1.0, 1.0, 1.0)))
-    with pytest.raises(DeepLungRegError, match="does not lie on the same grid"):
+    # a mask on another grid is resampled onto its image; one that lies elsewhere is refused
+    other = Image(np.ones((4, 4, 4), bool), Geometry((4, 4, 4), (1.0, 1.0, 1.0), (-900.0, -900.0, -900.0)))
+    with pytest.raises(DeepLungRegError, match="fixed mask does not overlap its image"):
         register(p.fixed, p.moving, "adam", fixed_mask=other)
     with pytest.raises(DeepLungRegError, match="fixed mask is empty"):
         register(p.fixed, p.moving, "adam", fixed_mask=p.fixed_mask.with_array(np.zeros_like(p.fixed_mask.array)))

@@ -45,13 +45,14 @@ def test_network_config_refuses_absurd_values(kwargs, match):
         NetworkConfig.from_dict({"method": "mlvirnet", "depth": 3})
 
 
-def test_network_grid_is_centred_on_the_lung_and_keeps_the_direction(oblique):
+def test_network_grid_is_centred_on_the_lung_and_lies_along_the_lps_axes(oblique):
+    """The networks learnt anatomy along L, P, S: their grid keeps that orientation whatever the image's storage."""
     arr = np.zeros(oblique.shape, bool)
     arr[4:10, 5:12, 6:15] = True  # (z, y, x)
     fixed = Image(np.zeros(oblique.shape, np.float32), oblique)
     grid = network_grid(fixed, Image(arr, oblique), 3.0, (16, 32, 48))
     assert grid.shape == (16, 32, 48) and grid.spacing == (3.0, 3.0, 3.0)
-    assert np.allclose(grid.direction, oblique.direction)
+    assert np.allclose(grid.direction_matrix, np.eye(3))
     centre_lung = oblique.index_to_world(np.array([[(6 + 14) / 2, (5 + 11) / 2, (4 + 9) / 2]]))[0]
     centre_grid = grid.index_to_world((np.array([[48, 32, 16]]) - 1) / 2)[0]
     assert np.allclose(centre_lung, centre_grid, atol=1e-6)
