@@ -1,5 +1,5 @@
 """HTML report with figures of a registration."""
 
-from .report import write_report
+from .report import ReportSlices, write_report
 
-__all__ = ["write_report"]
+__all__ = ["ReportSlices", "write_report"]

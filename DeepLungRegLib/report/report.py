@@ -1,8 +1,9 @@
 """Figures (matplotlib, PNG) and a one-page HTML report of a registration.
 
-Slices are shown in the fixed image's index space with the physical aspect
-ratio of the voxels, superior at the top; they are correct for oblique grids
-because displaced points are mapped back to fixed indices before plotting.
+Slices are shown in the fixed image's index space, stored along L, P, S
+whatever the file's axis order, with the physical aspect ratio of the voxels,
+superior at the top; they are correct for oblique grids because displaced
+points are mapped back to fixed indices before plotting.
 """
 
 from __future__ import annotations
@@ -28,16 +29,51 @@ def _norm(a: np.ndarray) -> np.ndarray:
     return np.clip((a.astype(np.float32) - lo) / (hi - lo), 0, 1)
 
 
-def _centre(mask: np.ndarray | None, shape) -> tuple[int, int, int]:
-    if mask is not None and mask.any():
-        kk, jj, ii = np.nonzero(mask)
-        return int(np.median(kk)), int(np.median(jj)), int(np.median(ii))
-    return tuple(s // 2 for s in shape)
+def _marginal_median(mask: np.ndarray, axis: int) -> int:
+    """Median index of the mask's voxels along one array axis (from the projection, no index arrays)."""
+    counts = mask.sum(axis=tuple(a for a in range(3) if a != axis), dtype=np.int64)
+    return int(np.searchsorted(np.cumsum(counts), (counts.sum() + 1) // 2))
 
 
-def _views(vol: np.ndarray, c: tuple[int, int, int]):
-    """Axial (y down, x right) and coronal (z up, x right) slices."""
-    return {"axial": vol[c[0]], "coronal": vol[:, c[1], :]}
+class ReportSlices:
+    """The slices a report shows, taken from each volume as it is produced.
+
+    Volumes ``(Z, Y, X[, 3])`` on the fixed grid are viewed (without copies) in
+    the storage along L, P, S (:func:`~DeepLungRegLib.transforms.frames.reorient_array`),
+    so that axial slices are axial, superior is up and the patient's left on the
+    right, however the fixed image is stored. Only an axial and a coronal slice
+    through ``centre`` are kept, so a report costs no full-size memory.
+    """
+
+    def __init__(self, geometry: Geometry, mask: np.ndarray | None = None):
+        from ..transforms.frames import reorient_array
+
+        self._reorient = reorient_array
+        self.source = geometry
+        #: the display grid: ``geometry`` stored along L, P, S
+        self.geometry = reorient_array(np.broadcast_to(np.zeros((), np.uint8), geometry.shape), geometry)[1]
+        if mask is not None and np.any(mask):
+            m = self._reorient(np.asarray(mask, bool), geometry)[0]
+            self.centre = tuple(_marginal_median(m, a) for a in range(3))
+        else:
+            self.centre = tuple(s // 2 for s in self.geometry.shape)
+        self.views: dict[str, dict[str, np.ndarray]] = {}
+        self.extra: dict[str, object] = {}
+
+    def add(self, name: str, volume: np.ndarray) -> None:
+        """Keep the axial and coronal slices of ``volume`` (on the fixed grid)."""
+        v = self._reorient(np.asarray(volume), self.source)[0]
+        c = self.centre
+        self.views[name] = {"axial": np.array(v[c[0]]), "coronal": np.array(v[:, c[1], :])}
+
+    def add_moving(self, name: str, moving, fill: float) -> None:
+        """The slices of ``moving`` resampled onto the fixed grid without the field (the "before" view)."""
+        from ..transforms.warp import warp_image
+
+        g, c = self.geometry, self.centre
+        axial = warp_image(moving, None, g.crop((0, 0, c[0]), (g.size[0], g.size[1], 1)), fill=fill).array[0]
+        coronal = warp_image(moving, None, g.crop((0, c[1], 0), (g.size[0], 1, g.size[2])), fill=fill).array[:, 0, :]
+        self.views[name] = {"axial": axial, "coronal": coronal}
 
 
 def _aspect(g: Geometry, view: str) -> float:
@@ -56,40 +92,42 @@ def _composite(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.stack([b, a, b], -1)
 
 
-def figure_overlays(fixed, moving_resampled, warped, g, c, path):
+def figure_overlays(sl: ReportSlices, path):
     fig, axes = plt.subplots(2, 2, figsize=(10, 9))
+    v, g = sl.views, sl.geometry
     for col, view in enumerate(("axial", "coronal")):
-        _show(axes[0, col], _composite(_views(fixed, c)[view], _views(moving_resampled, c)[view]), g, view)
+        _show(axes[0, col], _composite(v["fixed"][view], v["resampled"][view]), g, view)
         axes[0, col].set_title(f"before ({view}): fixed green, moving magenta")
-        _show(axes[1, col], _composite(_views(fixed, c)[view], _views(warped, c)[view]), g, view)
+        _show(axes[1, col], _composite(v["fixed"][view], v["warped"][view]), g, view)
         axes[1, col].set_title(f"after ({view})")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def figure_checkerboard(fixed, warped, g, c, path, tiles: int = 8):
+def figure_checkerboard(sl: ReportSlices, path, tiles: int = 8):
     fig, axes = plt.subplots(1, 2, figsize=(10, 5))
     for ax, view in zip(axes, ("axial", "coronal")):
-        f, w = _views(fixed, c)[view], _views(warped, c)[view]
+        f, w = sl.views["fixed"][view], sl.views["warped"][view]
         yy, xx = np.indices(f.shape)
         board = ((yy * tiles // f.shape[0]) + (xx * tiles // f.shape[1])) % 2 == 0
-        _show(ax, np.where(board, _norm(f), _norm(w)), g, view, cmap="gray", vmin=0, vmax=1)
+        _show(ax, np.where(board, _norm(f), _norm(w)), sl.geometry, view, cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"checkerboard fixed / warped ({view})")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
-def figure_grid(fixed, field, g, c, path, step_mm: float = 8.0):
+def figure_grid(sl: ReportSlices, path, step_mm: float = 8.0):
     """Coronal slice with the deformed grid x + u(x) drawn in fixed index space."""
     fig, ax = plt.subplots(figsize=(6, 6))
-    sl = fixed[:, c[1], :]
-    _show(ax, _norm(sl), g, "coronal", cmap="gray", vmin=0, vmax=1)
-    nz, nx = sl.shape
+    g, c = sl.geometry, sl.centre
+    img = sl.views["fixed"]["coronal"]
+    _show(ax, _norm(img), g, "coronal", cmap="gray", vmin=0, vmax=1)
+    nz, nx = img.shape
     kk, ii = np.meshgrid(np.arange(nz), np.arange(nx), indexing="ij")
     ijk = np.stack([ii, np.full_like(ii, c[1]), kk], -1).reshape(-1, 3).astype(float)
-    disp = field[:, c[1], :, :].reshape(-1, 3)
+    disp = sl.views["field"]["coronal"].reshape(-1, 3)
     moved = g.world_to_index(g.index_to_world(ijk) + disp).reshape(nz, nx, 3)
     si = max(1, int(round(step_mm / g.spacing[0])))
     sk = max(1, int(round(step_mm / g.spacing[2])))
@@ -105,15 +143,16 @@ def figure_grid(fixed, field, g, c, path, step_mm: float = 8.0):
     plt.close(fig)
 
 
-def figure_jacobian(fixed, jac, mask, g, c, path):
+def figure_jacobian(sl: ReportSlices, path, j_range: tuple[float, float]):
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
-    lo, hi = float(np.percentile(jac, 1)), float(np.percentile(jac, 99))
+    lo, hi = j_range
     norm = TwoSlopeNorm(vcenter=1.0, vmin=min(lo, 0.99), vmax=max(hi, 1.01))
+    g = sl.geometry
     for ax, view in zip(axes, ("axial", "coronal")):
-        _show(ax, _norm(_views(fixed, c)[view]), g, view, cmap="gray", vmin=0, vmax=1)
-        j = _views(jac, c)[view].astype(float)
-        if mask is not None:
-            j = np.ma.masked_where(~_views(mask, c)[view], j)
+        _show(ax, _norm(sl.views["fixed"][view]), g, view, cmap="gray", vmin=0, vmax=1)
+        j = sl.views["jacobian"][view].astype(float)
+        if "mask" in sl.views:
+            j = np.ma.masked_where(~sl.views["mask"][view].astype(bool), j)
         im = ax.imshow(j, cmap="RdBu_r", norm=norm, aspect=_aspect(g, view), origin="upper" if view == "axial" else "lower", alpha=0.85)
         ax.set_title(f"Jacobian ({view}), <1 = compression")
     fig.colorbar(im, ax=axes, shrink=0.8, label="J")
@@ -139,30 +178,24 @@ def figure_tre(before: np.ndarray, after: np.ndarray, path):
 
 def write_report(
     outdir: Path,
-    fixed: np.ndarray,
-    moving_resampled: np.ndarray,
-    warped: np.ndarray,
-    field: np.ndarray,
-    jac: np.ndarray,
-    geometry: Geometry,
+    slices: ReportSlices,
     metrics: dict,
-    mask: np.ndarray | None = None,
     tre_before: np.ndarray | None = None,
     tre_after: np.ndarray | None = None,
     title: str = "DeepLungReg registration report",
-) -> Path:
-    """Write the PNG figures and ``report.html`` into ``outdir``; returns the HTML path.
+) -> list[Path]:
+    """Write the PNG figures and ``report.html`` into ``outdir``; returns the files written.
 
-    All volumes are ``(Z, Y, X)`` on the fixed grid ``geometry``.
+    ``slices`` holds the views "fixed", "resampled", "warped", "jacobian", "field"
+    (and "mask"); ``slices.extra["jacobian_range"]`` the 1st and 99th percentile of J.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    c = _centre(mask, fixed.shape)
     figs = [("overlay.png", "Overlay before and after"), ("checkerboard.png", "Checkerboard"), ("grid.png", "Deformation grid"), ("jacobian.png", "Jacobian map")]
-    figure_overlays(fixed, moving_resampled, warped, geometry, c, outdir / "overlay.png")
-    figure_checkerboard(fixed, warped, geometry, c, outdir / "checkerboard.png")
-    figure_grid(fixed, field, geometry, c, outdir / "grid.png")
-    figure_jacobian(fixed, jac, mask, geometry, c, outdir / "jacobian.png")
+    figure_overlays(slices, outdir / "overlay.png")
+    figure_checkerboard(slices, outdir / "checkerboard.png")
+    figure_grid(slices, outdir / "grid.png")
+    figure_jacobian(slices, outdir / "jacobian.png", slices.extra.get("jacobian_range", (0.99, 1.01)))
     if tre_before is not None and tre_after is not None:
         figure_tre(np.asarray(tre_before), np.asarray(tre_after), outdir / "tre.png")
         figs.append(("tre.png", "Target registration error"))
@@ -185,4 +218,4 @@ def write_report(
 <h2>Configuration</h2><pre>{cfg}</pre></body></html>"""
     path = outdir / "report.html"
     path.write_text(page)
-    return path
+    return [outdir / f for f, _ in figs] + [path]
