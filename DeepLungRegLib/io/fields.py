@@ -9,10 +9,7 @@ fixed-to-moving (resampling) transform.
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ import SimpleITK as sitk
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from .images import _suffix, check_writable, image_to_sitk
-from .nifti import check_nifti, is_nifti
+from .nifti import check_nifti, is_nifti, write_nifti
 
 FIELD_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".h5")
 
@@ -51,41 +48,6 @@ def field_to_sitk_transform(field: np.ndarray, geometry: Geometry) -> sitk.Displ
     return sitk.DisplacementFieldTransform(img)
 
 
-def _nifti_vector_header(geometry: Geometry) -> bytes:
-    """The 352-byte NIfTI-1 header ITK writes for a 3-component float32 image on ``geometry``.
-
-    ITK computes the header (qform quaternion, sform, units, vector intent) for a
-    one-voxel image of the same spacing, origin and direction; only the sizes
-    are then set, as they do not enter any other field.
-    """
-    tiny = sitk.Image([1, 1, 1], sitk.sitkVectorFloat32, 3)
-    tiny.SetSpacing(geometry.spacing)
-    tiny.SetOrigin(geometry.origin)
-    tiny.SetDirection(geometry.direction)
-    with tempfile.TemporaryDirectory() as tmp:
-        p = os.path.join(tmp, "h.nii")
-        sitk.WriteImage(tiny, p, useCompression=False)
-        with open(p, "rb") as fh:
-            header = bytearray(fh.read(352))
-    if struct.unpack_from("<i", header, 0)[0] != 348 or struct.unpack_from("<8h", header, 40)[:6] != (5, 1, 1, 1, 1, 3):
-        raise DeepLungRegError("write_field: unexpected NIfTI header from SimpleITK")  # pragma: no cover
-    struct.pack_into("<3h", header, 42, *geometry.size)
-    return bytes(header)
-
-
-def _write_nifti_field(field: np.ndarray, geometry: Geometry, path: Path, slab_voxels: int = 4_000_000) -> None:
-    """Stream a field into a NIfTI file a component plane and a slab at a time (no full copy: a
-    512x512x600 field is 1.9 GB, and ITK's writer holds two more copies of it)."""
-    header = _nifti_vector_header(geometry)
-    opener = (lambda: gzip.open(path, "wb", compresslevel=1)) if _suffix(path) == ".nii.gz" else (lambda: open(path, "wb"))
-    step = max(1, slab_voxels // max(1, geometry.shape[1] * geometry.shape[2]))
-    with opener() as fh:
-        fh.write(header)
-        for c in range(3):  # NIfTI stores vector images component by component (dim[5])
-            for z0 in range(0, geometry.shape[0], step):
-                fh.write(np.ascontiguousarray(field[z0:z0 + step, :, :, c], dtype="<f4").tobytes())
-
-
 def write_field(field: np.ndarray, geometry: Geometry, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Write a displacement field ``(Z, Y, X, 3)`` (mm, LPS, fixed grid).
 
@@ -97,7 +59,7 @@ def write_field(field: np.ndarray, geometry: Geometry, path: str | os.PathLike, 
     if _suffix(path) == ".h5":
         sitk.WriteTransform(field_to_sitk_transform(field, geometry), str(path))
     elif _suffix(path) in (".nii", ".nii.gz"):
-        _write_nifti_field(field, geometry, path)
+        write_nifti(field, geometry, path)
     else:
         sitk.WriteImage(image_to_sitk(field, geometry), str(path), useCompression=True)
     return path

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
-from .nifti import check_nifti, is_nifti
+from .nifti import check_nifti, is_nifti, write_nifti
 
 #: File endings we write. Anything SimpleITK reads is accepted on input.
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -151,7 +151,15 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = True, suffixes:
 
 
 def write_image(image: Image, path: str | os.PathLike, *, overwrite: bool = True, compress: bool = True) -> Path:
-    """Write an image to NIfTI/NRRD/MHA/MHD with its full geometry."""
+    """Write an image to NIfTI/NRRD/MHA/MHD with its full geometry.
+
+    NIfTI is streamed a slab at a time (:func:`~.nifti.write_nifti`, no copy of
+    the image); the other formats go through SimpleITK.
+    """
     path = check_writable(path, overwrite=overwrite)
-    sitk.WriteImage(image_to_sitk(image), str(path), useCompression=compress)
+    suffix = _suffix(path)
+    if suffix == ".nii" or (suffix == ".nii.gz" and compress):
+        write_nifti(image.array, image.geometry, path)
+    else:
+        sitk.WriteImage(image_to_sitk(image), str(path), useCompression=compress)
     return path

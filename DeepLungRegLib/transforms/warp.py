@@ -160,6 +160,23 @@ def _slab_coordinates(dst: Geometry, src: Geometry, z0: int, z1: int, device) ->
     return (ijk @ torch.as_tensor(m.T, device=device) + torch.as_tensor(c, device=device))[None]
 
 
+def _inside_weight(grid: torch.Tensor, shape: tuple[int, int, int], mode: str) -> torch.Tensor:
+    """The interpolation weight that falls inside a volume of ``shape`` (Z, Y, X) at normalised
+    ``grid`` points ``(1, ..., 3)``: what ``grid_sample`` with zero padding returns for a volume of ones."""
+    w = None
+    for axis, n in enumerate(shape[::-1]):  # grid channels are (x, y, z)
+        p = (grid[..., axis] + 1.0) * 0.5 * max(n - 1, 1)
+        if mode == "nearest":
+            i = torch.round(p)
+            wa = ((i >= 0) & (i <= n - 1)).to(grid.dtype)
+        else:
+            i0 = torch.floor(p)
+            t = p - i0
+            wa = (1 - t) * ((i0 >= 0) & (i0 <= n - 1)) + t * ((i0 + 1 >= 0) & (i0 + 1 <= n - 1))
+        w = wa if w is None else w * wa
+    return w[None]
+
+
 def sample_on_grid(
     volume: torch.Tensor | np.ndarray,
     src: Geometry,
@@ -190,31 +207,44 @@ def sample_on_grid(
     """
     if mode not in _MODES:
         raise DeepLungRegError(f"sample_on_grid: unknown interpolation {mode!r}; use 'linear' or 'nearest'")
-    vol = torch.as_tensor(volume)
+    # A numpy volume stays as it is (e.g. int16): each output slab converts only the source slices it reads.
+    from_numpy = isinstance(volume, np.ndarray)
+    vol = volume if from_numpy else torch.as_tensor(volume)
     scalar = vol.ndim == 3
     if scalar:
         vol = vol[None]
     if vol.ndim != 4 or tuple(vol.shape[1:]) != src.shape:
         raise DeepLungRegError(f"sample_on_grid: volume shape {tuple(vol.shape)} does not match its grid {src.shape}")
-    if vol.dtype not in (torch.float32, torch.float64):
+    if not from_numpy and vol.dtype not in (torch.float32, torch.float64):
         vol = vol.to(torch.float32)
     if field is not None and np.shape(field) != (*dst.shape, 3):
         raise DeepLungRegError(f"sample_on_grid: field shape {np.shape(field)} does not match the grid {(*dst.shape, 3)}")
     n_c = vol.shape[0]
     if out is None:
         out = np.empty(dst.shape if scalar else ((*dst.shape, n_c) if channels_last else (n_c, *dst.shape)), np.float32)
-    dev = vol.device
+    dev = torch.device("cpu") if from_numpy else vol.device
     a_field = torch.as_tensor(_world_to_normalised(src)[0].T, device=dev, dtype=torch.float64)
-    shifted = vol if fill in (None, 0.0) else vol - fill
     padding = "border" if fill is None else "zeros"
     integer = np.dtype(out.dtype).kind in "iub"
+    nz = src.shape[0]
     for z0, z1 in _slabs(dst.shape, slab_voxels):
         grid = _slab_coordinates(dst, src, z0, z1, dev)
         if field is not None:
             grid = grid + torch.as_tensor(np.asarray(field[z0:z1]), device=dev).to(torch.float64) @ a_field
-        res = F.grid_sample(shifted[None], grid.to(vol.dtype), mode=_MODES[mode], padding_mode=padding, align_corners=True)[0]
+        if from_numpy:
+            # the source slices this slab reads (every corner of every point, clamped to the volume)
+            k = (grid[..., 2] + 1.0) * 0.5 * max(nz - 1, 1)
+            k0 = int(np.clip(np.floor(float(k.min())), 0, max(nz - 2, 0)))  # at least two slices where there are two
+            k1 = int(np.clip(np.floor(float(k.max())) + 2, min(k0 + 2, nz), nz))
+            sub = torch.from_numpy(np.ascontiguousarray(vol[:, k0:k1], dtype=np.float32))
+            g = grid.clone()
+            g[..., 2] = (k - k0) * (2.0 / max(k1 - k0 - 1, 1)) - 1.0 if k1 - k0 > 1 else (k - k0) * 2.0
+            res = F.grid_sample(sub[None], g.to(torch.float32), mode=_MODES[mode], padding_mode=padding, align_corners=True)[0]
+        else:
+            res = F.grid_sample(vol[None], grid.to(vol.dtype), mode=_MODES[mode], padding_mode=padding, align_corners=True)[0]
         if fill not in (None, 0.0):
-            res = res + fill
+            # what zero padding left out is filled with ``fill`` (no shifted copy of the whole volume)
+            res = res + fill * (1.0 - _inside_weight(grid, src.shape, mode).to(res.dtype))
         r = res.cpu().numpy()
         if integer:
             info = np.iinfo(out.dtype) if np.dtype(out.dtype).kind in "iu" else None
@@ -261,7 +291,8 @@ def warp_image(
     src = np.asarray(moving.array)
     if dtype is None:
         dtype = src.dtype if (mode == "nearest" or src.dtype.kind == "b") else np.float32
-    vol = torch.as_tensor(src.astype(np.float32, copy=False), device=device)
+    # on the CPU the image stays as stored and each slab reads the slices it needs (no float copy of it)
+    vol = src if torch.device(device).type == "cpu" else torch.as_tensor(src.astype(np.float32, copy=False), device=device)
     out = np.empty(fixed.shape, dtype=np.uint8 if np.dtype(dtype).kind == "b" else dtype)
     with torch.no_grad():
         sample_on_grid(vol, moving.geometry, fixed, field, mode=mode, fill=fill, out=out)

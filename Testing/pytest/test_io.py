@@ -169,10 +169,15 @@ def test_field_shape_is_checked(tmp_path, oblique):
 
 
 @pytest.mark.parametrize("direction", [np.eye(3), np.diag([-1.0, -1.0, 1.0]), np.array([[0, 0, -1.0], [1, 0, 0], [0, -1, 0]])])
-def test_streamed_nifti_field_is_byte_for_byte_what_itk_writes(tmp_path, oblique, direction):
-    """write_field streams NIfTI fields (no full copy); ITK must read back exactly what it would have written."""
+def test_streamed_nifti_is_byte_for_byte_what_itk_writes(tmp_path, oblique, direction):
+    """write_image and write_field stream NIfTI (no full copy); the file must be ITK's own."""
     for d in (direction, oblique.direction_matrix):
         g = Geometry((7, 5, 4), (1.5, 2.0, 3.0), (10.0, -20.0, 30.0), tuple(np.asarray(d).ravel()))
+        for dtype in (np.int16, np.uint16, np.float32, np.float64, bool):
+            a = np.random.default_rng(1).normal(0, 300, g.shape).astype(dtype)
+            write_image(Image(a, g), tmp_path / "ours.nii", compress=False)
+            sitk.WriteImage(image_to_sitk(Image(a, g)), str(tmp_path / "itk.nii"))
+            assert (tmp_path / "ours.nii").read_bytes() == (tmp_path / "itk.nii").read_bytes(), np.dtype(dtype).name
         f = np.random.default_rng(0).normal(0, 3, (*g.shape, 3)).astype(np.float32)
         write_field(f, g, tmp_path / "ours.nii")
         sitk.WriteImage(image_to_sitk(f, g), str(tmp_path / "itk.nii"))
