@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import DeepLungRegError
-from .evaluation import hu_ventilation, jacobian_ventilation, ventilation_summary
+from .evaluation import hu_ventilation, jacobian_ventilation, lung_map_stats, summarise_ventilation
 from .io.fields import write_field
 from .io.images import Image, read_image, write_image
 from .io.landmarks import read_landmarks
@@ -22,7 +22,7 @@ from .io.outputs import MANIFEST_FILE, MANIFEST_KEY, OutputFolder
 from .methods import RegistrationResult, get_method, register
 from .methods.base import check_image, mask_on_image
 from .metrics import jacobian_determinant, jacobian_stats, tre, tre_summary
-from .segmentation import lung_mask
+from .segmentation import lung_mask, split_lungs
 from .transforms.warp import warp_image
 
 log = logging.getLogger(__name__)
@@ -161,32 +161,47 @@ def _run_job(
     ``"ventilation_hu"``, ``"jacobian"``, ``"ventilation"``.
     """
     t0 = time.perf_counter()
+    report = progress or (lambda stage, fraction: None)
+    report("lung masks", 0.0)
     fm = resolve_mask(fixed_mask, fixed, "fixed mask")
     mm = resolve_mask(moving_mask, moving, "moving mask")
     emit("masks", (fm, mm))
     t_masks = time.perf_counter() - t0
-    report = progress or (lambda stage, fraction: None)
     # the registration takes the progress bar to 90 %, the outputs the rest
     result = register(fixed, moving, method, fixed_mask=fm, moving_mask=mm, config=config, device=device,
                       progress=lambda stage, fraction: report(stage, 0.9 * fraction), cancel=cancel)
     t1 = time.perf_counter()
     g = fixed.geometry
+    field = result.field
     lung = fm.array if fm is not None else None
-    emit("field", result.field)
+    labels = split_lungs(fm) if fm is not None else None
+    metrics: dict = {"method": method, "fixed_grid": g.to_dict()}
+    emit("field", field)
+    tb = ta = None
+    if fixed_landmarks is not None:
+        tb = tre(fixed_landmarks, moving_landmarks)
+        ta = tre(fixed_landmarks, moving_landmarks, field, g)
+        metrics["tre_before"] = tre_summary(tb).to_dict()
+        metrics["tre_after"] = tre_summary(ta).to_dict()
+        metrics["tre_per_landmark"] = [{"before": float(b), "after": float(a)} for b, a in zip(tb, ta)]
+    # Each map is summarised as soon as it exists and then let go (the caller may keep what emit gets).
     report("warped image", 0.92)
-    fill = -1024.0 if looks_like_ct(moving) else 0.0
-    warped = warp_image(moving, result.field, g, fill=fill, dtype=warped_dtype(moving))
+    warped = warp_image(moving, field, g, fill=-1024.0 if looks_like_ct(moving) else 0.0, dtype=warped_dtype(moving))
     emit("warped", warped)
-    hv = None
+    hu_stats = None
     if lung is not None and looks_like_ct(fixed):
         hv = hu_ventilation(fixed.array, warped.array, lung)
+        hu_stats = lung_map_stats(hv, labels)
         emit("ventilation_hu", Image(hv, g))
+        del hv
     del warped
     report("Jacobian", 0.95)
-    jac = jacobian_determinant(result.field, g)
-    metrics: dict = {"method": method, "fixed_grid": g.to_dict(),
-                     "jacobian": jacobian_stats(jac, lung) if lung is not None else jacobian_stats(jac),
-                     "jacobian_whole_image": jacobian_stats(jac)}
+    jac = jacobian_determinant(field, g)
+    del field
+    if not keep_field:
+        result.field = None  # written by the caller; nothing here needs it any more
+    metrics["jacobian"] = jacobian_stats(jac, lung) if lung is not None else jacobian_stats(jac)
+    metrics["jacobian_whole_image"] = jacobian_stats(jac)
     emit("jacobian", Image(jac, g))
     if lung is not None:
         jv = jacobian_ventilation(jac, lung)
@@ -194,19 +209,10 @@ def _run_job(
         jv = np.subtract(jac, np.float32(1.0), dtype=np.float32)
         log.warning("no fixed lung mask: the ventilation map is J - 1 over the whole image")
     del jac
+    if labels is not None:
+        metrics["ventilation"] = summarise_ventilation(lung_map_stats(jv, labels), hu_stats, g.voxel_volume_ml)
     emit("ventilation", Image(jv, g))
-    tb = ta = None
-    if fixed_landmarks is not None:
-        tb = tre(fixed_landmarks, moving_landmarks)
-        ta = tre(fixed_landmarks, moving_landmarks, result.field, g)
-        metrics["tre_before"] = tre_summary(tb).to_dict()
-        metrics["tre_after"] = tre_summary(ta).to_dict()
-        metrics["tre_per_landmark"] = [{"before": float(b), "after": float(a)} for b, a in zip(tb, ta)]
-    if not keep_field:
-        result.field = None  # the caller has written it; the ventilation summary needs the memory
-    if lung is not None:
-        metrics["ventilation"] = ventilation_summary(jv, hv, fm)
-    del jv, hv
+    del jv, labels
     metrics["timings_s"] = {**{k: round(v, 3) for k, v in result.timings.items()}, "masks": round(t_masks, 3),
                             "outputs": round(time.perf_counter() - t1, 3)}
     metrics["diagnostics"] = result.diagnostics

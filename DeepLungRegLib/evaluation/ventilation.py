@@ -17,6 +17,7 @@ from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from ..segmentation import split_lungs
 from ..io.images import Image
+from ..metrics.moments import RunningMoments
 
 
 def jacobian_ventilation(jac: np.ndarray, lung: np.ndarray) -> np.ndarray:
@@ -49,25 +50,44 @@ def hu_ventilation(inhale_hu: np.ndarray, warped_exhale_hu: np.ndarray, lung: np
     return out
 
 
+#: The lung labels of :func:`~DeepLungRegLib.segmentation.split_lungs` and the summary's names for them.
+LUNGS = (("right", (1,)), ("left", (2,)), ("both", (1, 2)))
+
+
+def lung_map_stats(values: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """Voxel count, sum, mean and SD of a map inside the right, left and both lungs (``labels`` 1, 2).
+
+    A slice at a time, so that a caller can summarise each full-resolution map
+    as soon as it exists and then let it go.
+    """
+    acc = {name: RunningMoments() for name, _ in LUNGS}
+    for k in range(labels.shape[0]):
+        lk, vk = labels[k], values[k]
+        for name, ids in LUNGS:
+            sel = (lk == ids[0]) if len(ids) == 1 else (lk > 0)
+            if sel.any():
+                acc[name].add(vk[sel])
+    return {name: {"n": a.n, "sum": a.sum, "mean": a.mean, "std": a.std} for name, a in acc.items() if a.n}
+
+
+def summarise_ventilation(jac_stats: dict, hu_stats: dict | None, voxel_ml: float) -> dict:
+    """The per-lung summary of :func:`ventilation_summary` from :func:`lung_map_stats` of both maps."""
+    out = {}
+    for name, _ in LUNGS:
+        if name not in jac_stats:
+            continue
+        j = jac_stats[name]
+        entry = {"volume_ml": float(j["n"] * voxel_ml), "jacobian_minus_1_mean": j["mean"], "jacobian_minus_1_std": j["std"],
+                 "volume_change_ml": float(j["sum"] * voxel_ml)}
+        if hu_stats is not None and name in hu_stats:
+            entry["specific_ventilation_mean"] = hu_stats[name]["mean"]
+            entry["specific_ventilation_std"] = hu_stats[name]["std"]
+        out[name] = entry
+    return out
+
+
 def ventilation_summary(jac_vent: np.ndarray, hu_vent: np.ndarray | None, lung_mask: Image) -> dict:
     """Per-lung (right, left, both) mean/std of both maps and volume change in ml."""
     labels = split_lungs(lung_mask)
-    vox_ml = lung_mask.geometry.voxel_volume_ml
-    out = {}
-    for name, sel in (("right", labels == 1), ("left", labels == 2), ("both", labels > 0)):
-        if not sel.any():
-            continue
-        jv = jac_vent[sel]
-        entry = {
-            "volume_ml": float(jv.size * vox_ml),
-            "jacobian_minus_1_mean": float(jv.mean(dtype=np.float64)),
-            "jacobian_minus_1_std": float(jv.std(dtype=np.float64)),
-            "volume_change_ml": float(jv.sum(dtype=np.float64) * vox_ml),
-        }
-        del jv
-        if hu_vent is not None:
-            hv = hu_vent[sel]
-            entry["specific_ventilation_mean"] = float(hv.mean(dtype=np.float64))
-            entry["specific_ventilation_std"] = float(hv.std(dtype=np.float64))
-        out[name] = entry
-    return out
+    return summarise_ventilation(lung_map_stats(jac_vent, labels), None if hu_vent is None else lung_map_stats(hu_vent, labels),
+                                 lung_mask.geometry.voxel_volume_ml)

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
+from .moments import RunningMoments
 
 
 def spatial_gradient(field: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -62,25 +63,38 @@ def jacobian_determinant(field: np.ndarray, geometry: Geometry, *, slab_voxels: 
     return out
 
 
-def jacobian_stats(jac: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+def jacobian_stats(jac: np.ndarray, mask: np.ndarray | None = None, *, chunk: int = 1 << 22) -> dict[str, float]:
     """Folding percentage (J <= 0), SD of log J (J clipped to [1e-9, 1e9]), min/max/mean J.
 
-    Statistics are taken inside ``mask`` when given (it must not be empty).
+    Statistics are taken inside ``mask`` when given (it must not be empty). The
+    voxels are visited a chunk at a time with float64 sums, so the memory needed
+    does not grow with the image.
     """
-    j = np.asarray(jac, dtype=np.float64)
+    j = np.asarray(jac)
+    m = None
     if mask is not None:
         m = np.asarray(mask, dtype=bool)
         if m.shape != j.shape:
             raise DeepLungRegError(f"jacobian_stats: mask shape {m.shape} does not match {j.shape}")
         if not m.any():
             raise DeepLungRegError("jacobian_stats: the mask is empty")
-        j = j[m]
-    j = j.ravel()
-    logj = np.log(np.clip(j, 1e-9, 1e9))
+    flat, mflat = j.reshape(-1), None if m is None else m.reshape(-1)
+    values, logs = RunningMoments(), RunningMoments()
+    folded = 0
+    for i in range(0, flat.size, chunk):
+        v = flat[i:i + chunk]
+        if mflat is not None:
+            v = v[mflat[i:i + chunk]]
+        if v.size == 0:
+            continue
+        v = v.astype(np.float64)
+        folded += int(np.count_nonzero(v <= 0))
+        values.add(v)
+        logs.add(np.log(np.clip(v, 1e-9, 1e9)))
     return {
-        "folding_percent": float(100.0 * np.mean(j <= 0)),
-        "sd_log_j": float(logj.std()),
-        "min_j": float(j.min()),
-        "max_j": float(j.max()),
-        "mean_j": float(j.mean()),
+        "folding_percent": float(100.0 * folded / values.n),
+        "sd_log_j": logs.std,
+        "min_j": values.min,
+        "max_j": values.max,
+        "mean_j": values.mean,
     }

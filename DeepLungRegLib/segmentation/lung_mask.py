@@ -20,7 +20,8 @@ from scipy import ndimage as ndi
 from ..errors import DeepLungRegError
 from ..io.images import Image
 from ..transforms.frames import reorient
-from ..transforms.resample import resample_to_geometry
+from ..transforms.resample import block_reduce, resample_to_geometry
+from ..transforms.warp import warp_image
 
 
 def _ball(r: int) -> np.ndarray:
@@ -56,9 +57,13 @@ def lung_mask(ct: Image, *, threshold_hu: float = -400.0, working_spacing_mm: fl
         raise DeepLungRegError(f"lung_mask: the image is too small for a lung mask ({ct.geometry.size} voxels)")
     # the working copy is stored along L, P, S (axial slices along the array's first axis) however the CT
     # is stored; an oblique grid keeps its own field of view (its slice corners are the scan's corners)
-    own = reorient(ct).geometry
-    work = resample_to_geometry(ct, own.with_spacing(tuple(max(s, working_spacing_mm) for s in own.spacing)), smooth=True,
-                                fill=None, float_output=True)
+    stored = reorient(ct)
+    own = stored.geometry
+    target = own.with_spacing(tuple(max(s, working_spacing_mm) for s in own.spacing))
+    # fine voxels are first averaged in whole blocks (a slab at a time: a 512x512x600 CT needs no full float copy)
+    factors = tuple(max(1, int(np.floor(target.spacing[a] / own.spacing[a] + 1e-6))) for a in range(3))
+    src = block_reduce(stored, factors) if max(factors) > 1 else ct
+    work = resample_to_geometry(src, target, smooth=True, fill=None, float_output=True)
     a = work.array
     if min(a.shape) < 3:
         raise DeepLungRegError(f"lung_mask: the image is too small for a lung mask ({ct.geometry.size} voxels, "
@@ -85,8 +90,9 @@ def lung_mask(ct: Image, *, threshold_hu: float = -400.0, working_spacing_mm: fl
     mask = ndi.binary_fill_holes(mask)
     for k in range(mask.shape[0]):
         mask[k] = ndi.binary_fill_holes(mask[k])
-    out = resample_to_geometry(work.with_array(mask.astype(np.float32)), ct.geometry, mode="linear", fill=0.0)
-    return ct.with_array(out.array > 0.5)
+    # back to the CT's grid a slab at a time (linear, then > 0.5: np.round sends 0.5 to 0)
+    out = warp_image(work.with_array(mask.astype(np.float32)), None, ct.geometry, fill=0.0, dtype=np.uint8)
+    return ct.with_array(out.array > 0)
 
 
 def split_lungs(mask: Image) -> np.ndarray:
@@ -110,13 +116,23 @@ def split_lungs(mask: Image) -> np.ndarray:
     lab, n = ndi.label(m)
     out = np.zeros(m.shape, np.uint8)
     if n >= 2:
-        sizes = ndi.sum(m, lab, index=np.arange(1, n + 1))
+        # a slice at a time: ndi.sum and a whole-volume bincount make 8-byte copies of the labels
+        sizes = sum(np.bincount(lab[k].reshape(-1), minlength=n + 1) for k in range(lab.shape[0]))[1:]
         ca, cb = np.argsort(sizes)[::-1][:2] + 1
         if sizes[cb - 1] >= 0.2 * sizes[ca - 1]:
-            # world x is affine in the index: the mean world x of a component is that of its centroid
-            (za, ya, xa_), (zb, yb, xb_) = ndi.center_of_mass(m, lab, [ca, cb])
-            xa = g.origin[0] + a * xa_ + b * ya + c * za
-            xb = g.origin[0] + a * xb_ + b * yb + c * zb
+            # world x is affine in the index: the mean world x of a component is the world x of its mean
+            # index, summed a slice at a time
+            acc = {ca: np.zeros(4), cb: np.zeros(4)}  # count, sum k, sum j, sum i
+            jj, ii = np.arange(m.shape[1]), np.arange(m.shape[2])
+            for k in range(m.shape[0]):
+                for lab_id in (ca, cb):
+                    sel = lab[k] == lab_id
+                    cnt = int(sel.sum())
+                    if cnt:
+                        acc[lab_id] += (cnt, k * cnt, float(sel.sum(axis=1) @ jj), float(sel.sum(axis=0) @ ii))
+            (na, za, ya, xa_), (nb, zb, yb, xb_) = acc[ca], acc[cb]
+            xa = g.origin[0] + (a * xa_ + b * ya + c * za) / na
+            xb = g.origin[0] + (a * xb_ + b * yb + c * zb) / nb
             right, left = (ca, cb) if xa < xb else (cb, ca)
             cut = 0.5 * (xa + xb)
             for k in range(m.shape[0]):
