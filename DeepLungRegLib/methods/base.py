@@ -411,6 +411,7 @@ def register(
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
+    ctx.progress("working frame", 0.0)
     with ctx.stage("working_frame"):
         # Both images on LPS-axis-aligned float32 grids (no finer than 1 mm) before any feature is
         # computed, so the result does not depend on how the images were stored.
@@ -418,14 +419,16 @@ def register(
         wfm = None if fixed_mask is None else to_working_frame(fixed_mask, label=True)
         wmm = None if moving_mask is None else to_working_frame(moving_mask, label=True)
     raw, diagnostics = spec.run(wf, wm, wfm, wmm, config, ctx)
+    working_grid = wf.geometry
+    del wf, wm, wfm, wmm  # the full-resolution field below needs the memory
     ctx.check_cancel()
     with ctx.stage("field_to_fixed_grid"):
         ctx.progress("field to the fixed grid", 0.99)
         if hasattr(raw, "on"):
             field_arr = raw.on(fixed.geometry)
         else:  # a plain array on the working fixed grid
-            field_arr = field_to_grid(np.asarray(raw, dtype=np.float32), wf.geometry, fixed.geometry)
+            field_arr = field_to_grid(np.asarray(raw, dtype=np.float32), working_grid, fixed.geometry)
     ctx.timings["total"] = time.perf_counter() - t0
-    diagnostics = {"device": str(dev), **diagnostics, "working_grid": wf.geometry.to_dict(), **peak_memory_mb(dev)}
+    diagnostics = {"device": str(dev), **diagnostics, "working_grid": working_grid.to_dict(), **peak_memory_mb(dev)}
     ctx.progress("done", 1.0)
     return RegistrationResult(np.asarray(field_arr, dtype=np.float32), fixed.geometry, method, config.to_dict(), ctx.timings, diagnostics)

@@ -88,3 +88,48 @@ def write_uint16_nifti(image: Image, path, offset: float = 1024.0) -> None:
     data = bytearray(path.read_bytes())
     struct.pack_into("<2f", data, 112, 1.0, -offset)  # scl_slope, scl_inter
     path.write_bytes(bytes(data))
+
+
+#: The storages of the invariance matrix: name -> kind ("exact": the same voxel values on the same voxel
+#: centres; "resampled": interpolated onto other centres, or another field of view).
+STORAGES = {
+    "float32": "exact", "float64": "exact", "uint16 file, intercept -1024": "exact", "RAS": "exact", "permuted axes": "exact",
+    "oblique 2 mm": "resampled", "anisotropic 2x2x4 mm": "resampled", "cropped 2 cm": "resampled", "extended 3 cm": "resampled",
+}
+
+
+def stored_as(image: Image, mask: Image, name: str, workdir, spacing: float = 4.0) -> tuple[Image, Image]:
+    """``image`` (a CT on an axis-aligned grid of ``spacing`` mm) and its ``mask`` stored as ``name`` of
+    :data:`STORAGES`: the same physical image. The uint16 storage goes through a file in ``workdir``."""
+    from pathlib import Path
+
+    g = image.geometry
+    if name in ("float32", "float64"):
+        return image.with_array(image.array.astype(name)), mask
+    if name.startswith("uint16"):
+        from ..io.images import read_image
+
+        path = Path(workdir) / "uint16.nii"
+        write_uint16_nifti(image, path)
+        return read_image(path), mask
+    if name in ("RAS", "permuted axes"):
+        t = signed_permutation(g, (0, 1, 2), (-1, -1, 1)) if name == "RAS" else signed_permutation(g, (1, 2, 0), (1, -1, 1))
+        return restore(image, t), restore(mask, t, label=True)
+    if name.startswith("cropped"):
+        t = cropped(g, (5, 3, 0), (5, 3, 0))  # 5 voxels left and right, 3 front and back
+        return restore(image, t), restore(mask, t, label=True)
+    if name.startswith("extended"):
+        t = extended(g, (8, 8, 0))  # 8 voxels more air on each side
+        return padded(image, t, -1024.0), restore(mask, t, label=True)
+    if name.startswith("oblique"):
+        c, s_ = np.cos, np.sin
+        ax, ay, az = 0.35, 0.2, -0.3
+        rx = np.array([[1, 0, 0], [0, c(ax), -s_(ax)], [0, s_(ax), c(ax)]])
+        ry = np.array([[c(ay), 0, s_(ay)], [0, 1, 0], [-s_(ay), 0, c(ay)]])
+        rz = np.array([[c(az), -s_(az), 0], [s_(az), c(az), 0], [0, 0, 1]])
+        t = rotated(g, rz @ ry @ rx, (spacing / 2,) * 3)
+    elif name.startswith("anisotropic"):
+        t = rotated(g, np.eye(3), (spacing / 2, spacing / 2, spacing))
+    else:
+        raise ValueError(f"stored_as: unknown storage {name!r}")
+    return restore(image, t, exact=False), restore(mask, t, label=True)

@@ -4,15 +4,16 @@ Users bring images stored in many ways: int16, uint16 or float voxels, axes in
 LPS or RAS order or permuted, flipped, oblique direction matrices, different
 spacings and fields of view for inhale and exhale. A registration's result in
 world coordinates must not depend on any of that. :func:`to_working_frame`
-puts an image on an LPS-axis-aligned grid (identity direction) as float32 at
-no finer than ``min_spacing_mm``:
+puts an image on an LPS-axis-aligned grid (identity direction) as float32,
+with voxels of about 1 mm or more:
 
 * when the image is already stored along the LPS axes (in any order, with
-  any flips) and no finer than that, this is a lossless transpose and flip of
-  the array (:func:`reorient`), so those storages give identical working
-  images;
-* otherwise (oblique grids, finer voxels) the image is resampled once,
-  anti-aliased, onto :func:`working_geometry`.
+  any flips), this is a lossless transpose and flip of the array
+  (:func:`reorient`), and voxels finer than 0.9 mm are averaged in whole
+  blocks (a slab at a time: a 512x512x600 CT needs no full-size float copy);
+  so all those storages give identical working images;
+* an oblique image is resampled once, anti-aliased, onto the axis-aligned
+  grid over its bounding box.
 
 Every method then sees both images on axis-aligned grids, and the field it
 returns is resampled once onto the fixed image's own grid
@@ -25,11 +26,14 @@ import numpy as np
 
 from ..geometry import Geometry
 from ..io.images import Image
-from .resample import resample_to_geometry
+from .resample import block_reduce, resample_to_geometry
 
-#: Finest working voxel size (mm): every method's finest level is coarser (2-4 mm),
+#: About the finest working voxel size (mm): every method's finest level is coarser (2-4 mm),
 #: and a 512x512x600 CT at 0.7 mm becomes ~40 M voxels instead of 157 M.
 WORKING_SPACING_MM = 1.0
+#: Voxels at least this fraction of :data:`WORKING_SPACING_MM` are kept as they are (a 0.98 mm CT is
+#: not resampled to 1 mm); finer ones are averaged in blocks of whole voxels.
+COARSEST_FRACTION = 0.9
 
 
 def reorient_array(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, Geometry]:
@@ -64,25 +68,52 @@ def reorient(image: Image) -> Image:
     return Image(*reorient_array(image.array, image.geometry))
 
 
+def _block_factors(geometry: Geometry, min_spacing_mm: float) -> tuple[int, int, int]:
+    """Per index axis of the reoriented grid: the smallest whole number of voxels that spans at least
+    :data:`COARSEST_FRACTION` of ``min_spacing_mm`` (1 for voxels that are already that large)."""
+    return tuple(max(1, int(np.ceil(COARSEST_FRACTION * min_spacing_mm / s - 1e-9))) for s in geometry.spacing)
+
+
 def working_geometry(geometry: Geometry, min_spacing_mm: float = WORKING_SPACING_MM) -> Geometry:
-    """The axis-aligned grid covering ``geometry`` at its own spacing, but no finer than ``min_spacing_mm``."""
-    return geometry.axis_aligned(tuple(max(s, min_spacing_mm) for s in geometry.spacing_along_world()))
+    """The working grid of an image on ``geometry``: along the LPS axes, each voxel a whole block of the
+    image's own voxels at least about ``min_spacing_mm`` wide.
+
+    For a grid stored along the axes (in any order, with any flips) this is the
+    grid of block means of its voxels (the grid itself where the voxels are
+    large enough); an oblique grid gets the axis-aligned grid over its bounding
+    box at those block sizes.
+    """
+    r = reorient_array(np.broadcast_to(np.zeros((), np.uint8), geometry.shape), geometry)[1]
+    f = _block_factors(r, min_spacing_mm)
+    spacing = tuple(r.spacing[a] * f[a] for a in range(3))
+    if r.is_axis_aligned():
+        size = tuple(max(1, r.size[a] // f[a]) for a in range(3))
+        origin = np.asarray(r.origin) + (np.asarray(r.spacing) * (np.asarray(f) - 1) / 2.0)
+        return Geometry(size, spacing, tuple(origin))
+    return geometry.axis_aligned(spacing)
 
 
 def to_working_frame(image: Image, *, min_spacing_mm: float = WORKING_SPACING_MM, label: bool = False) -> Image:
     """``image`` on its :func:`working_geometry`: float32 values, or bool for a ``label`` (mask) image.
 
-    Outside the original field of view (the corners of an oblique grid's
-    bounding box) an intensity image repeats its nearest border value (filling
-    them with air would join lungs that touch the border to the air around the
-    body); a label image is False there.
+    An image stored along the axes needs no interpolation: its voxels are
+    reordered (losslessly) and, where finer than the working grid, averaged in
+    whole blocks a slab at a time. An oblique image is resampled once,
+    anti-aliased; outside its field of view (the corners of its bounding box)
+    an intensity image repeats its nearest border value (filling them with air
+    would join lungs that touch the border to the air around the body), a label
+    image is False.
     """
     target = working_geometry(image.geometry, min_spacing_mm)
     r = reorient(image)
-    if r.geometry.same_as(target, tol=1e-5):
-        arr = np.asarray(r.array) > 0 if label else np.ascontiguousarray(r.array, dtype=np.float32)
+    src = r.with_array(np.asarray(r.array) > 0) if label else r
+    if r.geometry.is_axis_aligned():
+        f = _block_factors(r.geometry, min_spacing_mm)
+        if max(f) > 1:
+            src = block_reduce(src, f)
+        arr = np.asarray(src.array) > 0.5 if label else np.ascontiguousarray(src.array, dtype=np.float32)
         return Image(arr, target)
     if label:
-        src = r.with_array((np.asarray(r.array) > 0).astype(np.float32))
+        src = src.with_array(np.asarray(src.array, dtype=np.float32))
         return Image(resample_to_geometry(src, target, smooth=True).array > 0.5, target)
-    return resample_to_geometry(image, target, smooth=True, fill=None, float_output=True)
+    return resample_to_geometry(src, target, smooth=True, fill=None, float_output=True)

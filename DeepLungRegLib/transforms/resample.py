@@ -65,3 +65,31 @@ def resample_to_geometry(image: Image, geometry: Geometry, *, mode: str = "linea
 def resample_to_spacing(image: Image, spacing: float | tuple[float, float, float], *, mode: str = "linear", fill: float = 0.0) -> Image:
     """Resample ``image`` to a new voxel ``spacing`` (mm), anti-aliased when coarsening."""
     return resample_to_geometry(image, image.geometry.with_spacing(spacing), mode=mode, fill=fill, smooth=True)
+
+
+def block_reduce(image: Image, factors: tuple[int, int, int], *, slab_voxels: int = 1 << 24) -> Image:
+    """Mean over blocks of ``factors`` voxels (along the index axes ``i, j, k``), as float32.
+
+    The cheap first step of a large downsampling: a 512x512x600 CT is reduced
+    a slab at a time without any full-size float copy. The block grid covers the
+    whole blocks (a remainder of fewer than ``factors`` voxels at the far end is
+    dropped); each block's centre is where its voxels' centres average.
+    """
+    f = tuple(int(v) for v in factors)
+    if any(v < 1 for v in f):
+        raise DeepLungRegError(f"block_reduce: factors must be >= 1, got {factors}")
+    g = image.geometry
+    size = tuple(max(1, g.size[a] // f[a]) for a in range(3))
+    f = tuple(min(f[a], g.size[a]) for a in range(3))
+    origin = g.index_to_world(((np.asarray(f, float) - 1) / 2)[None])[0]
+    out_geom = Geometry(size, tuple(g.spacing[a] * f[a] for a in range(3)), tuple(origin), g.direction)
+    fi, fj, fk = f
+    nz, ny, nx = size[2], size[1], size[0]
+    arr = image.array
+    out = np.empty((nz, ny, nx), np.float32)
+    step = max(1, slab_voxels // max(1, fk * ny * fj * nx * fi))
+    for z0 in range(0, nz, step):
+        z1 = min(nz, z0 + step)
+        block = np.asarray(arr[z0 * fk:z1 * fk, :ny * fj, :nx * fi], dtype=np.float32)
+        out[z0:z1] = block.reshape(z1 - z0, fk, ny, fj, nx, fi).mean(axis=(1, 3, 5))
+    return Image(out, out_geom)
