@@ -38,9 +38,17 @@ class _Progress:
     def close(self) -> None:
         self.bar.close()
 
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
+
 
 def _parse_options(pairs: list[str] | None, config_file: str | None, method: str | None = None) -> dict:
-    from .methods.base import parse_options, read_config_json
+    from .methods.base import parse_options
+    from .options import read_config_json
 
     cfg: dict = read_config_json(config_file, "register") if config_file else {}
     if config_file and method:
@@ -66,40 +74,34 @@ def cmd_methods(args) -> int:
         print(f"{name:10s} {desc}")
         if args.options or args.verbose:
             for opt in method_settings(name):
-                print(f"           {opt['name']} = {json.dumps(opt['default'])}  {opt['help']}")
+                old = f" (old name: {', '.join(opt['aliases'])})" if opt["aliases"] else ""
+                print(f"           {opt['name']} = {json.dumps(opt['default'])}  {opt['help']}{old}")
     return 0
 
 
-def _print_tre(metrics: dict) -> None:
-    if "tre_before" in metrics:
-        b, a = metrics["tre_before"], metrics["tre_after"]
-        print(f"TRE before: {b['mean']:.2f} ± {b['std']:.2f} mm (95th {b['p95']:.2f}, max {b['max']:.2f}, n={b['n']})")
-        print(f"TRE after:  {a['mean']:.2f} ± {a['std']:.2f} mm (95th {a['p95']:.2f}, max {a['max']:.2f})")
+def _method_options(args) -> dict:
+    """The method options of ``register``: ``--config``, then ``-O``, then ``--finetune``."""
+    cfg = _parse_options(args.option, args.config, args.method)
+    if args.finetune is not None:
+        from .networks import network_names
+
+        if args.method not in network_names():
+            raise DeepLungRegError(f"register: --finetune is for the network methods ({', '.join(network_names())}), not {args.method!r}")
+        cfg.pop("finetune", None)
+        cfg["refine_iterations"] = args.finetune
+    return cfg
 
 
 def cmd_register(args) -> int:
-    from .io.images import read_image
-    from .pipeline import load_landmark_pair, run_registration
+    from .pipeline import RegistrationJob, run_registration, summary_lines
 
-    fixed = read_image(args.fixed, what=f"fixed image {args.fixed}")
-    moving = read_image(args.moving, what=f"moving image {args.moving}")
-    fl, ml = load_landmark_pair(args.fixed_landmarks, args.moving_landmarks, args.spacing, fixed, moving)
-    cfg = _parse_options(args.option, args.config, args.method)
-    if args.finetune is not None:
-        if args.method not in ("lindef", "mlvirnet", "labeldriven"):
-            raise DeepLungRegError(f"register: --finetune is for the network methods (lindef, mlvirnet, labeldriven), not {args.method!r}")
-        cfg["finetune"] = args.finetune
-    bar = _Progress(f"register ({args.method})", not args.quiet)
-    try:
-        metrics = run_registration(
-            fixed, moving, args.output, method=args.method, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
-            fixed_landmarks=fl, moving_landmarks=ml, config=cfg, device=args.device, overwrite=args.overwrite, progress=bar,
-        )
-    finally:
-        bar.close()
-    j = metrics["jacobian"]
-    print(f"registration: {metrics['timings_s']['total']:.1f} s; folding {j['folding_percent']:.3f} %, SD log J {j['sd_log_j']:.3f}")
-    _print_tre(metrics)
+    job = RegistrationJob.from_files(
+        args.fixed, args.moving, method=args.method, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
+        fixed_landmarks=args.fixed_landmarks, moving_landmarks=args.moving_landmarks, spacing=args.spacing,
+        options=_method_options(args), device=args.device)
+    with _Progress(f"register ({args.method})", not args.quiet) as bar:
+        metrics = run_registration(job, args.output, overwrite=args.overwrite, progress=bar)
+    print("\n".join(summary_lines(metrics)))
     print(f"outputs in {Path(args.output).resolve()} (report: {Path(args.output).resolve() / 'report.html'})")
     return 0
 
@@ -119,11 +121,8 @@ def cmd_simulate(args) -> int:
     ct = read_image(args.ct, what=f"CT {args.ct}")
     if args.spacing is not None:
         ct = resample_to_spacing(ct, args.spacing, fill=-1024.0)
-    bar = _Progress(f"simulate ({args.amplitude})", not args.quiet)
-    try:
+    with _Progress(f"simulate ({args.amplitude})", not args.quiet) as bar:
         pair = simulate_breathing(ct, amplitude=args.amplitude, seed=args.seed, noise_hu=args.noise, n_landmarks=args.landmarks, progress=bar)
-    finally:
-        bar.close()
     if args.reverse:
         pair = pair.reversed()
     write_pair(pair, out, overwrite=args.overwrite, source=str(args.ct))
@@ -176,7 +175,7 @@ def cmd_tre(args) -> int:
 
 def cmd_demo(args) -> int:
     from .io.images import read_image
-    from .pipeline import run_registration
+    from .pipeline import RegistrationJob, run_registration, summary_lines
     from .simulation import simulate_breathing, write_pair
 
     sample = Path(args.sample) if args.sample else SAMPLE
@@ -186,29 +185,21 @@ def cmd_demo(args) -> int:
     t0 = time.perf_counter()
     ct = read_image(sample, what="demo sample")
     print(f"demo: sample CT {sample.name}, {ct.geometry.size} voxels at {tuple(round(s, 2) for s in ct.geometry.spacing)} mm")
-    bar = _Progress("simulate (small)", not args.quiet)
-    try:
+    with _Progress("simulate (small)", not args.quiet) as bar:
         pair = simulate_breathing(ct, amplitude="small", seed=args.seed, progress=bar)
-    finally:
-        bar.close()
     write_pair(pair, out / "pair", overwrite=True, source=str(sample))
     print(f"demo: simulated exhale with mean lung displacement {pair.info['mean_lung_displacement_mm']:.1f} mm "
           f"(max {pair.info['max_lung_displacement_mm']:.1f} mm)")
-    bar = _Progress(f"register ({args.method})", not args.quiet)
-    try:
-        metrics = run_registration(
-            pair.fixed, pair.moving, out, method=args.method, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
-            fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks, device=args.device, overwrite=True,
-            progress=bar,
-        )
-    finally:
-        bar.close()
+    job = RegistrationJob(pair.fixed, pair.moving, args.method, pair.fixed_mask, pair.moving_mask, pair.fixed_landmarks,
+                          pair.moving_landmarks, device=args.device)
+    with _Progress(f"register ({args.method})", not args.quiet) as bar:
+        metrics = run_registration(job, out, overwrite=True, progress=bar)
     from .evaluation import evaluate_field
     from .io.fields import read_field
 
     ev = evaluate_field(pair, read_field(out / "displacement.nii.gz")[0])
     b, a = metrics["tre_before"]["mean"], metrics["tre_after"]["mean"]
-    _print_tre(metrics)
+    print("\n".join(summary_lines(metrics)))
     print(f"TRE reduced by {100 * (1 - a / b):.1f} %; folding {metrics['jacobian']['folding_percent']:.3f} %; "
           f"dense error in lung {ev['dense_error_lung']['mean']:.2f} mm; registration {metrics['timings_s']['total']:.1f} s")
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; outputs in {out.resolve()}; open {(out / 'report.html').resolve()}")
@@ -311,20 +302,17 @@ def cmd_train(args) -> int:
     if not cts:
         raise DeepLungRegError("train: --pairs only adds real pairs to simulated ones; give at least one --ct too")
     real = [from_simulated(read_pair(d), cfg.spacing_mm, cfg.shape, Path(d).name) for d in args.pairs or []]
-    bar = _Progress(f"train {args.method}", enabled=not args.quiet)
 
     def progress(step: int, steps: int, row: dict) -> None:
         bar(f"step {step}/{steps} loss {row['loss']:.4g}" + (f" val TRE {row['tre_after']:.2f} mm" if "tre_after" in row else ""), step / steps)
 
-    try:
+    with _Progress(f"train {args.method}", enabled=not args.quiet) as bar:
         res = train(cfg, cts, args.output, steps=steps, level_steps=level_steps, val_cts=load(args.val_ct), real_pairs=real, pool_size=args.pool,
                     refresh_every=args.refresh_every, validate_every=args.validate_every, seed=args.seed, resume=args.resume,
                     spatial_augment=args.spatial_augment, amplitude_range_mm=amplitude_range, reverse_fraction=args.reverse_fraction,
                     init=args.init,
                     device=args.device if args.device != "auto" else ("cuda" if __import__("torch").cuda.is_available() else "cpu"),
                     progress=progress)
-    finally:
-        bar.close()
     v = res["validation"]
     print(f"train: {res['steps']} steps in {res['seconds']:.0f} s; checkpoint {res['checkpoint']}"
           + (f"; validation TRE {v['tre_before']:.2f} -> {v['tre_after']:.2f} mm" if v else ""))
@@ -332,37 +320,27 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_features(args) -> int:
-    from .features.cnn import train_feature_net
+    from .training.features import train_feature_net
     from .io.images import read_image
 
     def load(paths):
         return [(Path(p).name.split(".")[0], read_image(p, what=f"CT {p}")) for p in paths or []]
 
-    bar = _Progress("train-features", enabled=not args.quiet)
-
     def progress(step: int, steps: int, row: dict) -> None:
         bar(f"step {step}/{steps} loss {row['loss']:.4g}" + (f" val MSE {row['validation_mse']:.4g}" if "validation_mse" in row else ""),
             step / steps)
 
-    try:
+    with _Progress("train-features", enabled=not args.quiet) as bar:
         res = train_feature_net(load(args.ct), args.output, steps=args.steps, val_cts=load(args.val_ct), spacing_mm=args.spacing,
                                 crop=args.crop, batch=args.batch, base=args.base, learning_rate=args.learning_rate,
                                 validate_every=args.validate_every, seed=args.seed, resume=args.resume, progress=progress)
-    finally:
-        bar.close()
     print(f"train-features: {res['steps']} steps in {res['seconds']:.0f} s; checkpoint {res['checkpoint']}"
           + (f"; validation MSE {res['validation_mse']:.4g} (MIND-SSC of the noisy crops: {res['mind_noise_mse']:.4g})"
              if res["validation_mse"] is not None else ""))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="deeplungreg", description="Lung CT registration (DeepLungReg).")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("register", help="register MOVING to FIXED and write field, warped image, maps, metrics and report")
+def _args_register(s: argparse.ArgumentParser) -> None:
     s.add_argument("fixed")
     s.add_argument("moving")
     s.add_argument("-o", "--output", required=True, help="output folder")
@@ -378,9 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--finetune", type=int, metavar="N", help="network methods: N Adam iterations of instance optimisation after the network")
     s.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_register)
 
-    s = sub.add_parser("simulate", help="make a semi-synthetic inhale/exhale pair from one CT")
+
+def _args_simulate(s: argparse.ArgumentParser) -> None:
     s.add_argument("ct")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--amplitude", default="small", help="small, large (the presets) or the mean lung displacement in mm, e.g. 12 (default small)")
@@ -391,32 +369,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reverse", action="store_true", help="write the pair the other way round: the simulated exhale fixed, the CT moving")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_simulate)
 
-    s = sub.add_parser("evaluate", help="score a displacement field against a simulated pair")
+
+def _args_evaluate(s: argparse.ArgumentParser) -> None:
     s.add_argument("pair")
     s.add_argument("displacement")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("tre", help="target registration error of two landmark files")
+
+def _args_tre(s: argparse.ArgumentParser) -> None:
     s.add_argument("fixed_points")
     s.add_argument("moving_points")
     s.add_argument("--field", help="displacement field to apply to the fixed points")
     s.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"), help="voxel spacing for DIR-Lab files")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_tre)
 
-    s = sub.add_parser("demo", help="simulate a pair from the bundled sample, register it and write the report")
+
+def _args_demo(s: argparse.ArgumentParser) -> None:
     s.add_argument("-o", "--output", default="deeplungreg-demo")
     s.add_argument("--method", default="adam")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sample", help="another CT instead of the bundled sample")
     s.add_argument("--device", default="auto")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("benchmark", help="compare methods and baselines on simulated or DIR-Lab pairs")
+
+def _args_benchmark(s: argparse.ArgumentParser) -> None:
     s.add_argument("--methods", default="all",
                    help="comma-separated registered methods, or 'all' (default); a variant with options is NAME:OPT=V[:OPT=V], e.g. mlvirnet:finetune=30")
     s.add_argument("--baselines", default="", help="comma-separated: convexadam, elastix (pip install 'DeepLungRegLib[bench]')")
@@ -436,9 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_benchmark)
 
-    s = sub.add_parser("tune", help="search a method's options on simulated pairs and write the best config (rank-based)")
+
+def _args_tune(s: argparse.ArgumentParser) -> None:
     s.add_argument("pairs", nargs="+", metavar="PAIRDIR", help="simulated pair folders from 'deeplungreg simulate'")
     s.add_argument("--method", default="convex")
     s.add_argument("--grid", "-G", action="append", metavar="NAME=[V1,V2,...]",
@@ -451,10 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="config file to write (.json)")
     s.add_argument("--overwrite", action="store_true")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_tune)
 
-    s = sub.add_parser("train", help="train a network method on pairs simulated on the fly from CTs (and real pairs)")
-    s.add_argument("--method", required=True, choices=["lindef", "mlvirnet", "labeldriven"])
+
+def _args_train(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--method", required=True, help="a network method (deeplungreg methods lists them): lindef, mlvirnet, labeldriven, ...")
     s.add_argument("--ct", nargs="+", metavar="CT", help="training CTs (inhale); pairs are simulated from them on the fly")
     s.add_argument("--val-ct", nargs="+", metavar="CT", help="held-out CTs for the validation TRE (a small and a large pair each)")
     s.add_argument("--pairs", nargs="+", metavar="PAIRDIR", help="real (or stored) pairs to mix in, folders as written by 'simulate'")
@@ -481,9 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "mlvirnet then allows 0 in --level-steps")
     s.add_argument("-o", "--output", required=True, help="run folder: checkpoint.pt, log.csv, log.json, loss.png")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("train-features", help="train embed's feature CNN (paper 000) to predict MIND-SSC from CT crops")
+
+def _args_train_features(s: argparse.ArgumentParser) -> None:
     s.add_argument("--ct", nargs="+", required=True, metavar="CT", help="training CTs")
     s.add_argument("--val-ct", nargs="+", metavar="CT", help="held-out CTs for the validation error")
     s.add_argument("--steps", type=int, default=3000)
@@ -497,11 +475,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint.pt")
     s.add_argument("-o", "--output", required=True, help="run folder: checkpoint.pt, log.csv, log.json, loss.png")
     s.add_argument("-q", "--quiet", action="store_true")
-    s.set_defaults(func=cmd_train_features)
 
-    s = sub.add_parser("methods", help="list the registration methods")
+
+def _args_methods(s: argparse.ArgumentParser) -> None:
     s.add_argument("--options", action="store_true", help="also list each method's options, defaults and meaning")
-    s.set_defaults(func=cmd_methods)
+
+
+#: Every command: its help, the function that runs it, the function that declares its arguments.
+COMMANDS = {
+    "register": ("register MOVING to FIXED and write field, warped image, maps, metrics and report", cmd_register, _args_register),
+    "simulate": ("make a semi-synthetic inhale/exhale pair from one CT", cmd_simulate, _args_simulate),
+    "evaluate": ("score a displacement field against a simulated pair", cmd_evaluate, _args_evaluate),
+    "tre": ("target registration error of two landmark files", cmd_tre, _args_tre),
+    "demo": ("simulate a pair from the bundled sample, register it and write the report", cmd_demo, _args_demo),
+    "benchmark": ("compare methods and baselines on simulated or DIR-Lab pairs", cmd_benchmark, _args_benchmark),
+    "tune": ("search a method's options on simulated pairs and write the best config (rank-based)", cmd_tune, _args_tune),
+    "train": ("train a network method on pairs simulated on the fly from CTs (and real pairs)", cmd_train, _args_train),
+    "train-features": ("train embed's feature CNN (paper 000) to predict MIND-SSC from CT crops", cmd_train_features, _args_train_features),
+    "methods": ("list the registration methods", cmd_methods, _args_methods),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deeplungreg", description="Lung CT registration (DeepLungReg).")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (help_text, run, declare) in COMMANDS.items():
+        s = sub.add_parser(name, help=help_text)
+        declare(s)
+        s.set_defaults(func=run)
     return p
 
 

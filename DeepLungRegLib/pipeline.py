@@ -13,13 +13,14 @@ from typing import Callable
 
 import numpy as np
 
+from .device import resolve_device, resolve_dtype
 from .errors import DeepLungRegError
 from .evaluation import hu_ventilation, jacobian_ventilation, lung_map_stats, summarise_ventilation
 from .io.fields import write_field
 from .io.images import Image, read_image, write_image
 from .io.landmarks import read_landmarks
 from .io.outputs import MANIFEST_FILE, MANIFEST_KEY, OutputFolder
-from .methods import RegistrationResult, get_method, register
+from .methods import MethodConfig, RegistrationResult, get_method, register
 from .methods.base import check_image, mask_on_image
 from .metrics import jacobian_determinant, jacobian_stats, tre, tre_summary
 from .segmentation import lung_mask, split_lungs
@@ -27,15 +28,19 @@ from .transforms.warp import warp_image
 
 log = logging.getLogger(__name__)
 
+#: The method of the CLI, the Python API and the Slicer module when none is chosen.
+DEFAULT_METHOD = "adam"
+
+#: The image outputs (the names ``_run_job`` emits and :class:`RegistrationOutputs` holds) and their files:
+#: a new image output is a line here, its computation in ``_run_job`` and its field in ``RegistrationOutputs``.
+IMAGE_OUTPUTS = {"warped": "warped.nii.gz", "jacobian": "jacobian.nii.gz", "ventilation": "ventilation.nii.gz",
+                 "ventilation_hu": "ventilation_hu.nii.gz"}
 #: The image and data files ``register`` writes into its output folder.
-OUTPUT_FILES = ("displacement.nii.gz", "warped.nii.gz", "jacobian.nii.gz", "ventilation.nii.gz", "ventilation_hu.nii.gz", "metrics.json", "report.html")
+OUTPUT_FILES = ("displacement.nii.gz", *IMAGE_OUTPUTS.values(), "metrics.json", "report.html")
 #: The report's figures (``tre.png`` only with landmarks).
 REPORT_FIGURES = ("overlay.png", "checkerboard.png", "grid.png", "jacobian.png", "tre.png")
 #: Every file a run may write: all of them count for the overwrite check.
 ALL_OUTPUT_FILES = OUTPUT_FILES + REPORT_FIGURES
-#: Which output file holds which in-memory output.
-_IMAGE_FILES = {"warped": "warped.nii.gz", "jacobian": "jacobian.nii.gz", "ventilation": "ventilation.nii.gz",
-                "ventilation_hu": "ventilation_hu.nii.gz"}
 
 
 def looks_like_ct(image: Image) -> bool:
@@ -111,14 +116,6 @@ def landmarks_outside(points: np.ndarray, geometry, margin_mm: float = LANDMARK_
     return int((~inside).sum())
 
 
-def _check_job(fixed: Image, moving: Image, method: str, fixed_landmarks, moving_landmarks) -> None:
-    """Everything that can be checked before any work: the method, both images, the landmarks."""
-    get_method(method)
-    check_image(fixed, "fixed image")
-    check_image(moving, "moving image")
-    _check_landmarks(fixed_landmarks, moving_landmarks, fixed, moving)
-
-
 def _check_landmarks(fixed_landmarks, moving_landmarks, fixed: Image | None = None, moving: Image | None = None) -> None:
     """Both sets or neither, of one length; warn about points far outside their image."""
     if (fixed_landmarks is None) != (moving_landmarks is None):
@@ -136,22 +133,69 @@ def _check_landmarks(fixed_landmarks, moving_landmarks, fixed: Image | None = No
                         "this image (DIR-Lab voxel files need --spacing)?", n, len(points), what, LANDMARK_MARGIN_MM, what)
 
 
-def _run_job(
-    fixed: Image,
-    moving: Image,
-    emit: Callable[[str, object], None],
-    *,
-    method: str,
-    fixed_mask,
-    moving_mask,
-    fixed_landmarks,
-    moving_landmarks,
-    config,
-    device,
-    progress,
-    cancel,
-    keep_field: bool,
-) -> tuple[RegistrationResult, Image | None, Image | None, np.ndarray | None, np.ndarray | None, dict]:
+@dataclass
+class RegistrationJob:
+    """One registration, checked once when it is made: the method and its options, both images
+    and the landmarks (both sets or neither, one length; points far outside their image are
+    reported). Build it from files (:meth:`from_files`, the CLI), from MRML nodes
+    (:func:`DeepLungRegLib.slicer_bridge.job_from_nodes`) or from images, then compute it in memory
+    (:func:`compute_outputs`) or into an output folder (:func:`run_registration`).
+
+    Attributes:
+        fixed, moving: the images.
+        method: a registered method.
+        fixed_mask, moving_mask: a mask image (any grid of the same scan), ``"auto"`` (automatic
+            lung mask), a mask file, or ``None``/``"none"``.
+        fixed_landmarks, moving_landmarks: ``(N, 3)`` LPS mm, row ``n`` of both the same point, or ``None``.
+        landmark_labels: a name per landmark (``None``: ``P-1``, ``P-2``, ...).
+        config: the method's options: a dict (old option names accepted) becomes the method's typed config.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+
+    fixed: Image
+    moving: Image
+    method: str = DEFAULT_METHOD
+    fixed_mask: Image | str | None = "auto"
+    moving_mask: Image | str | None = "auto"
+    fixed_landmarks: np.ndarray | None = None
+    moving_landmarks: np.ndarray | None = None
+    landmark_labels: list[str] | None = None
+    config: MethodConfig | dict | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        spec = get_method(self.method)
+        if self.config is None or isinstance(self.config, dict):
+            self.config = spec.config_cls.from_dict(self.config)
+        elif not isinstance(self.config, spec.config_cls):
+            raise DeepLungRegError(f"register: method {self.method!r} needs a {spec.config_cls.__name__}, got {type(self.config).__name__}")
+        else:
+            self.config.validate()
+        resolve_dtype(self.config.precision, resolve_device(self.device))  # a device this machine lacks: now, not after the masks
+        check_image(self.fixed, "fixed image")
+        check_image(self.moving, "moving image")
+        _check_landmarks(self.fixed_landmarks, self.moving_landmarks, self.fixed, self.moving)
+        if self.fixed_landmarks is not None:
+            n = len(self.fixed_landmarks)
+            self.landmark_labels = [lab or f"P-{i + 1}" for i, lab in enumerate(list(self.landmark_labels or [""] * n))]
+            if len(self.landmark_labels) != n:
+                raise DeepLungRegError(f"register: {len(self.landmark_labels)} landmark labels for {n} landmarks")
+
+    @classmethod
+    def from_files(cls, fixed: str | Path, moving: str | Path, *, method: str = DEFAULT_METHOD, fixed_mask: str | None = "auto",
+                   moving_mask: str | None = "auto", fixed_landmarks: str | None = None, moving_landmarks: str | None = None,
+                   spacing=None, options: dict | None = None, device: str = "auto") -> "RegistrationJob":
+        """The job of ``deeplungreg register``: images, masks and landmark files by path
+        (``spacing``: the voxel spacing of DIR-Lab landmark files)."""
+        fixed_img = read_image(fixed, what=f"fixed image {fixed}")
+        moving_img = read_image(moving, what=f"moving image {moving}")
+        fl = None if fixed_landmarks is None else read_landmarks(fixed_landmarks, spacing=spacing, geometry=fixed_img.geometry)
+        ml = None if moving_landmarks is None else read_landmarks(moving_landmarks, spacing=spacing, geometry=moving_img.geometry)
+        return cls(fixed_img, moving_img, method, fixed_mask, moving_mask, fl, ml, None, options, device)
+
+
+def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress, cancel, keep_field: bool,
+             ) -> tuple[RegistrationResult, Image | None, Image | None, np.ndarray | None, np.ndarray | None, dict]:
     """Register and derive every output, handing each to ``emit(name, value)`` as soon as it exists.
 
     Outputs are produced one after the other and not kept here (``keep_field=False``
@@ -160,15 +204,17 @@ def _run_job(
     Names: ``"masks"`` (the fixed and moving mask used), ``"field"``, ``"warped"``,
     ``"ventilation_hu"``, ``"jacobian"``, ``"ventilation"``.
     """
+    fixed, moving, method = job.fixed, job.moving, job.method
+    fixed_landmarks, moving_landmarks = job.fixed_landmarks, job.moving_landmarks
     t0 = time.perf_counter()
     report = progress or (lambda stage, fraction: None)
     report("lung masks", 0.0)
-    fm = resolve_mask(fixed_mask, fixed, "fixed mask")
-    mm = resolve_mask(moving_mask, moving, "moving mask")
+    fm = resolve_mask(job.fixed_mask, fixed, "fixed mask")
+    mm = resolve_mask(job.moving_mask, moving, "moving mask")
     emit("masks", (fm, mm))
     t_masks = time.perf_counter() - t0
     # the registration takes the progress bar to 90 %, the outputs the rest
-    result = register(fixed, moving, method, fixed_mask=fm, moving_mask=mm, config=config, device=device,
+    result = register(fixed, moving, method, fixed_mask=fm, moving_mask=mm, config=job.config, device=job.device,
                       progress=lambda stage, fraction: report(stage, 0.9 * fraction), cancel=cancel)
     t1 = time.perf_counter()
     g = fixed.geometry
@@ -220,57 +266,23 @@ def _run_job(
     return result, fm, mm, tb, ta, metrics
 
 
-def compute_outputs(
-    fixed: Image,
-    moving: Image,
-    *,
-    method: str = "adam",
-    fixed_mask: Image | str | None = "auto",
-    moving_mask: Image | str | None = "auto",
-    fixed_landmarks: np.ndarray | None = None,
-    moving_landmarks: np.ndarray | None = None,
-    config: dict | None = None,
-    device: str = "auto",
-    progress: Callable[[str, float], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
-) -> RegistrationOutputs:
-    """Register ``moving`` to ``fixed`` and derive every output in memory.
-
-    This is the job behind the Slicer module (which turns the outputs into MRML
-    nodes); ``deeplungreg register`` runs the same job through
-    :func:`run_registration`, which writes each output as it comes.
-    Landmarks are ``(N, 3)`` LPS mm, row ``n`` of both sets the same point.
-    """
-    _check_job(fixed, moving, method, fixed_landmarks, moving_landmarks)
+def compute_outputs(job: RegistrationJob, *, progress: Callable[[str, float], None] | None = None,
+                    cancel: Callable[[], bool] | None = None) -> RegistrationOutputs:
+    """Compute ``job`` and derive every output in memory (what the Slicer module turns into
+    MRML nodes; :func:`run_registration` computes the same and writes each output as it comes)."""
     kept: dict = {}
-    result, fm, mm, tb, ta, metrics = _run_job(
-        fixed, moving, kept.__setitem__, method=method, fixed_mask=fixed_mask, moving_mask=moving_mask,
-        fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, config=config, device=device,
-        progress=progress, cancel=cancel, keep_field=True)
-    resampled = warp_image(moving, None, fixed.geometry, fill=-1024.0 if looks_like_ct(moving) else 0.0)
+    result, fm, mm, tb, ta, metrics = _run_job(job, kept.__setitem__, progress, cancel, keep_field=True)
+    moving = job.moving
+    resampled = warp_image(moving, None, job.fixed.geometry, fill=-1024.0 if looks_like_ct(moving) else 0.0)
     if progress:
         progress("done", 1.0)
-    return RegistrationOutputs(result, kept["warped"], resampled, kept["jacobian"], kept["ventilation"],
-                               kept.get("ventilation_hu"), fm, mm, tb, ta, metrics)
+    return RegistrationOutputs(result=result, resampled=resampled, fixed_mask=fm, moving_mask=mm, tre_before=tb, tre_after=ta,
+                               metrics=metrics, **{name: kept.get(name) for name in IMAGE_OUTPUTS})
 
 
-def run_registration(
-    fixed: Image,
-    moving: Image,
-    outdir: str | Path,
-    *,
-    method: str = "adam",
-    fixed_mask: Image | str | None = "auto",
-    moving_mask: Image | str | None = "auto",
-    fixed_landmarks: np.ndarray | None = None,
-    moving_landmarks: np.ndarray | None = None,
-    config: dict | None = None,
-    device: str = "auto",
-    overwrite: bool = False,
-    progress: Callable[[str, float], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
-    extra_metrics: dict | None = None,
-) -> dict:
+def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: bool = False,
+                     progress: Callable[[str, float], None] | None = None, cancel: Callable[[], bool] | None = None,
+                     extra_metrics: dict | None = None) -> dict:
     """Register and write every output; returns the metrics dict (also in ``metrics.json``).
 
     The output folder is checked before the registration starts (it can be
@@ -283,7 +295,7 @@ def run_registration(
     """
     from .report import ReportSlices, write_report  # matplotlib only where a report is written
 
-    _check_job(fixed, moving, method, fixed_landmarks, moving_landmarks)
+    fixed, moving, method = job.fixed, job.moving, job.method
     g = fixed.geometry
     with OutputFolder(outdir, ALL_OUTPUT_FILES, overwrite=overwrite, owner="register") as folder:
         state: dict = {}
@@ -302,17 +314,14 @@ def run_registration(
                 write_field(value, g, folder.path("displacement.nii.gz"))
                 state["slices"].add("field", value)
             else:
-                write_image(value, folder.path(_IMAGE_FILES[name]))
+                write_image(value, folder.path(IMAGE_OUTPUTS[name]))
                 state["slices"].add(name, value.array)
                 if name == "jacobian":
                     j = value.array[::2, ::2, ::2]
                     state["slices"].extra["jacobian_range"] = (float(np.percentile(j, 1)), float(np.percentile(j, 99)))
 
         t1 = time.perf_counter()
-        result, fm, mm, tb, ta, metrics = _run_job(
-            fixed, moving, emit, method=method, fixed_mask=fixed_mask, moving_mask=moving_mask,
-            fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, config=config, device=device,
-            progress=progress, cancel=cancel, keep_field=False)
+        result, fm, mm, tb, ta, metrics = _run_job(job, emit, progress, cancel, keep_field=False)
         metrics.update(extra_metrics or {})
         if progress:
             progress("report", 0.99)
@@ -327,14 +336,20 @@ def run_registration(
     return metrics
 
 
-def load_landmark_pair(fixed_path: str | None, moving_path: str | None, spacing=None, fixed: Image | None = None, moving: Image | None = None):
-    """Read the fixed/moving landmark files (both or neither)."""
-    if fixed_path is None and moving_path is None:
-        return None, None
-    if fixed_path is None or moving_path is None:
-        raise DeepLungRegError("register: give both --fixed-landmarks and --moving-landmarks, or neither")
-    fp = read_landmarks(fixed_path, spacing=spacing, geometry=fixed.geometry if fixed else None)
-    mp = read_landmarks(moving_path, spacing=spacing, geometry=moving.geometry if moving else None)
-    if fp.shape != mp.shape:
-        raise DeepLungRegError(f"register: {fixed_path} has {len(fp)} landmarks but {moving_path} has {len(mp)}")
-    return fp, mp
+def summary_lines(metrics: dict) -> list[str]:
+    """The few lines every front end shows after a registration: TRE, folding and SD log J (with a
+    warning when the field folds), the time and the device."""
+    j = metrics["jacobian"]
+    lines = []
+    if "tre_before" in metrics:
+        b, a = metrics["tre_before"], metrics["tre_after"]
+        lines.append(f"TRE {b['mean']:.2f} ± {b['std']:.2f} mm before, {a['mean']:.2f} ± {a['std']:.2f} mm after "
+                     f"(95th percentile {a['p95']:.2f}, max {a['max']:.2f}, n = {a['n']})")
+    lines.append(f"Folding {j['folding_percent']:.3f} % of voxels, SD log J {j['sd_log_j']:.3f}, "
+                 f"J in [{j['min_j']:.2f}, {j['max_j']:.2f}]")
+    if j["folding_percent"] > 0:
+        lines.append(f"WARNING: the deformation folds (J <= 0) in {j['folding_percent']:.3f} % of voxels; "
+                     "raise the regularisation or check the inputs.")
+    t = metrics.get("timings_s", {})
+    lines.append(f"Registration {t.get('total', float('nan')):.1f} s on {metrics.get('diagnostics', {}).get('device', '?')}")
+    return lines

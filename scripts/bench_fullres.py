@@ -70,9 +70,8 @@ def prepare(case: str, folder: Path, data: Path) -> dict:
 
 def child(folder: Path, method: str | None) -> None:
     """Run one registration in this (fresh) process; print a JSON record of its stages."""
-    from DeepLungRegLib.io.images import read_image
     from DeepLungRegLib.memory import peak_rss_mb
-    from DeepLungRegLib.pipeline import load_landmark_pair, run_registration
+    from DeepLungRegLib.pipeline import RegistrationJob, run_registration
 
     stages: list[dict] = []
     t0 = time.perf_counter()
@@ -96,12 +95,10 @@ def child(folder: Path, method: str | None) -> None:
             mark("method" if fraction < 0.9 else stage)
 
     mark("read inputs")
-    fixed = read_image(folder / "fixed.nii.gz")
-    moving = read_image(folder / "moving.nii.gz")
-    fl, ml = load_landmark_pair(str(folder / "fixed_landmarks.csv"), str(folder / "moving_landmarks.csv"), None, fixed, moving)
     kw = {"method": method} if method else {}
-    metrics = run_registration(fixed, moving, folder / "out", fixed_landmarks=fl, moving_landmarks=ml, device="cpu",
-                               progress=progress, **kw)
+    job = RegistrationJob.from_files(folder / "fixed.nii.gz", folder / "moving.nii.gz", fixed_landmarks=str(folder / "fixed_landmarks.csv"),
+                                     moving_landmarks=str(folder / "moving_landmarks.csv"), device="cpu", **kw)
+    metrics = run_registration(job, folder / "out", progress=progress)
     mark("end")
     stages.pop()
     print(json.dumps({"stages": stages, "total_s": round(time.perf_counter() - t0, 1), "peak_rss_mb": round(peak_rss_mb() or 0.0),

@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from DeepLungRegLib.errors import DeepLungRegError  # noqa: E402
-from DeepLungRegLib.features.cnn import export_feature_net  # noqa: E402
+from DeepLungRegLib.training.features import export_feature_net  # noqa: E402
 from DeepLungRegLib.io.weights import load_torch_file  # noqa: E402
 from DeepLungRegLib.training.train import export_weights  # noqa: E402
 

@@ -23,6 +23,7 @@ from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from ..io.images import Image
 from ..transforms.resample import resample_to_geometry
+from ..transforms.frames import voxel_to_world
 from ..transforms.warp import warp_image
 
 #: Baseline name -> (pip package, import name).
@@ -91,8 +92,7 @@ def run_convexadam(fixed: Image, moving: Image, fixed_mask=None, moving_mask=Non
     t0 = time.perf_counter()
     disp = convex_adam_pt(f.array, m.array, dtype=torch.float32, device=dev, verbose=False, **kwargs)
     seconds = time.perf_counter() - t0
-    disp_ijk = np.asarray(disp, dtype=np.float64)[..., ::-1]  # (dz, dy, dx) voxels -> (di, dj, dk)
-    u = disp_ijk @ (iso.direction_matrix @ np.diag(iso.spacing)).T
+    u = voxel_to_world(np.moveaxis(np.asarray(disp, dtype=np.float64), -1, 0)[None], iso)  # (dz, dy, dx) voxels -> mm
     return BaselineResult(_field_to_grid(u, iso, g), {"device": str(dev), "setting": setting if settings is None else kwargs,
                                                         "grid_mm": spacing,
                                                         "convexadam_s": seconds})

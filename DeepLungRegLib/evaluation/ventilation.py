@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DeepLungRegError
-from ..geometry import Geometry
+
 from ..segmentation import split_lungs
 from ..io.images import Image
 from ..metrics.moments import RunningMoments

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DeepLungRegError
-from .filters import box_mean3d
+from ..ops.filters import box_mean3d
 
 # six face neighbours as (dz, dy, dx)
 _SIX = [(-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1)]

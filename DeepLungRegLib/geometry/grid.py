@@ -13,6 +13,21 @@ Conventions (obeyed everywhere in DeepLungRegLib)
   ``x_moving = x_fixed + u(x_fixed)``.
 * RAS appears only in :func:`lps_to_ras` / :func:`ras_to_lps`, used by the
   code that talks to Slicer/MRML and by markup readers.
+
+Frames, and where each is converted (:mod:`DeepLungRegLib.transforms.frames`
+unless said otherwise):
+
+* **world**: LPS mm, the frame of every field, landmark and file.
+* **index**: ``(i, j, k)`` of a :class:`Geometry`, ``world = origin +
+  scaled_direction @ ijk``.
+* **working frame**: the LPS-axis-aligned grids the methods work on,
+  :func:`~DeepLungRegLib.transforms.frames.to_working_frame`.
+* **network voxels**: displacements ``(N, 3, Z, Y, X)`` in voxels of a network
+  grid, channels in array order ``(z, y, x)``;
+  :func:`~DeepLungRegLib.transforms.frames.voxel_to_world` and
+  :func:`~DeepLungRegLib.transforms.frames.world_to_voxel`.
+* **normalised**: ``grid_sample``'s ``[-1, 1]`` coordinates, only inside
+  :mod:`DeepLungRegLib.transforms.warp`.
 """
 
 from __future__ import annotations
@@ -91,10 +106,20 @@ class Geometry:
         return np.asarray(self.direction, dtype=float).reshape(3, 3)
 
     @property
+    def scaled_direction(self) -> np.ndarray:
+        """``direction @ diag(spacing)``: the 3x3 matrix mapping an index step ``(di, dj, dk)`` to LPS mm."""
+        return self.direction_matrix @ np.diag(self.spacing)
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Voxel size along the array axes ``(z, y, x)`` (the index axes ``k, j, i``)."""
+        return (self.spacing[2], self.spacing[1], self.spacing[0])
+
+    @property
     def index_to_world_matrix(self) -> np.ndarray:
         """4x4 homogeneous matrix mapping ``(i, j, k, 1)`` to LPS mm."""
         m = np.eye(4)
-        m[:3, :3] = self.direction_matrix @ np.diag(self.spacing)
+        m[:3, :3] = self.scaled_direction
         m[:3, 3] = self.origin
         return m
 
@@ -107,12 +132,12 @@ class Geometry:
     def index_to_world(self, ijk: np.ndarray) -> np.ndarray:
         """Map continuous indices ``(N, 3)`` in ``(i, j, k)`` order to LPS mm ``(N, 3)``."""
         ijk = np.asarray(ijk, dtype=float)
-        return ijk @ (self.direction_matrix @ np.diag(self.spacing)).T + np.asarray(self.origin)
+        return ijk @ self.scaled_direction.T + np.asarray(self.origin)
 
     def world_to_index(self, points: np.ndarray) -> np.ndarray:
         """Map LPS mm points ``(N, 3)`` to continuous indices ``(N, 3)`` in ``(i, j, k)`` order."""
         points = np.asarray(points, dtype=float)
-        inv = np.linalg.inv(self.direction_matrix @ np.diag(self.spacing))
+        inv = np.linalg.inv(self.scaled_direction)
         return (points - np.asarray(self.origin)) @ inv.T
 
     def world_coordinates(self) -> np.ndarray:

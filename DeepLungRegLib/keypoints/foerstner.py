@@ -77,7 +77,7 @@ def foerstner_keypoints(
             raise DeepLungRegError(f"foerstner_keypoints: mask shape {mask.shape} does not match the image {image.array.shape}")
         if not mask.any():
             raise DeepLungRegError("foerstner_keypoints: the mask is empty")
-    sp = image.geometry.spacing[::-1]
+    sp = image.geometry.spacing_zyx
     vol = torch.as_tensor(image.array.astype(np.float32), device=device)[None, None]
     with torch.no_grad():
         dist = foerstner_distinctiveness(vol, sp, sigma_mm)

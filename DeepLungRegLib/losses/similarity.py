@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..features.filters import box_mean3d
+from ..ops.filters import box_mean3d
 
 
 def masked_mse(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:

@@ -10,52 +10,30 @@ of several centimetres.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from ..errors import DeepLungRegError
 from ..io.images import Image
 from ..losses import masked_mse
-from ..transforms.fields import affine_to_field
 from ..transforms.warp import world_grid_tensor
-from .base import AffineField, MethodConfig, RunContext, check_range, register_method
-from .common import AlignedFeatures, aligned_features, make_level, region_geometry
+from ..options import option, redefault
+from .base import AffineField, MethodConfig, RunContext, register_method
+from .common import MindOptions, RegionOptions, AlignedFeatures, aligned_features, make_level, region_geometry
 
 
 @dataclass(frozen=True)
-class AffineConfig(MethodConfig):
-    """Options of ``affine``.
+class AffineConfig(MindOptions, RegionOptions, MethodConfig):
+    """Options of ``affine`` (MIND-SSC and working region: :class:`~.common.MindOptions`, :class:`~.common.RegionOptions`)."""
 
-    Attributes:
-        levels_mm: pyramid spacings, coarse to fine.
-        iterations: Adam iterations per level.
-        learning_rate: step size (translation in mm; the matrix moves 1/100 of it).
-        mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels).
-        mask_dilation_mm: dilation of the fixed mask that weights the similarity.
-        margin_mm: margin of the working region around the masks.
-    """
+    levels_mm: tuple[float, ...] = option((8.0, 5.0), 0.5, 32.0, "pyramid spacings, coarse to fine.")
+    iterations: tuple[int, ...] = option((80, 50), 0, 5000, "Adam iterations per level.")
+    learning_rate: float = option(1.0, 1e-4, 20.0, "step size (translation in mm; the matrix moves 1/100 of it).")
+    margin_mm: float = redefault(RegionOptions, "margin_mm", 25.0)
 
-    levels_mm: tuple[float, ...] = (8.0, 5.0)
-    iterations: tuple[int, ...] = (80, 50)
-    learning_rate: float = 1.0
-    mind_radius: int = 1
-    mind_dilation: int = 2
-    mask_dilation_mm: float = 10.0
-    margin_mm: float = 25.0
-
-    def validate(self) -> None:
-        if len(self.levels_mm) == 0 or len(self.levels_mm) != len(self.iterations):
-            raise DeepLungRegError("AffineConfig: levels_mm and iterations must be non-empty and of equal length")
-        for s in self.levels_mm:
-            check_range("AffineConfig", "levels_mm", s, 0.5, 32.0)
-        for n in self.iterations:
-            check_range("AffineConfig", "iterations", n, 0, 5000)
-        check_range("AffineConfig", "learning_rate", self.learning_rate, 1e-4, 20.0)
-        check_range("AffineConfig", "mind_radius", self.mind_radius, 0, 4)
-        check_range("AffineConfig", "mind_dilation", self.mind_dilation, 1, 6)
-        check_range("AffineConfig", "mask_dilation_mm", self.mask_dilation_mm, 0.0, 100.0)
-        check_range("AffineConfig", "margin_mm", self.margin_mm, 0.0, 200.0)
+    EQUAL_LENGTH: ClassVar[tuple] = (("levels_mm", "iterations"),)
+    NONEMPTY: ClassVar[tuple] = ("levels_mm",)
 
 
 def _centroid(img: Image, mask: Image | None) -> np.ndarray:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import os
-import re
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Type
 
 import numpy as np
@@ -21,6 +17,7 @@ from ..errors import DeepLungRegError, RegistrationCancelled
 from ..geometry import Geometry
 from ..io.images import Image
 from ..memory import peak_rss_mb
+from ..options import Options, option
 from ..transforms.fields import field_to_grid
 from ..transforms.frames import to_working_frame
 
@@ -33,82 +30,11 @@ CancelFn = Callable[[], bool]
 
 
 @dataclass(frozen=True)
-class MethodConfig:
-    """Base of every method's frozen config; round-trips to JSON."""
+class MethodConfig(Options):
+    """Base of every method's frozen config (see :class:`~DeepLungRegLib.options.Options`); round-trips to JSON."""
 
-    precision: str = "float32"
-
-    def validate(self) -> None:
-        """Raise :class:`DeepLungRegError` for absurd values (override and call super)."""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict | None) -> "MethodConfig":
-        values = dict(values or {})
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise DeepLungRegError(f"{cls.__name__}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-        for k, v in list(values.items()):
-            default = getattr(cls, k, None) if not isinstance(names[k].default, dataclasses._MISSING_TYPE) else None
-            if isinstance(default, tuple):
-                if isinstance(v, (list, tuple)):
-                    values[k] = tuple(v)
-                elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                    values[k] = (v,)  # one level: refine_iterations=20 means (20,)
-                else:
-                    raise DeepLungRegError(f"{cls.__name__}: {k} must be a number or a list of numbers, got {v!r}")
-        for k, v in list(values.items()):
-            values[k] = _coerce(cls.__name__, k, str(names[k].type), v)
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "MethodConfig":
-        return cls.from_dict(read_config_json(path, cls.__name__))
-
-
-def _coerce(owner: str, name: str, type_name: str, value: Any) -> Any:
-    """Check an option's value against its declared type: ``2.5`` for a whole-number option is refused
-    (not truncated), ``"abc"`` for a number is refused, ``2`` for a float option becomes ``2.0``."""
-    base = type_name.replace(" ", "")
-    if base.startswith("tuple[") and isinstance(value, tuple):
-        inner = base[len("tuple["):].split(",")[0]
-        return tuple(_coerce(owner, name, inner, v) for v in value)
-    if base == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
-            raise DeepLungRegError(f"{owner}: {name} must be a whole number, got {value!r}")
-        return int(value)
-    if base == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DeepLungRegError(f"{owner}: {name} must be a number, got {value!r}")
-        return float(value)
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)) and value in (0, 1):
-            return bool(value)
-        raise DeepLungRegError(f"{owner}: {name} must be true or false, got {value!r}")
-    if base == "str" and not isinstance(value, str):
-        raise DeepLungRegError(f"{owner}: {name} must be text, got {value!r}")
-    return value
-
-
-def read_config_json(path: str | os.PathLike, owner: str = "config") -> dict:
-    """Options from a JSON file: either the options themselves or ``{"config": {...}}``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DeepLungRegError(f"{owner}: config file {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DeepLungRegError(f"{owner}: {path} is not valid JSON ({exc.msg})") from exc
-    if not isinstance(data, dict):
-        raise DeepLungRegError(f"{owner}: {path} must hold a JSON object of options")
-    return dict(data.get("config", data))
+    precision: str = option("float32", help="float32, or float16/bfloat16 on CUDA only.",
+                            choices=("float32", "float16", "bfloat16"))
 
 
 def parse_options(items: list[str] | str | None, owner: str = "register") -> dict:
@@ -143,37 +69,8 @@ def parse_options(items: list[str] | str | None, owner: str = "register") -> dic
 
 
 def method_settings(method: str) -> list[dict]:
-    """The options of ``method``: ``[{"name", "default", "type", "help"}]`` for GUIs and ``methods -v``."""
-    spec = get_method(method)
-    helps: dict[str, str] = {}
-    current: list[str] = []
-    # the docstrings of the config class and its bases, the class's own last (it wins)
-    doc = "\n\n".join(k.__doc__ or "" for k in reversed(spec.config_cls.__mro__) if issubclass(k, MethodConfig))
-    for line in doc.splitlines():
-        line = line.strip()
-        m = re.match(r"^(\w+(?:\s*,\s*\w+)*):\s*(.*)$", line)
-        if m and not line.startswith(("Options", "Attributes")):
-            current = [n.strip() for n in m.group(1).split(",")]
-            for n in current:
-                helps[n] = m.group(2).strip()
-        elif line and current:  # a continuation line of the entry above
-            for n in current:
-                helps[n] = f"{helps[n]} {line}"
-        else:
-            current = []
-    helps.setdefault("precision", "float32, or float16/bfloat16 on CUDA only.")
-    out = []
-    for f in dataclasses.fields(spec.config_cls):
-        default = f.default if not isinstance(f.default, dataclasses._MISSING_TYPE) else None
-        out.append({"name": f.name, "default": list(default) if isinstance(default, tuple) else default,
-                    "type": str(f.type), "help": helps.get(f.name, "")})
-    return out
-
-
-def check_range(owner: str, name: str, value: float, lo: float, hi: float) -> None:
-    """Refuse a numeric option outside ``[lo, hi]``."""
-    if not isinstance(value, (int, float)) or not np.isfinite(value) or not (lo <= value <= hi):
-        raise DeepLungRegError(f"{owner}: {name} must be between {lo} and {hi}, got {value!r}")
+    """The options of ``method``: ``[{"name", "default", "type", "help", "range", "aliases"}]`` for GUIs and ``methods -v``."""
+    return get_method(method).config_cls.settings()
 
 
 @dataclass
@@ -251,9 +148,8 @@ def register_method(name: str, description: str, config_cls: Type[MethodConfig])
 
 
 def available_methods() -> dict[str, str]:
-    """Registered method names and their one-line descriptions."""
-    from . import _load_all  # noqa: F401  (registers the built-in methods)
-
+    """Registered method names and their one-line descriptions (the built-in ones register when
+    :mod:`DeepLungRegLib.methods` is imported)."""
     return {k: v.description for k, v in sorted(_REGISTRY.items())}
 
 

@@ -12,15 +12,31 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..features import mind_ssc
-from ..features.filters import box_mean3d
+from ..features.intensity import normalise_ct
+from ..ops.filters import box_mean3d
 from ..geometry import Geometry
 from ..io.images import Image
 from ..transforms.fields import affine_to_field
 from ..transforms.resample import resample_to_geometry
+from ..options import Options, option
 from ..transforms.warp import GridSampler, warp_image
 
-#: CT intensity window used to normalise images before feature extraction.
-HU_WINDOW = (-1000.0, 600.0)
+
+# ------------------------------------------------------------------ option groups shared by the methods
+@dataclass(frozen=True)
+class MindOptions(Options):
+    """The MIND-SSC descriptor of the intensity-based methods."""
+
+    mind_radius: int = option(1, 0, 4, "MIND-SSC patch radius (voxels).")
+    mind_dilation: int = option(2, 1, 6, "MIND-SSC neighbour distance (voxels).")
+
+
+@dataclass(frozen=True)
+class RegionOptions(Options):
+    """Where a method works: the masks' bounding boxes plus a margin, weighted by the dilated fixed lung."""
+
+    mask_dilation_mm: float = option(10.0, 0.0, 100.0, "dilation of the fixed lung mask that weights the similarity.")
+    margin_mm: float = option(20.0, 0.0, 200.0, "margin of the working region around the masks.")
 
 
 def region_geometry(image: Image, mask: Image | None, margin_mm: float) -> Geometry:
@@ -41,11 +57,6 @@ def level_geometry(region: Geometry, spacing_mm: float) -> Geometry:
     """The LPS-axis-aligned grid over ``region`` at about ``spacing_mm`` (never finer than the region's own
     spacing along each axis): fixed and moving features are computed on grids of the same orientation."""
     return region.axis_aligned(tuple(max(spacing_mm, s) for s in region.spacing_along_world()))
-
-
-def normalise_ct(arr: np.ndarray) -> np.ndarray:
-    lo, hi = HU_WINDOW
-    return ((np.clip(arr.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
 
 
 @dataclass

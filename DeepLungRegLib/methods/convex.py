@@ -40,118 +40,66 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..errors import DeepLungRegError
-from ..features.filters import box_mean3d
+from ..ops.filters import box_mean3d
 from ..geometry import Geometry
 from ..transforms.warp import GridSampler
-from .adam import instance_optimise
 from .affine import affine_aligned_start
-from .base import GridField, MethodConfig, RunContext, check_range, register_method
-from .common import apply_affine, resample_field, smooth3
+from ..options import check_range, option, redefault
+from .base import GridField, MethodConfig, RunContext, register_method
+from .common import MindOptions, RegionOptions, apply_affine, resample_field, smooth3
+from .refine import RefineOptions, Refinement
 from .embed import displacement_offsets, soft_argmin
 
 
 @dataclass(frozen=True)
-class ConvexConfig(MethodConfig):
-    """Options of ``convex``.
+class ConvexConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
+    """Options of ``convex``; the instance optimisation after the discrete stage is :class:`~.refine.RefineOptions`
+    (no levels: none).
 
     Attributes:
-        feature_spacing_mm: grid spacing of the MIND-SSC features of the discrete stage.
-        mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels).
-        grid_spacing_mm: control-grid spacing per discrete level, coarse to fine.
-        search_half_width_mm: largest displacement searched per axis, per level.
-        search_step_mm: displacement step per level (a multiple of the feature spacing).
-        coupling: the growing coupling weights theta of the coupled convex optimisation
-            (relative to the typical cost spread, per squared search step).
-        smoothing_passes: 3x3x3 box passes of the smoothing step on the control grid.
-        temperature: soft-argmin temperature relative to each cost map's spread.
-        inverse_consistent: also solve moving -> fixed and make both fields inverse-consistent.
-        consistency_iterations: alternating averaging steps of the inverse consistency.
-        mask_dilation_mm: the cost volume is computed where the fixed lung, dilated by this, is.
-        adam_levels_mm, adam_iterations, adam_learning_rates: the Adam instance optimisation
-            (no levels: no instance optimisation).
+        mask_dilation_mm: the cost volume is computed, and the refinement weighted, where the fixed lung,
+            dilated by this, is.
         regularisation: diffusion weight of the instance optimisation (on the update).
-        folding_weight: weight of its penalty on J below 0.1.
-        adam_smoothing_passes: box passes of its grid.
-        margin_mm: margin of the working region around the masks.
-        max_chunk_elements: gathered feature values per chunk of the cost volume
-            (memory vs speed; 2^26 floats = 256 MB).
     """
 
-    feature_spacing_mm: float = 2.0
-    mind_radius: int = 1
-    mind_dilation: int = 2
-    grid_spacing_mm: tuple[float, ...] = (8.0, 4.0)
-    search_half_width_mm: tuple[float, ...] = (24.0, 6.0)
-    search_step_mm: tuple[float, ...] = (4.0, 2.0)
-    coupling: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-    smoothing_passes: int = 2
-    temperature: float = 0.15
-    inverse_consistent: bool = True
-    consistency_iterations: int = 10
-    mask_dilation_mm: float = 4.0
-    adam_levels_mm: tuple[float, ...] = (2.5,)
-    adam_iterations: tuple[int, ...] = (30,)
-    adam_learning_rates: tuple[float, ...] = (0.25,)
-    regularisation: float = 1.0
-    folding_weight: float = 10.0
-    adam_smoothing_passes: int = 2
-    margin_mm: float = 20.0
-    max_chunk_elements: int = 2 ** 26
+    feature_spacing_mm: float = option(2.0, 0.5, 16.0, "grid spacing of the MIND-SSC features of the discrete stage.")
+    grid_spacing_mm: tuple[float, ...] = option((8.0, 4.0), 0.5, 64.0,
+                                                "control-grid spacing per discrete level, coarse to fine (at least the feature spacing).")
+    search_half_width_mm: tuple[float, ...] = option((24.0, 6.0), 0.0, 80.0, "largest displacement searched per axis, per level.")
+    search_step_mm: tuple[float, ...] = option((4.0, 2.0), 0.25, 32.0, "displacement step per level (a multiple of the feature spacing).")
+    coupling: tuple[float, ...] = option((0.003, 0.01, 0.03, 0.1, 0.3, 1.0), 0.0, 1e4,
+                                         "the growing coupling weights theta of the coupled convex optimisation "
+                                         "(relative to the typical cost spread, per squared search step).")
+    convex_smoothing_passes: int = option(2, 0, 20, "3x3x3 box passes of the smoothing step on the control grid.")
+    temperature: float = option(0.15, 1e-4, 10.0, "soft-argmin temperature relative to each cost map's spread.")
+    inverse_consistent: bool = option(True, help="also solve moving -> fixed and make both fields inverse-consistent.")
+    consistency_iterations: int = option(10, 0, 100, "alternating averaging steps of the inverse consistency.")
+    mask_dilation_mm: float = redefault(RegionOptions, "mask_dilation_mm", 4.0)
+    max_chunk_elements: int = option(2 ** 26, 2 ** 16, 2 ** 32,
+                                     "gathered feature values per chunk of the cost volume (memory vs speed; 2^26 floats = 256 MB).")
+
+    #: the names of version 1 (saved configs and ``-O`` options keep working)
+    ALIASES: ClassVar[dict] = {"adam_levels_mm": "refine_levels_mm", "adam_iterations": "refine_iterations",
+                               "adam_learning_rates": "refine_learning_rates", "adam_smoothing_passes": "refine_smoothing_passes",
+                               "smoothing_passes": "convex_smoothing_passes"}
+    EQUAL_LENGTH: ClassVar[tuple] = (("grid_spacing_mm", "search_half_width_mm", "search_step_mm"),)
+    NONEMPTY: ClassVar[tuple] = ("grid_spacing_mm", "coupling")
 
     #: the default search grid of ``deeplungreg tune --method convex``
     TUNE_GRID: ClassVar[dict] = {
-        "smoothing_passes": [2, 3],
+        "convex_smoothing_passes": [2, 3],
         "regularisation": [0.5, 1.0, 2.0],
-        "adam_levels_mm": [[3.0], [2.5]],
+        "refine_levels_mm": [[3.0], [2.5]],
     }
 
     def validate(self) -> None:
+        super().validate()
         c = "ConvexConfig"
-        check_range(c, "feature_spacing_mm", self.feature_spacing_mm, 0.5, 16.0)
-        check_range(c, "mind_radius", self.mind_radius, 0, 4)
-        check_range(c, "mind_dilation", self.mind_dilation, 1, 6)
-        n = len(self.grid_spacing_mm)
-        if n == 0 or len(self.search_half_width_mm) != n or len(self.search_step_mm) != n:
-            raise DeepLungRegError(f"{c}: grid_spacing_mm, search_half_width_mm and search_step_mm must be non-empty and of equal length")
         for g, h, s in zip(self.grid_spacing_mm, self.search_half_width_mm, self.search_step_mm):
             check_range(c, "grid_spacing_mm", g, self.feature_spacing_mm, 64.0)
-            check_range(c, "search_half_width_mm", h, 0.0, 80.0)
             check_range(c, "search_step_mm", s, self.feature_spacing_mm * 0.5, 32.0)
             if h / s > 15:
                 raise DeepLungRegError(f"{c}: search_half_width_mm / search_step_mm = {h / s:.0f} steps per side is too many (at most 15)")
-        if not self.coupling:
-            raise DeepLungRegError(f"{c}: coupling needs at least one weight")
-        for t in self.coupling:
-            check_range(c, "coupling", t, 0.0, 1e4)
-        check_range(c, "smoothing_passes", self.smoothing_passes, 0, 20)
-        check_range(c, "temperature", self.temperature, 1e-4, 10.0)
-        check_range(c, "consistency_iterations", self.consistency_iterations, 0, 100)
-        check_range(c, "mask_dilation_mm", self.mask_dilation_mm, 0.0, 100.0)
-        m = len(self.adam_levels_mm)
-        if len(self.adam_iterations) != m or len(self.adam_learning_rates) != m:
-            raise DeepLungRegError(f"{c}: adam_levels_mm, adam_iterations and adam_learning_rates must have equal length")
-        for s in self.adam_levels_mm:
-            check_range(c, "adam_levels_mm", s, 0.5, 32.0)
-        for it in self.adam_iterations:
-            check_range(c, "adam_iterations", it, 0, 5000)
-        for lr in self.adam_learning_rates:
-            check_range(c, "adam_learning_rates", lr, 1e-4, 20.0)
-        check_range(c, "regularisation", self.regularisation, 0.0, 1e4)
-        check_range(c, "folding_weight", self.folding_weight, 0.0, 1e6)
-        check_range(c, "adam_smoothing_passes", self.adam_smoothing_passes, 0, 10)
-        check_range(c, "margin_mm", self.margin_mm, 0.0, 200.0)
-        check_range(c, "max_chunk_elements", self.max_chunk_elements, 2 ** 16, 2 ** 32)
-
-
-class _AdamView:
-    """The attributes :func:`instance_optimise` reads, taken from a :class:`ConvexConfig`."""
-
-    def __init__(self, config: ConvexConfig):
-        self.smoothing_passes = config.adam_smoothing_passes
-        self.regularisation = config.regularisation
-        self.mind_radius = config.mind_radius
-        self.mind_dilation = config.mind_dilation
-        self.mask_dilation_mm = config.mask_dilation_mm
 
 
 # ------------------------------------------------------------------ pieces
@@ -307,7 +255,7 @@ def _solve_level(fixed_cells, moving_sliding, points, stride, offsets, offsets_m
     with torch.no_grad():
         costs = dense_costs(fixed_cells, moving_sliding, points, stride, offsets, config.max_chunk_elements, progress)
         n = int(round(len(offsets) ** (1 / 3)))
-        return coupled_convex(costs, points, cg.shape, offsets_mm, step_mm, config.coupling, config.smoothing_passes,
+        return coupled_convex(costs, points, cg.shape, offsets_mm, step_mm, config.coupling, config.convex_smoothing_passes,
                               config.temperature, n, ctx.check_cancel)
 
 
@@ -323,7 +271,7 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
     u = torch.zeros((1, *fg.shape, 3), device=dev, dtype=dt)  # world mm, w.r.t. the affinely aligned moving image
     n_levels = len(config.grid_spacing_mm)
     sp = max(fg.spacing)
-    to_world = fg.direction_matrix @ np.diag(fg.spacing)
+    to_world = fg.scaled_direction
     lung = None  # the dilated fixed lung, where costs are computed (the same on every level)
     if af.lung is not None:
         it = int(round(config.mask_dilation_mm / sp))
@@ -372,11 +320,9 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
         current = torch.as_tensor(total, device=dev, dtype=dt)[None]
     ctx.progress("discrete stage done", 0.6)
     current_geom = fg
-    if len(config.adam_levels_mm):
-        current, current_geom, losses = instance_optimise(
-            fixed, moving, fixed_mask, fr, mr, current, fg, config.adam_levels_mm, config.adam_iterations,
-            config.adam_learning_rates, _AdamView(config), ctx, (0.6, 1.0), label="adam", residual=True,
-            folding_weight=config.folding_weight)
+    refinement = Refinement.of(config, residual=True, label="adam")
+    if refinement.enabled:
+        current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, fg, ctx, (0.6, 1.0))
         diag["adam_levels"] = losses
     diag["working_region"] = fr.to_dict()
     return GridField(current.detach().to("cpu", torch.float32), current_geom), diag

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -46,125 +47,60 @@ from ..geometry import Geometry
 from ..io.images import Image
 from ..keypoints import foerstner_keypoints
 from ..transforms.warp import GridSampler
-from .adam import instance_optimise
 from .affine import affine_aligned_start
-from .base import GridField, MethodConfig, RunContext, check_range, register_method
-from .common import apply_affine, level_geometry, resample_field
+from ..options import option
+from .base import GridField, MethodConfig, RunContext, register_method
+from .common import MindOptions, RegionOptions, apply_affine, level_geometry, resample_field
+from .refine import RefineOptions, Refinement
 
 
 @dataclass(frozen=True)
-class EmbedConfig(MethodConfig):
-    """Options of ``embed``.
+class EmbedConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
+    """Options of ``embed``; the refinement ("embed+io") is :class:`~.refine.RefineOptions`.
 
     Attributes:
-        keypoints: maximal number of Förstner keypoints in the fixed lung.
-        keypoint_distance_mm: minimal distance between keypoints.
-        feature_spacing_mm: grid spacing of the MIND-SSC features (half resolution of a 1 mm CT).
-        features: "mind" (handcrafted MIND-SSC) or "cnn" (paper 000's light U-Net trained to predict
-            MIND-SSC, ``deeplungreg train-features``); the refinement always uses MIND-SSC.
-        feature_weights: weights of the feature CNN ("" : the shipped ``Resources/Weights/mindnet.pt``).
-        search_range_mm: full width of the displacement search per axis (after affine alignment).
-        search_step_mm: step of the displacement search (a multiple of the feature spacing).
-        second_pass_range_mm: full width of a second, local search around the first pass's
-            result (the moving features warped by its densified field; 0: no second pass).
-        second_pass_step_mm, second_pass_smoothing: its step and graph-Laplacian weight.
-        patch_radius: radius in feature voxels of the compared patches.
-        embedding: "pca" (project cost maps on principal components) or "none" (raw costs).
-        components: number of principal components (the paper uses 256 and 512).
-        pca_basis: a file of PCA bases (written with ``pca_basis_out``) to project on instead of
-            fitting one on the pair; a pass whose displacement count has no basis in it fits its own.
-        pca_basis_out: write the bases fitted (or used) here, one per pass, as ``.npz``.
-        graph_neighbours: neighbours per keypoint in the kNN graph.
-        graph_smoothing: weight lambda of the graph-Laplacian diffusion (0: none).
-        temperature: soft-argmin temperature relative to the spread of each cost map.
-        outlier_mm: a keypoint whose displacement differs from the median of its graph
-            neighbours by more than this is replaced by that median (0: off).
-        densify: "tps" (regularised thin-plate spline) or "gaussian" (scattered-data interpolation).
-        densify_smoothing: TPS smoothing, or Gaussian sigma in mm.
-        densify_spacing_mm: grid spacing on which the dense field is interpolated (at least the feature spacing).
-        refine: refine with the adam instance optimisation ("embed+io").
-        refine_levels_mm, refine_iterations, refine_learning_rates: the refinement pyramid.
         regularisation: diffusion weight of the refinement (on the update).
-        folding_weight: weight of the refinement's penalty on J below 0.1.
-        smoothing_passes: box-filter passes of the refinement grid.
-        mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels).
         mask_dilation_mm: dilation of the fixed mask that weights the refinement.
-        margin_mm: margin of the working region around the masks.
-        chunk: keypoints per chunk of the discrete search (memory vs speed).
     """
 
-    keypoints: int = 2000
-    keypoint_distance_mm: float = 4.0
-    feature_spacing_mm: float = 2.0
-    features: str = "mind"
-    feature_weights: str = ""
-    search_range_mm: float = 40.0
-    search_step_mm: float = 2.0
-    second_pass_range_mm: float = 12.0
-    second_pass_step_mm: float = 2.0
-    second_pass_smoothing: float = 0.5
-    patch_radius: int = 1
-    embedding: str = "none"
-    components: int = 64
-    pca_basis: str = ""
-    pca_basis_out: str = ""
-    graph_neighbours: int = 10
-    graph_smoothing: float = 2.0
-    temperature: float = 0.15
-    outlier_mm: float = 5.0
-    densify: str = "tps"
-    densify_smoothing: float = 2.0
-    densify_spacing_mm: float = 8.0
-    refine: bool = True
-    refine_levels_mm: tuple[float, ...] = (2.5,)
-    refine_iterations: tuple[int, ...] = (30,)
-    refine_learning_rates: tuple[float, ...] = (0.25,)
-    regularisation: float = 1.0
-    folding_weight: float = 10.0
-    smoothing_passes: int = 2
-    mind_radius: int = 1
-    mind_dilation: int = 2
-    mask_dilation_mm: float = 10.0
-    margin_mm: float = 20.0
-    chunk: int = 128
+    keypoints: int = option(2000, 10, 20000, "maximal number of Förstner keypoints in the fixed lung.")
+    keypoint_distance_mm: float = option(4.0, 0.5, 50.0, "minimal distance between keypoints.")
+    feature_spacing_mm: float = option(2.0, 0.5, 16.0, "grid spacing of the MIND-SSC features (half resolution of a 1 mm CT).")
+    features: str = option("mind", help="\"mind\" (handcrafted MIND-SSC) or \"cnn\" (paper 000's light U-Net trained to predict "
+                           "MIND-SSC, ``deeplungreg train-features``); the refinement always uses MIND-SSC.", choices=("mind", "cnn"))
+    feature_weights: str = option("", help="weights of the feature CNN (\"\" : the shipped ``Resources/Weights/mindnet.pt``).")
+    search_range_mm: float = option(40.0, 1.0, 120.0, "full width of the displacement search per axis (after affine alignment).")
+    search_step_mm: float = option(2.0, 0.5, 16.0, "step of the displacement search (a multiple of the feature spacing).")
+    second_pass_range_mm: float = option(12.0, 0.0, 60.0, "full width of a second, local search around the first pass's result "
+                                         "(the moving features warped by its densified field; 0: no second pass).")
+    second_pass_step_mm: float = option(2.0, 0.5, 16.0, "step of the second pass.")
+    second_pass_smoothing: float = option(0.5, 0.0, 1000.0, "graph-Laplacian weight of the second pass.")
+    patch_radius: int = option(1, 0, 4, "radius in feature voxels of the compared patches.")
+    embedding: str = option("none", help="\"pca\" (project cost maps on principal components) or \"none\" (raw costs).",
+                            choices=("pca", "none"))
+    components: int = option(64, 2, 4096, "number of principal components (the paper uses 256 and 512).")
+    pca_basis: str = option("", help="a file of PCA bases (written with ``pca_basis_out``) to project on instead of fitting one on "
+                            "the pair; a pass whose displacement count has no basis in it fits its own.")
+    pca_basis_out: str = option("", help="write the bases fitted (or used) here, one per pass, as ``.npz``.")
+    graph_neighbours: int = option(10, 1, 100, "neighbours per keypoint in the kNN graph.")
+    graph_smoothing: float = option(2.0, 0.0, 1000.0, "weight lambda of the graph-Laplacian diffusion (0: none).")
+    temperature: float = option(0.15, 1e-4, 10.0, "soft-argmin temperature relative to the spread of each cost map.")
+    outlier_mm: float = option(5.0, 0.0, 100.0, "a keypoint whose displacement differs from the median of its graph neighbours "
+                               "by more than this is replaced by that median (0: off).")
+    densify: str = option("tps", help="\"tps\" (regularised thin-plate spline) or \"gaussian\" (scattered-data interpolation).",
+                          choices=("tps", "gaussian"))
+    densify_smoothing: float = option(2.0, 0.0, 1000.0, "TPS smoothing, or Gaussian sigma in mm.")
+    densify_spacing_mm: float = option(8.0, 0.5, 32.0, "grid spacing on which the dense field is interpolated (at least the feature spacing).")
+    refine: bool = option(True, help="refine with the instance optimisation (\"embed+io\").")
+    chunk: int = option(128, 1, 4096, "keypoints per chunk of the discrete search (memory vs speed).")
+
+    #: the names of version 1 (saved configs and ``-O`` options keep working)
+    ALIASES: ClassVar[dict] = {"smoothing_passes": "refine_smoothing_passes"}
 
     def validate(self) -> None:
-        c = "EmbedConfig"
-        check_range(c, "keypoints", self.keypoints, 10, 20000)
-        check_range(c, "keypoint_distance_mm", self.keypoint_distance_mm, 0.5, 50.0)
-        check_range(c, "feature_spacing_mm", self.feature_spacing_mm, 0.5, 16.0)
-        check_range(c, "search_range_mm", self.search_range_mm, 1.0, 120.0)
-        check_range(c, "search_step_mm", self.search_step_mm, 0.5, 16.0)
-        check_range(c, "patch_radius", self.patch_radius, 0, 4)
-        if self.features not in ("mind", "cnn"):
-            raise DeepLungRegError(f"EmbedConfig: features must be 'mind' or 'cnn', got {self.features!r}")
-        if self.embedding not in ("pca", "none"):
-            raise DeepLungRegError(f"EmbedConfig: embedding must be 'pca' or 'none', got {self.embedding!r}")
-        check_range(c, "components", self.components, 2, 4096)
+        super().validate()
         if (self.pca_basis or self.pca_basis_out) and self.embedding != "pca":
             raise DeepLungRegError("EmbedConfig: pca_basis and pca_basis_out need embedding='pca'")
-        check_range(c, "graph_neighbours", self.graph_neighbours, 1, 100)
-        check_range(c, "graph_smoothing", self.graph_smoothing, 0.0, 1000.0)
-        check_range(c, "temperature", self.temperature, 1e-4, 10.0)
-        if self.densify not in ("tps", "gaussian"):
-            raise DeepLungRegError(f"EmbedConfig: densify must be 'tps' or 'gaussian', got {self.densify!r}")
-        check_range(c, "densify_smoothing", self.densify_smoothing, 0.0, 1000.0)
-        check_range(c, "densify_spacing_mm", self.densify_spacing_mm, 0.5, 32.0)
-        n = len(self.refine_levels_mm)
-        if len(self.refine_iterations) != n or len(self.refine_learning_rates) != n:
-            raise DeepLungRegError("EmbedConfig: refine_levels_mm, refine_iterations and refine_learning_rates must have equal length")
-        check_range(c, "regularisation", self.regularisation, 0.0, 1e4)
-        check_range(c, "folding_weight", self.folding_weight, 0.0, 1e6)
-        check_range(c, "outlier_mm", self.outlier_mm, 0.0, 100.0)
-        check_range(c, "smoothing_passes", self.smoothing_passes, 0, 10)
-        check_range(c, "mind_radius", self.mind_radius, 0, 4)
-        check_range(c, "mind_dilation", self.mind_dilation, 1, 6)
-        check_range(c, "margin_mm", self.margin_mm, 0.0, 200.0)
-        check_range(c, "mask_dilation_mm", self.mask_dilation_mm, 0.0, 100.0)
-        check_range(c, "chunk", self.chunk, 1, 4096)
-        check_range(c, "second_pass_range_mm", self.second_pass_range_mm, 0.0, 60.0)
-        check_range(c, "second_pass_step_mm", self.second_pass_step_mm, 0.5, 16.0)
-        check_range(c, "second_pass_smoothing", self.second_pass_smoothing, 0.0, 1000.0)
         if self.second_pass_range_mm / self.second_pass_step_mm > 40:
             raise DeepLungRegError("EmbedConfig: second_pass_range_mm / second_pass_step_mm is too many steps per axis (at most 40)")
         steps = self.search_range_mm / self.search_step_mm
@@ -322,7 +258,7 @@ def densify_gaussian(points: np.ndarray, values: np.ndarray, geometry: Geometry,
     den = np.zeros(geometry.shape, np.float64)
     np.add.at(num, (idx[ok, 2], idx[ok, 1], idx[ok, 0]), values[ok])
     np.add.at(den, (idx[ok, 2], idx[ok, 1], idx[ok, 0]), 1.0)
-    sig = [max(sigma_mm, 1e-3) / s for s in geometry.spacing[::-1]]
+    sig = [max(sigma_mm, 1e-3) / s for s in geometry.spacing_zyx]
     den = ndi.gaussian_filter(den, sig, mode="nearest")
     out = np.stack([ndi.gaussian_filter(num[..., c], sig, mode="nearest") for c in range(3)], -1)
     return (out / np.maximum(den, 1e-8)[..., None]).astype(np.float32)
@@ -443,7 +379,7 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
     # Features on the fixed feature grid; the moving image goes through the affine first.
     descriptor = None
     if config.features == "cnn":
-        from ..features.cnn import cnn_descriptor, load_feature_net
+        from ..networks.mindnet import cnn_descriptor, load_feature_net
 
         descriptor = cnn_descriptor(load_feature_net(config.feature_weights or None, dev))
     fr, mr, mat, af, adiag = affine_aligned_start(fixed, moving, fixed_mask, moving_mask, config, ctx, descriptor=descriptor)
@@ -505,11 +441,9 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
         current = torch.as_tensor(dense, device=dev, dtype=dt)[None]
     ctx.progress("densified", 0.6)
     current_geom = cg
-    if config.refine and len(config.refine_levels_mm):
-        current, current_geom, losses = instance_optimise(
-            fixed, moving, fixed_mask, fr, mr, current, cg, config.refine_levels_mm, config.refine_iterations,
-            config.refine_learning_rates, config, ctx, (0.6, 1.0), label="refine", residual=True,
-            folding_weight=config.folding_weight)
+    refinement = Refinement.of(config, residual=True, label="refine")
+    if config.refine and refinement.enabled:
+        current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, cg, ctx, (0.6, 1.0))
         diag["refine_levels"] = losses
     diag["working_region"] = fr.to_dict()
     return GridField(current.detach().to("cpu", torch.float32), current_geom), diag

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 from ..errors import DeepLungRegError
 from ..losses import curvature, ngf
+from .config import scaled_width
 from .mlvirnet import warp_voxels
+from .registry import NetworkSpec, register_network
 from .unet import ConvBlock, _layers
 
 
@@ -178,3 +180,29 @@ def labeldriven_loss(fixed: torch.Tensor, moving: torch.Tensor, fixed_labels: to
             term = term + beta * 0.5 * (warp_voxels(moving_labels, u) - fixed_labels).pow(2).sum(1).mean()
         total = total + w * term
     return total
+
+
+# ------------------------------------------------------------------ registry
+def _build(cfg):
+    return LabelDrivenNet(widths=tuple(scaled_width(n, cfg.width) for n in (16, 32, 32, 64, 64)))
+
+
+def _predict(model, cfg, fixed, moving):
+    return model(fixed, moving)[-1]
+
+
+def _one_hot(mask):
+    return None if mask is None else torch.cat([1 - mask, mask], 1)
+
+
+def _paper_loss(model, cfg, pair, level):
+    f, m = pair.fixed, pair.moving
+    fields = model(f, m)
+    loss = labeldriven_loss(f, m, _one_hot(pair.fixed_mask), _one_hot(pair.moving_mask), fields, alpha=cfg.alpha, beta=cfg.beta,
+                            eps=cfg.ngf_eps)
+    return loss, {"ngf_finest": float(ngf(f, warp_voxels(m, fields[-1].detach()), eps=cfg.ngf_eps))}, fields
+
+
+register_network(NetworkSpec(
+    "labeldriven", "Label-driven U-Net with B-spline outputs, trained with NGF + curvature + lung labels (paper 004)",
+    build=_build, predict=_predict, paper_loss=_paper_loss))

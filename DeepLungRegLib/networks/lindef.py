@@ -27,6 +27,8 @@ import torch.nn as nn
 from ..errors import DeepLungRegError
 from ..losses import local_ncc_distance, ngf
 from ..transforms.warp import sample_at_voxels
+from .config import scaled_width
+from .registry import NetworkSpec, register_network
 
 
 class SqueezeExcitation3d(nn.Module):
@@ -177,3 +179,27 @@ def lindef_loss(fixed: torch.Tensor, warped: torch.Tensor, phi: torch.Tensor, a:
         raise DeepLungRegError(f"lindef_loss: similarity must be 'mse', 'ncc' or 'ngf', got {similarity!r}")
     eye = torch.eye(3, 4, device=a.device, dtype=a.dtype)
     return data + alpha * (a - eye).abs().sum() + beta * (phi - 1.0).abs().sum()
+
+
+# ------------------------------------------------------------------ registry
+def _build(cfg):
+    return LinDefNet(widths=tuple(scaled_width(n, cfg.width) for n in (32, 64, 64, 64, 64)), decoder_width=scaled_width(32, cfg.width))
+
+
+def _predict(model, cfg, fixed, moving):
+    pos, _, _ = model.positions(fixed, moving)
+    return pos - identity_positions(tuple(fixed.shape[2:]), fixed.device, fixed.dtype)
+
+
+def _paper_loss(model, cfg, pair, level):
+    f, m = pair.fixed, pair.moving
+    pos, phi, a = model.positions(f, m)
+    warped = sample_at_voxels(m, pos)
+    loss = lindef_loss(f, warped, phi, a, alpha=cfg.alpha * 1e-6, beta=cfg.beta * 1e-6, similarity=cfg.similarity, ngf_eps=cfg.ngf_eps)
+    disp = pos - identity_positions(tuple(f.shape[2:]), f.device, f.dtype)
+    return loss, {"mse": float((f - warped).pow(2).mean().detach())}, [disp]
+
+
+register_network(NetworkSpec(
+    "lindef", "Coupled affine + deformable CNN with non-folding spatial-gradient integration (paper 001)",
+    build=_build, predict=_predict, paper_loss=_paper_loss, own_options=frozenset({"similarity"})))

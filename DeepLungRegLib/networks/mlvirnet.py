@@ -25,7 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import DeepLungRegError
+from ..losses import curvature, ngf
 from ..transforms.warp import sample_at_voxels
+from .config import scaled_width
+from .registry import NetworkSpec, register_network
 from .unet import UNet
 
 
@@ -136,3 +139,38 @@ class MLVIRNet(nn.Module):
         if initialise and level < self.levels - 1:
             self.nets[level].load_state_dict(self.nets[level + 1].state_dict())
         return list(self.nets[level].parameters())
+
+
+# ------------------------------------------------------------------ registry
+def _build(cfg):
+    return MLVIRNet(levels=cfg.levels, base=scaled_width(16, cfg.width))
+
+
+def _predict(model, cfg, fixed, moving):
+    return model(fixed, moving)[0]
+
+
+def _paper_loss(model, cfg, pair, level):
+    f, m = pair.fixed, pair.moving
+    disp, _ = model(f, m, finest=level, coarse_jitter=cfg.coarse_jitter)
+    sim = ngf(f, warp_voxels(m, disp), eps=cfg.ngf_eps)
+    reg = curvature(disp)
+    loss = sim + cfg.alpha * reg
+    parts = {"ngf": float(sim.detach()), "curvature": float(reg.detach())}
+    if cfg.beta > 0 and pair.fixed_mask is not None and pair.moving_mask is not None:
+        mask_term = 0.5 * (warp_voxels(pair.moving_mask, disp) - pair.fixed_mask).pow(2).mean()
+        loss = loss + cfg.beta * mask_term
+        parts["mask"] = float(mask_term.detach())
+    return loss, parts, [disp]
+
+
+def _freeze(model, level):
+    for lv in range(level + 1, len(model.nets)):
+        model.nets[lv].eval()
+
+
+register_network(NetworkSpec(
+    "mlvirnet", "Multilevel U-Nets composed coarse to fine, trained level by level with NGF + curvature + mask (paper 002)",
+    build=_build, predict=_predict, paper_loss=_paper_loss, own_options=frozenset({"coarse_jitter"}),
+    levels=lambda cfg: cfg.levels, trainable=lambda model, level, initialise: model.train_level(level, initialise=initialise),
+    freeze=_freeze))

@@ -107,7 +107,7 @@ def split_lungs(mask: Image) -> np.ndarray:
         raise DeepLungRegError("split_lungs: the lung mask is empty")
     g = mask.geometry
     # world x of voxel (k, j, i) = ox + a i + b j + c k: evaluated a slice at a time (no full coordinate array)
-    a, b, c = (g.direction_matrix @ np.diag(g.spacing))[0]
+    a, b, c = g.scaled_direction[0]
     row = g.origin[0] + a * np.arange(m.shape[2])[None, :] + b * np.arange(m.shape[1])[:, None]  # (Y, X)
 
     def world_x(k: int) -> np.ndarray:

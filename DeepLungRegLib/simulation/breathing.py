@@ -132,7 +132,7 @@ def _gaussian(a: np.ndarray, sigma_mm: float, spacing_zyx) -> np.ndarray:
 
 def _motion_field(mask: np.ndarray, geom: Geometry, rng: np.random.Generator, sliding_sigma_mm: float, exponent: float) -> tuple[np.ndarray, np.ndarray]:
     """Unscaled motion ``(Z, Y, X, 3)`` on the working grid and the smoothed lung weight."""
-    sp = geom.spacing[::-1]
+    sp = geom.spacing_zyx
     world = geom.world_coordinates()
     x, y, z = world[..., 0], world[..., 1], world[..., 2]
     lx, ly, lz = x[mask], y[mask], z[mask]

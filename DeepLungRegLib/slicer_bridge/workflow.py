@@ -1,7 +1,8 @@
 """The registration job on MRML nodes: what the Slicer module's Apply does.
 
-:func:`register_nodes` reads the input nodes, runs
-:func:`DeepLungRegLib.pipeline.compute_outputs` and writes its results into
+:func:`job_from_nodes` makes a :class:`~DeepLungRegLib.pipeline.RegistrationJob` of the
+input nodes; :func:`register_nodes` computes it
+(:func:`DeepLungRegLib.pipeline.compute_outputs`) and writes the results into
 output nodes that it tags as its own, so that a re-run replaces only them:
 
 * a grid transform node (resampling direction, "from parent") with the
@@ -27,10 +28,8 @@ import numpy as np
 import slicer
 
 from ..errors import DeepLungRegError
-from ..geometry.grid import lps_to_ras
-from ..io.images import Image
-from ..pipeline import RegistrationOutputs, compute_outputs
-from ..transforms.resample import resample_to_geometry
+from ..geometry.grid import lps_to_ras, ras_to_lps
+from ..pipeline import DEFAULT_METHOD, RegistrationJob, RegistrationOutputs, compute_outputs, summary_lines
 from ..transforms.warp import sample_field_at_points
 from .nodes import (
     grid_transform_node_from_field, image_from_volume_node, landmarks_from_markups, markups_from_landmarks,
@@ -107,21 +106,31 @@ def find_output(scene, role: str, fixed_node, moving_node):
     return None
 
 
-def _output_node(scene, role: str, name: str, fixed_node, moving_node, given, inputs: list):
-    """The node to write ``role`` into: the one given, an earlier own output, or a new one."""
-    cls = OUTPUT_CLASSES[role]
+def _checked_outputs(outputs: dict | None, inputs: list) -> dict:
+    """The output nodes the user chose, by role, checked before any work: known roles, the right
+    node classes, and none of them an input."""
+    outputs = dict(outputs or {})
+    unknown = sorted(set(outputs) - set(OUTPUT_CLASSES))
+    if unknown:
+        raise DeepLungRegError(f"register: unknown output role(s) {', '.join(unknown)}; known: {', '.join(OUTPUT_CLASSES)}")
     input_ids = {n.GetID() for n in inputs if n is not None}
-    if given is not None:
+    for role, given in outputs.items():
+        if given is None:
+            continue
         if given.GetID() in input_ids:
             raise DeepLungRegError(f"register: the {role} output {given.GetName()!r} is one of the inputs; "
                                    "choose another node or 'Create new'")
-        if not given.IsA(cls):
-            raise DeepLungRegError(f"register: the {role} output {given.GetName()!r} is a {given.GetClassName()}, not a {cls}")
-        node = given
-    else:
-        node = find_output(scene, role, fixed_node, moving_node)
-        if node is None:
-            node = scene.AddNewNodeByClass(cls, scene.GenerateUniqueName(name))
+        if not given.IsA(OUTPUT_CLASSES[role]):
+            raise DeepLungRegError(f"register: the {role} output {given.GetName()!r} is a {given.GetClassName()}, "
+                                   f"not a {OUTPUT_CLASSES[role]}")
+    return outputs
+
+
+def _output_node(scene, role: str, name: str, fixed_node, moving_node, given):
+    """The node to write ``role`` into: the one given (see :func:`_checked_outputs`), an earlier own output, or a new one."""
+    node = given if given is not None else find_output(scene, role, fixed_node, moving_node)
+    if node is None:
+        node = scene.AddNewNodeByClass(OUTPUT_CLASSES[role], scene.GenerateUniqueName(name))
     node.SetAttribute(ROLE_ATTRIBUTE, role)
     node.SetNodeReferenceID(FIXED_REFERENCE, fixed_node.GetID())
     node.SetNodeReferenceID(MOVING_REFERENCE, moving_node.GetID())
@@ -205,70 +214,56 @@ def jump_to_landmark(scene, markups_node, index: int) -> np.ndarray:
         raise DeepLungRegError(f"jump_to_landmark: index {index} is outside 0..{n - 1}")
     ras = np.zeros(3)
     markups_node.GetNthControlPointPositionWorld(index, ras)
-    point = lps_to_ras(ras[None])[0]  # the flip is its own inverse
+    point = ras_to_lps(ras[None])[0]
     jump_to_point(scene, point)
     return point
 
 
 def summary_text(metrics: dict) -> str:
     """A few lines for the GUI: TRE, folding and SD log J, with a warning when the field folds."""
-    j = metrics["jacobian"]
-    lines = []
-    if "tre_before" in metrics:
-        b, a = metrics["tre_before"], metrics["tre_after"]
-        lines.append(f"TRE {b['mean']:.2f} ± {b['std']:.2f} mm before, {a['mean']:.2f} ± {a['std']:.2f} mm after "
-                     f"(95th percentile {a['p95']:.2f}, max {a['max']:.2f}, n = {a['n']})")
-    lines.append(f"Folding {j['folding_percent']:.3f} % of voxels, SD log J {j['sd_log_j']:.3f}, "
-                 f"J in [{j['min_j']:.2f}, {j['max_j']:.2f}]")
-    if j["folding_percent"] > 0:
-        lines.append(f"WARNING: the deformation folds (J <= 0) in {j['folding_percent']:.3f} % of voxels; "
-                     "raise the regularisation or check the inputs.")
-    t = metrics.get("timings_s", {})
-    lines.append(f"Registration {t.get('total', float('nan')):.1f} s on {metrics.get('diagnostics', {}).get('device', '?')}")
-    return "\n".join(lines)
+    return "\n".join(summary_lines(metrics))
 
 
 # ------------------------------------------------------------------- job
-def _mask_image(spec, image: Image, what: str):
-    """``"auto"``/``None``/``"none"`` pass through; a volume node becomes a mask on ``image``'s grid."""
-    if spec is None or isinstance(spec, str):
-        return spec
-    mask = image_from_volume_node(spec)
-    if not mask.geometry.same_as(image.geometry, tol=1e-3):
-        log.info("resampling the %s %s onto its image's grid", what, spec.GetName())
-        mask = resample_to_geometry(mask.with_array(mask.array.astype(np.float32)), image.geometry, mode="nearest")
-    return mask.with_array(mask.array > 0)
+def job_from_nodes(fixed_node, moving_node, method: str = DEFAULT_METHOD, *, fixed_mask="auto", moving_mask="auto",
+                   fixed_landmarks=None, moving_landmarks=None, options: dict | None = None,
+                   device: str = "auto") -> RegistrationJob:
+    """The :class:`~DeepLungRegLib.pipeline.RegistrationJob` of two volume nodes (checked as any job is).
+
+    Args:
+        fixed_node, moving_node: scalar volume nodes (a linear parent transform is honoured).
+        fixed_mask, moving_mask: a (labelmap) volume node on any grid of its scan, ``"auto"`` or ``None``.
+        fixed_landmarks, moving_landmarks: markups point lists with corresponding points (same
+            count and order), or ``None``.
+        options: method options (see ``deeplungreg methods --options``).
+    """
+    if fixed_node is None or moving_node is None:
+        raise DeepLungRegError("register: choose both a fixed and a moving volume")
+    if fixed_node.GetID() == moving_node.GetID():
+        raise DeepLungRegError("register: the fixed and the moving volume are the same node")
+    fl = None if fixed_landmarks is None else landmarks_from_markups(fixed_landmarks)
+    ml = None if moving_landmarks is None else landmarks_from_markups(moving_landmarks)
+    if fl is not None and ml is not None and fl.shape != ml.shape:
+        raise DeepLungRegError(f"register: {fixed_landmarks.GetName()!r} has {len(fl)} points but "
+                               f"{moving_landmarks.GetName()!r} has {len(ml)}; landmarks must correspond one to one")
+    labels = None if fl is None else markups_labels(fixed_landmarks)
+
+    def mask(spec):
+        return spec if spec is None or isinstance(spec, str) else image_from_volume_node(spec)
+
+    return RegistrationJob(image_from_volume_node(fixed_node), image_from_volume_node(moving_node), method,
+                           mask(fixed_mask), mask(moving_mask), fl, ml, labels, options, device)
 
 
-def register_nodes(
-    scene,
-    fixed_node,
-    moving_node,
-    method: str = "adam",
-    *,
-    fixed_mask="auto",
-    moving_mask="auto",
-    fixed_landmarks=None,
-    moving_landmarks=None,
-    device: str = "auto",
-    options: dict | None = None,
-    outputs: dict | None = None,
-    progress: Callable[[str, float], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
-    show: bool = True,
-) -> NodeRegistration:
-    """Register two volume nodes and write the results into output nodes.
+def register_nodes(scene, fixed_node, moving_node, method: str = DEFAULT_METHOD, *, fixed_mask="auto", moving_mask="auto",
+                   fixed_landmarks=None, moving_landmarks=None, device: str = "auto", options: dict | None = None,
+                   outputs: dict | None = None, progress: Callable[[str, float], None] | None = None,
+                   cancel: Callable[[], bool] | None = None, show: bool = True) -> NodeRegistration:
+    """Register two volume nodes (see :func:`job_from_nodes`) and write the results into output nodes.
 
     Args:
         scene: the MRML scene (``slicer.mrmlScene`` in Slicer).
-        fixed_node, moving_node: scalar volume nodes (a linear parent transform is honoured).
-        method: a registered method name.
-        fixed_mask, moving_mask: a (labelmap) volume node, ``"auto"`` (automatic
-            lung mask) or ``None``.
-        fixed_landmarks, moving_landmarks: markups point lists with corresponding
-            points (same count and order), or ``None``.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        options: method options (see ``deeplungreg methods --options``).
         outputs: output nodes chosen by the user, by role (``"transform"``,
             ``"warped"``, ``"jacobian"``, ``"ventilation"``, ``"landmarks"``,
             ``"tre_table"``); others are found among this pair's earlier
@@ -277,43 +272,36 @@ def register_nodes(
         cancel: returns True to stop (raises :class:`~DeepLungRegLib.errors.RegistrationCancelled`).
         show: show the warped overlay, the deformation grid and fit the slice views.
     """
-    if fixed_node is None or moving_node is None:
-        raise DeepLungRegError("register: choose both a fixed and a moving volume")
-    if fixed_node.GetID() == moving_node.GetID():
-        raise DeepLungRegError("register: the fixed and the moving volume are the same node")
-    if (fixed_landmarks is None) != (moving_landmarks is None):
-        raise DeepLungRegError("register: give both fixed and moving landmarks, or neither")
-    outputs = dict(outputs or {})
-    unknown = sorted(set(outputs) - set(OUTPUT_CLASSES))
-    if unknown:
-        raise DeepLungRegError(f"register: unknown output role(s) {', '.join(unknown)}; known: {', '.join(OUTPUT_CLASSES)}")
+    job = job_from_nodes(fixed_node, moving_node, method, fixed_mask=fixed_mask, moving_mask=moving_mask,
+                         fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, options=options, device=device)
     inputs = [fixed_node, moving_node, fixed_landmarks, moving_landmarks]
     inputs += [m for m in (fixed_mask, moving_mask) if not (m is None or isinstance(m, str))]
-
-    fixed = image_from_volume_node(fixed_node)
-    moving = image_from_volume_node(moving_node)
-    fl = ml = labels = None
-    if fixed_landmarks is not None:
-        fl = landmarks_from_markups(fixed_landmarks)
-        ml = landmarks_from_markups(moving_landmarks)
-        if fl.shape != ml.shape:
-            raise DeepLungRegError(f"register: {fixed_landmarks.GetName()!r} has {len(fl)} points but "
-                                   f"{moving_landmarks.GetName()!r} has {len(ml)}; landmarks must correspond one to one")
-        labels = markups_labels(fixed_landmarks)
-    out = compute_outputs(
-        fixed, moving, method=method, fixed_mask=_mask_image(fixed_mask, fixed, "fixed mask"),
-        moving_mask=_mask_image(moving_mask, moving, "moving mask"), fixed_landmarks=fl, moving_landmarks=ml,
-        config=options, device=device, progress=progress, cancel=cancel)
-    g = fixed.geometry
+    outputs = _checked_outputs(outputs, inputs)
+    out = compute_outputs(job, progress=progress, cancel=cancel)
     base = f"{moving_node.GetName()}-to-{fixed_node.GetName()}"
 
     def node_for(role: str, name: str):
-        return _output_node(scene, role, name, fixed_node, moving_node, outputs.get(role), inputs)
+        return _output_node(scene, role, f"{base} {name}", fixed_node, moving_node, outputs.get(role))
 
-    transform = grid_transform_node_from_field(scene, out.result.field, g, base, node=node_for("transform", f"{base} transform"))
-    metrics = out.metrics
-    transform.SetAttribute(METRICS_ATTRIBUTE, json.dumps(metrics))
-    transform.SetAttribute("DeepLungReg.Method", method)
+    transform = _transform_node(node_for("transform", "transform"), scene, job, out, show)
+    warped = volume_node_from_image(scene, out.warped, "", node=node_for("warped", "warped"))
+    _copy_display(moving_node, warped)
+    jac, vent = _map_nodes(scene, out, node_for("jacobian", "Jacobian"), node_for("ventilation", "ventilation"))
+    lm_node = table = worst = None
+    if job.fixed_landmarks is not None:
+        table, lm_node, worst = _landmark_nodes(scene, job, out, transform, node_for("tre_table", "TRE"),
+                                                node_for("landmarks", "warped landmarks"))
+    if show:
+        show_overlay(scene, fixed_node, warped, 0.5)
+    return NodeRegistration(transform, warped, jac, vent, lm_node, table, out.metrics, summary_text(out.metrics), worst, out)
+
+
+def _transform_node(node, scene, job: RegistrationJob, out: RegistrationOutputs, show: bool):
+    """The grid transform (fixed -> moving) with the metrics as an attribute and the deformation grid shown."""
+    g = job.fixed.geometry
+    transform = grid_transform_node_from_field(scene, out.result.field, g, "", node=node)
+    transform.SetAttribute(METRICS_ATTRIBUTE, json.dumps(out.metrics))
+    transform.SetAttribute("DeepLungReg.Method", job.method)
     if transform.GetDisplayNode() is None:
         transform.CreateDefaultDisplayNodes()
     td = transform.GetDisplayNode()
@@ -323,53 +311,55 @@ def register_nodes(
     td.SetVisibility(show)
     td.SetVisibility2D(True)
     td.SetVisibility3D(False)
+    return transform
 
-    warped_arr = out.warped.array
-    if moving.array.dtype.kind in "iu":
-        warped_arr = np.round(warped_arr).astype(moving.array.dtype)
-    warped = volume_node_from_image(scene, Image(warped_arr, g), "", node=node_for("warped", f"{base} warped"))
-    md, wd = moving_node.GetDisplayNode(), warped.GetDisplayNode()
-    if md is not None and wd is not None:
-        wd.AutoWindowLevelOff()
-        wd.SetWindowLevel(md.GetWindow(), md.GetLevel())
-        if md.GetColorNodeID():
-            wd.SetAndObserveColorNodeID(md.GetColorNodeID())
 
-    jac = volume_node_from_image(scene, out.jacobian, "", node=node_for("jacobian", f"{base} Jacobian"))
-    lung = out.fixed_mask.array if out.fixed_mask is not None else np.ones(g.shape, bool)
+def _copy_display(source_node, node) -> None:
+    """Show ``node`` with ``source_node``'s window, level and colours."""
+    sd, d = source_node.GetDisplayNode(), node.GetDisplayNode()
+    if sd is not None and d is not None:
+        d.AutoWindowLevelOff()
+        d.SetWindowLevel(sd.GetWindow(), sd.GetLevel())
+        if sd.GetColorNodeID():
+            d.SetAndObserveColorNodeID(sd.GetColorNodeID())
+
+
+def _map_nodes(scene, out: RegistrationOutputs, jacobian_node, ventilation_node):
+    """The Jacobian and ventilation volumes, in diverging colours centred on no volume change."""
+    jac = volume_node_from_image(scene, out.jacobian, "", node=jacobian_node)
+    lung = out.fixed_mask.array if out.fixed_mask is not None else np.ones(out.jacobian.array.shape, bool)
     _show_map(scene, jac, 1.0, _half_width(out.jacobian.array[lung], 1.0, 0.25), "Jacobian")
-    vent = volume_node_from_image(scene, out.ventilation, "", node=node_for("ventilation", f"{base} ventilation"))
+    vent = volume_node_from_image(scene, out.ventilation, "", node=ventilation_node)
     _show_map(scene, vent, 0.0, _half_width(out.ventilation.array[lung], 0.0, 0.25), "J - 1")
+    return jac, vent
 
-    lm_node = table = worst = None
-    if fl is not None:
-        predicted = fl + sample_field_at_points(out.result.field, g, fl)
-        err_ras = lps_to_ras(predicted - ml)
-        tb, ta = out.tre_before, out.tre_after
-        worst = int(np.argmax(ta))
-        names = [lab or f"P-{i + 1}" for i, lab in enumerate(labels)]
-        table = table_node_from_columns(scene, {
-            "Landmark": names,
-            "TRE before (mm)": np.round(tb, 3),
-            "TRE after (mm)": np.round(ta, 3),
-            "Error R (mm)": np.round(err_ras[:, 0], 3),
-            "Error A (mm)": np.round(err_ras[:, 1], 3),
-            "Error S (mm)": np.round(err_ras[:, 2], 3),
-        }, "", node=node_for("tre_table", f"{base} TRE"))
-        lm_node = node_for("landmarks", f"{base} warped landmarks")
-        markups_from_landmarks(scene, ml, "", labels=[f"{n}: {a:.1f} mm" for n, a in zip(names, ta)], node=lm_node)
-        if lm_node.GetDisplayNode() is None:
-            lm_node.CreateDefaultDisplayNodes()
-        # Good points are drawn "selected" (green), points above TRE_WARNING_MM unselected (red).
-        for i, a in enumerate(ta):
-            lm_node.SetNthControlPointSelected(i, bool(a <= TRE_WARNING_MM))
-            lm_node.SetNthControlPointLocked(i, True)
-        ld = lm_node.GetDisplayNode()
-        ld.SetSelectedColor(0.1, 0.8, 0.2)
-        ld.SetColor(0.9, 0.1, 0.1)
-        lm_node.SetAndObserveTransformNodeID(transform.GetID())
-        lm_node.SetAttribute("DeepLungReg.WorstLandmark", str(worst))
-    summary = summary_text(metrics)
-    if show:
-        show_overlay(scene, fixed_node, warped, 0.5)
-    return NodeRegistration(transform, warped, jac, vent, lm_node, table, metrics, summary, worst, out)
+
+def _landmark_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, transform, table_node, markups_node):
+    """The TRE table and the moving landmarks under the transform, labelled and coloured by their error;
+    returns ``(table, markups, index of the worst landmark)``."""
+    fl, ml, g = job.fixed_landmarks, job.moving_landmarks, job.fixed.geometry
+    err_ras = lps_to_ras(fl + sample_field_at_points(out.result.field, g, fl) - ml)
+    tb, ta = out.tre_before, out.tre_after
+    worst = int(np.argmax(ta))
+    names = job.landmark_labels
+    table = table_node_from_columns(scene, {
+        "Landmark": names,
+        "TRE before (mm)": np.round(tb, 3),
+        "TRE after (mm)": np.round(ta, 3),
+        "Error R (mm)": np.round(err_ras[:, 0], 3),
+        "Error A (mm)": np.round(err_ras[:, 1], 3),
+        "Error S (mm)": np.round(err_ras[:, 2], 3),
+    }, "", node=table_node)
+    markups_from_landmarks(scene, ml, "", labels=[f"{n}: {a:.1f} mm" for n, a in zip(names, ta)], node=markups_node)
+    if markups_node.GetDisplayNode() is None:
+        markups_node.CreateDefaultDisplayNodes()
+    # Good points are drawn "selected" (green), points above TRE_WARNING_MM unselected (red).
+    for i, a in enumerate(ta):
+        markups_node.SetNthControlPointSelected(i, bool(a <= TRE_WARNING_MM))
+        markups_node.SetNthControlPointLocked(i, True)
+    ld = markups_node.GetDisplayNode()
+    ld.SetSelectedColor(0.1, 0.8, 0.2)
+    ld.SetColor(0.9, 0.1, 0.1)
+    markups_node.SetAndObserveTransformNodeID(transform.GetID())
+    markups_node.SetAttribute("DeepLungReg.WorstLandmark", str(worst))
+    return table, markups_node, worst

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from ..errors import DeepLungRegError
-from ..io.weights import load_torch_file
 from ..io.images import Image
+from ..networks import NetworkConfig, NetworkPair, build_network, load_checkpoint, load_network_state, network_names, network_spec, predict
+from ..transforms.frames import voxel_to_world
 from ..transforms.warp import sample_field_at_points
-from .data import NetworkPair, SimulatedPairPool, from_simulated, voxel_to_world
-from .models import NetworkConfig, build_network, load_network_state, predict, training_loss
+from .data import SimulatedPairPool, from_simulated
+from .models import training_loss
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -66,23 +67,25 @@ def train_step(model: torch.nn.Module, cfg: NetworkConfig, opt: torch.optim.Opti
 
 
 def level_schedule(cfg: NetworkConfig, steps: int, level_steps: tuple[int, ...] | None = None, pretrained: bool = False) -> list[int]:
-    """The level trained at each step. ``mlvirnet`` trains coarsest first (paper 002): ``level_steps[i]``
-    steps on the i-th level counted from the coarsest, or by default an equal share of ``steps`` each.
-    ``pretrained`` (fine-tuning trained weights) allows 0 steps on a level."""
-    if cfg.method != "mlvirnet":
+    """The level trained at each step. A multilevel network (``mlvirnet``) trains coarsest first (paper 002):
+    ``level_steps[i]`` steps on the i-th level counted from the coarsest, or by default an equal share of
+    ``steps`` each. ``pretrained`` (fine-tuning trained weights) allows 0 steps on a level."""
+    levels = network_spec(cfg.method).levels(cfg)
+    if levels == 1:
         if level_steps is not None:
-            raise DeepLungRegError(f"train: level_steps applies to mlvirnet only, not {cfg.method}")
+            multilevel = [n for n in network_names() if network_spec(n).levels(NetworkConfig(method=n)) > 1]
+            raise DeepLungRegError(f"train: level_steps applies to {', '.join(multilevel)} only, not {cfg.method}")
         return [0] * steps
     if level_steps is not None:
         low = 0 if pretrained else 1
-        if len(level_steps) != cfg.levels or any(int(n) < low for n in level_steps):
+        if len(level_steps) != levels or any(int(n) < low for n in level_steps):
             kind = "step counts >= 0" if pretrained else "positive step counts (0 only when starting from trained weights)"
-            raise DeepLungRegError(f"train: level_steps needs {cfg.levels} {kind}, coarsest first; got {list(level_steps)}")
+            raise DeepLungRegError(f"train: level_steps needs {levels} {kind}, coarsest first; got {list(level_steps)}")
         if sum(level_steps) != steps:
             raise DeepLungRegError(f"train: level_steps {list(level_steps)} add up to {sum(level_steps)} steps, not {steps}")
-        return [cfg.levels - 1 - i for i, n in enumerate(level_steps) for _ in range(int(n))]
-    per = max(1, steps // cfg.levels)
-    return [max(0, cfg.levels - 1 - min(i // per, cfg.levels - 1)) for i in range(steps)]
+        return [levels - 1 - i for i, n in enumerate(level_steps) for _ in range(int(n))]
+    per = max(1, steps // levels)
+    return [max(0, levels - 1 - min(i // per, levels - 1)) for i in range(steps)]
 
 
 def load_initial_weights(model: torch.nn.Module, cfg: NetworkConfig, path: str | Path) -> dict:
@@ -103,14 +106,6 @@ def save_checkpoint(path: Path, model, optimizer, cfg: NetworkConfig, step: int,
     torch.save({"method": cfg.method, "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": step, "level": level, "history": history, "training_data": data, "validation": score}, tmp)
     tmp.replace(path)
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a checkpoint written by :func:`train` (refuses anything else with a clear message)."""
-    ck = load_torch_file(path, map_location, owner="load_checkpoint", kind="checkpoint")
-    if not {"method", "config", "model"} <= set(ck):
-        raise DeepLungRegError(f"load_checkpoint: {path} is not a DeepLungReg checkpoint (no method/config/model)")
-    return ck
 
 
 def plot_losses(history: list[dict], path: Path) -> None:
@@ -213,9 +208,10 @@ def train(
         init = resumed.get("training_data", {}).get("initial_weights")  # a fine-tuning run stays one
     if init is not None and resumed is None:
         load_initial_weights(model, cfg, init)
+    spec = network_spec(cfg.method)
     schedule = level_schedule(cfg, steps, level_steps, pretrained=init is not None)
     start, history, level = 0, [], schedule[0]
-    params = model.train_level(level, initialise=init is None) if cfg.method == "mlvirnet" else list(model.parameters())
+    params = spec.trainable(model, level, init is None)
     opt = torch.optim.Adam(params, lr=cfg.learning_rate)
     if resumed is not None:
         ck = resumed
@@ -223,8 +219,7 @@ def train(
             raise DeepLungRegError(f"train: {ck_path} was trained with another config ({ck['config']}); resume needs the same one")
         load_network_state(model, ck["model"])
         start, history, level = int(ck["step"]), list(ck["history"]), int(ck["level"])
-        if cfg.method == "mlvirnet":
-            params = model.train_level(level, initialise=False)
+        params = spec.trainable(model, level, False)
         opt = torch.optim.Adam(params, lr=cfg.learning_rate)
         opt.load_state_dict(ck["optimizer"])
     pool = SimulatedPairPool(cts, cfg.spacing_mm, cfg.shape, pool_size, seed=seed + 1000 * start, spatial_augment=spatial_augment,
@@ -235,22 +230,20 @@ def train(
             "real_pairs": [p.name for p in extra], "simulated_pairs_made": pool.made, "spatial_augment": spatial_augment,
             "amplitudes": list(pool.amplitude_range_mm) if pool.amplitude_range_mm else list(pool.amplitudes),
             "reverse_fraction": reverse_fraction, "refresh_every": refresh_every, "initial_weights": None if init is None else str(init)}
-    if cfg.method == "mlvirnet":
-        data["level_steps"] = [schedule.count(lv) for lv in range(cfg.levels - 1, -1, -1)]
+    if spec.levels(cfg) > 1:
+        data["level_steps"] = [schedule.count(lv) for lv in range(spec.levels(cfg) - 1, -1, -1)]
     rng = np.random.default_rng(seed + start)
     score = None
     t0 = time.perf_counter()
     for step in range(start, steps):
-        if cfg.method == "mlvirnet" and schedule[step] != level:
+        if schedule[step] != level:
             level = schedule[step]
-            opt = torch.optim.Adam(model.train_level(level, initialise=init is None), lr=cfg.learning_rate)
+            opt = torch.optim.Adam(spec.trainable(model, level, init is None), lr=cfg.learning_rate)
         if step > start and step % refresh_every == 0:
             pool.refresh()
         pair = extra[int(rng.integers(len(extra)))] if extra and rng.random() < 0.3 else pool.sample()
         pair = pair.to(dev)
-        if cfg.method == "mlvirnet":
-            for lv in range(level + 1, cfg.levels):
-                model.nets[lv].eval()
+        spec.freeze(model, level)
         row = {"step": step + 1, "level": level, **train_step(model, cfg, opt, pair, level, step),
                "seconds": round(time.perf_counter() - t0, 2)}
         if val_pairs and ((step + 1) % validate_every == 0 or step + 1 == steps):

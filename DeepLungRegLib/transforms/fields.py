@@ -35,7 +35,7 @@ def affine_to_field(matrix: np.ndarray, geometry: Geometry) -> np.ndarray:
     if m.shape not in ((4, 4), (3, 4)) or not np.all(np.isfinite(m)):
         raise DeepLungRegError(f"affine_to_field: matrix must be a finite 3x4 or 4x4 array, got shape {m.shape}")
     # u(ijk) = (A - I)(o + D S ijk) + t, linear in the index
-    lin = (m[:3, :3] - np.eye(3)) @ geometry.direction_matrix @ np.diag(geometry.spacing)
+    lin = (m[:3, :3] - np.eye(3)) @ geometry.scaled_direction
     off = (m[:3, :3] - np.eye(3)) @ np.asarray(geometry.origin) + m[:3, 3]
     out = np.empty((*geometry.shape, 3), np.float32)
     nz, ny, nx = geometry.shape

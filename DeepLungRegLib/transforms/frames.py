@@ -23,6 +23,7 @@ returns is resampled once onto the fixed image's own grid
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..geometry import Geometry
 from ..io.images import Image
@@ -117,3 +118,18 @@ def to_working_frame(image: Image, *, min_spacing_mm: float = WORKING_SPACING_MM
         src = src.with_array(np.asarray(src.array, dtype=np.float32))
         return Image(resample_to_geometry(src, target, smooth=True).array > 0.5, target)
     return resample_to_geometry(src, target, smooth=True, fill=None, float_output=True)
+
+
+def world_to_voxel(field: np.ndarray, grid: Geometry) -> torch.Tensor:
+    """A world field ``(Z, Y, X, 3)`` mm (LPS) on ``grid`` -> network voxels ``(1, 3, Z, Y, X)``, channels
+    ``(z, y, x)``; the inverse of :func:`voxel_to_world`."""
+    ijk = np.asarray(field, np.float64) @ np.linalg.inv(grid.scaled_direction).T
+    return torch.as_tensor(np.stack([ijk[..., 2], ijk[..., 1], ijk[..., 0]])[None], dtype=torch.float32)
+
+
+def voxel_to_world(displacement: torch.Tensor | np.ndarray, grid: Geometry) -> np.ndarray:
+    """Network voxels ``(1, 3, Z, Y, X)`` (channels ``(z, y, x)``) on ``grid`` -> a world field ``(Z, Y, X, 3)`` mm (LPS)."""
+    d = displacement[0]
+    d = d.detach().to("cpu", torch.float64).numpy() if isinstance(d, torch.Tensor) else np.asarray(d, np.float64)
+    ijk = np.stack([d[2], d[1], d[0]], -1)  # (Z, Y, X, 3) in i, j, k
+    return (ijk @ grid.scaled_direction.T).astype(np.float32)

@@ -40,7 +40,7 @@ def resample_to_geometry(image: Image, geometry: Geometry, *, mode: str = "linea
         elif max(sigma) > 0:  # ITK's recursive filter needs 4 voxels per axis; tiny images take scipy's
             from scipy.ndimage import gaussian_filter
 
-            arr = gaussian_filter(sitk.GetArrayFromImage(src).astype(np.float32), [s / sp for s, sp in zip(sigma[::-1], image.geometry.spacing[::-1])],
+            arr = gaussian_filter(sitk.GetArrayFromImage(src).astype(np.float32), [s / sp for s, sp in zip(sigma[::-1], image.geometry.spacing_zyx)],
                                   mode="nearest")
             smoothed = sitk.GetImageFromArray(arr)
             smoothed.CopyInformation(src)

@@ -21,7 +21,7 @@ _MODES = {"linear": "bilinear", "nearest": "nearest"}
 
 def _world_to_normalised(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """Affine ``(A, b)`` with ``n = x @ A.T + b`` mapping LPS mm to grid_sample coordinates."""
-    inv = np.linalg.inv(geometry.direction_matrix @ np.diag(geometry.spacing))  # world -> ijk
+    inv = np.linalg.inv(geometry.scaled_direction)  # world -> ijk
     scale = 2.0 / np.maximum(np.asarray(geometry.size, dtype=float) - 1.0, 1.0)
     a = np.diag(scale) @ inv
     b = -a @ np.asarray(geometry.origin) - 1.0
@@ -32,7 +32,7 @@ def world_grid_tensor(geometry: Geometry, device: torch.device | str = "cpu", dt
     """LPS coordinates of every voxel of ``geometry``, shape ``(Z, Y, X, 3)``."""
     zz, yy, xx = torch.meshgrid(*(torch.arange(n, device=device, dtype=torch.float64) for n in geometry.shape), indexing="ij")
     ijk = torch.stack([xx, yy, zz], dim=-1)
-    m = torch.as_tensor(geometry.direction_matrix @ np.diag(geometry.spacing), device=device, dtype=torch.float64)
+    m = torch.as_tensor(geometry.scaled_direction, device=device, dtype=torch.float64)
     o = torch.as_tensor(geometry.origin, device=device, dtype=torch.float64)
     return (ijk @ m.T + o).to(dtype)
 
@@ -151,7 +151,7 @@ def _slabs(shape: tuple[int, int, int], slab_voxels: int):
 def _slab_coordinates(dst: Geometry, src: Geometry, z0: int, z1: int, device) -> torch.Tensor:
     """grid_sample coordinates ``(1, z1-z0, Y, X, 3)`` (float64) of ``dst``'s slices ``z0:z1`` in ``src``."""
     a, b = _world_to_normalised(src)
-    m = a @ dst.direction_matrix @ np.diag(dst.spacing)  # dst index -> src normalised
+    m = a @ dst.scaled_direction  # dst index -> src normalised
     c = a @ np.asarray(dst.origin) + b
     zz, yy, xx = torch.meshgrid(torch.arange(z0, z1, device=device, dtype=torch.float64),
                                 torch.arange(dst.shape[1], device=device, dtype=torch.float64),

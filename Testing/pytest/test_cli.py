@@ -114,7 +114,7 @@ def test_config_file_is_read_and_checked(pair_dir, tmp_path):
     r = run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", out, "--config", cfg, "-q",
                 "--fixed-mask", pair_dir / "fixed_mask.nii.gz", "--moving-mask", pair_dir / "moving_mask.nii.gz")
     assert r.returncode == 0, r.stderr
-    assert json.loads((out / "metrics.json").read_text())["config"]["iterations"] == [5]
+    assert json.loads((out / "metrics.json").read_text())["config"]["refine_iterations"] == [5]  # the old name, read as an alias
     cfg.write_text("[1, 2]")
     r = run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", tmp_path / "p", "--config", cfg)
     assert r.returncode == 2 and "JSON object" in r.stderr

@@ -148,8 +148,8 @@ def test_convex_recovers_large_motion_on_a_small_pair(small_pair, inverse_consis
 def test_candidate_grid_defaults_first_subset_and_errors():
     c = candidate_grid("convex")
     d = ConvexConfig()
-    assert len(c) == 12 and c[0] == {"smoothing_passes": d.smoothing_passes, "regularisation": d.regularisation,
-                                      "adam_levels_mm": d.adam_levels_mm}  # the defaults come first
+    assert len(c) == 12 and c[0] == {"convex_smoothing_passes": d.convex_smoothing_passes, "regularisation": d.regularisation,
+                                      "refine_levels_mm": d.refine_levels_mm}  # the defaults come first
     assert len({json.dumps(x, sort_keys=True) for x in c}) == 12
     sub = candidate_grid("convex", {"regularisation": [0.25, 0.5, 1.0, 2.0, 4.0]}, max_candidates=3, seed=1)
     assert len(sub) == 3 and sub[0] == {"regularisation": 1.0}

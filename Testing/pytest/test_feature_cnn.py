@@ -7,9 +7,10 @@ import torch
 from DeepLungRegLib import DeepLungRegError
 from DeepLungRegLib.methods import register
 from DeepLungRegLib.features import mind_ssc
-from DeepLungRegLib.features.cnn import DEFAULT_WEIGHTS, MindNet, export_feature_net, load_feature_net, train_feature_net
+from DeepLungRegLib.networks.mindnet import DEFAULT_WEIGHTS, MindNet, load_feature_net
+from DeepLungRegLib.training.features import export_feature_net, train_feature_net
 from DeepLungRegLib.io.images import read_image
-from DeepLungRegLib.methods.common import normalise_ct
+from DeepLungRegLib.features.intensity import normalise_ct
 from DeepLungRegLib.metrics import tre
 from DeepLungRegLib.simulation import simulate_breathing
 from DeepLungRegLib.transforms import resample_to_spacing

@@ -4,7 +4,7 @@ import torch
 
 from DeepLungRegLib import DeepLungRegError, Geometry, Image
 from DeepLungRegLib.features import mind_ssc
-from DeepLungRegLib.features.filters import box_mean3d
+from DeepLungRegLib.ops.filters import box_mean3d
 from DeepLungRegLib.keypoints import foerstner_keypoints
 
 

@@ -117,4 +117,6 @@ def test_every_option_of_every_method_has_its_whole_help_text():
             assert opt["help"], f"{name}.{opt['name']} has no help text"
     helps = {o["name"]: o["help"] for o in method_settings("convex")}
     assert helps["coupling"].endswith("(relative to the typical cost spread, per squared search step).")
-    assert helps["adam_iterations"] == helps["adam_levels_mm"]
+    assert helps["refine_iterations"].startswith("Adam iterations") and helps["convex_smoothing_passes"]
+    helps = {o["name"]: o["help"] for o in method_settings("embed")}
+    assert helps["features"].endswith("the refinement always uses MIND-SSC.")

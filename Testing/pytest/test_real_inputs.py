@@ -20,7 +20,7 @@ import torch
 from DeepLungRegLib import DeepLungRegError, Geometry, Image, read_image, write_image
 from DeepLungRegLib.cli import main
 from DeepLungRegLib.io.fields import read_field, write_field
-from DeepLungRegLib.pipeline import ALL_OUTPUT_FILES, run_registration
+from DeepLungRegLib.pipeline import ALL_OUTPUT_FILES, RegistrationJob, run_registration
 from DeepLungRegLib.simulation import read_pair
 from DeepLungRegLib.transforms import resample_to_spacing
 
@@ -139,8 +139,8 @@ def test_a_weights_file_that_would_run_code_is_refused(pair_dir, tmp_path):
     assert not marker.exists()
     with pytest.raises(pickle.UnpicklingError):  # the file is what we claim: plain torch.load would run it
         torch.load(path, weights_only=True)
-    from DeepLungRegLib.features.cnn import load_feature_net
-    from DeepLungRegLib.training.train import load_checkpoint
+    from DeepLungRegLib.networks.mindnet import load_feature_net
+    from DeepLungRegLib.networks import load_checkpoint
 
     for load in (load_checkpoint, load_feature_net):
         with pytest.raises(DeepLungRegError, match="refused"):
@@ -175,15 +175,15 @@ def test_an_interrupted_run_leaves_nothing(pair_dir, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_registration(pair.fixed, pair.moving, out, config=FAST_CFG, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
-                         device="cpu", progress=stop)
+        run_registration(RegistrationJob(pair.fixed, pair.moving, config=FAST_CFG, fixed_mask=pair.fixed_mask,
+                                         moving_mask=pair.moving_mask, device="cpu"), out, progress=stop)
     assert not out.exists() and not list(tmp_path.iterdir())  # no half set, no staging folder
     # the same into a folder that holds other files: they stay, nothing is added
     out.mkdir()
     (out / "notes.txt").write_text("keep")
     with pytest.raises(KeyboardInterrupt):
-        run_registration(pair.fixed, pair.moving, out, config=FAST_CFG, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
-                         device="cpu", progress=stop)
+        run_registration(RegistrationJob(pair.fixed, pair.moving, config=FAST_CFG, fixed_mask=pair.fixed_mask,
+                                         moving_mask=pair.moving_mask, device="cpu"), out, progress=stop)
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and len(list(tmp_path.iterdir())) == 1
 
 
@@ -310,8 +310,8 @@ def test_landmarks_far_outside_the_image_and_an_all_ones_mask_are_warned_about(p
     far[:5] += 500.0
     ones = pair.fixed_mask.with_array(np.ones_like(pair.fixed_mask.array))
     with caplog.at_level("WARNING"):
-        run_registration(pair.fixed, pair.moving, tmp_path / "o", config=FAST_CFG, fixed_mask=ones, moving_mask=pair.moving_mask,
-                         fixed_landmarks=far, moving_landmarks=pair.moving_landmarks, device="cpu")
+        run_registration(RegistrationJob(pair.fixed, pair.moving, config=FAST_CFG, fixed_mask=ones, moving_mask=pair.moving_mask,
+                                         fixed_landmarks=far, moving_landmarks=pair.moving_landmarks, device="cpu"), tmp_path / "o")
     text = caplog.text
     assert "5 of" in text and "fixed landmarks lie more than" in text
     assert "fixed mask covers 100 %" in text and "Is it a lung mask" in text

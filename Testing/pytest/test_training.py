@@ -14,7 +14,7 @@ import torch
 from DeepLungRegLib import DeepLungRegError, Image, read_image
 from DeepLungRegLib.cli import main
 from DeepLungRegLib.methods import register
-from DeepLungRegLib.methods._network import WEIGHTS_DIR
+from DeepLungRegLib.networks.registry import WEIGHTS_DIR
 from DeepLungRegLib.metrics import tre
 from DeepLungRegLib.simulation import simulate_breathing
 from DeepLungRegLib.training import (NetworkConfig, SimulatedPairPool, build_network, export_weights, from_simulated, load_checkpoint, network_grid, train,
@@ -278,7 +278,7 @@ class _ConstantShift(torch.nn.Module):
 
 
 def test_direction_auto_keeps_the_prediction_whose_warp_matches_and_reverse_inverts_it(oblique):
-    from DeepLungRegLib.methods._network import directed_prediction
+    from DeepLungRegLib.methods.networks import directed_prediction
     from DeepLungRegLib.networks.mlvirnet import warp_voxels
 
     zz, yy, xx = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in oblique.shape], indexing="ij")

@@ -1,16 +1,9 @@
-"""Paper 000's learned feature extractor: a light U-Net (3 encoder and 2 decoder blocks)
-trained to predict MIND-like descriptors from a CT.
+"""Training of paper 000's feature network (``deeplungreg train-features``).
 
-The network sees the windowed CT (``[0, 1]``) on the feature grid of ``embed``
-(2 mm by default) and predicts the 12 MIND-SSC channels on the same grid. It is
-trained to map an intensity-augmented, noisy crop to the MIND-SSC of the clean
-crop, so that its descriptors are MIND-like but less sensitive to noise and
-contrast changes. Training data: CTs resampled to the feature spacing, random
-crops; validation: the same on held-out CTs.
-
-Deviation from the paper: the paper's network reads the full-resolution CT
-and outputs stride-2 features; here input and output share the feature grid
-(the CPU cost of a full-resolution input is too high for the time targets).
+It learns to map an intensity-augmented, noisy CT crop to the MIND-SSC of the
+clean crop, so that its descriptors are MIND-like but less sensitive to noise
+and contrast changes. Training data: CTs resampled to the feature spacing,
+random crops; validation: the same on held-out CTs.
 """
 
 from __future__ import annotations
@@ -21,69 +14,17 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import DeepLungRegError
-from ..io.weights import load_torch_file
+from ..features.intensity import normalise_ct
+from ..features.mind import mind_ssc
 from ..io.images import Image
-from .mind import mind_ssc
-
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "Resources" / "Weights" / "mindnet.pt"
-
-
-class MindNet(nn.Module):
-    """``(N, 1, Z, Y, X)`` windowed CT -> ``(N, 12, Z, Y, X)`` MIND-like descriptors in ``[0, 1]``.
-
-    A U-Net (:class:`~DeepLungRegLib.networks.UNet`) with three resolution levels
-    (3 encoder blocks, 2 decoder blocks), ``base`` filters doubling, and a sigmoid
-    on its 12 outputs. Any input size: it is padded (replicate) to a multiple of 4
-    and cropped back.
-    """
-
-    def __init__(self, base: int = 8, channels: int = 12):
-        super().__init__()
-        from ..networks.unet import UNet
-
-        self.base, self.channels = base, channels
-        self.unet = UNet(in_channels=1, out_channels=channels, base=base, levels=3, dims=3)
-        # UNet starts its head at zero (the identity for a displacement); descriptors learn far
-        # faster from torch's default random start.
-        self.unet.head.reset_parameters()
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if image.ndim != 5 or image.shape[1] != 1:
-            raise DeepLungRegError(f"MindNet: image must be (N, 1, Z, Y, X), got {tuple(image.shape)}")
-        z, y, x = image.shape[2:]
-        pad = [(-s) % 4 for s in (x, y, z)]
-        padded = F.pad(image, (0, pad[0], 0, pad[1], 0, pad[2]), mode="replicate") if any(pad) else image
-        return torch.sigmoid(self.unet(padded))[:, :, :z, :y, :x]
+from ..io.weights import load_torch_file
+from ..networks.mindnet import MindNet
+from .train import write_training_logs
 
 
-def load_feature_net(path: str | Path | None = None, device: torch.device | str = "cpu") -> MindNet:
-    """The feature network stored at ``path`` (default: the shipped ``Resources/Weights/mindnet.pt``), in eval mode."""
-    path = Path(path) if path else DEFAULT_WEIGHTS
-    if not path.is_file():
-        raise DeepLungRegError(f"feature network weights {path} do not exist; train them with `deeplungreg train-features`")
-    ck = load_torch_file(path, device, owner="feature network")
-    try:
-        net = MindNet(**ck["config"])
-        net.load_state_dict(ck["model"])
-    except Exception as exc:  # a foreign or truncated file
-        raise DeepLungRegError(f"{path} is not a DeepLungReg feature network ({exc})") from exc
-    return net.to(device).eval()
-
-
-def cnn_descriptor(net: MindNet) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A descriptor function ``(N, 1, Z, Y, X) -> (N, 12, Z, Y, X)`` (no gradients) in the network's dtype."""
-    def describe(image: torch.Tensor) -> torch.Tensor:
-        p = next(net.parameters())
-        with torch.no_grad():
-            return net(image.to(p.device, p.dtype)).to(image.dtype)
-    return describe
-
-
-# ------------------------------------------------------------------ training
 def _crop(vol: torch.Tensor, size: int, rng: np.random.Generator) -> tuple[slice, slice, slice]:
     return tuple(slice(s, s + size) for s in (int(rng.integers(0, max(1, n - size + 1))) for n in vol.shape[-3:]))
 
@@ -95,7 +36,6 @@ def _augment(t: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def _prepare(cts: list[tuple[str, Image]], spacing_mm: float, crop: int, mind_radius: int, mind_dilation: int):
-    from ..methods.common import normalise_ct  # the methods' CT window (imported here: methods import features)
     from ..transforms.resample import resample_to_spacing
 
     out = []
@@ -126,8 +66,6 @@ def train_feature_net(cts: list[tuple[str, Image]], outdir: str | Path, *, steps
         is the error of MIND-SSC computed on the augmented validation crops, the baseline
         the network should beat.
     """
-    from ..training.train import write_training_logs
-
     if steps < 1 or crop < 16 or batch < 1:
         raise DeepLungRegError(f"train_feature_net: need steps >= 1, crop >= 16 and batch >= 1, got {steps}, {crop}, {batch}")
     if not cts:

@@ -1,22 +1,32 @@
-"""What the three network methods share: their options, finding and loading the weights,
-running the network on its grid, and the optional instance optimisation (``finetune``)."""
+"""The network methods: one registration method per network of :mod:`DeepLungRegLib.networks`.
+
+Each runs its network on a fixed-size grid centred on the fixed lung (both directions by
+default), turns the voxel displacement into a world field, and optionally refines it by
+instance optimisation (``finetune``, the talk's network + instance optimisation). Weights
+come from ``deeplungreg train``; the shipped ones are in ``Resources/Weights/<name>.pt``.
+A new network registers itself in its own file; nothing here names one.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ..errors import DeepLungRegError
 from ..io.images import Image
-from .adam import instance_optimise
-from .base import GridField, MethodConfig, RunContext, check_range
-from .common import region_geometry
-
-#: Shipped weights: ``Resources/Weights/<method>.pt`` beside the library (the source tree or the Slicer install).
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
+from ..networks import (
+    NetworkConfig, build_network, load_checkpoint, load_network_state, network_grid, network_names, network_spec, predict,
+    shipped_weights, to_network_pair,
+)
+from ..transforms.frames import voxel_to_world, world_to_voxel
+from ..options import option, redefault
+from .base import GridField, MethodConfig, RunContext, register_method
+from .common import MindOptions, RegionOptions, region_geometry
+from .refine import RefineOptions, Refinement
 
 
 #: Values of the ``direction`` option.
@@ -24,68 +34,39 @@ DIRECTIONS = ("auto", "forward", "reverse")
 
 
 @dataclass(frozen=True)
-class NetworkMethodConfig(MethodConfig):
-    """Options of the network methods.
+class NetworkMethodConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
+    """Options of the network methods; the optional instance optimisation of the prediction
+    (the talk's network + instance optimisation) is :class:`~.refine.RefineOptions`, off by default.
 
     Attributes:
-        weights: a checkpoint from ``deeplungreg train`` (default: the shipped weights).
-        direction: ``forward`` runs the network on (fixed, moving) as given. The networks learn which image
-            is the inhale (the simulator's fixed image), so on a pair the other way round they get much worse.
-            ``reverse`` runs them on (moving, fixed) and inverts the predicted field. ``auto`` (default) runs
-            both and keeps the one whose warped moving image is closer to the fixed image (normalised
-            gradient field distance on the network grid: edges and vessels, not intensities, which the
-            lung's density change and its homogeneous parenchyma make a weak guide).
-        finetune: Adam iterations of instance optimisation on the predicted field (0: the network alone).
-        finetune_level_mm: grid spacing of that optimisation.
-        finetune_learning_rate: its Adam step (mm).
-        regularisation: its diffusion weight (on the update).
-        folding_weight: its penalty on J below 0.1.
-        smoothing_passes: box passes of its grid.
-        mind_radius, mind_dilation: MIND-SSC patch radius and neighbour distance (voxels) of its features.
-        mask_dilation_mm: dilation of the fixed lung that weights its similarity.
-        margin_mm: margin of its working region around the masks.
+        refine_iterations: Adam iterations of instance optimisation on the predicted field, per level
+            (0: the network alone; ``finetune=30`` sets it).
+        regularisation: diffusion weight of the instance optimisation (on the update).
     """
 
-    weights: str = ""
-    direction: str = "auto"
-    finetune: int = 0
-    finetune_level_mm: float = 2.5
-    finetune_learning_rate: float = 0.25
-    regularisation: float = 1.0
-    folding_weight: float = 10.0
-    smoothing_passes: int = 2
-    mind_radius: int = 1
-    mind_dilation: int = 2
-    mask_dilation_mm: float = 4.0
-    margin_mm: float = 20.0
+    weights: str = option("", help="a checkpoint from ``deeplungreg train`` (default: the shipped weights).")
+    direction: str = option(
+        "auto", choices=DIRECTIONS,
+        help="``forward`` runs the network on (fixed, moving) as given. The networks learn which image is the inhale "
+             "(the simulator's fixed image), so on a pair the other way round they get much worse. ``reverse`` runs them "
+             "on (moving, fixed) and inverts the predicted field. ``auto`` (default) runs both and keeps the one whose "
+             "warped moving image is closer to the fixed image (normalised gradient field distance on the network grid: "
+             "edges and vessels, not intensities, which the lung's density change and its homogeneous parenchyma make a weak guide).")
+    refine_iterations: tuple[int, ...] = redefault(RefineOptions, "refine_iterations", (0,))
+    mask_dilation_mm: float = redefault(RegionOptions, "mask_dilation_mm", 4.0)
+
+    #: the names of version 1 (saved configs, ``-O`` options and benchmark variants such as ``mlvirnet:finetune=30``)
+    ALIASES: ClassVar[dict] = {"finetune": "refine_iterations", "finetune_level_mm": "refine_levels_mm",
+                               "finetune_learning_rate": "refine_learning_rates", "smoothing_passes": "refine_smoothing_passes"}
 
     def validate(self) -> None:
-        c = type(self).__name__
-        if self.direction not in DIRECTIONS:
-            raise DeepLungRegError(f"{c}: direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
-        check_range(c, "finetune", self.finetune, 0, 5000)
-        check_range(c, "finetune_level_mm", self.finetune_level_mm, 0.5, 32.0)
-        check_range(c, "finetune_learning_rate", self.finetune_learning_rate, 1e-4, 20.0)
-        check_range(c, "regularisation", self.regularisation, 0.0, 1e4)
-        check_range(c, "folding_weight", self.folding_weight, 0.0, 1e6)
-        check_range(c, "smoothing_passes", self.smoothing_passes, 0, 10)
-        check_range(c, "mind_radius", self.mind_radius, 0, 4)
-        check_range(c, "mind_dilation", self.mind_dilation, 1, 6)
-        check_range(c, "mask_dilation_mm", self.mask_dilation_mm, 0.0, 100.0)
-        check_range(c, "margin_mm", self.margin_mm, 0.0, 200.0)
+        super().validate()
         if self.weights and not Path(self.weights).is_file():
-            raise DeepLungRegError(f"{c}: weights file {self.weights} does not exist")
+            raise DeepLungRegError(f"{type(self).__name__}: weights file {self.weights} does not exist")
 
 
 def weights_path(method: str, config: NetworkMethodConfig) -> Path:
-    if config.weights:
-        return Path(config.weights)
-    path = WEIGHTS_DIR / f"{method}.pt"
-    if not path.is_file():
-        raise DeepLungRegError(
-            f"{method}: no trained weights at {path}; train them with 'deeplungreg train --method {method} --ct CT... -o RUNDIR' "
-            f"and pass -O weights=RUNDIR/checkpoint.pt")
-    return path
+    return Path(config.weights) if config.weights else shipped_weights(method)
 
 
 def directed_prediction(model: torch.nn.Module, ncfg, fixed: torch.Tensor, moving: torch.Tensor, grid, direction: str = "auto") -> tuple[torch.Tensor, dict]:
@@ -103,7 +84,6 @@ def directed_prediction(model: torch.nn.Module, ncfg, fixed: torch.Tensor, movin
     """
     from ..losses import ngf
     from ..networks.mlvirnet import warp_voxels
-    from ..training import predict, voxel_to_world, world_to_voxel
     from ..transforms.fields import invert_field
 
     candidates, info = {}, {}
@@ -124,7 +104,6 @@ def directed_prediction(model: torch.nn.Module, ncfg, fixed: torch.Tensor, movin
 
 def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mask, config: NetworkMethodConfig, ctx: RunContext):
     """Predict with the method's network, bring the field to the fixed grid, optionally fine-tune it."""
-    from ..training import NetworkConfig, build_network, load_checkpoint, load_network_state, network_grid, to_network_pair, voxel_to_world
 
     dev, dt = ctx.device, ctx.dtype
     path = weights_path(method, config)
@@ -151,11 +130,26 @@ def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mas
     diag = {"weights": str(path), "network_grid": grid.to_dict(), "network_seconds": round(t_net, 3), **direction,
             "trained_steps": int(ck.get("step", 0)), "training_data": ck.get("training_data"), "validation": ck.get("validation")}
     current_geom = grid
-    if config.finetune > 0:
+    refinement = Refinement.of(config, residual=True, label="finetune")
+    if refinement.enabled:
         fr = region_geometry(fixed, fixed_mask, config.margin_mm)
         mr = region_geometry(moving, moving_mask, config.margin_mm)
-        current, current_geom, losses = instance_optimise(
-            fixed, moving, fixed_mask, fr, mr, current, grid, (config.finetune_level_mm,), (config.finetune,),
-            (config.finetune_learning_rate,), config, ctx, (0.3, 1.0), label="finetune", residual=True, folding_weight=config.folding_weight)
+        current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, grid, ctx, (0.3, 1.0))
         diag["finetune_levels"] = losses
     return GridField(current.detach().to("cpu", torch.float32), current_geom), diag
+
+
+def _register_network_methods() -> None:
+    """One registration method per registered network, each with its own config class."""
+    for name in network_names():
+        spec = network_spec(name)
+        config_cls = type(f"{name.capitalize()}Config", (NetworkMethodConfig,),
+                          {"__doc__": f"Options of ``{name}`` (see :class:`NetworkMethodConfig`).", "__module__": __name__})
+
+        def run(fixed, moving, fixed_mask, moving_mask, config, ctx, _name=name):
+            return run_network(_name, fixed, moving, fixed_mask, moving_mask, config, ctx)
+
+        register_method(name, spec.description, config_cls)(run)
+
+
+_register_network_methods()

@@ -1,0 +1,146 @@
+"""Instance optimisation: the dense Adam refinement of a displacement grid (talk 003).
+
+One typed component serves every method that refines a field: ``adam`` (its whole method),
+``convex`` and ``embed`` (after their discrete stages) and the network methods (``finetune``).
+Its options (:class:`RefineOptions`) are one group that each of those configs lists among its
+bases, so they have the same names and ranges everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..geometry import Geometry
+from ..io.images import Image
+from ..losses import diffusion, folding_penalty, jacobian_determinant_torch
+from ..options import Options, option
+from .base import RunContext
+from .common import make_level, resample_field, smooth3
+
+
+@dataclass(frozen=True)
+class RefineOptions(Options):
+    """The instance optimisation's options (one value per level for the three per-level options)."""
+
+    refine_levels_mm: tuple[float, ...] = option((2.5,), 0.5, 32.0, "grid spacings of the instance optimisation, coarse to fine (none: no refinement).")
+    refine_iterations: tuple[int, ...] = option((30,), 0, 5000, "Adam iterations of the instance optimisation, per level.")
+    refine_learning_rates: tuple[float, ...] = option((0.25,), 1e-4, 20.0, "Adam step (mm) of the instance optimisation, per level.")
+    regularisation: float = option(1.0, 0.0, 1e4, "diffusion weight of the instance optimisation.")
+    folding_weight: float = option(10.0, 0.0, 1e6, "weight of the instance optimisation's penalty on Jacobians below 0.1.")
+    refine_smoothing_passes: int = option(2, 0, 10, "3x3x3 box-filter passes applied to the optimised grid in the loss.")
+
+    EQUAL_LENGTH: ClassVar[tuple] = (("refine_levels_mm", "refine_iterations", "refine_learning_rates"),)
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """Dense Adam optimisation of a displacement grid, coarse to fine, from an initial field.
+
+    MIND-SSC features of both images are computed once per level; the grid (mm, world axes) on
+    the fixed level grid is optimised on the masked SSD of the features plus a diffusion
+    regulariser, box-smoothed inside the loss (a B-spline-like parametrisation).
+
+    Attributes:
+        levels_mm, iterations, learning_rates: one entry per level.
+        regularisation: diffusion weight.
+        folding_weight: weight of :func:`~DeepLungRegLib.losses.folding_penalty` on the whole field.
+        smoothing_passes: box passes of the grid.
+        mind_radius, mind_dilation: MIND-SSC of the features.
+        mask_dilation_mm: dilation of the fixed lung that weights the similarity.
+        residual: optimise a smoothed update on top of the (unsmoothed) initial field and
+            regularise only the update, so that sharp motion in the initial field (e.g. sliding
+            from keypoint correspondences) survives; otherwise the whole grid is smoothed and
+            regularised (``adam``'s own formulation).
+        label: the progress label.
+    """
+
+    levels_mm: tuple[float, ...]
+    iterations: tuple[int, ...]
+    learning_rates: tuple[float, ...]
+    regularisation: float = 1.0
+    folding_weight: float = 0.0
+    smoothing_passes: int = 2
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    mask_dilation_mm: float = 10.0
+    residual: bool = True
+    label: str = "refine"
+
+    @classmethod
+    def of(cls, config, *, residual: bool = True, label: str = "refine") -> "Refinement":
+        """The refinement a method's config describes (a config with :class:`RefineOptions`,
+        :class:`~.common.MindOptions` and :class:`~.common.RegionOptions` among its bases)."""
+        return cls(config.refine_levels_mm, config.refine_iterations, config.refine_learning_rates, config.regularisation,
+                   config.folding_weight, config.refine_smoothing_passes, config.mind_radius, config.mind_dilation,
+                   config.mask_dilation_mm, residual, label)
+
+    @property
+    def enabled(self) -> bool:
+        """True when there is a level with iterations to run."""
+        return any(int(n) > 0 for n in self.iterations[:len(self.levels_mm)])
+
+    def run(self, fixed: Image, moving: Image, fixed_mask: Image | None, fr: Geometry, mr: Geometry, current: torch.Tensor,
+            current_geom: Geometry, ctx: RunContext, progress_span: tuple[float, float] = (0.2, 1.0)):
+        """Refine ``current``.
+
+        Args:
+            fr, mr: fixed and moving working regions.
+            current: ``(1, Z, Y, X, 3)`` initial field (mm, LPS) on ``current_geom``.
+
+        Returns:
+            ``(field (1, Z, Y, X, 3), its geometry, per-level losses)``.
+        """
+        return _optimise(self, fixed, moving, fixed_mask, fr, mr, current, current_geom, ctx, progress_span)
+
+
+def _optimise(r: Refinement, fixed, moving, fixed_mask, fr, mr, current, current_geom, ctx, progress_span):
+    dev, dt = ctx.device, ctx.dtype
+    lo, hi = progress_span
+    level_losses = []
+    n = len(r.levels_mm)
+    for li, (sp, iters, lr) in enumerate(zip(r.levels_mm, r.iterations, r.learning_rates)):
+        with ctx.stage(f"features_{sp:g}mm"):
+            lv = make_level(fixed, moving, fr, mr, fixed_mask, sp, r.mind_radius, r.mind_dilation, r.mask_dilation_mm, dev, dt)
+            init = resample_field(current, current_geom, lv.fixed_geom)
+        spacing_zyx = lv.fixed_geom.spacing_zyx
+        to_world = torch.as_tensor(lv.fixed_geom.scaled_direction, device=dev, dtype=dt)
+        # the similarity only needs the voxels where the (binary) weight is set
+        index = torch.nonzero(lv.weight.reshape(-1) > 0.5)[:, 0]
+        fixed_pts = lv.fixed_feat.reshape(*lv.fixed_feat.shape[:2], -1)[:, :, index]  # (1, C, M)
+        base = init.permute(0, 4, 1, 2, 3)
+        disp = (torch.zeros_like(base) if r.residual else base.clone()).requires_grad_(True)  # (1, 3, Z, Y, X)
+        opt = torch.optim.Adam([disp], lr=lr)
+        sim = reg = torch.zeros(())
+        folding_active = False
+        with ctx.stage(f"optimise_{sp:g}mm"):
+            for it in range(int(iters)):
+                ctx.check_cancel()
+                opt.zero_grad()
+                update = smooth3(disp, r.smoothing_passes).permute(0, 2, 3, 4, 1)
+                field = init + update if r.residual else update
+                sim = (fixed_pts - lv.sampler.sample_points(lv.moving_feat, index, field.reshape(1, -1, 3)[:, index])).pow(2).mean()
+                reg = diffusion(update if r.residual else field, spacing_zyx)
+                loss = sim + r.regularisation * reg
+                if r.folding_weight > 0:
+                    # The penalty is zero while every J > 0.1; it is only paid for once some J
+                    # comes near (checked without gradients every few iterations).
+                    if not folding_active and it % 5 == 0:
+                        with torch.no_grad():
+                            folding_active = bool(jacobian_determinant_torch(field.detach(), to_world).min() < 0.25)
+                    if folding_active:
+                        loss = loss + r.folding_weight * folding_penalty(field, to_world)
+                loss.backward()
+                opt.step()
+                if it % 5 == 0:
+                    ctx.progress(f"{r.label} {sp:g} mm", lo + (hi - lo) * (li + it / max(iters, 1)) / n)
+        with torch.no_grad():
+            current = smooth3(disp, r.smoothing_passes).permute(0, 2, 3, 4, 1).detach()
+            if r.residual:
+                current = init + current
+        current_geom = lv.fixed_geom
+        level_losses.append({"level_mm": sp, "grid": list(lv.fixed_geom.size), "similarity": float(sim.detach()),
+                             "regulariser": float(reg.detach())})
+    return current, current_geom, level_losses

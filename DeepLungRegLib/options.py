@@ -1,0 +1,234 @@
+"""Typed option sets: every option declares its default, range and help once, next to its field.
+
+An option set is a frozen dataclass deriving from :class:`Options`; its fields are declared with
+:func:`option`. Shared sets (instance optimisation, MIND-SSC, working region) are mixins that a
+method's config lists among its bases, so an option means the same, with the same range, in every
+method that has it. Old option names stay readable (``ALIASES``), so configs saved by earlier
+versions load unchanged.
+
+>>> @dataclass(frozen=True)
+... class Smoothing(Options):
+...     sigma_mm: float = option(2.0, 0.0, 20.0, "Gaussian sigma.")
+...     ALIASES: ClassVar[dict] = {"sigma": "sigma_mm"}
+>>> Smoothing.from_dict({"sigma": 3}).sigma_mm
+3.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import DeepLungRegError
+
+
+def option(default: Any, lo: float | None = None, hi: float | None = None, help: str = "",
+           choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its range (``[lo, hi]``, each entry of a tuple), allowed values and help."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "choices": choices, "help": help})
+
+
+def redefault(group: type, name: str, default: Any) -> Any:
+    """Option ``name`` of ``group`` with another default; its range and help stay those of the group."""
+    f = {f.name: f for f in dataclasses.fields(group)}[name]
+    return field(default=default, metadata=f.metadata)
+
+
+def check_range(owner: str, name: str, value: float, lo: float, hi: float) -> None:
+    """Refuse a numeric value outside ``[lo, hi]`` (or not finite)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or not (lo <= value <= hi):
+        raise DeepLungRegError(f"{owner}: {name} must be between {lo} and {hi}, got {value!r}")
+
+
+def _merged(cls: type, attr: str) -> list:
+    """Class attribute ``attr`` (a dict or tuple) of ``cls`` and its bases, the most derived last."""
+    out = []
+    for k in reversed(cls.__mro__):
+        if attr in vars(k):
+            out.append(vars(k)[attr])
+    return out
+
+
+@dataclass(frozen=True)
+class Options:
+    """Base of every option set. ``ALIASES`` maps old names to fields; ``EQUAL_LENGTH`` names
+    tuples of options that give one value per level; ``NONEMPTY`` options need one value at least."""
+
+    ALIASES: ClassVar[dict[str, str]] = {}
+    EQUAL_LENGTH: ClassVar[tuple[tuple[str, ...], ...]] = ()
+    NONEMPTY: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------------ names
+    @classmethod
+    def aliases(cls) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for d in _merged(cls, "ALIASES"):
+            out.update(d)
+        return out
+
+    @classmethod
+    def canonical(cls, name: str) -> str | None:
+        """The field an option name (or an old alias) stands for; None when the set has no such option."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        name = name if name in names else cls.aliases().get(name, name)
+        return name if name in names else None
+
+    def __getattr__(self, name: str):  # only called when normal lookup fails: the old names read on
+        target = type(self).aliases().get(name)
+        if target is None:
+            raise AttributeError(f"{type(self).__name__} has no option {name!r}")
+        return getattr(self, target)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Refuse values outside the declared ranges and choices, and per-level options of unequal
+        length (subclasses add rules between options and call ``super().validate()`` first)."""
+        owner = type(self).__name__
+        nonempty = {n for t in _merged(type(self), "NONEMPTY") for n in t}
+        for group in (g for t in _merged(type(self), "EQUAL_LENGTH") for g in t):
+            lengths = {len(getattr(self, n)) for n in group}
+            empty = bool(nonempty & set(group)) and 0 in lengths
+            if len(lengths) > 1 or empty:
+                names = ", ".join(group[:-1]) + " and " + group[-1]
+                need = "non-empty and of equal length" if empty or nonempty & set(group) else "of equal length"
+                raise DeepLungRegError(f"{owner}: {names} must be {need}")
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if f.name in nonempty and isinstance(value, tuple) and not value:
+                raise DeepLungRegError(f"{owner}: {f.name} needs at least one value")
+            if meta.get("choices") and value not in meta["choices"]:
+                raise DeepLungRegError(f"{owner}: {f.name} must be one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+            if meta.get("lo") is not None:
+                for v in value if isinstance(value, tuple) else (value,):
+                    check_range(owner, f.name, v, meta["lo"], meta["hi"])
+
+    # ------------------------------------------------------------------ dicts and files
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict | None):
+        """The option set from ``{name: value}`` (old names accepted), type-checked and validated."""
+        owner = cls.__name__
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        out: dict = {}
+        unknown = []
+        for k, v in dict(values or {}).items():
+            name = cls.canonical(k)
+            if name is None:
+                unknown.append(k)
+                continue
+            if name in out:
+                raise DeepLungRegError(f"{owner}: {name} is given twice (also as its old name {k!r})")
+            out[name] = v
+        if unknown:
+            raise DeepLungRegError(f"{owner}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(fields))}")
+        for k, v in list(out.items()):
+            if isinstance(fields[k].default, tuple):
+                if isinstance(v, (list, tuple)):
+                    v = tuple(v)
+                elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                    v = (v,)  # one level: refine_iterations=20 means (20,)
+                else:
+                    raise DeepLungRegError(f"{owner}: {k} must be a number or a list of numbers, got {v!r}")
+            out[k] = _coerce(owner, k, str(fields[k].type), v)
+        cfg = cls(**out)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike):
+        return cls.from_dict(read_config_json(path, cls.__name__))
+
+    # ------------------------------------------------------------------ documentation
+    @classmethod
+    def settings(cls) -> list[dict]:
+        """``[{"name", "default", "type", "help", "range", "aliases"}]``, for GUIs and ``methods --options``.
+
+        The help is the option's own (:func:`option`), unless a class's docstring describes it in
+        its ``Attributes:`` list (the most derived class wins)."""
+        helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+        for k in reversed(cls.__mro__):
+            if isinstance(k, type) and issubclass(k, Options) and "__doc__" in vars(k):
+                helps.update({n: h for n, h in _docstring_entries(k.__doc__ or "").items() if n in helps})
+        back: dict[str, list[str]] = {}
+        for old, new in cls.aliases().items():
+            back.setdefault(new, []).append(old)
+        # the set's own options first, then the shared groups
+        inherited = {f.name for k in cls.__mro__[1:] if dataclasses.is_dataclass(k) for f in dataclasses.fields(k)}
+        ordered = sorted(dataclasses.fields(cls), key=lambda f: f.name in inherited)
+        out = []
+        for f in ordered:
+            default = f.default if not isinstance(f.default, dataclasses._MISSING_TYPE) else None
+            lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+            out.append({"name": f.name, "default": list(default) if isinstance(default, tuple) else default,
+                        "type": str(f.type), "help": helps.get(f.name, ""),
+                        "range": None if lo is None else [lo, hi], "aliases": sorted(back.get(f.name, []))})
+        return out
+
+
+def _docstring_entries(doc: str) -> dict[str, str]:
+    """``name: text`` entries of a docstring's ``Attributes:`` list (``a, b: text`` names several;
+    indented continuation lines join the entry above)."""
+    helps: dict[str, str] = {}
+    current: list[str] = []
+    for line in doc.splitlines():
+        line = line.strip()
+        m = re.match(r"^(\w+(?:\s*,\s*\w+)*):\s*(.*)$", line)
+        if m and not line.startswith(("Options", "Attributes")):
+            current = [n.strip() for n in m.group(1).split(",")]
+            for n in current:
+                helps[n] = m.group(2).strip()
+        elif line and current:
+            for n in current:
+                helps[n] = f"{helps[n]} {line}"
+        else:
+            current = []
+    return helps
+
+
+def _coerce(owner: str, name: str, type_name: str, value: Any) -> Any:
+    """Check an option's value against its declared type: ``2.5`` for a whole-number option is refused
+    (not truncated), ``"abc"`` for a number is refused, ``2`` for a float option becomes ``2.0``."""
+    base = type_name.replace(" ", "")
+    if base.startswith("tuple[") and isinstance(value, tuple):
+        inner = base[len("tuple["):].split(",")[0]
+        return tuple(_coerce(owner, name, inner, v) for v in value)
+    if base == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            raise DeepLungRegError(f"{owner}: {name} must be a whole number, got {value!r}")
+        return int(value)
+    if base == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DeepLungRegError(f"{owner}: {name} must be a number, got {value!r}")
+        return float(value)
+    if base == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        raise DeepLungRegError(f"{owner}: {name} must be true or false, got {value!r}")
+    if base == "str" and not isinstance(value, str):
+        raise DeepLungRegError(f"{owner}: {name} must be text, got {value!r}")
+    return value
+
+
+def read_config_json(path: str | os.PathLike, owner: str = "config") -> dict:
+    """Options from a JSON file: either the options themselves or ``{"config": {...}}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepLungRegError(f"{owner}: config file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DeepLungRegError(f"{owner}: {path} is not valid JSON ({exc.msg})") from exc
+    if not isinstance(data, dict):
+        raise DeepLungRegError(f"{owner}: {path} must hold a JSON object of options")
+    return dict(data.get("config", data))
