@@ -106,6 +106,31 @@ def cmd_register(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from .batch import run_cohort
+
+    if not args.verbose:  # Dask's own start/stop messages
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    options = _parse_options(args.option, args.config, args.method)
+    with _Progress(f"batch ({args.method})", not args.quiet) as bar:
+        shown = {"dashboard": False}
+
+        def progress(state: dict) -> None:
+            if state.get("dashboard") and not shown["dashboard"]:
+                print(f"batch: Dask dashboard at {state['dashboard']}", file=sys.stderr, flush=True)
+                shown["dashboard"] = True
+            ended = state["done"] + state["failed"]
+            bar(f"{state['done']} done, {state['failed']} failed, {state['running']} queued or running", ended / max(state["total"], 1))
+
+        rows = run_cohort(args.cohort, args.output, method=args.method, options=options, device=args.device,
+                          scheduler=args.scheduler, workers=args.workers, retry_failed=args.retry_failed, progress=progress)
+    ok = sum(r["status"] == "ok" for r in rows)
+    now = sum(bool(r["registered_in_this_run"]) for r in rows)
+    print(f"batch: {len(rows)} pairs, {ok} registered, {len(rows) - ok} failed ({now} run this time); "
+          f"results in {(Path(args.output) / 'results.csv').resolve()}")
+    return 0 if ok == len(rows) else 1
+
+
 def cmd_simulate(args) -> int:
     from .io.images import read_image
     from .simulation import simulate_breathing, write_pair
@@ -358,6 +383,19 @@ def _args_register(s: argparse.ArgumentParser) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _args_batch(s: argparse.ArgumentParser) -> None:
+    s.add_argument("cohort", help="CSV with id,fixed,moving[,fixed_mask,moving_mask,fixed_landmarks,moving_landmarks]")
+    s.add_argument("-o", "--output", required=True, help="output folder: one register folder per id, results.csv, results.md")
+    s.add_argument("--method", default="adam")
+    s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="method option, the same for every pair")
+    s.add_argument("--config", help="JSON file with method options")
+    s.add_argument("--workers", type=int, help="local Dask worker processes (default: the cores divided by the threads of one registration)")
+    s.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler (e.g. tcp://host:8786) instead of a local cluster")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda (one worker per GPU)")
+    s.add_argument("--retry-failed", action="store_true", help="run the pairs again that failed in an earlier run")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def _args_simulate(s: argparse.ArgumentParser) -> None:
     s.add_argument("ct")
     s.add_argument("-o", "--output", required=True)
@@ -484,6 +522,8 @@ def _args_methods(s: argparse.ArgumentParser) -> None:
 #: Every command: its help, the function that runs it, the function that declares its arguments.
 COMMANDS = {
     "register": ("register MOVING to FIXED and write field, warped image, maps, metrics and report", cmd_register, _args_register),
+    "batch": ("register every pair of a cohort CSV on a local Dask cluster or a scheduler's workers, resumably", cmd_batch,
+              _args_batch),
     "simulate": ("make a semi-synthetic inhale/exhale pair from one CT", cmd_simulate, _args_simulate),
     "evaluate": ("score a displacement field against a simulated pair", cmd_evaluate, _args_evaluate),
     "tre": ("target registration error of two landmark files", cmd_tre, _args_tre),

@@ -1,0 +1,294 @@
+"""Registering a cohort on Dask distributed: a local cluster or a scheduler's workers, resumably.
+
+Each pair is one task that runs :func:`DeepLungRegLib.pipeline.run_registration` into
+``OUTDIR/<id>/``. A pair whose folder already holds a whole ``register`` output is not run
+again, and a pair that failed in an earlier run only with ``retry_failed``. A task whose worker
+dies is rescheduled by Dask on another worker; a pair that fails twice is recorded as failed and
+the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..errors import DeepLungRegError
+from ..io.outputs import _STAGING_PREFIX
+from .cohort import CohortRow, cohort_rows, read_cohort
+from .results import BATCH_KEY, complete_metrics, failed_row, read_results, result_row, write_results
+
+log = logging.getLogger(__name__)
+
+#: At most this many threads per registration on the default local cluster (more gain little on the
+#: CPU: the work is split in slabs and small convolutions); the cores are shared among the workers.
+MAX_THREADS_PER_REGISTRATION = 4
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Workers of the local cluster: the cores divided by the threads one registration uses."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores // min(MAX_THREADS_PER_REGISTRATION, cores))
+
+
+def cluster_plan(device: str, workers: int | None, cores: int | None = None, cuda_devices: int | None = None) -> dict:
+    """How the local cluster is laid out and what each task asks for.
+
+    On CUDA there is one worker per GPU, each holding the Dask resource ``GPU=1``, and every task
+    asks for ``GPU=1``, so that a task never lands on a worker without a GPU (also on a remote
+    scheduler whose CPU-only workers were started without ``--resources GPU=1``).
+
+    Returns:
+        ``{"workers", "threads", "worker_resources", "task_resources", "device"}``.
+    """
+    cores = cores or os.cpu_count() or 1
+    if cuda_devices is None:
+        import torch
+
+        cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpu = device.startswith("cuda") or (device == "auto" and cuda_devices > 0)
+    if gpu:
+        if cuda_devices == 0:
+            raise DeepLungRegError("batch: --device cuda was requested but torch reports no CUDA GPU; use --device cpu or auto")
+        n = workers or cuda_devices
+        return {"workers": n, "threads": max(1, cores // n), "worker_resources": {"GPU": 1}, "task_resources": {"GPU": 1},
+                "device": "cuda"}
+    n = workers or default_workers(cores)
+    if n < 1:
+        raise DeepLungRegError(f"batch: --workers must be at least 1, got {n}")
+    return {"workers": n, "threads": max(1, cores // n), "worker_resources": None, "task_resources": None, "device": "cpu"}
+
+
+def register_pair(row: CohortRow, outdir: str, method: str, options: dict, device: str, threads: int) -> dict:
+    """One pair, on a worker: register into ``outdir/<id>/`` and return its ``results.csv`` row
+    (``threads``: torch threads, 0 for torch's default).
+
+    A problem with the pair's inputs (a :class:`DeepLungRegError`) is its result, a failed row;
+    anything else (out of memory, a crash) is raised, so that Dask retries the pair once.
+    """
+    import torch
+
+    from ..pipeline import RegistrationJob, run_registration
+
+    if threads > 0:
+        torch.set_num_threads(int(threads))
+    worker = _worker_name()
+    if device == "cuda" and torch.cuda.device_count() > 1:
+        device = f"cuda:{_worker_index() % torch.cuda.device_count()}"  # one GPU per worker
+    t0 = time.perf_counter()
+    try:
+        job = RegistrationJob.from_files(row.fixed, row.moving, method=method, fixed_mask=row.fixed_mask,
+                                         moving_mask=row.moving_mask, fixed_landmarks=row.fixed_landmarks,
+                                         moving_landmarks=row.moving_landmarks, options=options, device=device)
+        folder = Path(outdir) / row.id
+        metrics = run_registration(job, folder, overwrite=True, extra_metrics={BATCH_KEY: {"id": row.id, "worker": worker}})
+    except DeepLungRegError as exc:
+        return failed_row(row.id, str(exc), now=True, seconds=time.perf_counter() - t0, worker=worker)
+    # the time is known only now: add it to the pair's own record, so that a later run can rebuild the row
+    metrics[BATCH_KEY]["seconds"] = round(time.perf_counter() - t0, 1)
+    import json
+
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return result_row(row.id, metrics, now=True)
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        w = get_worker()
+        return str(w.name if w.name is not None else w.address)
+    except (ImportError, ValueError):
+        return "local"
+
+
+def _worker_index() -> int:
+    try:
+        return int(_worker_name())
+    except ValueError:
+        return 0
+
+
+def plan_pairs(rows: list[CohortRow], outdir: Path, retry_failed: bool) -> tuple[list[CohortRow], dict[str, dict]]:
+    """Which pairs to run now, and the rows of the others (complete outputs, or failed earlier)."""
+    earlier = read_results(outdir)
+    todo, kept = [], {}
+    for row in rows:
+        metrics = complete_metrics(outdir / row.id)
+        before = earlier.get(row.id)
+        if metrics is not None:
+            kept[row.id] = result_row(row.id, metrics, now=False)
+        elif before is not None and before.get("status") == "failed" and not retry_failed:
+            kept[row.id] = failed_row(row.id, before.get("error") or "", now=False, worker=before.get("worker") or None,
+                                      seconds=float(before["seconds"]) if before.get("seconds") else None)
+        else:
+            todo.append(row)
+    return todo, kept
+
+
+def run_cohort(
+    rows: str | Path | Iterable[CohortRow | dict],
+    outdir: str | Path,
+    *,
+    method: str = "adam",
+    options: dict | None = None,
+    device: str = "auto",
+    client=None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    retry_failed: bool = False,
+    progress: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Register every pair of a cohort with Dask and write ``results.csv``, ``results.md`` and ``tre_boxplot.png``.
+
+    Args:
+        rows: a cohort CSV file, or rows (:class:`CohortRow` or dicts with its fields).
+        outdir: the output folder; each pair writes ``outdir/<id>/`` as ``deeplungreg register`` does.
+        method, options: the method and its options, the same for every pair (checked before anything runs).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        client: a ``distributed.Client`` to use; otherwise one is made for ``scheduler`` (an address)
+            or for a local cluster of ``workers`` processes (loopback only).
+        retry_failed: run the pairs again that failed in an earlier run into this folder.
+        progress: called with ``{"done", "failed", "running", "total", "dashboard"}`` as pairs end.
+
+    Returns:
+        The ``results.csv`` rows, in cohort order.
+    """
+    from ..methods import get_method
+
+    cohort = read_cohort(rows) if isinstance(rows, (str, Path)) else cohort_rows(rows)
+    options = dict(options or {})
+    get_method(method).config_cls.from_dict(options)  # a bad option fails now, not in every task
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise DeepLungRegError(f"batch: {out} is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    todo, kept = plan_pairs(cohort, out, retry_failed)
+    results: dict[str, dict] = dict(kept)
+    state = {"done": sum(r["status"] == "ok" for r in kept.values()), "failed": sum(r["status"] == "failed" for r in kept.values()),
+             "running": 0, "total": len(cohort), "dashboard": None}
+    if todo:
+        own = None
+        try:
+            if client is None:
+                client, own = _make_client(scheduler, device, workers)
+            plan = _plan_for(client, device)
+            state["dashboard"] = _dashboard(client)
+            results.update(_run_tasks(client, todo, out, method, options, plan, state, progress))
+        finally:
+            if own is not None:
+                own()
+        _remove_partial_folders(out, todo)
+    elif progress:
+        progress(dict(state))
+    table = [results[r.id] for r in cohort]
+    write_results(table, out, f"DeepLungReg batch: {method}")
+    return table
+
+
+def _make_client(scheduler: str | None, device: str, workers: int | None):
+    """A client for ``scheduler``, or for a new local cluster; returns ``(client, close)``."""
+    try:
+        import dask
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise DeepLungRegError("batch: Dask is not installed; pip install 'DeepLungRegLib[batch]'") from exc
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise DeepLungRegError(f"batch: cannot reach the Dask scheduler at {scheduler} ({exc})") from exc
+        return client, client.close
+    plan = cluster_plan(device, workers)
+    # a pair whose worker dies is rescheduled once; the second death records it as failed
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1, "distributed.worker.daemon": False}):
+        cluster = LocalCluster(n_workers=plan["workers"], threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", resources=plan["worker_resources"])  # loopback only
+    client = Client(cluster)
+
+    def close() -> None:
+        client.close()
+        cluster.close()
+
+    return client, close
+
+
+def _plan_for(client, device: str) -> dict:
+    """What each task asks for on a running cluster: ``GPU=1`` where workers offer that resource
+    (or CUDA is asked for), and the threads of one registration (the local cores shared among the
+    workers; on remote workers torch's own default)."""
+    ws = list(client.scheduler_info(n_workers=-1).get("workers", {}).values())
+    if not ws:
+        raise DeepLungRegError("batch: the Dask cluster has no workers")
+    gpu_workers = sum("GPU" in (w.get("resources") or {}) for w in ws)
+    if device.startswith("cuda") and gpu_workers == 0:
+        raise DeepLungRegError("batch: --device cuda needs workers that offer the Dask resource GPU "
+                               "(start them with --resources GPU=1)")
+    gpu = gpu_workers > 0 and device != "cpu"
+    local = _is_local(client)
+    return {"workers": len(ws), "threads": max(1, (os.cpu_count() or 1) // len(ws)) if local else 0,
+            "task_resources": {"GPU": 1} if gpu else None, "device": "cuda" if gpu else "cpu"}
+
+
+def _is_local(client) -> bool:
+    addr = str(getattr(client.scheduler, "address", "") or "")
+    return "127.0.0.1" in addr or "localhost" in addr or addr.startswith("inproc")
+
+
+def _has_dashboard() -> bool:
+    try:
+        import bokeh  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+def _dashboard(client) -> str | None:
+    try:
+        return client.dashboard_link if _has_dashboard() else None
+    except Exception:  # noqa: BLE001 - no dashboard is not an error
+        return None
+
+
+def _run_tasks(client, todo: list[CohortRow], out: Path, method: str, options: dict, plan: dict, state: dict, progress) -> dict:
+    from distributed import as_completed
+
+    futures = {}
+    for row in todo:
+        fut = client.submit(register_pair, row, str(out), method, options, plan["device"], plan["threads"],
+                            key=f"deeplungreg-{row.id}-{time.time_ns()}", retries=1, resources=plan["task_resources"],
+                            pure=False)
+        futures[fut] = row
+    results = {}
+    state["running"] = len(futures)
+    if progress:
+        progress(dict(state))
+    for fut in as_completed(futures):
+        row = futures[fut]
+        try:
+            res = fut.result()
+        except Exception as exc:  # noqa: BLE001 - a pair's failure must not stop the others
+            res = failed_row(row.id, f"{type(exc).__name__}: {exc}", now=True)
+        results[row.id] = res
+        state["running"] -= 1
+        state["done" if res["status"] == "ok" else "failed"] += 1
+        if progress:
+            progress(dict(state))
+    return results
+
+
+def _remove_partial_folders(out: Path, rows: list[CohortRow]) -> None:
+    """Staging folders that a killed worker left behind for these pairs."""
+    for row in rows:
+        for p in out.glob(f"{_STAGING_PREFIX}{row.id}-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def print_progress(state: dict, stream=sys.stderr) -> None:  # pragma: no cover - the CLI's plain fallback
+    print(f"batch: {state['done']} done, {state['failed']} failed, {state['running']} queued or running of {state['total']}",
+          file=stream, flush=True)
