@@ -333,13 +333,16 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
     # -------------------------------------------------------------------- the work
     def register(self, fixedVolumeNode, movingVolumeNode, method: str = "adam", *, fixedMask="auto",
                  movingMask="auto", fixedLandmarks=None, movingLandmarks=None, device: str = "auto",
-                 outputs: Optional[dict] = None, progress=None, cancel=None, show: bool = True, **options) -> dict:
+                 outputs: Optional[dict] = None, progress=None, cancel=None, show: bool = True,
+                 fixedMaskSegments=None, movingMaskSegments=None, **options) -> dict:
         """Register ``movingVolumeNode`` to ``fixedVolumeNode``.
 
         Args:
             fixedVolumeNode, movingVolumeNode: scalar volume nodes.
             method: a name from :meth:`methods`.
-            fixedMask, movingMask: labelmap volume nodes, ``"auto"`` or ``None``.
+            fixedMask, movingMask: labelmap volume nodes, segmentation nodes, ``"auto"`` or ``None``.
+            fixedMaskSegments, movingMaskSegments: with a segmentation node, the names of its lung
+                segments (default: every segment whose name contains "lung").
             fixedLandmarks, movingLandmarks: corresponding markups point lists, or ``None``.
             device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
             outputs: nodes to write into, by role (``"transform"``, ``"warped"``,
@@ -361,7 +364,8 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
             result = register_nodes(
                 slicer.mrmlScene, fixedVolumeNode, movingVolumeNode, method, fixed_mask=fixedMask,
                 moving_mask=movingMask, fixed_landmarks=fixedLandmarks, moving_landmarks=movingLandmarks,
-                device=device, options=options, outputs=outputs, progress=progress, cancel=cancel, show=show)
+                device=device, options=options, outputs=outputs, progress=progress, cancel=cancel, show=show,
+                fixed_mask_segments=fixedMaskSegments, moving_mask_segments=movingMaskSegments)
         except RegistrationCancelled:
             logging.info("DeepLungReg: registration cancelled")
             return None

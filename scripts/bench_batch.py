@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import shutil
 import sys
@@ -33,6 +34,7 @@ def main() -> int:
     ap.add_argument("--method", default="adam")
     ap.add_argument("-o", "--output", default="bench-output/batch")
     args = ap.parse_args()
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's start and stop messages
     out = Path(args.output)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

@@ -16,14 +16,15 @@ Importing this package needs ``slicer`` (the application or ``pip install slicer
 from .nodes import (
     columns_from_table_node, field_from_grid_transform_node, geometry_from_ijk_to_ras, geometry_from_volume_node,
     grid_transform_from_field, grid_transform_node_from_field, ijk_to_ras_matrix, image_from_volume_node,
-    landmarks_from_markups, markups_from_landmarks, markups_labels, table_node_from_columns, update_volume_node,
-    volume_node_from_image,
+    landmarks_from_markups, markups_from_landmarks, markups_labels, mask_from_segmentation, segment_names, table_node_from_columns,
+    update_volume_node, volume_node_from_image,
 )
 from .scene import HeadlessSlicer, load_scene, new_scene, save_scene
 
 __all__ = [
     "HeadlessSlicer", "columns_from_table_node", "field_from_grid_transform_node", "geometry_from_ijk_to_ras",
     "geometry_from_volume_node", "grid_transform_from_field", "grid_transform_node_from_field", "ijk_to_ras_matrix",
-    "image_from_volume_node", "landmarks_from_markups", "load_scene", "markups_from_landmarks", "markups_labels", "new_scene", "save_scene",
+    "image_from_volume_node", "landmarks_from_markups", "load_scene", "markups_from_landmarks", "markups_labels", "mask_from_segmentation",
+    "new_scene", "save_scene", "segment_names",
     "table_node_from_columns", "update_volume_node", "volume_node_from_image",
 ]

@@ -105,6 +105,61 @@ def image_from_volume_node(node) -> Image:
     return Image(array, geometry)
 
 
+#: Segments whose name contains this (any case) are the lung when no segment is named: Lung CT
+#: Segmenter's "right lung"/"left lung", TotalSegmentator's "lung_upper_lobe_left" and the like.
+LUNG_SEGMENT_WORD = "lung"
+
+
+def segment_names(segmentation_node) -> dict[str, str]:
+    """``{segment ID: segment name}`` of a segmentation node, in its order."""
+    seg = segmentation_node.GetSegmentation()
+    ids = [seg.GetNthSegmentID(i) for i in range(seg.GetNumberOfSegments())]
+    return {i: seg.GetSegment(i).GetName() for i in ids}
+
+
+def mask_from_segmentation(segmentation_node, reference_volume_node, segments=None) -> Image:
+    """A mask (bool :class:`Image` on the reference volume's grid) from segments of a Segmentation node.
+
+    Args:
+        segments: segment names or IDs (any case), one or several, united; ``None``: every segment
+            whose name contains "lung".
+    """
+    if segmentation_node is None or not segmentation_node.IsA("vtkMRMLSegmentationNode"):
+        raise DeepLungRegError("mask_from_segmentation: give a segmentation node")
+    names = segment_names(segmentation_node)
+    listing = ", ".join(repr(n) for n in names.values()) or "none"
+    if segments is None:
+        chosen = [i for i, n in names.items() if LUNG_SEGMENT_WORD in n.lower()]
+        if not chosen:
+            raise DeepLungRegError(f"{segmentation_node.GetName()!r} has no segment named like a lung (its segments: {listing}); "
+                                   "choose the lung segments")
+    else:
+        wanted = [segments] if isinstance(segments, str) else list(segments)
+        by_key = {k.lower(): i for i, n in names.items() for k in (i, n)}
+        unknown = [w for w in wanted if w.lower() not in by_key]
+        if unknown or not wanted:
+            raise DeepLungRegError(f"{segmentation_node.GetName()!r} has no segment {', '.join(map(repr, unknown)) or 'chosen'} "
+                                   f"(its segments: {listing})")
+        chosen = list(dict.fromkeys(by_key[w.lower()] for w in wanted))
+    scene = segmentation_node.GetScene()
+    ids = vtk.vtkStringArray()
+    for i in chosen:
+        ids.InsertNextValue(i)
+    tmp = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__DeepLungReg mask__")
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, tmp, reference_volume_node):
+            raise DeepLungRegError(f"the segments of {segmentation_node.GetName()!r} could not be turned into a mask")
+        mask = image_from_volume_node(tmp)
+    finally:
+        display = tmp.GetDisplayNode()
+        if display is not None:
+            scene.RemoveNode(display)
+        scene.RemoveNode(tmp)
+    if not mask.array.any():
+        raise DeepLungRegError(f"the chosen segments of {segmentation_node.GetName()!r} are empty")
+    return mask.with_array(mask.array > 0)
+
+
 def update_volume_node(node, image: Image | np.ndarray, geometry: Geometry | None = None):
     """Write an image (array ``(Z, Y, X)`` + geometry) into an existing volume node; returns the node."""
     if isinstance(image, Image):

@@ -32,7 +32,7 @@ from ..geometry.grid import lps_to_ras, ras_to_lps
 from ..pipeline import DEFAULT_METHOD, RegistrationJob, RegistrationOutputs, compute_outputs, summary_lines
 from ..transforms.warp import sample_field_at_points
 from .nodes import (
-    grid_transform_node_from_field, image_from_volume_node, landmarks_from_markups, markups_from_landmarks,
+    grid_transform_node_from_field, image_from_volume_node, landmarks_from_markups, markups_from_landmarks, mask_from_segmentation,
     markups_labels, table_node_from_columns, volume_node_from_image,
 )
 
@@ -226,13 +226,16 @@ def summary_text(metrics: dict) -> str:
 
 # ------------------------------------------------------------------- job
 def job_from_nodes(fixed_node, moving_node, method: str = DEFAULT_METHOD, *, fixed_mask="auto", moving_mask="auto",
-                   fixed_landmarks=None, moving_landmarks=None, options: dict | None = None,
-                   device: str = "auto") -> RegistrationJob:
+                   fixed_landmarks=None, moving_landmarks=None, options: dict | None = None, device: str = "auto",
+                   fixed_mask_segments=None, moving_mask_segments=None) -> RegistrationJob:
     """The :class:`~DeepLungRegLib.pipeline.RegistrationJob` of two volume nodes (checked as any job is).
 
     Args:
         fixed_node, moving_node: scalar volume nodes (a linear parent transform is honoured).
-        fixed_mask, moving_mask: a (labelmap) volume node on any grid of its scan, ``"auto"`` or ``None``.
+        fixed_mask, moving_mask: a (labelmap) volume node on any grid of its scan, a segmentation node
+            (e.g. from Lung CT Segmenter or TotalSegmentator), ``"auto"`` or ``None``.
+        fixed_mask_segments, moving_mask_segments: with a segmentation node, the names (or IDs) of the
+            lung segments; ``None``: every segment whose name contains "lung".
         fixed_landmarks, moving_landmarks: markups point lists with corresponding points (same
             count and order), or ``None``.
         options: method options (see ``deeplungreg methods --options``).
@@ -248,17 +251,23 @@ def job_from_nodes(fixed_node, moving_node, method: str = DEFAULT_METHOD, *, fix
                                f"{moving_landmarks.GetName()!r} has {len(ml)}; landmarks must correspond one to one")
     labels = None if fl is None else markups_labels(fixed_landmarks)
 
-    def mask(spec):
-        return spec if spec is None or isinstance(spec, str) else image_from_volume_node(spec)
+    def mask(spec, segments, image_node):
+        if spec is None or isinstance(spec, str):
+            return spec
+        if spec.IsA("vtkMRMLSegmentationNode"):
+            return mask_from_segmentation(spec, image_node, segments)
+        return image_from_volume_node(spec)
 
     return RegistrationJob(image_from_volume_node(fixed_node), image_from_volume_node(moving_node), method,
-                           mask(fixed_mask), mask(moving_mask), fl, ml, labels, options, device)
+                           mask(fixed_mask, fixed_mask_segments, fixed_node), mask(moving_mask, moving_mask_segments, moving_node),
+                           fl, ml, labels, options, device)
 
 
 def register_nodes(scene, fixed_node, moving_node, method: str = DEFAULT_METHOD, *, fixed_mask="auto", moving_mask="auto",
                    fixed_landmarks=None, moving_landmarks=None, device: str = "auto", options: dict | None = None,
                    outputs: dict | None = None, progress: Callable[[str, float], None] | None = None,
-                   cancel: Callable[[], bool] | None = None, show: bool = True) -> NodeRegistration:
+                   cancel: Callable[[], bool] | None = None, show: bool = True, fixed_mask_segments=None,
+                   moving_mask_segments=None) -> NodeRegistration:
     """Register two volume nodes (see :func:`job_from_nodes`) and write the results into output nodes.
 
     Args:
@@ -273,7 +282,8 @@ def register_nodes(scene, fixed_node, moving_node, method: str = DEFAULT_METHOD,
         show: show the warped overlay, the deformation grid and fit the slice views.
     """
     job = job_from_nodes(fixed_node, moving_node, method, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                         fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, options=options, device=device)
+                         fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, options=options, device=device,
+                         fixed_mask_segments=fixed_mask_segments, moving_mask_segments=moving_mask_segments)
     inputs = [fixed_node, moving_node, fixed_landmarks, moving_landmarks]
     inputs += [m for m in (fixed_mask, moving_mask) if not (m is None or isinstance(m, str))]
     outputs = _checked_outputs(outputs, inputs)

@@ -199,6 +199,42 @@ def small_pair(sample_path):
     return simulate_breathing(ct, amplitude="small", seed=3)
 
 
+def test_lung_masks_from_a_segmentation_node_by_segment_name(small_pair, slicer_core):
+    """A Segmentation node (as Lung CT Segmenter or TotalSegmentator make) gives the job its mask: the chosen
+    segments, united, on the image's grid (here the segmentation's own grid is coarser and shifted)."""
+    from DeepLungRegLib import slicer_bridge as b
+    from DeepLungRegLib.slicer_bridge.workflow import job_from_nodes
+
+    p = small_pair
+    hs = b.new_scene()
+    fixed = b.volume_node_from_image(hs.scene, p.fixed, "inhale")
+    moving = b.volume_node_from_image(hs.scene, p.moving, "exhale")
+    lung = p.fixed_mask.array.astype(bool)
+    labels = np.zeros(lung.shape, np.uint8)
+    half = lung.shape[2] // 2
+    labels[:, :, :half][lung[:, :, :half]] = 1          # one lung
+    labels[:, :, half:][lung[:, :, half:]] = 2          # the other
+    body = (p.fixed.array > -500) & ~lung
+    labels[body] = 3                                     # not lung
+    labelmap = b.volume_node_from_image(hs.scene, Image(labels, p.fixed.geometry), "labels", labelmap=True)
+    seg = hs.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lungs")
+    assert slicer_core.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg)
+    for segment_id, name in zip(b.segment_names(seg), ("right lung", "left lung", "body")):  # in label order
+        seg.GetSegmentation().GetSegment(segment_id).SetName(name)
+    # by name (any case), by default (every segment named like a lung), and one segment alone
+    both = b.mask_from_segmentation(seg, fixed, ["Right Lung", "left lung"])
+    assert both.geometry.same_as(p.fixed.geometry, tol=1e-4) and np.array_equal(both.array, lung)
+    assert np.array_equal(b.mask_from_segmentation(seg, fixed).array, lung)
+    assert np.array_equal(b.mask_from_segmentation(seg, fixed, "body").array, body)
+    with pytest.raises(DeepLungRegError, match="no segment 'heart'.*'right lung', 'left lung', 'body'"):
+        b.mask_from_segmentation(seg, fixed, ["heart"])
+    # the job takes it as any mask; on the moving image's grid the segmentation is resampled
+    job = job_from_nodes(fixed, moving, "affine", fixed_mask=seg, moving_mask=seg, moving_mask_segments=["right lung"])
+    assert np.array_equal(job.fixed_mask.array, lung) and job.moving_mask.geometry.same_as(p.moving.geometry, tol=1e-4)
+    assert 0 < job.moving_mask.array.sum() < lung.sum()
+    assert hs.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 1  # no temporary node left behind
+
+
 @pytest.fixture(scope="module")
 def registered(small_pair, slicer_core):
     """The console API's work on a small simulated pair: inputs, results and the scene."""
