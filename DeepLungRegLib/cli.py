@@ -131,6 +131,36 @@ def cmd_batch(args) -> int:
     return 0 if ok == len(rows) else 1
 
 
+def cmd_worker(args) -> int:
+    """One registration request (JSON, written by :mod:`DeepLungRegLib.slicer_bridge.background`), with progress
+    as JSON lines on stdout: ``{"stage", "fraction"}`` while it runs, then ``{"done": OUTDIR}`` or ``{"error": TEXT}``."""
+    import dataclasses
+
+    from .options import read_config_json
+    from .pipeline import RegistrationJob, run_registration
+
+    def say(**message) -> None:
+        print(json.dumps(message), flush=True)
+
+    try:
+        req = read_config_json(args.request, "worker")
+        job = RegistrationJob.from_files(
+            req["fixed"], req["moving"], method=req.get("method", "adam"), fixed_mask=req.get("fixed_mask", "auto"),
+            moving_mask=req.get("moving_mask", "auto"), fixed_landmarks=req.get("fixed_landmarks"),
+            moving_landmarks=req.get("moving_landmarks"), options=req.get("options") or {}, device=req.get("device", "auto"))
+        if req.get("landmark_labels") and job.fixed_landmarks is not None:
+            job = dataclasses.replace(job, landmark_labels=list(req["landmark_labels"]))
+        run_registration(job, req["output"], overwrite=True, progress=lambda stage, f: say(stage=stage, fraction=round(f, 4)))
+    except KeyError as exc:
+        say(error=f"worker: the request lacks {exc}")
+        raise DeepLungRegError(f"worker: the request lacks {exc}") from exc
+    except DeepLungRegError as exc:
+        say(error=str(exc))
+        raise
+    say(done=str(req["output"]))
+    return 0
+
+
 def cmd_simulate(args) -> int:
     from .io.images import read_image
     from .simulation import simulate_breathing, write_pair
@@ -396,6 +426,10 @@ def _args_batch(s: argparse.ArgumentParser) -> None:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _args_worker(s: argparse.ArgumentParser) -> None:
+    s.add_argument("request", help="request.json: fixed, moving, method, options, device, masks, landmarks, output")
+
+
 def _args_simulate(s: argparse.ArgumentParser) -> None:
     s.add_argument("ct")
     s.add_argument("-o", "--output", required=True)
@@ -532,6 +566,8 @@ COMMANDS = {
     "tune": ("search a method's options on simulated pairs and write the best config (rank-based)", cmd_tune, _args_tune),
     "train": ("train a network method on pairs simulated on the fly from CTs (and real pairs)", cmd_train, _args_train),
     "train-features": ("train embed's feature CNN (paper 000) to predict MIND-SSC from CT crops", cmd_train_features, _args_train_features),
+    "worker": ("run one registration request (JSON) with progress as JSON lines (the Slicer module's background process)",
+               cmd_worker, _args_worker),
     "methods": ("list the registration methods", cmd_methods, _args_methods),
 }
 

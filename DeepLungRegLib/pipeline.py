@@ -336,6 +336,26 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
     return metrics
 
 
+def read_outputs(folder: str | Path, job: RegistrationJob) -> RegistrationOutputs:
+    """The outputs :func:`run_registration` wrote into ``folder`` for ``job``, back in memory (the
+    field, the warped image and the maps, TRE per landmark and the metrics; no masks, which are not
+    written, and no resampled image)."""
+    from .io.fields import read_field
+
+    folder = Path(folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    field, geometry = read_field(folder / "displacement.nii.gz")
+    result = RegistrationResult(field, geometry, metrics["method"], metrics.get("config", {}), metrics.get("timings_s", {}),
+                                metrics.get("diagnostics", {}))
+    images = {name: (read_image(folder / f, what=f"{name} output") if (folder / f).is_file() else None)
+              for name, f in IMAGE_OUTPUTS.items()}
+    per = metrics.get("tre_per_landmark")
+    tb = None if per is None else np.array([p["before"] for p in per])
+    ta = None if per is None else np.array([p["after"] for p in per])
+    return RegistrationOutputs(result=result, resampled=None, fixed_mask=None, moving_mask=None, tre_before=tb, tre_after=ta,
+                               metrics=metrics, **images)
+
+
 def summary_lines(metrics: dict) -> list[str]:
     """The few lines every front end shows after a registration: TRE, folding and SD log J (with a
     warning when the field folds), the time and the device."""

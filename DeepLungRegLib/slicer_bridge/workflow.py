@@ -288,6 +288,13 @@ def register_nodes(scene, fixed_node, moving_node, method: str = DEFAULT_METHOD,
     inputs += [m for m in (fixed_mask, moving_mask) if not (m is None or isinstance(m, str))]
     outputs = _checked_outputs(outputs, inputs)
     out = compute_outputs(job, progress=progress, cancel=cancel)
+    return write_nodes(scene, job, out, fixed_node, moving_node, outputs=outputs, inputs=inputs, show=show)
+
+
+def write_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, fixed_node, moving_node, *, outputs: dict | None = None,
+                inputs: list | None = None, show: bool = True) -> NodeRegistration:
+    """Write a job's outputs (computed here, or read back from a worker's folder) into output nodes."""
+    outputs = _checked_outputs(outputs, inputs or [fixed_node, moving_node])
     base = f"{moving_node.GetName()}-to-{fixed_node.GetName()}"
 
     def node_for(role: str, name: str):
