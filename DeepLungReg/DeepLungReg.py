@@ -51,9 +51,53 @@ def _addLibraryPath() -> None:
 
 _addLibraryPath()
 
-#: Python packages the library needs besides what Slicer bundles (numpy, SimpleITK, VTK are
-#: never replaced). Import name -> pip requirement. torch comes from the PyTorch extension.
-PIP_REQUIREMENTS = {"scipy": "scipy>=1.10", "tqdm": "tqdm>=4.60"}
+#: Python packages the library needs in Slicer besides what Slicer bundles (numpy, SimpleITK, VTK are
+#: never replaced; tqdm is for the command line only). Import name -> pip requirement.
+PIP_REQUIREMENTS = {"scipy": "scipy>=1.10"}
+#: The torch versions the library supports, asked of the PyTorch extension.
+TORCH_REQUIREMENT = ">=2.0"
+#: Where the README (the user's guide) is.
+README_URL = "https://github.com/DeepLungReg/SlicerDeepLungReg#readme"
+
+
+def unmetRequirements(requirements) -> list:
+    """The pip requirements (e.g. ``"scipy>=1.10"``) that this Python does not satisfy: not
+    installed, or installed in a version outside the range (by name only where the
+    ``packaging`` library is missing)."""
+    import re
+    from importlib import metadata
+
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        Requirement = None
+    unmet = []
+    for text in requirements:
+        name = re.split(r"[<>=!~;\[ ]", text.strip(), maxsplit=1)[0]
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            unmet.append(text)
+            continue
+        if Requirement is not None:
+            spec = Requirement(text).specifier
+            if spec and not spec.contains(version, prereleases=True):
+                unmet.append(text)
+    return unmet
+
+
+def torchLoadError() -> Optional[str]:
+    """None when torch imports; otherwise what to tell the user. A torch build that does not fit the
+    machine fails with OSError (a DLL on Windows) or RuntimeError, not only ImportError."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return ("DeepLungReg needs PyTorch: install the 'PyTorch' extension from the Extensions Manager, restart "
+                "Slicer, then try again.")
+    except (OSError, RuntimeError) as exc:
+        return (f"PyTorch is installed but does not load on this computer ({type(exc).__name__}: {exc}). Reinstall it "
+                "from Utilities > PyTorch, choosing the CPU build or the one that matches your GPU driver, then restart Slicer.")
+    return None
 
 #: The registered methods, for the method combo box. Listed here because the parameter node is
 #: declared at import, before torch may be installed; Testing/pytest/test_slicer_static.py checks
@@ -85,11 +129,39 @@ class DeepLungReg(ScriptedLoadableModule):
             "moving volume and a method, press Apply, and review the warped overlay, the deformation grid, the "
             "Jacobian and ventilation maps and, with landmarks, the per-landmark target registration error. "
             "The same library runs from the Python console (DeepLungRegLogic().register(...)) and the "
-            "'deeplungreg' command line.")
+            f"'deeplungreg' command line. See the <a href=\"{README_URL}\">user's guide</a>.")
         self.parent.acknowledgementText = (
             "Methods after Heinrich et al. (MIND-SSC, discrete displacement search, displacement embeddings, "
             "ConvexAdam), Hering et al. (mlVIRNET, label-driven training) and coupled affine-deformable CNNs. "
             "The demo CT is a crop of the POPI 4D-CT phase 00 (Léon Bérard Cancer Center & CREATIS, Lyon).")
+        # the demo CT in the Sample Data module, so that a new user can try the module in one click
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def samplePath() -> Optional[str]:
+    """The bundled demo CT: beside the installed module (Resources/Sample) or one folder up in a source checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (here, os.path.dirname(here)):
+        path = os.path.join(folder, "Resources", "Sample", "popi00_demo.nrrd")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def registerSampleData() -> None:
+    """Add the bundled demo CT to the Sample Data module (category DeepLungReg)."""
+    import pathlib
+
+    import SampleData
+
+    path = samplePath()
+    if path is None:
+        logging.warning("DeepLungReg: the bundled demo CT is missing; it is not offered in Sample Data")
+        return
+    icon = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons", "DeepLungReg.png")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="DeepLungReg", sampleName="DeepLungRegPOPIDemo", uris=pathlib.Path(path).as_uri(),
+        fileNames="popi00_demo.nrrd", nodeNames="POPI demo CT", thumbnailFileName=icon, loadFileType="VolumeFile")
 
 
 # ----------------------------------------------------------------- parameter node
@@ -203,10 +275,11 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not method:
             return
         self.ui.methodDescriptionLabel.text = self.logic.methodDescriptions().get(
-            method, "(PyTorch is not installed yet: it is installed when you press Apply.)")
+            method, "(The description and settings appear once PyTorch is loaded, by the first Apply; "
+                    "PyTorch is installed then if it is missing.)")
         try:
-            settings = self.logic.methodSettings(method)
-        except ImportError:
+            settings = self.logic.methodSettings(method) if "torch" in sys.modules else []
+        except (ImportError, OSError, RuntimeError):
             settings = []
         table = self.ui.methodSettingsTable
         table.clear()
@@ -294,17 +367,24 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
                     "restart Slicer, then try again.") from exc
             torchLogic = PyTorchUtils.PyTorchUtilsLogic()
             if not torchLogic.torchInstalled():
-                if torchLogic.installTorch(askConfirmation=askConfirmation) is None:
+                if torchLogic.installTorch(askConfirmation=askConfirmation, torchVersionRequirement=TORCH_REQUIREMENT) is None:
                     raise RuntimeError("DeepLungReg needs PyTorch, which was not installed. Install it from the "
                                        "PyTorch module (Utilities > PyTorch) and try again.")
-        missing = [req for name, req in PIP_REQUIREMENTS.items() if importlib.util.find_spec(name) is None]
+        problem = torchLoadError()
+        if problem is None and unmetRequirements([f"torch{TORCH_REQUIREMENT}"]):
+            problem = (f"DeepLungReg needs PyTorch {TORCH_REQUIREMENT}; reinstall it from Utilities > PyTorch "
+                       "and restart Slicer.")
+        if problem is not None:
+            raise RuntimeError(problem)
+        missing = unmetRequirements(PIP_REQUIREMENTS.values())
         if missing:
-            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                    f"DeepLungReg needs these Python packages: {', '.join(missing)}. Install them now?"):
-                raise RuntimeError(f"DeepLungReg cannot run without {', '.join(missing)}")
-            if hasattr(slicer, "pydeps") and hasattr(slicer.pydeps, "pip_install"):
-                slicer.pydeps.pip_install(missing)
+            packaging = getattr(slicer, "packaging", None)
+            if packaging is not None and hasattr(packaging, "pip_ensure"):  # Slicer 5.12 and later
+                packaging.pip_ensure(missing, requester="DeepLungReg")
             else:
+                if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                        f"DeepLungReg needs these Python packages: {', '.join(missing)}. Install them now?"):
+                    raise RuntimeError(f"DeepLungReg cannot run without {', '.join(missing)}")
                 slicer.util.pip_install(missing)
 
     # --------------------------------------------------------------------- queries
@@ -317,10 +397,13 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
 
     @classmethod
     def methodDescriptions(cls) -> dict:
-        """Like :meth:`methods`, but empty (instead of failing) while torch is not installed yet."""
+        """Like :meth:`methods`, but empty until torch has been loaded (by Apply or the console): opening
+        the module never imports torch, and a torch that is missing or does not load is no error here."""
+        if "torch" not in sys.modules:
+            return {}
         try:
             return cls.methods()
-        except ImportError:
+        except (ImportError, OSError, RuntimeError):
             return {}
 
     @staticmethod
@@ -334,7 +417,7 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
     def register(self, fixedVolumeNode, movingVolumeNode, method: str = "adam", *, fixedMask="auto",
                  movingMask="auto", fixedLandmarks=None, movingLandmarks=None, device: str = "auto",
                  outputs: Optional[dict] = None, progress=None, cancel=None, show: bool = True,
-                 fixedMaskSegments=None, movingMaskSegments=None, **options) -> dict:
+                 fixedMaskSegments=None, movingMaskSegments=None, background: bool = False, **options) -> dict:
         """Register ``movingVolumeNode`` to ``fixedVolumeNode``.
 
         Args:
@@ -350,6 +433,8 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
                 when an earlier DeepLungReg run on this pair made them.
             progress: ``progress(stage, fraction)``; cancel: returns True to stop.
             show: show the warped overlay and the deformation grid.
+            background: run the work in a separate process (:meth:`startRegistration`) and wait for
+                it while Slicer keeps processing events; the scene is written only when it ends well.
             **options: method settings (see :meth:`methodSettings`), e.g. ``regularisation=2``.
 
         Returns:
@@ -361,11 +446,18 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         from DeepLungRegLib.slicer_bridge.workflow import register_nodes
 
         try:
-            result = register_nodes(
-                slicer.mrmlScene, fixedVolumeNode, movingVolumeNode, method, fixed_mask=fixedMask,
-                moving_mask=movingMask, fixed_landmarks=fixedLandmarks, moving_landmarks=movingLandmarks,
-                device=device, options=options, outputs=outputs, progress=progress, cancel=cancel, show=show,
-                fixed_mask_segments=fixedMaskSegments, moving_mask_segments=movingMaskSegments)
+            if background:
+                run = self.startRegistration(
+                    fixedVolumeNode, movingVolumeNode, method, fixedMask=fixedMask, movingMask=movingMask,
+                    fixedLandmarks=fixedLandmarks, movingLandmarks=movingLandmarks, device=device, outputs=outputs,
+                    show=show, fixedMaskSegments=fixedMaskSegments, movingMaskSegments=movingMaskSegments, **options)
+                result = run.wait(progress=progress, cancel=cancel, idle=slicer.app.processEvents)
+            else:
+                result = register_nodes(
+                    slicer.mrmlScene, fixedVolumeNode, movingVolumeNode, method, fixed_mask=fixedMask,
+                    moving_mask=movingMask, fixed_landmarks=fixedLandmarks, moving_landmarks=movingLandmarks,
+                    device=device, options=options, outputs=outputs, progress=progress, cancel=cancel, show=show,
+                    fixed_mask_segments=fixedMaskSegments, moving_mask_segments=movingMaskSegments)
         except RegistrationCancelled:
             logging.info("DeepLungReg: registration cancelled")
             return None
@@ -375,8 +467,26 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         return {"nodes": result.nodes(), "metrics": result.metrics, "summary": result.summary,
                 "worstLandmark": result.worst_landmark}
 
+    def startRegistration(self, fixedVolumeNode, movingVolumeNode, method: str = "adam", *, fixedMask="auto",
+                          movingMask="auto", fixedLandmarks=None, movingLandmarks=None, device: str = "auto",
+                          outputs: Optional[dict] = None, show: bool = True, fixedMaskSegments=None,
+                          movingMaskSegments=None, **options):
+        """Start :meth:`register`'s work in a separate process and return its handle
+        (``DeepLungRegLib.slicer_bridge.background.BackgroundRegistration``): call its ``poll()``
+        from a timer for progress, ``cancel()`` to stop it, ``finish()`` once it is done to get
+        the output nodes, or ``wait(idle=slicer.app.processEvents)`` to block while Slicer stays
+        responsive. Slicer's scene is only written by ``finish()``."""
+        self.ensureDependencies()
+        from DeepLungRegLib.slicer_bridge.background import BackgroundRegistration
+
+        return BackgroundRegistration(
+            slicer.mrmlScene, fixedVolumeNode, movingVolumeNode, method, fixed_mask=fixedMask, moving_mask=movingMask,
+            fixed_landmarks=fixedLandmarks, moving_landmarks=movingLandmarks, device=device, options=options,
+            outputs=outputs, fixed_mask_segments=fixedMaskSegments, moving_mask_segments=movingMaskSegments, show=show)
+
     def registerFromParameterNode(self, parameterNode, progress=None, cancel=None) -> Optional[dict]:
-        """Run :meth:`register` with the GUI's settings; writes created outputs back into the parameter node."""
+        """Run :meth:`register` with the GUI's settings, in a separate process (Slicer stays responsive, and
+        running out of memory ends the worker, not Slicer); writes created outputs back into the parameter node."""
         from DeepLungRegLib.methods import parse_options
 
         p = parameterNode
@@ -385,7 +495,7 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         result = self.register(
             p.fixedVolume, p.movingVolume, p.method, fixedMask=p.fixedMask or auto, movingMask=p.movingMask or auto,
             fixedLandmarks=p.fixedLandmarks, movingLandmarks=p.movingLandmarks, device=p.device, outputs=outputs,
-            progress=progress, cancel=cancel, **parse_options(p.methodOptions, "DeepLungReg"))
+            progress=progress, cancel=cancel, background=True, **parse_options(p.methodOptions, "DeepLungReg"))
         if result is not None:
             # The output selectors keep the user's choice ("Create new" stays so): a re-run
             # finds DeepLungReg's earlier outputs for this pair by their node references.

@@ -154,3 +154,70 @@ def test_the_weights_cmake_installs_are_the_shipped_files():
     listed = sorted(m.group(1).split())
     shipped = sorted(p.name for p in (ROOT / "Resources" / "Weights").glob("*.pt"))
     assert listed == shipped, f"CMake installs {listed} but Resources/Weights holds {shipped}"
+
+
+def _module_function(module_ast: ast.Module, name: str, namespace: dict):
+    """A module-level function of the Slicer module, compiled alone (the module itself needs Slicer)."""
+    fn = next(n for n in module_ast.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(MODULE_PY), "exec"), namespace)
+    return namespace[name]
+
+
+def test_pip_requirements_are_checked_by_version(module_ast):
+    from typing import Optional
+
+    unmet = _module_function(module_ast, "unmetRequirements", {"Optional": Optional})
+    assert unmet(["numpy>=1.0", "scipy"]) == []
+    assert unmet(["numpy>=999", "numpy<1.0", "surely-not-a-package-deeplungreg>=1"]) == [
+        "numpy>=999", "numpy<1.0", "surely-not-a-package-deeplungreg>=1"]
+    assign = next(n for n in module_ast.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "PIP_REQUIREMENTS")
+    assert "tqdm" not in ast.literal_eval(assign.value)  # the command line's progress bar is not installed into Slicer
+
+
+def test_a_torch_that_does_not_load_gets_a_message_that_says_what_to_do(module_ast, monkeypatch):
+    """On Windows a torch build that does not fit fails with OSError (a DLL), not ImportError."""
+    import importlib.abc
+    import sys
+    from typing import Optional
+
+    load_error = _module_function(module_ast, "torchLoadError", {"Optional": Optional})
+
+    class _Fails(importlib.abc.MetaPathFinder):
+        def __init__(self, exc):
+            self.exc = exc
+
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch":
+                raise self.exc
+            return None
+
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    for exc, words in ((OSError("[WinError 126] c10.dll"), "does not load on this computer"),
+                       (ModuleNotFoundError("No module named 'torch'"), "install the 'PyTorch' extension")):
+        finder = _Fails(exc)
+        sys.meta_path.insert(0, finder)
+        try:
+            assert words in load_error()
+        finally:
+            sys.meta_path.remove(finder)
+
+
+def test_license_and_help_link():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("BSD 3-Clause License") and 'license = "BSD-3-Clause"' in (ROOT / "pyproject.toml").read_text()
+    assert "README_URL" in MODULE_PY.read_text() and "user's guide" in MODULE_PY.read_text()
+
+
+def test_the_demo_ct_is_offered_in_sample_data(module_ast):
+    """The module registers the bundled demo CT with the Sample Data module at startup; the path it gives
+    exists in a source checkout (and, by the CMake install rule, beside the installed module)."""
+    import os
+    from typing import Optional
+
+    sample_path = _module_function(module_ast, "samplePath", {"os": os, "Optional": Optional, "__file__": str(MODULE_PY)})
+    assert sample_path() == str(ROOT / "Resources" / "Sample" / "popi00_demo.nrrd")
+    text = MODULE_PY.read_text()
+    assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in text
+    assert "registerCustomSampleDataSource" in text and 'loadFileType="VolumeFile"' in text
+    cmake = (MODULE / "CMakeLists.txt").read_text()
+    assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Sample" in cmake
