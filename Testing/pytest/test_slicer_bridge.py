@@ -424,3 +424,51 @@ def test_a_registration_in_a_background_process_and_a_cancelled_one(small_pair, 
     assert np.array_equal(b.image_from_volume_node(moving).array, before) and not list(tmp_path.iterdir())
     with pytest.raises(DeepLungRegError, match="cancelled"):
         run2.finish()
+
+
+def test_landmark_review_step_flag_correct_export_and_reopen(registered, bridge, tmp_path):
+    """A clinician's review: worst landmark first, accept/flag with comments, a point dragged by a known
+    offset gives the known TRE, the reviewed landmarks and table are exported and re-opened."""
+    from DeepLungRegLib.slicer_bridge.review import REVIEW_FILES, LandmarkReview
+
+    hs, res = registered["hs"], registered["res"]
+    fixed_pts = bridge.landmarks_from_markups(registered["fl"])
+    moving_pts = bridge.landmarks_from_markups(registered["ml"])
+    labels = bridge.markups_labels(registered["fl"])
+    moving_node = bridge.markups_from_landmarks(hs.scene, moving_pts, "M review")  # the node the user drags
+    review = LandmarkReview(fixed_pts, moving_pts, res.outputs.result.field, res.outputs.result.geometry, labels)
+    tre = review.tre()
+    assert np.allclose(tre, res.outputs.tre_after, atol=1e-4)
+    # worst first; next and previous wrap around; the views centre on the landmark
+    order = review.order("tre")
+    assert order[0] == int(np.argmax(tre)) and review.order("index") == list(range(len(tre)))
+    review.goto(order[0])
+    assert review.next() == order[1] and review.previous() == order[0] and review.previous() == order[-1]
+    assert np.allclose(review.centre(hs.scene, order[0]), fixed_pts[order[0]])
+    review.accept("fine", index=order[1])
+    review.flag("  misses the   vessel ", index=order[0])
+    assert review.status[order[0]] == "flagged" and review.comment[order[0]] == "misses the vessel"
+    # drag the worst moving point onto where the registration maps its fixed point: its TRE becomes 0
+    i = order[0]
+    target = fixed_pts[i] + sample_field_at_points(res.outputs.result.field, res.outputs.result.geometry, fixed_pts[i:i + 1])[0]
+    moving_node.SetNthControlPointPosition(i, *lps_to_ras(target[None])[0])
+    before = review.summary()
+    assert review.sync_from_markups(moving_node=moving_node) == [i]
+    after = review.summary()
+    assert review.tre()[i] < 1e-3 and after["corrected"] == 1
+    assert after["mean"] == pytest.approx(before["mean"] - tre[i] / len(tre), abs=1e-4)
+    # export, refuse to overwrite, re-open
+    written = review.export(tmp_path)
+    assert sorted(p.name for p in written) == sorted(REVIEW_FILES)
+    with pytest.raises(DeepLungRegError, match="already holds"):
+        review.export(tmp_path)
+    again = LandmarkReview.load(tmp_path / "review.csv", res.outputs.result.field, res.outputs.result.geometry)
+    assert again.status == review.status and again.comment == review.comment and again.labels == labels
+    assert np.allclose(again.moving, review.moving, atol=1e-4) and np.allclose(again.tre(), review.tre(), atol=1e-3)
+    assert np.allclose(read_landmarks_file(tmp_path / "reviewed_moving_landmarks.mrk.json"), review.moving, atol=1e-3)
+
+
+def read_landmarks_file(path):
+    from DeepLungRegLib.io.landmarks import read_landmarks
+
+    return read_landmarks(path)

@@ -1,0 +1,202 @@
+"""A clinician's landmark review of a registration: step through the landmarks, accept or flag each
+with a comment, correct a point and see its TRE at once, export the reviewed landmarks and a review
+table, and open a saved review again.
+
+The review itself is plain numpy (:class:`LandmarkReview`); the Slicer glue is small: centre the slice
+views on a landmark (:meth:`LandmarkReview.centre`), and read corrections that the user made by
+dragging control points of the markups nodes (:meth:`LandmarkReview.sync_from_markups`).
+
+TRE of landmark ``i`` after registration: ``|p_i + u(p_i) - q_i|`` with ``p_i`` the fixed and ``q_i``
+the moving point (mm, LPS) and ``u`` the displacement field (resampling direction).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from dataclasses import field as _field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DeepLungRegError
+from ..geometry import Geometry
+from ..io.landmarks import write_landmarks
+from ..transforms.warp import sample_field_at_points
+
+#: Review states of a landmark.
+STATUSES = ("unreviewed", "accepted", "flagged")
+#: The files :meth:`LandmarkReview.export` writes (never one of the registration's own).
+REVIEW_FILES = ("review.csv", "reviewed_fixed_landmarks.csv", "reviewed_moving_landmarks.csv",
+                "reviewed_fixed_landmarks.mrk.json", "reviewed_moving_landmarks.mrk.json")
+_COLUMNS = ("index", "label", "fixed_x", "fixed_y", "fixed_z", "moving_x", "moving_y", "moving_z", "tre_before_mm",
+            "tre_after_mm", "status", "comment", "corrected")
+
+
+@dataclass
+class LandmarkReview:
+    """The review of ``N`` landmark pairs against a displacement field.
+
+    Attributes:
+        fixed, moving: ``(N, 3)`` LPS mm (corrections change them; the originals are kept).
+        field, geometry: ``(Z, Y, X, 3)`` mm on the fixed grid.
+        labels: a name per landmark.
+        status, comment: per landmark.
+        current: the landmark shown now.
+    """
+
+    fixed: np.ndarray
+    moving: np.ndarray
+    field: np.ndarray
+    geometry: Geometry
+    labels: list[str] = _field(default_factory=list)
+    status: list[str] = _field(default_factory=list)
+    comment: list[str] = _field(default_factory=list)
+    current: int = 0
+
+    def __post_init__(self) -> None:
+        self.fixed = np.array(self.fixed, dtype=float).reshape(-1, 3)
+        self.moving = np.array(self.moving, dtype=float).reshape(-1, 3)
+        n = len(self.fixed)
+        if n == 0 or self.moving.shape != self.fixed.shape:
+            raise DeepLungRegError(f"review: {n} fixed but {len(self.moving)} moving landmarks")
+        self.labels = list(self.labels) or [f"P-{i + 1}" for i in range(n)]
+        self.status = list(self.status) or ["unreviewed"] * n
+        self.comment = list(self.comment) or [""] * n
+        if not len(self.labels) == len(self.status) == len(self.comment) == n:
+            raise DeepLungRegError("review: one label, status and comment per landmark")
+        self.original_fixed, self.original_moving = self.fixed.copy(), self.moving.copy()
+
+    # ------------------------------------------------------------------ numbers
+    def tre_before(self) -> np.ndarray:
+        return np.linalg.norm(self.fixed - self.moving, axis=1)
+
+    def tre(self) -> np.ndarray:
+        """``(N,)`` TRE after registration, mm, of the points as they are now."""
+        return np.linalg.norm(self.fixed + sample_field_at_points(self.field, self.geometry, self.fixed) - self.moving, axis=1)
+
+    def summary(self) -> dict:
+        t = self.tre()
+        return {"n": int(len(t)), "mean": float(t.mean()), "p95": float(np.percentile(t, 95)), "max": float(t.max()),
+                "accepted": self.status.count("accepted"), "flagged": self.status.count("flagged"),
+                "unreviewed": self.status.count("unreviewed"), "corrected": int(self.corrected().sum())}
+
+    def corrected(self) -> np.ndarray:
+        return np.any(self.fixed != self.original_fixed, axis=1) | np.any(self.moving != self.original_moving, axis=1)
+
+    # ------------------------------------------------------------------ stepping
+    def order(self, by: str = "tre") -> list[int]:
+        """Landmark indices, worst TRE first (``"tre"``) or in file order (``"index"``)."""
+        if by == "index":
+            return list(range(len(self.fixed)))
+        if by == "tre":
+            return [int(i) for i in np.argsort(-self.tre(), kind="stable")]
+        raise DeepLungRegError(f"review: order by 'tre' or 'index', not {by!r}")
+
+    def step(self, offset: int = 1, by: str = "tre") -> int:
+        """Move ``offset`` landmarks on (negative: back) in the chosen order, wrapping around; returns the index."""
+        order = self.order(by)
+        self.current = order[(order.index(self.current) + offset) % len(order)]
+        return self.current
+
+    def next(self, by: str = "tre") -> int:
+        return self.step(1, by)
+
+    def previous(self, by: str = "tre") -> int:
+        return self.step(-1, by)
+
+    def goto(self, index: int) -> int:
+        if not 0 <= index < len(self.fixed):
+            raise DeepLungRegError(f"review: landmark {index} is outside 0..{len(self.fixed) - 1}")
+        self.current = int(index)
+        return self.current
+
+    # ------------------------------------------------------------------ decisions and corrections
+    def mark(self, status: str, comment: str | None = None, index: int | None = None) -> None:
+        if status not in STATUSES:
+            raise DeepLungRegError(f"review: status must be one of {', '.join(STATUSES)}, got {status!r}")
+        i = self.current if index is None else self.goto(index)
+        self.status[i] = status
+        if comment is not None:
+            self.comment[i] = " ".join(str(comment).split())
+
+    def accept(self, comment: str | None = None, index: int | None = None) -> None:
+        self.mark("accepted", comment, index)
+
+    def flag(self, comment: str | None = None, index: int | None = None) -> None:
+        self.mark("flagged", comment, index)
+
+    def move_point(self, which: str, index: int, position_lps) -> float:
+        """Correct the fixed or moving point ``index``; returns its new TRE."""
+        p = np.asarray(position_lps, dtype=float).reshape(3)
+        if not np.all(np.isfinite(p)):
+            raise DeepLungRegError("review: a corrected point must be finite")
+        {"fixed": self.fixed, "moving": self.moving}[which][self.goto(index)] = p
+        return float(self.tre()[index])
+
+    # ------------------------------------------------------------------ Slicer
+    def centre(self, scene, index: int | None = None) -> np.ndarray:
+        """Centre every slice view on the fixed point of ``index`` (default: the current one); returns it (LPS)."""
+        from .workflow import jump_to_point
+
+        i = self.current if index is None else self.goto(index)
+        jump_to_point(scene, self.fixed[i])
+        return self.fixed[i]
+
+    def sync_from_markups(self, fixed_node=None, moving_node=None) -> list[int]:
+        """Take the points the user dragged in the markups nodes (the fixed points, and the moving points
+        as stored in their node, without the node's transform); returns the landmarks that changed."""
+        from .nodes import landmarks_from_markups
+
+        changed = set()
+        for node, points in ((fixed_node, self.fixed), (moving_node, self.moving)):
+            if node is None:
+                continue
+            new = landmarks_from_markups(node, world=False)
+            if new.shape != points.shape:
+                raise DeepLungRegError(f"review: {node.GetName()!r} has {len(new)} points, the review {len(points)}")
+            moved = np.flatnonzero(np.linalg.norm(new - points, axis=1) > 1e-6)
+            points[moved] = new[moved]
+            changed.update(int(i) for i in moved)
+        return sorted(changed)
+
+    # ------------------------------------------------------------------ files
+    def export(self, folder: str | Path, *, overwrite: bool = False) -> list[Path]:
+        """Write the reviewed landmarks (CSV and ``.mrk.json``) and the review table into ``folder``;
+        refuses to replace an earlier review unless ``overwrite``, and never writes a registration output."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        existing = [n for n in REVIEW_FILES if (folder / n).exists()]
+        if existing and not overwrite:
+            raise DeepLungRegError(f"review: {folder} already holds {', '.join(existing)}; choose another folder or overwrite")
+        tb, ta, corrected = self.tre_before(), self.tre(), self.corrected()
+        with open(folder / "review.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(_COLUMNS)
+            for i in range(len(self.fixed)):
+                w.writerow([i, self.labels[i], *np.round(self.fixed[i], 4), *np.round(self.moving[i], 4), round(float(tb[i]), 4),
+                            round(float(ta[i]), 4), self.status[i], self.comment[i], int(corrected[i])])
+        out = [folder / "review.csv"]
+        for which, points in (("fixed", self.fixed), ("moving", self.moving)):
+            for ext in ("csv", "mrk.json"):
+                out.append(write_landmarks(points, folder / f"reviewed_{which}_landmarks.{ext}", labels=self.labels))
+        return out
+
+    @classmethod
+    def load(cls, review_csv: str | Path, field: np.ndarray, geometry: Geometry) -> "LandmarkReview":
+        """Open a saved review again (points, labels, statuses and comments from its ``review.csv``)."""
+        path = Path(review_csv)
+        if not path.is_file():
+            raise DeepLungRegError(f"review: {path} does not exist")
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        missing = [c for c in _COLUMNS if rows and c not in rows[0]]
+        if not rows or missing:
+            raise DeepLungRegError(f"review: {path} is not a review table" + (f" (no {', '.join(missing)})" if missing else ""))
+        try:
+            fixed = np.array([[float(r[f"fixed_{a}"]) for a in "xyz"] for r in rows])
+            moving = np.array([[float(r[f"moving_{a}"]) for a in "xyz"] for r in rows])
+        except ValueError as exc:
+            raise DeepLungRegError(f"review: {path} holds a point that is not a number ({exc})") from exc
+        return cls(fixed, moving, field, geometry, [r["label"] for r in rows], [r["status"] for r in rows],
+                   [r["comment"] for r in rows])
