@@ -164,13 +164,7 @@ class RegistrationJob:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        spec = get_method(self.method)
-        if self.config is None or isinstance(self.config, dict):
-            self.config = spec.config_cls.from_dict(self.config)
-        elif not isinstance(self.config, spec.config_cls):
-            raise DeepLungRegError(f"register: method {self.method!r} needs a {spec.config_cls.__name__}, got {type(self.config).__name__}")
-        else:
-            self.config.validate()
+        self.config = get_method(self.method).make_config(self.config)
         resolve_dtype(self.config.precision, resolve_device(self.device))  # a device this machine lacks: now, not after the masks
         check_image(self.fixed, "fixed image")
         check_image(self.moving, "moving image")
@@ -336,8 +330,8 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
     return metrics
 
 
-def read_outputs(folder: str | Path, job: RegistrationJob) -> RegistrationOutputs:
-    """The outputs :func:`run_registration` wrote into ``folder`` for ``job``, back in memory (the
+def read_outputs(folder: str | Path) -> RegistrationOutputs:
+    """The outputs :func:`run_registration` wrote into ``folder``, back in memory (the
     field, the warped image and the maps, TRE per landmark and the metrics; no masks, which are not
     written, and no resampled image)."""
     from .io.fields import read_field

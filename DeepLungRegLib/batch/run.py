@@ -9,10 +9,10 @@ the others go on.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -90,8 +90,6 @@ def register_pair(row: CohortRow, outdir: str, method: str, options: dict, devic
         return failed_row(row.id, str(exc), now=True, seconds=time.perf_counter() - t0, worker=worker)
     # the time is known only now: add it to the pair's own record, so that a later run can rebuild the row
     metrics[BATCH_KEY]["seconds"] = round(time.perf_counter() - t0, 1)
-    import json
-
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return result_row(row.id, metrics, now=True)
 
@@ -240,12 +238,10 @@ def _is_local(client) -> bool:
 
 
 def _has_dashboard() -> bool:
-    try:
-        import bokeh  # noqa: F401
+    """Dask serves its dashboard only with bokeh installed."""
+    import importlib.util
 
-        return True
-    except ImportError:
-        return False
+    return importlib.util.find_spec("bokeh") is not None
 
 
 def _dashboard(client) -> str | None:
@@ -288,7 +284,3 @@ def _remove_partial_folders(out: Path, rows: list[CohortRow]) -> None:
         for p in out.glob(f"{_STAGING_PREFIX}{row.id}-*"):
             shutil.rmtree(p, ignore_errors=True)
 
-
-def print_progress(state: dict, stream=sys.stderr) -> None:  # pragma: no cover - the CLI's plain fallback
-    print(f"batch: {state['done']} done, {state['failed']} failed, {state['running']} queued or running of {state['total']}",
-          file=stream, flush=True)

@@ -133,6 +133,16 @@ class MethodSpec:
     config_cls: Type[MethodConfig]
     run: Callable[..., tuple[np.ndarray, dict]]
 
+    def make_config(self, config: MethodConfig | dict | None) -> MethodConfig:
+        """The method's validated config from a dict of options (old names accepted), ``None`` (the
+        defaults) or a config of its own class; anything else is refused."""
+        if config is None or isinstance(config, dict):
+            return self.config_cls.from_dict(config)
+        if not isinstance(config, self.config_cls):
+            raise DeepLungRegError(f"register: method {self.name!r} needs a {self.config_cls.__name__}, got {type(config).__name__}")
+        config.validate()
+        return config
+
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
@@ -291,12 +301,7 @@ def register(
     _check_intensities(fixed, moving)
     fixed_mask = mask_on_image(fixed_mask, fixed, "fixed mask")
     moving_mask = mask_on_image(moving_mask, moving, "moving mask")
-    if config is None or isinstance(config, dict):
-        config = spec.config_cls.from_dict(config)
-    elif not isinstance(config, spec.config_cls):
-        raise DeepLungRegError(f"register: method {method!r} needs a {spec.config_cls.__name__}, got {type(config).__name__}")
-    else:
-        config.validate()
+    config = spec.make_config(config)
     dev = resolve_device(device)
     dtype = resolve_dtype(config.precision, dev)
     if isinstance(cancel, threading.Event):

@@ -32,7 +32,7 @@ from ..errors import DeepLungRegError, RegistrationCancelled
 from ..io.images import Image, write_image
 from ..io.landmarks import write_landmarks
 from ..pipeline import DEFAULT_METHOD, read_outputs
-from .workflow import NodeRegistration, _checked_outputs, job_from_nodes, write_nodes
+from .workflow import NodeRegistration, _checked_outputs, input_nodes, job_from_nodes, write_nodes
 
 #: The library's folder: the worker process imports DeepLungRegLib from here.
 _LIBRARY_PARENT = str(Path(__file__).resolve().parents[2])
@@ -71,8 +71,7 @@ class BackgroundRegistration:
         self.job = job_from_nodes(fixed_node, moving_node, method, fixed_mask=fixed_mask, moving_mask=moving_mask,
                                   fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, options=options,
                                   device=device, fixed_mask_segments=fixed_mask_segments, moving_mask_segments=moving_mask_segments)
-        self.inputs = [fixed_node, moving_node, fixed_landmarks, moving_landmarks]
-        self.inputs += [m for m in (fixed_mask, moving_mask) if not (m is None or isinstance(m, str))]
+        self.inputs = input_nodes(fixed_node, moving_node, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks)
         self.outputs = _checked_outputs(outputs, self.inputs)
         self.state, self.stage, self.fraction, self.error = "running", "starting", 0.0, None
         self.folder = Path(tempfile.mkdtemp(prefix="DeepLungReg-", dir=workdir))
@@ -156,7 +155,7 @@ class BackgroundRegistration:
         if self.poll() != "done":
             raise DeepLungRegError(f"register: the registration {self.state}" + (f": {self.error}" if self.error else ""))
         try:
-            out = read_outputs(self.folder / "out", self.job)
+            out = read_outputs(self.folder / "out")
             return write_nodes(self.scene, self.job, out, self.fixed_node, self.moving_node, outputs=self.outputs,
                                inputs=self.inputs, show=self.show)
         finally:

@@ -106,6 +106,12 @@ def find_output(scene, role: str, fixed_node, moving_node):
     return None
 
 
+def input_nodes(fixed_node, moving_node, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks) -> list:
+    """The user's nodes a registration reads (masks given as ``"auto"``/``None`` are not nodes): never an output."""
+    nodes = [fixed_node, moving_node, fixed_landmarks, moving_landmarks]
+    return nodes + [m for m in (fixed_mask, moving_mask) if not (m is None or isinstance(m, str))]
+
+
 def _checked_outputs(outputs: dict | None, inputs: list) -> dict:
     """The output nodes the user chose, by role, checked before any work: known roles, the right
     node classes, and none of them an input."""
@@ -284,8 +290,7 @@ def register_nodes(scene, fixed_node, moving_node, method: str = DEFAULT_METHOD,
     job = job_from_nodes(fixed_node, moving_node, method, fixed_mask=fixed_mask, moving_mask=moving_mask,
                          fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, options=options, device=device,
                          fixed_mask_segments=fixed_mask_segments, moving_mask_segments=moving_mask_segments)
-    inputs = [fixed_node, moving_node, fixed_landmarks, moving_landmarks]
-    inputs += [m for m in (fixed_mask, moving_mask) if not (m is None or isinstance(m, str))]
+    inputs = input_nodes(fixed_node, moving_node, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks)
     outputs = _checked_outputs(outputs, inputs)
     out = compute_outputs(job, progress=progress, cancel=cancel)
     return write_nodes(scene, job, out, fixed_node, moving_node, outputs=outputs, inputs=inputs, show=show)
