@@ -19,13 +19,15 @@ import importlib.util
 import logging
 import os
 import sys
-from typing import Annotated, Optional
+import tempfile
+from typing import Annotated, Optional, Union
 
 import qt
 import slicer
 import vtk
 from slicer import (
     vtkMRMLGridTransformNode, vtkMRMLLabelMapVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
 )
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -164,6 +166,12 @@ def registerSampleData() -> None:
         fileNames="popi00_demo.nrrd", nodeNames="POPI demo CT", thumbnailFileName=icon, loadFileType="VolumeFile")
 
 
+def segmentNames(text: str) -> Optional[list]:
+    """The comma-separated segment names typed in the panel; ``None`` (the lung-named default) when blank."""
+    names = [name.strip() for name in (text or "").split(",") if name.strip()]
+    return names or None
+
+
 # ----------------------------------------------------------------- parameter node
 @parameterNodeWrapper
 class DeepLungRegParameterNode:
@@ -173,8 +181,10 @@ class DeepLungRegParameterNode:
     movingVolume: vtkMRMLScalarVolumeNode
     method: Annotated[str, Choice(METHOD_CHOICES)] = "adam"
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
-    fixedMask: vtkMRMLLabelMapVolumeNode
-    movingMask: vtkMRMLLabelMapVolumeNode
+    fixedMask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+    movingMask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+    fixedMaskSegments: str = ""
+    movingMaskSegments: str = ""
     autoMasks: bool = True
     fixedLandmarks: vtkMRMLMarkupsFiducialNode
     movingLandmarks: vtkMRMLMarkupsFiducialNode
@@ -199,6 +209,8 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._cancelRequested = False
         self._lastResult = None
+        self._review = None
+        self._reviewObservedNode = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -217,12 +229,21 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showJacobianButton.connect("clicked(bool)", lambda: self.onShow("jacobian"))
         self.ui.showVentilationButton.connect("clicked(bool)", lambda: self.onShow("ventilation"))
         self.ui.jumpToWorstButton.connect("clicked(bool)", self.onJumpToWorst)
+        self.ui.previousLandmarkButton.connect("clicked(bool)", lambda: self.onReviewStep(-1))
+        self.ui.nextLandmarkButton.connect("clicked(bool)", lambda: self.onReviewStep(1))
+        self.ui.reviewOrderComboBox.connect("currentIndexChanged(int)", lambda i: self._updateReviewGui())
+        self.ui.acceptLandmarkButton.connect("clicked(bool)", lambda: self.onReviewMark("accepted"))
+        self.ui.flagLandmarkButton.connect("clicked(bool)", lambda: self.onReviewMark("flagged"))
+        self.ui.correctPointsCheckBox.connect("toggled(bool)", self.onCorrectPointsToggled)
+        self.ui.exportReviewButton.connect("clicked(bool)", self.onExportReview)
+        self.ui.loadReviewButton.connect("clicked(bool)", self.onLoadReview)
         self.initializeParameterNode()
         self.onMethodChanged()
         self._updateResultsGui()
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self._review = None
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -326,6 +347,8 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                            ("showVentilationButton", "ventilation")):
             getattr(self.ui, name).enabled = self._result(role) is not None
         self.ui.jumpToWorstButton.enabled = self._result("landmarks") is not None
+        self._setReview(self.logic.startReview(r, self._parameterNode.fixedLandmarks)
+                        if r and self._result("landmarks") is not None else None)
         if r:
             self.ui.statusLabel.text = "Done." if r["metrics"]["jacobian"]["folding_percent"] == 0 else \
                 "Done, but the deformation folds: see the warning above."
@@ -336,6 +359,79 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onJumpToWorst(self) -> None:
         self.logic.jumpToWorstLandmark(self._result("landmarks"))
+
+    # ------------------------------------------------------------ landmark review
+    def _setReview(self, review) -> None:
+        """Bind a review (``DeepLungRegLib.slicer_bridge.review.LandmarkReview``) or ``None`` to the panel."""
+        if self._reviewObservedNode is not None:
+            self.removeObserver(self._reviewObservedNode, self._reviewObservedNode.PointEndInteractionEvent,
+                                self.onReviewPointDragged)
+            self._reviewObservedNode = None
+        self._review = review
+        self.ui.correctPointsCheckBox.checked = False
+        warped = self._result("landmarks")
+        if review is not None and warped is not None:
+            self._reviewObservedNode = warped
+            self.addObserver(warped, warped.PointEndInteractionEvent, self.onReviewPointDragged)
+            review.show(slicer.mrmlScene, warped, self._result("tre_table"))
+            self.logic.centreOnLandmark(review, review.order(self._reviewOrder())[0])
+        self._updateReviewGui()
+
+    def _reviewOrder(self) -> str:
+        return "index" if self.ui.reviewOrderComboBox.currentIndex == 1 else "tre"
+
+    def _updateReviewGui(self) -> None:
+        r = self._review
+        for name in ("previousLandmarkButton", "nextLandmarkButton", "acceptLandmarkButton", "flagLandmarkButton",
+                     "correctPointsCheckBox", "exportReviewButton", "reviewCommentLineEdit", "reviewOrderComboBox"):
+            getattr(self.ui, name).enabled = r is not None
+        self.ui.loadReviewButton.enabled = self._result("landmarks") is not None
+        if r is None:
+            self.ui.currentLandmarkLabel.text = "Register with fixed and moving landmarks to review them."
+            self.ui.reviewSummaryLabel.text = ""
+            return
+        self.ui.currentLandmarkLabel.text = r.describe(by=self._reviewOrder())
+        self.ui.reviewCommentLineEdit.text = r.comment[r.current]
+        self.ui.reviewSummaryLabel.text = r.summary_text()
+
+    def onReviewStep(self, offset: int) -> None:
+        self._review.step(offset, self._reviewOrder())
+        self.logic.centreOnLandmark(self._review)
+        self._updateReviewGui()
+
+    def onReviewMark(self, status: str) -> None:
+        self._review.mark(status, self.ui.reviewCommentLineEdit.text)
+        self._showReview()
+        self.onReviewStep(1)
+
+    def onCorrectPointsToggled(self, checked: bool) -> None:
+        if self._review is not None:
+            self._showReview()
+
+    def onReviewPointDragged(self, caller=None, event=None) -> None:
+        """A warped landmark was dragged: take the new moving point, recompute its TRE and the summary."""
+        changed = self._review.sync_from_markups(moving_node=self._result("landmarks"))
+        if changed:
+            self._review.goto(changed[-1])
+            self._showReview()
+            self._updateReviewGui()
+
+    def _showReview(self) -> None:
+        self._review.show(slicer.mrmlScene, self._result("landmarks"), self._result("tre_table"),
+                          editable=self.ui.correctPointsCheckBox.checked)
+        self._updateReviewGui()
+
+    def onExportReview(self) -> None:
+        with slicer.util.tryWithErrorDisplay("DeepLungReg: the review was not exported."):
+            written = self._review.export(self.ui.reviewFolderButton.directory)
+            self.ui.statusLabel.text = f"Review exported: {', '.join(p.name for p in written)}"
+
+    def onLoadReview(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, "Open a saved review", self.ui.reviewFolderButton.directory,
+                                              "Review table (review.csv);;CSV (*.csv)")
+        if path:
+            with slicer.util.tryWithErrorDisplay("DeepLungReg: the review was not opened."):
+                self._setReview(self.logic.loadReview(path, self._result("transform")))
 
 
 # ------------------------------------------------------------------------- logic
@@ -495,7 +591,8 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         result = self.register(
             p.fixedVolume, p.movingVolume, p.method, fixedMask=p.fixedMask or auto, movingMask=p.movingMask or auto,
             fixedLandmarks=p.fixedLandmarks, movingLandmarks=p.movingLandmarks, device=p.device, outputs=outputs,
-            progress=progress, cancel=cancel, background=True, **parse_options(p.methodOptions, "DeepLungReg"))
+            progress=progress, cancel=cancel, background=True, fixedMaskSegments=segmentNames(p.fixedMaskSegments),
+            movingMaskSegments=segmentNames(p.movingMaskSegments), **parse_options(p.methodOptions, "DeepLungReg"))
         if result is not None:
             # The output selectors keep the user's choice ("Create new" stays so): a re-run
             # finds DeepLungReg's earlier outputs for this pair by their node references.
@@ -522,6 +619,34 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         """Show or hide the deformation grid of a transform in the slice views."""
         if transformNode is not None and transformNode.GetDisplayNode() is not None:
             transformNode.GetDisplayNode().SetVisibility(bool(visible))
+
+    # ------------------------------------------------------------------- review
+    @staticmethod
+    def startReview(result: dict, fixedLandmarks):
+        """A landmark review (``DeepLungRegLib.slicer_bridge.review.LandmarkReview``) of a :meth:`register`
+        result made with landmarks: step with ``next()``/``previous()``, ``accept``/``flag`` with a comment,
+        ``sync_from_markups(moving_node=result["nodes"]["landmarks"])`` after dragging a warped point,
+        ``show(slicer.mrmlScene, ...)`` to refresh labels and table, ``export(folder)``."""
+        from DeepLungRegLib.slicer_bridge.review import LandmarkReview
+
+        nodes = result["nodes"]
+        if nodes.get("landmarks") is None or fixedLandmarks is None:
+            raise ValueError("startReview: the registration was made without landmarks")
+        return LandmarkReview.from_nodes(nodes["transform"], fixedLandmarks, nodes["landmarks"])
+
+    @staticmethod
+    def loadReview(reviewCsvPath: str, transformNode):
+        """Open a review saved by ``export`` again, against the registration in ``transformNode``."""
+        from DeepLungRegLib.slicer_bridge import field_from_grid_transform_node
+        from DeepLungRegLib.slicer_bridge.review import LandmarkReview
+
+        field, geometry = field_from_grid_transform_node(transformNode)
+        return LandmarkReview.load(reviewCsvPath, field, geometry)
+
+    @staticmethod
+    def centreOnLandmark(review, index: Optional[int] = None):
+        """Centre the slice views on a review's landmark (default: its current one); returns it (LPS)."""
+        return review.centre(slicer.mrmlScene, index)
 
     @staticmethod
     def jumpToWorstLandmark(landmarksNode):
@@ -584,10 +709,22 @@ class DeepLungRegTest(ScriptedLoadableModuleTest):
             self.assertIsNotNone(scene.GetNodeByID(node.GetID()), role)
         self.assertEqual(out["nodes"]["tre_table"].GetNumberOfRows(), 50)
 
+        self.delayDisplay("Reviewing the landmarks")
+        review = logic.startReview(out, fl)
+        worst = review.order("tre")[0]
+        logic.centreOnLandmark(review, worst)
+        review.flag("checked", index=worst)
+        with tempfile.TemporaryDirectory() as folder:
+            written = review.export(folder)
+            self.assertEqual(len(written), 5)
+            again = logic.loadReview(os.path.join(folder, "review.csv"), out["nodes"]["transform"])
+            self.assertEqual(again.status[worst], "flagged")
+
         self.delayDisplay("Re-running replaces only DeepLungReg's own outputs")
         count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
         again = logic.register(fixed, moving, "affine", fixedMask=fmask)
         self.assertEqual(again["nodes"]["warped"].GetID(), out["nodes"]["warped"].GetID())
         self.assertEqual(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"), count)
         logic.jumpToWorstLandmark(out["nodes"]["landmarks"])
+
         self.delayDisplay("Test passed")

@@ -6,9 +6,14 @@ Slicer sets up its own, and draws three slice views offscreen:
 
 1. the fixed (inhale) CT with the warped exhale overlay and the deformation grid;
 2. the Jacobian map over the fixed CT, with its colour legend;
-3. the landmarks under the transform, labelled with their TRE, at the worst one.
+3. the landmarks under the transform, labelled with their TRE, at the worst one;
+
+and a second picture of the landmark review (``--review-output``): the three slice views centred on
+the worst landmark, the fixed landmarks (yellow crosses) beside the warped moving landmarks (green/red by TRE),
+after the reviewer flagged that landmark.
 
     python scripts/make_slicer_pictures.py [-o Resources/Screenshots/slicer_views.png]
+        [--review-output Resources/Screenshots/review.png]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", default=str(ROOT / "Resources" / "Screenshots" / "slicer_views.png"))
+    ap.add_argument("--review-output", default=str(ROOT / "Resources" / "Screenshots" / "review.png"))
     ap.add_argument("--spacing", type=float, default=2.5, help="resample the sample CT to this spacing (mm)")
     ap.add_argument("--size", type=int, default=420, help="pixels per view")
     args = ap.parse_args()
@@ -35,6 +41,7 @@ def main() -> int:
     from DeepLungRegLib.simulation import simulate_breathing
     from DeepLungRegLib.slicer_bridge import markups_from_landmarks, new_scene, volume_node_from_image
     from DeepLungRegLib.slicer_bridge.render import montage, render_slice_view, write_png
+    from DeepLungRegLib.slicer_bridge.review import LandmarkReview
     from DeepLungRegLib.slicer_bridge.workflow import jump_to_landmark, register_nodes, show_overlay
     from DeepLungRegLib.transforms import resample_to_spacing
 
@@ -72,6 +79,25 @@ def main() -> int:
     point = jump_to_landmark(hs.scene, res.landmarks, res.worst_landmark)
     c = render_slice_view(hs, "Red", size=size, centre_lps=point)
     out = write_png(montage([a, b, c]), args.output)
+    print(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
+
+    # The review: what the module's "Landmark review" panel shows at the worst landmark.
+    review = LandmarkReview.from_nodes(res.transform, fl, res.landmarks)
+    worst = review.order("tre")[0]
+    review.flag("vessel branch: warped point one slice off", index=worst)
+    review.show(hs.scene, res.landmarks, res.tre_table)
+    fl.GetDisplayNode().SetVisibility(True)
+    fl.GetDisplayNode().SetSelectedColor(1.0, 0.85, 0.1)
+    fl.GetDisplayNode().SetTextScale(0)
+    fl.GetDisplayNode().SetGlyphType(fl.GetDisplayNode().Cross2D)  # a cross, so the point under it shows
+    fl.GetDisplayNode().SetGlyphScale(5.0)
+    res.landmarks.GetDisplayNode().SetGlyphScale(2.5)
+    res.landmarks.GetDisplayNode().SetTextScale(2.0)
+    point = review.centre(hs.scene, worst)
+    views = [render_slice_view(hs, view, size=size, centre_lps=point) for view in ("Red", "Yellow", "Green")]
+    out = write_png(montage(views), args.review_output)
+    print(review.describe(worst))
+    print(review.summary_text())
     print(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -22,7 +22,11 @@ import numpy as np
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from ..io.landmarks import write_landmarks
+from ..geometry.grid import lps_to_ras
 from ..transforms.warp import sample_field_at_points
+
+#: Landmarks with a TRE above this are drawn red, the others green.
+TRE_WARNING_MM = 3.0
 
 #: Review states of a landmark.
 STATUSES = ("unreviewed", "accepted", "flagged")
@@ -83,6 +87,20 @@ class LandmarkReview:
 
     def corrected(self) -> np.ndarray:
         return np.any(self.fixed != self.original_fixed, axis=1) | np.any(self.moving != self.original_moving, axis=1)
+
+    def describe(self, index: int | None = None, by: str = "tre") -> str:
+        """One line on a landmark (default: the current one) for the panel."""
+        i = self.current if index is None else index
+        rank = self.order(by).index(i) + 1
+        text = (f"{self.labels[i]}: {rank} of {len(self.fixed)} {'worst first' if by == 'tre' else 'by index'}, "
+                f"TRE {self.tre()[i]:.2f} mm (before {self.tre_before()[i]:.2f}), {self.status[i]}")
+        text += ", corrected" if self.corrected()[i] else ""
+        return text + (f": {self.comment[i]}" if self.comment[i] else "")
+
+    def summary_text(self) -> str:
+        s = self.summary()
+        return (f"{s['n']} landmarks: TRE mean {s['mean']:.2f} mm, p95 {s['p95']:.2f}, max {s['max']:.2f}; "
+                f"{s['accepted']} accepted, {s['flagged']} flagged, {s['unreviewed']} to review, {s['corrected']} corrected")
 
     # ------------------------------------------------------------------ stepping
     def order(self, by: str = "tre") -> list[int]:
@@ -159,6 +177,45 @@ class LandmarkReview:
             points[moved] = new[moved]
             changed.update(int(i) for i in moved)
         return sorted(changed)
+
+    @classmethod
+    def from_nodes(cls, transform_node, fixed_markups, warped_markups) -> "LandmarkReview":
+        """The review of a registration in the scene: the field of its transform node, the user's fixed
+        landmarks (world positions) and the moving landmarks the registration placed under the transform
+        (read in their own, the moving image's, coordinates); labels from the fixed landmarks."""
+        from .nodes import field_from_grid_transform_node, landmarks_from_markups, markups_labels
+
+        field, geometry = field_from_grid_transform_node(transform_node)
+        return cls(landmarks_from_markups(fixed_markups), landmarks_from_markups(warped_markups, world=False), field,
+                   geometry, markups_labels(fixed_markups))
+
+    def columns(self) -> dict[str, list]:
+        """The TRE table: landmark, TRE before and after, the remaining error vector (RAS, as Slicer
+        shows coordinates), status and comment."""
+        err_ras = lps_to_ras(self.fixed + sample_field_at_points(self.field, self.geometry, self.fixed) - self.moving)
+        return {"Landmark": list(self.labels), "TRE before (mm)": np.round(self.tre_before(), 3),
+                "TRE after (mm)": np.round(self.tre(), 3), "Error R (mm)": np.round(err_ras[:, 0], 3),
+                "Error A (mm)": np.round(err_ras[:, 1], 3), "Error S (mm)": np.round(err_ras[:, 2], 3),
+                "Status": list(self.status), "Comment": list(self.comment)}
+
+    def show(self, scene, warped_markups, table_node=None, *, editable: bool = False):
+        """Write the review into the scene: the moving points of ``warped_markups`` (under the transform),
+        labelled ``name: TRE mm`` and green up to :data:`TRE_WARNING_MM`, red above, locked unless
+        ``editable`` (so the user can drag them to correct them); and the TRE table. Returns the table node."""
+        from .nodes import markups_from_landmarks, table_node_from_columns
+
+        t = self.tre()
+        markups_from_landmarks(scene, self.moving, "", labels=[f"{n}: {a:.1f} mm" for n, a in zip(self.labels, t)],
+                               node=warped_markups)
+        if warped_markups.GetDisplayNode() is None:
+            warped_markups.CreateDefaultDisplayNodes()
+        for i, a in enumerate(t):  # "selected" points are drawn green, the others red
+            warped_markups.SetNthControlPointSelected(i, bool(a <= TRE_WARNING_MM))
+            warped_markups.SetNthControlPointLocked(i, not editable)
+        display = warped_markups.GetDisplayNode()
+        display.SetSelectedColor(0.1, 0.8, 0.2)
+        display.SetColor(0.9, 0.1, 0.1)
+        return table_node_from_columns(scene, self.columns(), "", node=table_node)
 
     # ------------------------------------------------------------------ files
     def export(self, folder: str | Path, *, overwrite: bool = False) -> list[Path]:

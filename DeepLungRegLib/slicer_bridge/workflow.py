@@ -30,11 +30,11 @@ import slicer
 from ..errors import DeepLungRegError
 from ..geometry.grid import lps_to_ras, ras_to_lps
 from ..pipeline import DEFAULT_METHOD, RegistrationJob, RegistrationOutputs, compute_outputs, summary_lines
-from ..transforms.warp import sample_field_at_points
 from .nodes import (
-    grid_transform_node_from_field, image_from_volume_node, landmarks_from_markups, markups_from_landmarks, mask_from_segmentation,
-    markups_labels, table_node_from_columns, volume_node_from_image,
+    grid_transform_node_from_field, image_from_volume_node, landmarks_from_markups, mask_from_segmentation,
+    markups_labels, volume_node_from_image,
 )
+from .review import LandmarkReview
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ OUTPUT_CLASSES = {
 }
 #: Name of the shared diverging colour table.
 DIVERGING_COLOR_NAME = "DeepLungReg Diverging"
-#: Landmarks whose TRE after registration exceeds this (mm) are drawn in the "bad" colour.
-TRE_WARNING_MM = 3.0
 
 
 @dataclass
@@ -357,31 +355,12 @@ def _map_nodes(scene, out: RegistrationOutputs, jacobian_node, ventilation_node)
 
 
 def _landmark_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, transform, table_node, markups_node):
-    """The TRE table and the moving landmarks under the transform, labelled and coloured by their error;
-    returns ``(table, markups, index of the worst landmark)``."""
-    fl, ml, g = job.fixed_landmarks, job.moving_landmarks, job.fixed.geometry
-    err_ras = lps_to_ras(fl + sample_field_at_points(out.result.field, g, fl) - ml)
-    tb, ta = out.tre_before, out.tre_after
-    worst = int(np.argmax(ta))
-    names = job.landmark_labels
-    table = table_node_from_columns(scene, {
-        "Landmark": names,
-        "TRE before (mm)": np.round(tb, 3),
-        "TRE after (mm)": np.round(ta, 3),
-        "Error R (mm)": np.round(err_ras[:, 0], 3),
-        "Error A (mm)": np.round(err_ras[:, 1], 3),
-        "Error S (mm)": np.round(err_ras[:, 2], 3),
-    }, "", node=table_node)
-    markups_from_landmarks(scene, ml, "", labels=[f"{n}: {a:.1f} mm" for n, a in zip(names, ta)], node=markups_node)
-    if markups_node.GetDisplayNode() is None:
-        markups_node.CreateDefaultDisplayNodes()
-    # Good points are drawn "selected" (green), points above TRE_WARNING_MM unselected (red).
-    for i, a in enumerate(ta):
-        markups_node.SetNthControlPointSelected(i, bool(a <= TRE_WARNING_MM))
-        markups_node.SetNthControlPointLocked(i, True)
-    ld = markups_node.GetDisplayNode()
-    ld.SetSelectedColor(0.1, 0.8, 0.2)
-    ld.SetColor(0.9, 0.1, 0.1)
+    """The TRE table and the moving landmarks under the transform, labelled and coloured by their error
+    (the starting point of a :class:`~.review.LandmarkReview`); returns ``(table, markups, index of the worst landmark)``."""
+    review = LandmarkReview(job.fixed_landmarks, job.moving_landmarks, out.result.field, job.fixed.geometry,
+                            job.landmark_labels)
+    table = review.show(scene, markups_node, table_node)
+    worst = review.order("tre")[0]
     markups_node.SetAndObserveTransformNodeID(transform.GetID())
     markups_node.SetAttribute("DeepLungReg.WorstLandmark", str(worst))
     return table, markups_node, worst

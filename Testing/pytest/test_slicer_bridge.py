@@ -290,7 +290,8 @@ def test_register_nodes_lowers_tre_and_makes_every_output(registered, bridge):
 
 def test_register_nodes_tre_table_and_landmarks(registered, bridge):
     from DeepLungRegLib.metrics import tre
-    from DeepLungRegLib.slicer_bridge.workflow import TRE_WARNING_MM, jump_to_landmark
+    from DeepLungRegLib.slicer_bridge.review import TRE_WARNING_MM
+    from DeepLungRegLib.slicer_bridge.workflow import jump_to_landmark
 
     r, hs, p = registered["res"], registered["hs"], registered["pair"]
     cols = bridge.columns_from_table_node(r.tre_table)
@@ -472,3 +473,36 @@ def read_landmarks_file(path):
     from DeepLungRegLib.io.landmarks import read_landmarks
 
     return read_landmarks(path)
+
+
+def test_review_in_the_scene_drag_the_warped_point_onto_the_fixed_point(registered, bridge):
+    """The module's review: built from the scene's nodes, it shows the warped landmarks unlocked; dragging
+    a warped point (in the fixed image's world) onto its fixed point makes that landmark's TRE zero, and
+    the table and labels follow."""
+    from DeepLungRegLib.slicer_bridge.review import LandmarkReview
+
+    r, hs, fl = registered["res"], registered["hs"], registered["fl"]
+    review = LandmarkReview.from_nodes(r.transform, fl, r.landmarks)
+    tre = review.tre()
+    field, geometry = bridge.field_from_grid_transform_node(r.transform)  # an earlier test may have re-run into it
+    fixed_pts, moving_pts = registered["pair"].fixed_landmarks[:40], registered["pair"].moving_landmarks[:40]
+    expect = np.linalg.norm(fixed_pts + sample_field_at_points(field, geometry, fixed_pts) - moving_pts, axis=1)
+    assert np.allclose(tre, expect, atol=1e-3) and review.labels[0] == "L0"
+    i = review.order("tre")[0]
+    assert review.describe(i).startswith(f"L{i}: 1 of 40 worst first, TRE {tre[i]:.2f} mm")
+    assert review.summary_text().startswith(f"40 landmarks: TRE mean {tre.mean():.2f} mm")
+    try:
+        review.show(hs.scene, r.landmarks, r.tre_table, editable=True)
+        assert not r.landmarks.GetNthControlPointLocked(i)
+        fixed_ras = np.zeros(3)
+        fl.GetNthControlPointPositionWorld(i, fixed_ras)
+        r.landmarks.SetNthControlPointPositionWorld(i, *fixed_ras)  # what dragging in a slice view does
+        assert review.sync_from_markups(moving_node=r.landmarks) == [i]
+        assert review.tre()[i] < 0.05 and review.corrected()[i]
+        review.flag("checked by hand", index=i)
+        review.show(hs.scene, r.landmarks, r.tre_table, editable=True)
+        cols = bridge.columns_from_table_node(r.tre_table)
+        assert float(cols["TRE after (mm)"][i]) < 0.05 and cols["Status"][i] == "flagged"
+        assert cols["Comment"][i] == "checked by hand" and r.landmarks.GetNthControlPointLabel(i).startswith(f"L{i}: 0.0 mm")
+    finally:  # leave the module's shared scene as the registration made it
+        LandmarkReview(fixed_pts, moving_pts, field, geometry, review.labels).show(hs.scene, r.landmarks, r.tre_table)

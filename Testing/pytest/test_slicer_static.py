@@ -125,13 +125,52 @@ def test_extension_cmake_and_tests_are_wired():
     assert m and m.group(1).endswith("${MODULE_NAME}.py")
 
 
-def test_extensions_index_entry():
+#: The rules of Slicer's extension catalog entry schema v1.0.1 (Slicer/Schemas/slicer-extension-catalog-
+#: entry-schema-v1.0.1.json, the version our entry names), written out here so that the test runs offline.
+CATALOG_ENTRY_SCHEMA_V1_0_1 = {
+    "$schema": "http://json-schema.org/draft-07/schema",
+    "type": "object",
+    "required": ["$schema", "category", "scm_url"],
+    "additionalProperties": False,
+    "properties": {
+        "$schema": {"type": "string"},
+        "category": {"type": "string"},
+        "scm_url": {"type": "string"},
+        "scm_revision": {"type": "string"},
+        "scm_type": {"type": "string", "enum": ["git", "local"]},
+        "build_dependencies": {"type": "array", "items": {"type": "string"}},
+        "build_subdirectory": {"type": "string"},
+        "enabled": {"type": "boolean"},
+        "tier": {"type": "integer", "enum": [1, 3, 5]},
+    },
+}
+
+
+def test_extensions_index_entry_is_valid_against_the_catalog_schema():
+    import jsonschema
+
     entry = json.loads((ROOT / "ExtensionsIndex" / "DeepLungReg.json").read_text())
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
-    assert entry["category"] == "Registration" and entry["scm_url"].startswith("https://")
-    assert entry["build_dependencies"] == ["PyTorch"]
-    allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_type", "scm_url", "tier"}
-    assert set(entry) <= allowed
+    jsonschema.Draft7Validator.check_schema(CATALOG_ENTRY_SCHEMA_V1_0_1)
+    jsonschema.validate(entry, CATALOG_ENTRY_SCHEMA_V1_0_1, cls=jsonschema.Draft7Validator)
+    # the validator does reject what the catalog rejects
+    for broken in ({**entry, "tier": 2}, {**entry, "scm_type": "svn"}, {**entry, "description": "x"},
+                   {k: v for k, v in entry.items() if k != "scm_url"}, {**entry, "build_dependencies": "PyTorch"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, CATALOG_ENTRY_SCHEMA_V1_0_1, cls=jsonschema.Draft7Validator)
+    # and it agrees with the extension's CMake description
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in top
+    assert re.search(r'set\(EXTENSION_DEPENDS\s+"([^"]+)"', top).group(1).split() == entry["build_dependencies"]
+    assert entry["scm_url"].removesuffix(".git") == re.search(r'set\(EXTENSION_HOMEPAGE\s+"([^"]+)"', top).group(1)
+
+
+def test_segment_names_typed_in_the_panel(module_ast):
+    from typing import Optional
+
+    names = _module_function(module_ast, "segmentNames", {"Optional": Optional})
+    assert names("") is None and names(" , ") is None
+    assert names("left lung, right lung,") == ["left lung", "right lung"]
 
 
 def test_method_choices_match_the_registry(module_ast):
