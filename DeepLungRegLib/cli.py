@@ -18,6 +18,7 @@ import numpy as np
 
 from . import __version__
 from .errors import DeepLungRegError, RegistrationCancelled, Terminated
+from .options import DEFAULT_METHOD
 
 SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "Sample" / "popi00_demo.nrrd"
 
@@ -285,8 +286,9 @@ def cmd_benchmark(args) -> int:
     cases = list(numbers("benchmark", args.cases, int, "--cases takes DIR-Lab case numbers like 1,2,3")) if args.cases else None
     if args.simulated:
         cts = args.simulated[:1] if args.quick else args.simulated
+        directions = tuple(d.strip() for d in args.directions.split(",") if d.strip())
         specs = simulated_specs(cts, amplitudes[:1] if args.quick else amplitudes, seeds[:1] if args.quick else seeds, out,
-                                spacing=args.spacing, progress=say)
+                                spacing=args.spacing, directions=directions[:1] if args.quick else directions, progress=say)
     elif args.pairs:
         specs = pairdir_specs(args.pairs[:1] if args.quick else args.pairs)
     else:
@@ -399,7 +401,7 @@ def _args_register(s: argparse.ArgumentParser) -> None:
     s.add_argument("fixed")
     s.add_argument("moving")
     s.add_argument("-o", "--output", required=True, help="output folder")
-    s.add_argument("--method", default="adam")
+    s.add_argument("--method", default=DEFAULT_METHOD, help=f"registration method (default {DEFAULT_METHOD}; see 'deeplungreg methods')")
     s.add_argument("--fixed-mask", default="auto", help="lung mask file, 'auto' (default) or 'none'")
     s.add_argument("--moving-mask", default="auto", help="lung mask file, 'auto' (default) or 'none'")
     s.add_argument("--fixed-landmarks")
@@ -416,7 +418,7 @@ def _args_register(s: argparse.ArgumentParser) -> None:
 def _args_batch(s: argparse.ArgumentParser) -> None:
     s.add_argument("cohort", help="CSV with id,fixed,moving[,fixed_mask,moving_mask,fixed_landmarks,moving_landmarks]")
     s.add_argument("-o", "--output", required=True, help="output folder: one register folder per id, results.csv, results.md")
-    s.add_argument("--method", default="adam")
+    s.add_argument("--method", default=DEFAULT_METHOD, help=f"registration method (default {DEFAULT_METHOD}; see 'deeplungreg methods')")
     s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="method option, the same for every pair")
     s.add_argument("--config", help="JSON file with method options")
     s.add_argument("--workers", type=int, help="local Dask worker processes (default: the cores divided by the threads of one registration)")
@@ -424,6 +426,27 @@ def _args_batch(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", default="auto", help="auto, cpu or cuda (one worker per GPU)")
     s.add_argument("--retry-failed", action="store_true", help="run the pairs again that failed in an earlier run")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_review(args) -> int:
+    """Serve the review page of a registration output folder until interrupted."""
+    from .browser.app import serve
+
+    def ready(url: str, page) -> None:
+        extra = "" if page.review is not None else " (no landmarks: the review panel is hidden)"
+        print(f"review: {args.folder} at {url}{extra}; ready in {page.startup_s:.1f} s; Ctrl+C stops", flush=True)
+
+    serve(args.folder, port=args.port, host=args.host, open_browser=args.open, fixed=args.fixed, moving=args.moving, ready=ready)
+    return 0
+
+
+def _args_review(s: argparse.ArgumentParser) -> None:
+    s.add_argument("folder", help="an output folder of 'deeplungreg register'")
+    s.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    s.add_argument("--open", action="store_true", help="open the page in the default browser")
+    s.add_argument("--fixed", help="the fixed image, when metrics.json's path to it is no longer right")
+    s.add_argument("--moving", help="the moving image, likewise")
 
 
 def _args_worker(s: argparse.ArgumentParser) -> None:
@@ -459,7 +482,7 @@ def _args_tre(s: argparse.ArgumentParser) -> None:
 
 def _args_demo(s: argparse.ArgumentParser) -> None:
     s.add_argument("-o", "--output", default="deeplungreg-demo")
-    s.add_argument("--method", default="adam")
+    s.add_argument("--method", default=DEFAULT_METHOD, help=f"registration method (default {DEFAULT_METHOD}; see 'deeplungreg methods')")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sample", help="another CT instead of the bundled sample")
     s.add_argument("--device", default="auto")
@@ -469,7 +492,7 @@ def _args_demo(s: argparse.ArgumentParser) -> None:
 def _args_benchmark(s: argparse.ArgumentParser) -> None:
     s.add_argument("--methods", default="all",
                    help="comma-separated registered methods, or 'all' (default); a variant with options is NAME:OPT=V[:OPT=V], e.g. mlvirnet:finetune=30")
-    s.add_argument("--baselines", default="", help="comma-separated: convexadam, elastix (pip install 'DeepLungRegLib[bench]')")
+    s.add_argument("--baselines", default="", help="comma-separated: convexadam (its default setting), convexadam-best (lung masks, grid 4, half-width 6), elastix (pip install 'DeepLungRegLib[bench]')")
     src = s.add_argument_group("pairs (exactly one)")
     src.add_argument("--simulated", nargs="+", metavar="CT", help="simulate pairs from these CT files")
     src.add_argument("--pairs", nargs="+", metavar="PAIRDIR", help="simulated pair folders from 'deeplungreg simulate'")
@@ -477,6 +500,9 @@ def _args_benchmark(s: argparse.ArgumentParser) -> None:
     src.add_argument("--copd", metavar="ROOT", help="DIR-Lab COPDgene folder holding copdN/")
     s.add_argument("--amplitudes", default="small,large", help="for --simulated (default small,large)")
     s.add_argument("--seeds", default="1", help="for --simulated, comma-separated (default 1)")
+    s.add_argument("--directions", default="inhale,exhale",
+                   help="for --simulated: which image is fixed, comma-separated: inhale (the CT), exhale (the simulated "
+                        "exhale: the same pair the other way round); default both")
     s.add_argument("--spacing", type=float, default=2.0, help="for --simulated: resample the CT to this spacing in mm (default 2)")
     s.add_argument("--cases", help="for --dirlab/--copd: comma-separated case numbers (default: all found)")
     s.add_argument("--fixed", default="inhale", choices=["inhale", "exhale"], help="for --dirlab/--copd: which phase is fixed")
@@ -568,6 +594,8 @@ COMMANDS = {
     "train-features": ("train embed's feature CNN (paper 000) to predict MIND-SSC from CT crops", cmd_train_features, _args_train_features),
     "worker": ("run one registration request (JSON) with progress as JSON lines (the Slicer module's background process)",
                cmd_worker, _args_worker),
+    "review": ("review a registration output in the browser: overlay, grid, maps and the landmark review "
+               "(pip install 'DeepLungRegLib[review]')", cmd_review, _args_review),
     "methods": ("list the registration methods", cmd_methods, _args_methods),
 }
 

@@ -23,13 +23,12 @@ from .io.outputs import MANIFEST_FILE, MANIFEST_KEY, OutputFolder
 from .methods import MethodConfig, RegistrationResult, get_method, register
 from .methods.base import check_image, mask_on_image
 from .metrics import jacobian_determinant, jacobian_stats, tre, tre_summary
+from .options import DEFAULT_METHOD
 from .segmentation import lung_mask, split_lungs
 from .transforms.warp import warp_image
 
 log = logging.getLogger(__name__)
 
-#: The method of the CLI, the Python API and the Slicer module when none is chosen.
-DEFAULT_METHOD = "adam"
 
 #: The image outputs (the names ``_run_job`` emits and :class:`RegistrationOutputs` holds) and their files:
 #: a new image output is a line here, its computation in ``_run_job`` and its field in ``RegistrationOutputs``.
@@ -162,6 +161,7 @@ class RegistrationJob:
     landmark_labels: list[str] | None = None
     config: MethodConfig | dict | None = None
     device: str = "auto"
+    sources: dict | None = None
 
     def __post_init__(self) -> None:
         self.config = get_method(self.method).make_config(self.config)
@@ -185,7 +185,9 @@ class RegistrationJob:
         moving_img = read_image(moving, what=f"moving image {moving}")
         fl = None if fixed_landmarks is None else read_landmarks(fixed_landmarks, spacing=spacing, geometry=fixed_img.geometry)
         ml = None if moving_landmarks is None else read_landmarks(moving_landmarks, spacing=spacing, geometry=moving_img.geometry)
-        return cls(fixed_img, moving_img, method, fixed_mask, moving_mask, fl, ml, None, options, device)
+        sources = {"fixed": fixed, "moving": moving, "fixed_landmarks": fixed_landmarks, "moving_landmarks": moving_landmarks}
+        sources = {k: str(Path(v).resolve()) for k, v in sources.items() if v is not None}
+        return cls(fixed_img, moving_img, method, fixed_mask, moving_mask, fl, ml, None, options, device, sources)
 
 
 def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress, cancel, keep_field: bool,
@@ -224,6 +226,8 @@ def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress
         metrics["tre_before"] = tre_summary(tb).to_dict()
         metrics["tre_after"] = tre_summary(ta).to_dict()
         metrics["tre_per_landmark"] = [{"before": float(b), "after": float(a)} for b, a in zip(tb, ta)]
+        metrics["landmarks"] = {"labels": list(job.landmark_labels), "fixed_lps": np.round(fixed_landmarks, 4).tolist(),
+                                "moving_lps": np.round(moving_landmarks, 4).tolist()}
     # Each map is summarised as soon as it exists and then let go (the caller may keep what emit gets).
     report("warped image", 0.92)
     warped = warp_image(moving, field, g, fill=-1024.0 if looks_like_ct(moving) else 0.0, dtype=warped_dtype(moving))
@@ -316,6 +320,8 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
 
         t1 = time.perf_counter()
         result, fm, mm, tb, ta, metrics = _run_job(job, emit, progress, cancel, keep_field=False)
+        if job.sources:
+            metrics["inputs"] = dict(job.sources)  # what 'deeplungreg review' shows the outputs over
         metrics.update(extra_metrics or {})
         if progress:
             progress("report", 0.99)

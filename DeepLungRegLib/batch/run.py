@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 from ..errors import DeepLungRegError
 from ..io.outputs import _STAGING_PREFIX
+from ..options import DEFAULT_METHOD
 from .cohort import CohortRow, cohort_rows, read_cohort
 from .results import BATCH_KEY, complete_metrics, failed_row, read_results, result_row, write_results
 
@@ -132,7 +133,7 @@ def run_cohort(
     rows: str | Path | Iterable[CohortRow | dict],
     outdir: str | Path,
     *,
-    method: str = "adam",
+    method: str = DEFAULT_METHOD,
     options: dict | None = None,
     device: str = "auto",
     client=None,

@@ -9,7 +9,9 @@ any number is reported.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -49,9 +51,10 @@ def _require(name: str) -> None:
         raise DeepLungRegError(f"benchmark: baseline {name} needs {pkg}: pip install 'DeepLungRegLib[bench]' (or pip install {pkg})")
 
 
-def _isotropic_grid(g: Geometry, spacing: float) -> Geometry:
+def _isotropic_grid(g: Geometry, spacing: float, multiple: int = 1) -> Geometry:
+    """A grid of ``spacing`` mm over ``g``'s extent, each size a multiple of ``multiple``."""
     extent = np.asarray(g.size) * np.asarray(g.spacing)
-    size = tuple(int(max(8, round(e / spacing))) for e in extent)
+    size = tuple(int(max(8, multiple * round(e / spacing / multiple))) for e in extent)
     return Geometry(size, (spacing,) * 3, g.origin, g.direction)
 
 
@@ -63,10 +66,10 @@ def _field_to_grid(field: np.ndarray, src: Geometry, dst: Geometry) -> np.ndarra
 
 
 # ------------------------------------------------------------------ ConvexAdam
-#: ConvexAdam's own defaults (its convex_adam_pt). ``scripts/tune_convexadam.py`` searched
-#: a small grid on a separate tuning pair and ranked these defaults first (docs/benchmark.md),
-#: so they are also the tuned setting.
-CONVEXADAM_SETTINGS = {"default": {}}
+#: ConvexAdam settings: ``default`` is its own (convex_adam_pt's defaults); ``best`` is the best of the
+#: settings tried on pairs from a CT the project had not used (issue 19): lung masks, a 4-voxel
+#: grid for the convex step and a displacement half-width of 6 (about 2.3x the default's time).
+CONVEXADAM_SETTINGS = {"default": {}, "best": {"grid_sp": 4, "disp_hw": 6, "use_mask": True}}
 
 
 def run_convexadam(fixed: Image, moving: Image, fixed_mask=None, moving_mask=None, *, device: str = "auto",
@@ -83,19 +86,35 @@ def run_convexadam(fixed: Image, moving: Image, fixed_mask=None, moving_mask=Non
 
     if settings is None and setting not in CONVEXADAM_SETTINGS:
         raise DeepLungRegError(f"convexadam: unknown setting {setting!r}; known: {', '.join(CONVEXADAM_SETTINGS)}")
-    kwargs = dict(settings) if settings is not None else CONVEXADAM_SETTINGS[setting]
+    kwargs = dict(settings) if settings is not None else dict(CONVEXADAM_SETTINGS[setting])
     dev = resolve_device(device)
     g = fixed.geometry
-    iso = _isotropic_grid(g, spacing)
+    iso = _isotropic_grid(g, spacing, 2 if kwargs.get("use_mask") else 1)  # its masked features halve the grid
     f = resample_to_geometry(fixed.with_array(fixed.array.astype(np.float32)), iso, mode="linear", fill=-1024.0)
     m = resample_to_geometry(moving.with_array(moving.array.astype(np.float32)), iso, mode="linear", fill=-1024.0)
-    t0 = time.perf_counter()
-    disp = convex_adam_pt(f.array, m.array, dtype=torch.float32, device=dev, verbose=False, **kwargs)
-    seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="deeplungreg-convexadam-") as tmp:
+        if kwargs.get("use_mask"):  # ConvexAdam reads its masks from NIfTI files, as arrays on the images' grid
+            if fixed_mask is None or moving_mask is None:
+                raise DeepLungRegError("convexadam: this setting uses lung masks, and none were given")
+            kwargs["path_fixed_mask"], kwargs["path_moving_mask"] = (
+                _nifti_mask(mask, iso, os.path.join(tmp, f"{which}.nii.gz"))
+                for mask, which in ((fixed_mask, "fixed"), (moving_mask, "moving")))
+        t0 = time.perf_counter()
+        disp = convex_adam_pt(f.array, m.array, dtype=torch.float32, device=dev, verbose=False, **kwargs)
+        seconds = time.perf_counter() - t0
     u = voxel_to_world(np.moveaxis(np.asarray(disp, dtype=np.float64), -1, 0)[None], iso)  # (dz, dy, dx) voxels -> mm
     return BaselineResult(_field_to_grid(u, iso, g), {"device": str(dev), "setting": setting if settings is None else kwargs,
                                                         "grid_mm": spacing,
                                                         "convexadam_s": seconds})
+
+
+def _nifti_mask(mask: Image, grid: Geometry, path: str) -> str:
+    """A mask resampled onto ``grid`` and stored as NIfTI so that ``get_fdata()`` returns the ``(z, y, x)`` array."""
+    import nibabel
+
+    array = resample_to_geometry(mask.with_array((np.asarray(mask.array) > 0).astype(np.uint8)), grid, mode="nearest").array
+    nibabel.save(nibabel.Nifti1Image(np.asarray(array, dtype=np.uint8), np.eye(4)), path)
+    return path
 
 
 # --------------------------------------------------------------------- elastix
@@ -161,6 +180,7 @@ def run_elastix(fixed: Image, moving: Image, fixed_mask=None, moving_mask=None, 
 
 RUNNERS: dict[str, Callable[..., BaselineResult]] = {
     "convexadam": run_convexadam,
+    "convexadam-best": functools.partial(run_convexadam, setting="best"),
     "elastix": run_elastix,
 }
 
@@ -187,7 +207,8 @@ def check_conversion(name: str, image: Image, shift_mm=(4.0, -6.0, 3.0), *, devi
     moving = warp_image(fixed, np.broadcast_to(-t, (*g.shape, 3)).astype(np.float32), g, fill=float(np.percentile(fixed.array, 1)))
     # Cheap settings: the check is about axes, signs and units, not accuracy.
     options = {"spacing": float(max(g.spacing))} if name.startswith("convexadam") else {"iterations": (100, 100)}
-    res = run_baseline(name, fixed, moving, device=device, **options)
+    ones = fixed.with_array(np.ones(g.shape, dtype=np.uint8))  # for settings that use lung masks
+    res = run_baseline(name, fixed, moving, ones, ones, device=device, **options)
     z, y, x = (slice(s // 4, s - s // 4) for s in g.shape)
     got = np.median(res.field[z, y, x].reshape(-1, 3), axis=0)
     err = float(np.linalg.norm(got - t))

@@ -7,8 +7,9 @@ simulated pair folders, or from DIR-Lab 4D-CT / COPDgene folders. Each
 * ``results.csv``: one row per pair and method (TRE mean/std/median/p95/max,
   dense error, lung Dice, folding %, SD log J, registration / IO / mask
   seconds, peak RSS and GPU memory, error message if it failed);
-* ``results.md``: the paper-style table (TRE mean (std) per case and overall)
-  and a summary table per method;
+* ``results.md``: per direction (inhale fixed, exhale fixed), the paper-style
+  table (TRE mean (std) per case and overall) and a summary table per method;
+  then the mean seconds of each method's stages;
 * ``tre_boxplot.png``: TRE per method, pooled and per pair;
 * ``checks.json``: the baselines' translation checks.
 """
@@ -34,22 +35,30 @@ log = logging.getLogger(__name__)
 
 #: Columns of results.csv, in order.
 CSV_COLUMNS = [
-    "pair", "method", "tre_before_mean", "tre_before_std", "tre_after_mean", "tre_after_std", "tre_after_median",
+    "pair", "direction", "method", "tre_before_mean", "tre_before_std", "tre_after_mean", "tre_after_std", "tre_after_median",
     "tre_after_p95", "tre_after_max", "n_landmarks", "dense_error_mean", "dense_error_p95", "lung_dice_before",
     "lung_dice_after", "folding_percent", "sd_log_j", "registration_s", "io_s", "masks_s", "peak_rss_mb", "peak_gpu_mb",
-    "device", "error",
+    "device", "stages_s", "error",
 ]
+
+#: ``--directions`` values -> the direction recorded with each pair.
+DIRECTIONS = {"inhale": "inhale fixed", "exhale": "exhale fixed"}
 
 
 def simulated_specs(cts: list[str], amplitudes: list[str], seeds: list[int], outdir: Path, *, spacing: float = 2.0,
-                    progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Simulate (or reuse) a pair per CT, amplitude (preset or mm) and seed under ``outdir/pairs``."""
+                    directions: tuple[str, ...] = ("inhale",), progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Simulate (or reuse) a pair per CT, amplitude (preset or mm) and seed under ``outdir/pairs``, in each
+    direction: ``"inhale"`` (the CT fixed, the simulated exhale moving) and ``"exhale"`` (the same pair the
+    other way round, ``SimulatedPair.reversed``: the simulated exhale fixed)."""
     from ..io.images import read_image
     from ..simulation import amplitude_parameters, simulate_breathing, write_pair
     from ..transforms.resample import resample_to_spacing
 
     for a in amplitudes:
         amplitude_parameters(a)  # a preset name or a mean displacement in mm
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad or not directions:
+        raise DeepLungRegError(f"benchmark: directions are {' and '.join(DIRECTIONS)}, not {', '.join(bad) or 'none'}")
     specs = []
     for ct_path in cts:
         ct_path = Path(ct_path)
@@ -59,14 +68,19 @@ def simulated_specs(cts: list[str], amplitudes: list[str], seeds: list[int], out
         ct = None
         for amp in amplitudes:
             for seed in seeds:
-                d = outdir / "pairs" / f"{stem}_{amp}_s{seed}_{spacing:g}mm"
-                if not (d / "simulation.json").exists():
+                base = f"{stem}_{amp}_s{seed}_{spacing:g}mm"
+                folders = {d: outdir / "pairs" / (base if d == "inhale" else f"{base}_exhale-fixed") for d in directions}
+                if not all((d / "simulation.json").exists() for d in folders.values()):
                     if ct is None:
                         ct = resample_to_spacing(read_image(ct_path, what="benchmark CT"), spacing, fill=-1024.0)
                     if progress:
-                        progress(f"simulating {d.name}")
-                    write_pair(simulate_breathing(ct, amplitude=amp, seed=seed), d, overwrite=True, source=str(ct_path))
-                specs.append({"kind": "simulated", "path": str(d.resolve()), "name": d.name})
+                        progress(f"simulating {base}")
+                    pair = simulate_breathing(ct, amplitude=amp, seed=seed)
+                    for direction, d in folders.items():
+                        write_pair(pair if direction == "inhale" else pair.reversed(), d, overwrite=True, source=str(ct_path))
+                for direction, d in folders.items():
+                    specs.append({"kind": "simulated", "path": str(d.resolve()), "name": d.name,
+                                  "direction": DIRECTIONS[direction]})
     return specs
 
 
@@ -77,7 +91,10 @@ def pairdir_specs(paths: list[str]) -> list[dict]:
         p = Path(p)
         if not (p / "simulation.json").exists():
             raise DeepLungRegError(f"benchmark: {p} is not a simulated pair folder (no simulation.json); make one with 'deeplungreg simulate'")
-        out.append({"kind": "simulated", "path": str(p.resolve()), "name": p.name})
+        info = json.loads((p / "simulation.json").read_text())
+        reversed_ = bool(info.get("reversed", False))
+        out.append({"kind": "simulated", "path": str(p.resolve()), "name": p.name,
+                    "direction": DIRECTIONS["exhale" if reversed_ else "inhale"]})
     return out
 
 
@@ -92,11 +109,12 @@ def dirlab_specs(root: str, dataset: str, cases: list[int] | None = None, fixed:
         what = "CaseNPack/Images/caseN_T00_s.img" if dataset == "4dct" else "copdN/copdN_iBHCT.img"
         raise DeepLungRegError(f"benchmark: no DIR-Lab {dataset} case with images and landmarks under {root} (expected {what})")
     return [{"kind": "dirlab", "root": str(Path(root).resolve()), "case": f.case, "dataset": dataset, "fixed": fixed,
-             "name": f"{f.name}{'' if fixed == 'inhale' else '-exhale-fixed'}"} for f in found]
+             "name": f"{f.name}{'' if fixed == 'inhale' else '-exhale-fixed'}", "direction": DIRECTIONS[fixed]}
+            for f in found]
 
 
-def _flatten(pair: str, method: str, r: dict) -> dict:
-    row = {"pair": pair, "method": method}
+def _flatten(pair: str, method: str, r: dict, direction: str = "") -> dict:
+    row = {"pair": pair, "direction": direction, "method": method}
     if "error" in r:
         row["error"] = r["error"]
         return row
@@ -111,6 +129,8 @@ def _flatten(pair: str, method: str, r: dict) -> dict:
               "peak_rss_mb", "peak_gpu_mb", "device"):
         if k in r and r[k] is not None:
             row[k] = r[k]
+    if r.get("stages_s"):
+        row["stages_s"] = "; ".join(f"{k} {v:.1f}" for k, v in r["stages_s"].items())
     return row
 
 
@@ -209,7 +229,7 @@ def run_benchmark(
             except subprocess.TimeoutExpired:
                 r = {"error": f"timed out after {timeout_s:.0f} s"}
             raw[(spec["name"], method)] = r
-            row = _flatten(spec["name"], method, r)
+            row = _flatten(spec["name"], method, r, spec.get("direction", ""))
             rows.append(row)
             msg = row.get("error") or (f"TRE {row['tre_before_mean']:.2f} -> {row['tre_after_mean']:.2f} mm, "
                                        f"{row['registration_s']:.0f} s")
@@ -259,6 +279,32 @@ def markdown_table(rows: list[dict], raw: dict | None = None) -> str:
                      f"{_fmt(avg('lung_dice_after'), 3)} | {_fmt(avg('folding_percent'), 3)} | {_fmt(avg('sd_log_j'), 3)} | "
                      f"{_fmt(avg('registration_s'), 1)} | {_fmt(avg('peak_rss_mb'), 0)} | {bad} |")
     return "\n".join(lines) + "\n"
+
+
+def stage_table(raw: dict) -> str:
+    """Mean seconds of each method's stages over the pairs it ran on (what makes a method slow)."""
+    methods = list(dict.fromkeys(m for _, m in raw))
+    lines = ["| Method | total (s) | stages: mean seconds |", "|---|---|---|"]
+    for m in methods:
+        runs = [v for (_, mm), v in raw.items() if mm == m and "stages_s" in v]
+        if not runs:
+            continue
+        names = list(dict.fromkeys(k for v in runs for k in v["stages_s"]))
+        parts = [f"{k} {np.mean([v['stages_s'].get(k, 0.0) for v in runs]):.1f}" for k in names]
+        lines.append(f"| {m} | {np.mean([v['registration_s'] for v in runs]):.1f} | {', '.join(parts)} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(rows: list[dict], raw: dict) -> str:
+    """``results.md``'s body: the tables of :func:`markdown_table` for each direction, then :func:`stage_table`."""
+    directions = list(dict.fromkeys(r.get("direction", "") for r in rows))
+    md = []
+    for d in directions:
+        pairs = {r["pair"] for r in rows if r.get("direction", "") == d}
+        if len(directions) > 1 or d:
+            md += [f"## {d[:1].upper() + d[1:] if d else 'Other pairs'}", ""]
+        md += [markdown_table([r for r in rows if r["pair"] in pairs], {k: v for k, v in raw.items() if k[0] in pairs}), ""]
+    return "\n".join(md + ["## Time per stage", "", stage_table(raw)])
 
 
 def boxplot(raw: dict, path: Path) -> Path | None:
@@ -314,7 +360,7 @@ def write_results(rows: list[dict], raw: dict, outdir: Path, checks: dict | None
         for r in rows:
             w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
     (outdir / "results.json").write_text(json.dumps({f"{p}__{m}": v for (p, m), v in raw.items()}, indent=1))
-    md = ["# DeepLungReg benchmark", "", "TRE in mm, mean (std) over the landmarks of each pair.", "", markdown_table(rows, raw)]
+    md = ["# DeepLungReg benchmark", "", "TRE in mm, mean (std) over the landmarks of each pair.", "", markdown_report(rows, raw)]
     if checks:
         md += ["Baseline field conversions checked on a known translation: "
                + "; ".join(f"{k} error {v['error_mm']:.2f} mm" for k, v in checks.items()), ""]

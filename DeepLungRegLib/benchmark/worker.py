@@ -64,13 +64,15 @@ def measure(spec: dict, method: str, device: str = "auto") -> dict:
     if name in available_methods():
         res = register(fixed, moving, name, fixed_mask=fmask, moving_mask=mmask, config=options or None, device=device)
         field, diag = res.field, res.diagnostics
+        stages = {k: round(v, 2) for k, v in res.timings.items() if k != "total"}
     else:
         out = run_baseline(name, fixed, moving, fmask, mmask, device=device)
         field, diag = out.field, out.diagnostics
+        stages = {k[:-2]: round(v, 2) for k, v in diag.items() if k.endswith("_s")}
     reg_s = time.perf_counter() - t0
     row = score_field(field, fixed.geometry, fmask, mmask, fp, mp, None if gt is None else gt.field, per_landmark=True)
     row.update(io_s=round(io_s, 3), masks_s=round(masks_s, 3), registration_s=round(reg_s, 3),
-               peak_rss_mb=round(peak_rss_mb(), 1),
+               peak_rss_mb=round(peak_rss_mb(), 1), stages_s=stages, direction=spec.get("direction", ""),
                device=str(diag.get("device", device)))
     if torch.cuda.is_available() and str(row["device"]).startswith("cuda"):
         row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -17,7 +17,7 @@ from ..errors import DeepLungRegError, RegistrationCancelled
 from ..geometry import Geometry
 from ..io.images import Image
 from ..memory import peak_rss_mb
-from ..options import Options, option
+from ..options import DEFAULT_METHOD, Options, option
 from ..transforms.fields import field_to_grid
 from ..transforms.frames import to_working_frame
 
@@ -271,7 +271,7 @@ class AffineField:
 def register(
     fixed: Image,
     moving: Image,
-    method: str = "adam",
+    method: str = DEFAULT_METHOD,
     *,
     fixed_mask: Image | None = None,
     moving_mask: Image | None = None,

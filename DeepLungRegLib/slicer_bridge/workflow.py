@@ -306,7 +306,8 @@ def write_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, fixed_nod
     transform = _transform_node(node_for("transform", "transform"), scene, job, out, show)
     warped = volume_node_from_image(scene, out.warped, "", node=node_for("warped", "warped"))
     _copy_display(moving_node, warped)
-    jac, vent = _map_nodes(scene, out, node_for("jacobian", "Jacobian"), node_for("ventilation", "ventilation"))
+    jac, vent = _map_nodes(scene, out, node_for("jacobian", "Jacobian") if out.jacobian is not None else None,
+                           node_for("ventilation", "ventilation") if out.ventilation is not None else None)
     lm_node = table = worst = None
     if job.fixed_landmarks is not None:
         table, lm_node, worst = _landmark_nodes(scene, job, out, transform, node_for("tre_table", "TRE"),
@@ -345,13 +346,17 @@ def _copy_display(source_node, node) -> None:
 
 
 def _map_nodes(scene, out: RegistrationOutputs, jacobian_node, ventilation_node):
-    """The Jacobian and ventilation volumes, in diverging colours centred on no volume change."""
-    jac = volume_node_from_image(scene, out.jacobian, "", node=jacobian_node)
-    lung = out.fixed_mask.array if out.fixed_mask is not None else np.ones(out.jacobian.array.shape, bool)
-    _show_map(scene, jac, 1.0, _half_width(out.jacobian.array[lung], 1.0, 0.25), "Jacobian")
-    vent = volume_node_from_image(scene, out.ventilation, "", node=ventilation_node)
-    _show_map(scene, vent, 0.0, _half_width(out.ventilation.array[lung], 0.0, 0.25), "J - 1")
-    return jac, vent
+    """The Jacobian and ventilation volumes, in diverging colours centred on no volume change (``None``
+    for a map that ``out`` lacks, e.g. read back from a folder without it)."""
+    nodes = []
+    for image, node, centre, title in ((out.jacobian, jacobian_node, 1.0, "Jacobian"), (out.ventilation, ventilation_node, 0.0, "J - 1")):
+        if image is None:
+            nodes.append(None)
+            continue
+        lung = out.fixed_mask.array if out.fixed_mask is not None else np.ones(image.array.shape, bool)
+        nodes.append(volume_node_from_image(scene, image, "", node=node))
+        _show_map(scene, nodes[-1], centre, _half_width(image.array[lung], centre, 0.25), title)
+    return tuple(nodes)
 
 
 def _landmark_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, transform, table_node, markups_node):

@@ -136,7 +136,7 @@ def test_benchmark_rejects_unknown_methods(tmp_path, sample_path):
         run_benchmark([{"kind": "simulated", "path": str(tmp_path), "name": "x"}], ["nope"], tmp_path)
 
 
-@pytest.mark.parametrize("name, module", [("convexadam", "convexAdam"), ("elastix", "itk")])
+@pytest.mark.parametrize("name, module", [("convexadam", "convexAdam"), ("convexadam-best", "convexAdam"), ("elastix", "itk")])
 def test_baseline_field_conversion_on_a_known_translation(sample_path, name, module, tmp_path, monkeypatch):
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"baseline {name} is not installed (optional: pip install 'DeepLungRegLib[bench]')")
@@ -187,3 +187,28 @@ def test_benchmark_refuses_bad_variants_before_running(tmp_path):
         run_benchmark(spec, ["convex:nonsense=1"], tmp_path / "out", check_baselines=False)
     with pytest.raises(DeepLungRegError, match="unknown method"):
         run_benchmark(spec, ["nomethod:finetune=1"], tmp_path / "out", check_baselines=False)
+
+
+def test_benchmark_runs_both_directions_and_reports_each(tmp_path, sample_path, capsys):
+    """The same simulated pair with the CT fixed and the other way round (the simulated exhale fixed):
+    one table per direction, and the seconds of each stage."""
+    from DeepLungRegLib.simulation import read_pair
+
+    out = tmp_path / "bench"
+    rc = cli(["benchmark", "--methods", "affine", "--simulated", str(sample_path), "--amplitudes", "small",
+              "--spacing", "6", "--directions", "inhale,exhale", "-o", str(out), "-q"])
+    assert rc == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["direction"] for r in rows] == ["inhale fixed", "exhale fixed"]
+    assert rows[1]["pair"] == rows[0]["pair"] + "_exhale-fixed" and "affine" in rows[0]["stages_s"]
+    forward, backward = (read_pair(out / "pairs" / r["pair"]) for r in rows)
+    assert np.array_equal(backward.fixed.array, forward.moving.array) and np.array_equal(backward.moving.array, forward.fixed.array)
+    assert np.allclose(backward.fixed_landmarks, forward.moving_landmarks)
+    assert float(rows[0]["tre_before_mean"]) == pytest.approx(float(rows[1]["tre_before_mean"]), abs=1e-3)
+    md = (out / "results.md").read_text()
+    assert md.index("## Inhale fixed") < md.index("## Exhale fixed") < md.index("## Time per stage")
+    assert md.count("| Pair | Initial | affine |") == 2
+    capsys.readouterr()
+    assert cli(["benchmark", "--methods", "affine", "--simulated", str(sample_path), "--directions", "sideways",
+                "-o", str(tmp_path / "x"), "-q"]) == 2
+    assert "directions are inhale and exhale, not sideways" in capsys.readouterr().err

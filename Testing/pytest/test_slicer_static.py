@@ -184,6 +184,15 @@ def test_method_choices_match_the_registry(module_ast):
     for n in cls.body:
         if isinstance(n, ast.AnnAssign) and n.target.id in ("method", "device"):
             assert "Choice(" in ast.unparse(n.annotation)
+    # The module's default method is the library's.
+    from DeepLungRegLib.options import DEFAULT_METHOD
+
+    method = next(n for n in cls.body if isinstance(n, ast.AnnAssign) and n.target.id == "method")
+    assert ast.literal_eval(method.value) == DEFAULT_METHOD
+    logic = next(n for n in module_ast.body if isinstance(n, ast.ClassDef) and n.name == "DeepLungRegLogic")
+    for fn in (f for f in logic.body if isinstance(f, ast.FunctionDef) and f.name in ("register", "startRegistration")):
+        defaults = dict(zip([a.arg for a in fn.args.args][-len(fn.args.defaults):], fn.args.defaults))
+        assert ast.literal_eval(defaults["method"]) == DEFAULT_METHOD, fn.name
 
 
 def test_the_weights_cmake_installs_are_the_shipped_files():

@@ -1,0 +1,316 @@
+"""``deeplungreg review``: the review page, served on localhost by trame-slicer.
+
+The page is built from Slicer's own MRML classes: a trame-slicer application holds an MRML scene and
+three slice views rendered on the server (remote-controlled areas); the registration's outputs become
+the same nodes as in the Slicer module (:func:`~DeepLungRegLib.slicer_bridge.workflow.write_nodes`),
+and the landmark review is the module's (:class:`~DeepLungRegLib.slicer_bridge.review.LandmarkReview`).
+
+Needs the ``review`` extra: ``pip install 'DeepLungRegLib[review]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import DeepLungRegError
+from .folder import ReviewFolder
+
+#: What the overlay menu offers, by node role, with its label.
+OVERLAYS = {"warped": "Warped moving image", "jacobian": "Jacobian determinant", "ventilation": "Ventilation (J - 1)"}
+
+
+def missing_dependencies() -> list[str]:
+    """The packages of the ``review`` extra that are not installed."""
+    import importlib.util
+
+    return [pkg for pkg, mod in (("slicer-core", "slicer"), ("trame-slicer", "trame_slicer"), ("trame-vuetify", "trame_vuetify"),
+                                 ("slicer-layer-dm", "slicer_layer_dm")) if importlib.util.find_spec(mod) is None]
+
+
+class ReviewPage:
+    """The scene, the views and the page of one registration output folder.
+
+    Attributes:
+        folder: the checked folder.
+        server: the trame server (``server.start(...)`` serves the page).
+        review: the landmark review, or ``None`` without landmarks.
+        nodes: the Slicer bridge's :class:`~DeepLungRegLib.slicer_bridge.workflow.NodeRegistration`.
+        startup_s: seconds from the start to the page being ready to serve.
+    """
+
+    def __init__(self, folder: ReviewFolder, server=None) -> None:
+        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")  # offscreen where there is no display
+        from trame.app import get_server
+        from trame_slicer.core import LayoutManager, SlicerApp
+        from trame_slicer.rca_view import register_rca_factories
+        from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
+
+        from ..slicer_bridge import volume_node_from_image
+        from ..slicer_bridge.review import LandmarkReview
+        from ..slicer_bridge.workflow import write_nodes
+
+        t0 = time.perf_counter()
+        self.folder = folder
+        self.server = get_server(server or f"deeplungreg-review-{id(self)}", client_type="vue3")  # one server per page
+        self.state, self.ctrl = self.server.state, self.server.controller
+        self.app = SlicerApp()
+        import slicer
+
+        self.app.scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())  # the maps' legends, as in Slicer
+        register_rca_factories(self.app.view_manager, self.server)
+        self.layout_manager = LayoutManager(self.app.scene, self.app.view_manager, self.server)
+        self.layout_manager.register_layout_dict({"review": Layout(LayoutDirection.Horizontal, [
+            ViewLayoutDefinition.axial_view(), ViewLayoutDefinition.coronal_view(), ViewLayoutDefinition.sagittal_view()])})
+        self.layout_manager.set_layout("review")
+
+        job, out = folder.job(), folder.outputs()
+        scene = self.app.scene
+        self.fixed_node = volume_node_from_image(scene, job.fixed, "fixed")
+        self.moving_node = volume_node_from_image(scene, job.moving, "moving")
+        for node in (self.fixed_node, self.moving_node):
+            display = node.GetDisplayNode()
+            if display is not None and float(job.fixed.array.min()) < -500:  # a CT: the lung window
+                display.AutoWindowLevelOff()
+                display.SetWindowLevel(1400, -500)
+        self.nodes = write_nodes(scene, job, out, self.fixed_node, self.moving_node)
+        self.review = None
+        if self.nodes.landmarks is not None:
+            self.review = LandmarkReview.from_nodes(self.nodes.transform, self._fixed_landmarks_node(job), self.nodes.landmarks)
+            self.nodes.landmarks.AddObserver(self.nodes.landmarks.PointEndInteractionEvent, self._on_point_dragged)
+        self._fitted: set[str] = set()
+        for view in self.app.view_manager.get_slice_views():  # fit each view once the page has given it its size
+            view.interactor().AddObserver("WindowResizeEvent", lambda *_, v=view: self._fit_once(v))
+        self._init_state()
+        self._build_ui()
+        if self.review is not None:
+            self.show_landmark(self.review.order("tre")[0])
+        self.startup_s = time.perf_counter() - t0
+
+    def _fixed_landmarks_node(self, job):
+        from ..slicer_bridge import markups_from_landmarks
+
+        node = markups_from_landmarks(self.app.scene, job.fixed_landmarks, "fixed landmarks", labels=job.landmark_labels)
+        display = node.GetDisplayNode()
+        display.SetTextScale(0)  # the warped landmarks carry the labels
+        display.SetSelectedColor(1.0, 0.85, 0.1)
+        display.SetGlyphType(display.Cross2D)
+        display.SetGlyphScale(4.0)
+        for i in range(node.GetNumberOfControlPoints()):
+            node.SetNthControlPointLocked(i, True)
+        self.fixed_landmarks = node
+        return node
+
+    # ------------------------------------------------------------------ state
+    def _init_state(self) -> None:
+        s, views = self.state, self.folder.views
+        s.trame__title = f"DeepLungReg review: {self.folder.path.name}"
+        s.folder_name = str(self.folder.path)
+        s.summary = self.nodes.summary
+        s.overlays = [{"value": k, "title": v} for k, v in OVERLAYS.items() if k == "warped" or views.get(k)]
+        s.overlay = "warped"
+        s.opacity = 0.5
+        s.show_grid = True
+        s.legend = None
+        s.has_landmarks = self.review is not None
+        s.order = "tre"
+        s.editable = False
+        s.comment = ""
+        s.overwrite = False
+        s.message = ""
+        s.current = ""
+        s.review_summary = ""
+        s.rows = []
+        s.current_index = -1
+        s.change("overlay", "opacity")(self._on_overlay)
+        s.change("show_grid")(self._on_grid)
+        s.change("editable")(self._on_editable)
+
+    def _on_overlay(self, overlay: str = "warped", opacity: float = 0.5, **_) -> None:
+        from ..slicer_bridge.workflow import show_overlay
+
+        node = getattr(self.nodes, overlay, None) or self.nodes.warped
+        show_overlay(self.app.scene, self.fixed_node, node, float(opacity))
+        self.state.legend = self._legend(node) if overlay != "warped" else None
+
+    @staticmethod
+    def _legend(node) -> dict:
+        """The colour scale of a map node for the page's legend: its title, the range its window covers
+        and its colours (sampled from the node's colour table) as a CSS gradient."""
+        from ..slicer_bridge.workflow import ROLE_ATTRIBUTE
+
+        display = node.GetDisplayNode()
+        lo, hi = display.GetLevel() - display.GetWindow() / 2, display.GetLevel() + display.GetWindow() / 2
+        table = display.GetColorNode().GetLookupTable()
+        n = table.GetNumberOfTableValues()
+        stops = []
+        for k in range(9):
+            rgba = table.GetTableValue(round(k * (n - 1) / 8))
+            stops.append("rgb({}, {}, {})".format(*(int(round(255 * c)) for c in rgba[:3])))
+        role = node.GetAttribute(ROLE_ATTRIBUTE) or ""
+        return {"title": OVERLAYS.get(role, node.GetName()), "low": f"{lo:.2f}", "mid": f"{(lo + hi) / 2:.2f}", "high": f"{hi:.2f}",
+                "gradient": f"linear-gradient(to right, {', '.join(stops)})"}
+
+    def _fit_once(self, view) -> None:
+        width, height = view.render_window().GetSize()
+        if view.get_view_node_id() in self._fitted or min(width, height) < 32:
+            return
+        self._fitted.add(view.get_view_node_id())
+        view.fit_view_to_content()
+        if self.review is not None:
+            self.review.centre(self.app.scene)
+
+    def _on_grid(self, show_grid: bool = True, **_) -> None:
+        display = self.nodes.transform.GetDisplayNode()
+        if display is not None:
+            display.SetVisibility(bool(show_grid))
+
+    def _on_editable(self, editable: bool = False, **_) -> None:
+        if self.review is not None:
+            self._show_review()
+
+    # ------------------------------------------------------------------ review actions
+    def show_landmark(self, index: int) -> None:
+        """Make landmark ``index`` the current one and centre the three views on it."""
+        self.review.centre(self.app.scene, int(index))
+        self._refresh()
+
+    def worst(self) -> None:
+        self.show_landmark(self.review.order("tre")[0])
+
+    def step(self, offset: int) -> None:
+        self.review.step(int(offset), self.state.order)
+        self.show_landmark(self.review.current)
+
+    def mark(self, status: str) -> None:
+        self.review.mark(status, self.state.comment)
+        self._show_review()
+        self.step(1)
+
+    def export(self) -> list[Path]:
+        """Write the review into the output folder (never over the registration's files)."""
+        try:
+            written = self.review.export(self.folder.path, overwrite=bool(self.state.overwrite))
+        except DeepLungRegError as exc:
+            self.state.message = str(exc)
+            self.state.flush()
+            return []
+        self.state.message = f"Exported {', '.join(p.name for p in written)} into {self.folder.path}"
+        self.state.flush()
+        return written
+
+    def _on_point_dragged(self, caller=None, event=None) -> None:
+        changed = self.review.sync_from_markups(moving_node=self.nodes.landmarks)
+        if changed:
+            self.review.goto(changed[-1])
+            self._show_review()
+
+    def _show_review(self) -> None:
+        self.review.show(self.app.scene, self.nodes.landmarks, self.nodes.tre_table, editable=bool(self.state.editable))
+        self._refresh()
+
+    def _refresh(self) -> None:
+        r, s = self.review, self.state
+        tre, before = r.tre(), r.tre_before()
+        s.current_index = r.current
+        s.current = r.describe(by=s.order)
+        s.comment = r.comment[r.current]
+        s.review_summary = r.summary_text()
+        s.rows = [{"index": i, "label": r.labels[i], "before": f"{before[i]:.2f}", "after": f"{tre[i]:.2f}", "status": r.status[i],
+                   "comment": r.comment[i]} for i in r.order(s.order)]
+        s.flush()
+
+    # ------------------------------------------------------------------ page
+    def _build_ui(self) -> None:
+        from trame.widgets import html, vuetify3 as v
+        from trame_vuetify.ui.vuetify3 import SinglePageWithDrawerLayout
+
+        with SinglePageWithDrawerLayout(self.server) as layout:
+            layout.title.set_text("DeepLungReg review")
+            with layout.toolbar:
+                v.VSpacer()
+                html.Div("{{ folder_name }}", classes="text-caption mr-4", id="folder")
+            with layout.drawer as drawer:
+                drawer.width = 420
+                with html.Div(classes="pa-3"):
+                    html.Pre("{{ summary }}", classes="text-caption", id="summary", style="white-space: pre-wrap")
+                    v.VSelect(v_model=("overlay",), items=("overlays",), label="Overlay", density="compact", id="overlay",
+                              hide_details=True, classes="mb-2")
+                    v.VSlider(v_model=("opacity",), min=0, max=1, step=0.05, label="Opacity", density="compact",
+                              hide_details=True, id="opacity")
+                    v.VCheckbox(v_model=("show_grid",), label="Deformation grid", density="compact", hide_details=True,
+                                id="grid")
+                    with html.Div(v_if="legend", id="legend", classes="mb-3"):
+                        html.Div("{{ legend.title }}", classes="text-caption")
+                        html.Div(style=("{height: '12px', background: legend.gradient}",))
+                        with html.Div(style="display: flex; justify-content: space-between", classes="text-caption"):
+                            html.Span("{{ legend.low }}")
+                            html.Span("{{ legend.mid }}")
+                            html.Span("{{ legend.high }}")
+                    with html.Div(v_if="has_landmarks", id="review"):
+                        v.VDivider(classes="my-2")
+                        html.Div("Landmark review", classes="text-subtitle-1")
+                        with html.Div(classes="d-flex ga-1 my-1"):
+                            v.VBtn("Worst", id="worst", size="small", click=self.worst)
+                            v.VBtn("Previous", id="previous", size="small", click=(self.step, "[-1]"))
+                            v.VBtn("Next", id="next", size="small", click=(self.step, "[1]"))
+                            v.VSelect(v_model=("order",), items=("[{value: 'tre', title: 'worst first'}, {value: 'index', title: 'by index'}]",),
+                                      density="compact", hide_details=True, id="order")
+                        html.Div("{{ current }}", id="current", classes="text-body-2 my-1")
+                        v.VTextField(v_model=("comment",), label="Comment", density="compact", hide_details=True, id="comment")
+                        with html.Div(classes="d-flex ga-1 my-1"):
+                            v.VBtn("Accept", id="accept", size="small", color="success", click=(self.mark, "['accepted']"))
+                            v.VBtn("Flag", id="flag", size="small", color="error", click=(self.mark, "['flagged']"))
+                        v.VCheckbox(v_model=("editable",), label="Correct points by dragging the warped landmarks",
+                                    density="compact", hide_details=True, id="editable")
+                        html.Div("{{ review_summary }}", id="review-summary", classes="text-caption my-1")
+                        with html.Div(classes="d-flex ga-1 align-center"):
+                            v.VBtn("Export review", id="export", size="small", click=self.export)
+                            v.VCheckbox(v_model=("overwrite",), label="replace an earlier review", density="compact",
+                                        hide_details=True, id="overwrite")
+                        html.Div("{{ message }}", id="message", classes="text-caption")
+                        with v.VTable(density="compact", height="320px", fixed_header=True, id="tre-table"):
+                            with html.Thead():
+                                with html.Tr():
+                                    for title in ("Landmark", "TRE before", "TRE after", "Status"):
+                                        html.Th(title)
+                            with html.Tbody():
+                                with html.Tr(v_for="row in rows", key="row.index", click=(self.show_landmark, "[row.index]"),
+                                             style=("{cursor: 'pointer', background: row.index === current_index ? '#e3f2fd' : ''}",)):
+                                    html.Td("{{ row.label }}")
+                                    html.Td("{{ row.before }}")
+                                    html.Td("{{ row.after }}")
+                                    html.Td("{{ row.status }}")
+            with layout.content:
+                with html.Div(style="height: calc(100vh - 64px); display: flex;", id="views"):
+                    self.layout_manager.initialize_layout_grid(layout)
+        self.ui = layout
+        self._on_overlay()
+
+
+@contextmanager
+def _own_argv():
+    """trame reads its options from ``sys.argv``; the command line's own arguments are not for it."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def serve(folder: str | Path, *, port: int = 8080, host: str = "127.0.0.1", open_browser: bool = False,
+          fixed: str | None = None, moving: str | None = None, ready=None) -> None:
+    """Check ``folder``, build the page and serve it until interrupted (``ready(url, page)`` once it is up)."""
+    checked = ReviewFolder.open(folder, fixed=fixed, moving=moving)  # problems with the folder come before the packages
+    missing = missing_dependencies()
+    if missing:
+        raise DeepLungRegError(f"review: needs {', '.join(missing)}: pip install 'DeepLungRegLib[review]'")
+    page = ReviewPage(checked)
+    url = f"http://{host}:{port}/"
+    page.ctrl.on_server_ready.add(lambda **_: ready(url, page) if ready else None)
+    with _own_argv():
+        page.server.start(port=port, host=host, open_browser=open_browser, show_connection_info=False, timeout=0)

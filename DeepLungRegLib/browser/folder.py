@@ -1,0 +1,95 @@
+"""What ``deeplungreg review`` opens: the output folder of ``deeplungreg register``, checked before any
+viewer starts, and turned back into the job and outputs that the Slicer bridge writes as nodes.
+
+The folder holds the field, the warped image and the maps, and ``metrics.json`` (TRE per landmark,
+the landmarks themselves and the paths of the registered images). The images themselves are read
+from those paths (or from ``--fixed``/``--moving``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DeepLungRegError
+from ..geometry import Geometry
+from ..io.images import read_image
+from ..pipeline import IMAGE_OUTPUTS, RegistrationJob, RegistrationOutputs, read_outputs
+
+#: Files the page cannot do without.
+REQUIRED_FILES = ("metrics.json", "displacement.nii.gz", IMAGE_OUTPUTS["warped"])
+#: Views shown only when their file or data is there.
+OPTIONAL_VIEWS = {"jacobian": IMAGE_OUTPUTS["jacobian"], "ventilation": IMAGE_OUTPUTS["ventilation"]}
+
+
+@dataclass
+class ReviewFolder:
+    """A registration output folder that the review page can show.
+
+    Attributes:
+        path: the folder.
+        metrics: its ``metrics.json``.
+        fixed_path, moving_path: the registered images.
+        views: which optional views exist: ``"jacobian"``, ``"ventilation"``, ``"landmarks"``.
+    """
+
+    path: Path
+    metrics: dict
+    fixed_path: Path
+    moving_path: Path
+    views: dict[str, bool]
+
+    @classmethod
+    def open(cls, folder: str | Path, *, fixed: str | Path | None = None, moving: str | Path | None = None) -> "ReviewFolder":
+        """Check ``folder``; every problem is one line that names what is missing."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DeepLungRegError(f"review: {folder} is not a folder")
+        if not (folder / "metrics.json").is_file():
+            raise DeepLungRegError(f"review: {folder} is not a registration output (it has no metrics.json); "
+                                   "make one with 'deeplungreg register FIXED MOVING -o FOLDER'")
+        try:
+            metrics = json.loads((folder / "metrics.json").read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DeepLungRegError(f"review: {folder / 'metrics.json'} is damaged ({exc})") from exc
+        if not isinstance(metrics, dict) or "method" not in metrics or "fixed_grid" not in metrics:
+            raise DeepLungRegError(f"review: {folder / 'metrics.json'} is not the metrics of a registration")
+        missing = [f for f in REQUIRED_FILES[1:] if not (folder / f).is_file()]
+        if missing:
+            raise DeepLungRegError(f"review: {folder} lacks {' and '.join(missing)}, which the page needs")
+        inputs = metrics.get("inputs", {})
+        paths = []
+        for which, given in (("fixed", fixed), ("moving", moving)):
+            path = given or inputs.get(which)
+            if not path:
+                raise DeepLungRegError(f"review: {folder / 'metrics.json'} does not name the {which} image (an output of "
+                                       f"an older version); pass --{which} FILE")
+            if not Path(path).is_file():
+                raise DeepLungRegError(f"review: the {which} image {path} does not exist"
+                                       + ("" if given else f" (metrics.json names it); pass --{which} FILE"))
+            paths.append(Path(path))
+        views = {name: (folder / f).is_file() for name, f in OPTIONAL_VIEWS.items()}
+        views["landmarks"] = "landmarks" in metrics and "tre_per_landmark" in metrics
+        return cls(folder, metrics, paths[0], paths[1], views)
+
+    def job(self) -> RegistrationJob:
+        """The registration's job, rebuilt: its images, method, options and landmarks."""
+        fixed = read_image(self.fixed_path, what=f"fixed image {self.fixed_path}")
+        moving = read_image(self.moving_path, what=f"moving image {self.moving_path}")
+        grid = Geometry.from_dict(self.metrics["fixed_grid"])
+        if not fixed.geometry.same_as(grid):
+            raise DeepLungRegError(f"review: the fixed image {self.fixed_path} is not the one registered into {self.path} "
+                                   f"(its grid is {list(fixed.geometry.size)} voxels at {list(np.round(fixed.geometry.spacing, 3))} mm, "
+                                   f"the registration's {list(grid.size)} at {list(np.round(grid.spacing, 3))} mm)")
+        lm = self.metrics.get("landmarks") if self.views["landmarks"] else None
+        fl = None if lm is None else np.asarray(lm["fixed_lps"], dtype=float)
+        ml = None if lm is None else np.asarray(lm["moving_lps"], dtype=float)
+        return RegistrationJob(fixed, moving, self.metrics["method"], None, None, fl, ml,
+                               None if lm is None else list(lm["labels"]), self.metrics.get("config"), "cpu")
+
+    def outputs(self) -> RegistrationOutputs:
+        """The field, the warped image and the maps, read back."""
+        return read_outputs(self.path)

@@ -1,0 +1,270 @@
+"""``deeplungreg review``: the output folder's checks, the page's state, and the page in a real browser
+(Debian's chromium, headless, driven by Playwright).
+
+Without chromium or Playwright the browser test skips in a user's clone and fails in CI
+(``DEEPLUNGREG_REQUIRE_BROWSER=1`` or ``DEEPLUNGREG_REQUIRE_SHARED=1``, set by ``.ci/run``).
+With ``DEEPLUNGREG_REVIEW_SCREENSHOT=FILE`` it also saves the README's screenshot of the page.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from DeepLungRegLib import DeepLungRegError
+from DeepLungRegLib.browser import ReviewFolder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _required(what: str) -> None:
+    msg = f"the browser test needs {what}"
+    if os.environ.get("DEEPLUNGREG_REQUIRE_BROWSER") == "1" or os.environ.get("DEEPLUNGREG_REQUIRE_SHARED") == "1":
+        pytest.fail(msg + "; CI forbids skipping it (.ci/run installs it)")
+    pytest.skip(msg)
+
+
+def _need_review_extra() -> None:
+    from DeepLungRegLib.browser.app import missing_dependencies
+
+    if missing_dependencies():
+        _required(f"{', '.join(missing_dependencies())} (pip install 'DeepLungRegLib[review]')")
+
+
+def chromium_path() -> str | None:
+    """The system's chromium (``DEEPLUNGREG_CHROMIUM`` names another)."""
+    given = os.environ.get("DEEPLUNGREG_CHROMIUM")
+    if given:
+        return given if Path(given).is_file() else None
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, sample_path):
+    """A small registration output with landmarks (affine on a 6 mm pair: the page, not the accuracy, is tested)."""
+    from DeepLungRegLib.cli import main as cli
+
+    root = tmp_path_factory.mktemp("review")
+    pair = root / "pair"
+    assert cli(["simulate", str(sample_path), "-o", str(pair), "--amplitude", "small", "--seed", "2", "--spacing", "6",
+                "--landmarks", "60"]) == 0
+    out = root / "out"
+    assert cli(["register", str(pair / "fixed.nii.gz"), str(pair / "moving.nii.gz"), "-o", str(out), "--method", "affine",
+                "--fixed-mask", str(pair / "fixed_mask.nii.gz"), "--moving-mask", str(pair / "moving_mask.nii.gz"),
+                "--fixed-landmarks", str(pair / "fixed_landmarks.csv"), "--moving-landmarks", str(pair / "moving_landmarks.csv"),
+                "-q"]) == 0
+    return {"pair": pair, "out": out}
+
+
+def _copy(out: Path, dest: Path) -> Path:
+    shutil.copytree(out, dest)
+    return dest
+
+
+# --------------------------------------------------------------------- the folder
+def test_a_registration_output_opens_with_its_views_and_landmarks(registered):
+    folder = ReviewFolder.open(registered["out"])
+    assert folder.views == {"jacobian": True, "ventilation": True, "landmarks": True}
+    assert folder.fixed_path == (registered["pair"] / "fixed.nii.gz").resolve()
+    job = folder.job()
+    metrics = json.loads((registered["out"] / "metrics.json").read_text())
+    n = len(metrics["tre_per_landmark"])
+    assert n > 10 and job.fixed_landmarks.shape == (n, 3) and job.landmark_labels[0] == "P-1" and job.method == "affine"
+    # the landmarks written into metrics.json give back the TRE the registration reported
+    from DeepLungRegLib.metrics import tre
+
+    out = folder.outputs()
+    again = tre(job.fixed_landmarks, job.moving_landmarks, out.result.field, job.fixed.geometry)
+    assert np.allclose(again, [p["after"] for p in metrics["tre_per_landmark"]], atol=1e-3)
+
+
+def test_what_is_not_a_registration_output_gets_one_line_naming_what_is_missing(registered, tmp_path):
+    out = registered["out"]
+    cases = []
+    cases.append((tmp_path / "nothing-here", "is not a folder"))
+    (tmp_path / "empty").mkdir()
+    cases.append((tmp_path / "empty", "is not a registration output (it has no metrics.json)"))
+    damaged = _copy(out, tmp_path / "damaged")
+    (damaged / "metrics.json").write_text('{"method": "affine", ')
+    cases.append((damaged, "metrics.json is damaged"))
+    no_field = _copy(out, tmp_path / "no-field")
+    (no_field / "displacement.nii.gz").unlink()
+    cases.append((no_field, "lacks displacement.nii.gz, which the page needs"))
+    old = _copy(out, tmp_path / "old")
+    m = json.loads((old / "metrics.json").read_text())
+    del m["inputs"]
+    (old / "metrics.json").write_text(json.dumps(m))
+    cases.append((old, "does not name the fixed image (an output of an older version); pass --fixed FILE"))
+    for folder, words in cases:
+        with pytest.raises(DeepLungRegError, match=words.replace("(", r"\(").replace(")", r"\)")) as err:
+            ReviewFolder.open(folder)
+        assert "\n" not in str(err.value)
+    # --fixed/--moving stand in for what metrics.json no longer names
+    pair = registered["pair"]
+    assert ReviewFolder.open(old, fixed=pair / "fixed.nii.gz", moving=pair / "moving.nii.gz").views["landmarks"]
+    with pytest.raises(DeepLungRegError, match="is not the one registered"):
+        ReviewFolder.open(out, fixed=_other_grid(pair, tmp_path)).job()
+
+
+def _other_grid(pair: Path, tmp_path: Path) -> Path:
+    from DeepLungRegLib import read_image, write_image
+    from DeepLungRegLib.transforms import resample_to_spacing
+
+    return write_image(resample_to_spacing(read_image(pair / "fixed.nii.gz"), 7.0), tmp_path / "coarser.nii.gz")
+
+
+def test_absent_views_are_hidden_not_broken(registered, tmp_path, slicer_core):
+    """No ventilation file: no ventilation overlay; no landmarks: no review panel. The page still builds."""
+    _need_review_extra()
+    from DeepLungRegLib.browser.app import ReviewPage
+
+    folder = _copy(registered["out"], tmp_path / "partial")
+    (folder / "ventilation.nii.gz").unlink()
+    m = json.loads((folder / "metrics.json").read_text())
+    for key in ("landmarks", "tre_per_landmark", "tre_before", "tre_after"):
+        m.pop(key)
+    (folder / "metrics.json").write_text(json.dumps(m))
+    page = ReviewPage(ReviewFolder.open(folder))
+    assert [o["value"] for o in page.state.overlays] == ["warped", "jacobian"]
+    assert page.review is None and page.state.has_landmarks is False
+    page.state.overlay = "jacobian"
+    page._on_overlay("jacobian", 0.7)
+    assert page.state.legend["title"] == "Jacobian determinant" and page.state.legend["gradient"].startswith("linear-gradient")
+
+
+# --------------------------------------------------------------------- the browser
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _views(page) -> list[np.ndarray]:
+    """The three views as the browser shows them (RGB arrays)."""
+    from PIL import Image as PILImage
+
+    shots = []
+    for img in page.query_selector_all("#views img"):
+        shots.append(np.asarray(PILImage.open(io.BytesIO(img.screenshot())).convert("RGB"), dtype=np.int16))
+    return shots
+
+
+def _wait_for(condition, timeout_s: float, what: str):
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        value = condition()
+        if value:
+            return value, time.perf_counter() - t0
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
+    """Serve a registration output, load the page in headless chromium: three non-blank views; "worst"
+    moves them to the worst landmark; flag it with a comment, export, and find the files."""
+    browser_path = chromium_path()
+    if browser_path is None:
+        _required("chromium (apt-get install chromium, or DEEPLUNGREG_CHROMIUM=/path/to/chrome)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _required("Playwright (pip install playwright)")
+    _need_review_extra()
+
+    out = _copy(registered["out"], tmp_path / "out")
+    own = {name: _digest(out / name) for name in json.loads((out / "metrics.json").read_text())["output_files"]}
+    metrics = json.loads((out / "metrics.json").read_text())
+    tre_after = [p["after"] for p in metrics["tre_per_landmark"]]
+    worst_label = metrics["landmarks"]["labels"][int(np.argmax(tre_after))]
+    n = len(tre_after)
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    server = subprocess.Popen([sys.executable, "-m", "DeepLungRegLib.cli", "review", str(out), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        t_start = time.perf_counter()
+        line = ""
+        while "Ctrl+C stops" not in line:
+            line = server.stdout.readline()
+            assert line or server.poll() is None, "the review server ended before it was ready"
+            assert time.perf_counter() - t_start < 180, "the review server did not come up in 180 s"
+        assert f"http://127.0.0.1:{port}/" in line
+        server_s = time.perf_counter() - t_start
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1500, "height": 850})
+            t0 = time.perf_counter()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#worst")
+
+            def rendered():
+                shots = _views(page)
+                return shots if len(shots) == 3 and all(s.std() > 10 for s in shots) else None
+
+            first, _ = _wait_for(rendered, 60, "three non-blank views")
+            page_s = time.perf_counter() - t0
+            assert page.inner_text("#current").startswith(f"{worst_label}: 1 of {n} worst first")
+            # next, then worst: the views move away and back
+            page.click("#next")
+            _wait_for(lambda: not page.inner_text("#current").startswith(worst_label), 20, "the next landmark")
+            moved, _ = _wait_for(lambda: (lambda s: s if sum(np.abs(a - b).mean() for a, b in zip(s, first)) > 1 else None)(_views(page)),
+                                 20, "the views to move to the next landmark")
+            t1 = time.perf_counter()
+            page.click("#worst")
+            _wait_for(lambda: (lambda s: s if sum(np.abs(a - b).mean() for a, b in zip(s, moved)) > 1 else None)(_views(page)),
+                      20, "the views to move back to the worst landmark")
+            move_s = time.perf_counter() - t1
+            assert page.inner_text("#current").startswith(f"{worst_label}: 1 of {n}")
+            # flag the worst landmark with a comment, then export into the output folder
+            page.fill("#comment", "misses the vessel")
+            page.click("#flag")
+            _wait_for(lambda: "1 flagged" in page.inner_text("#review-summary"), 20, "the flag")
+            page.click("#export")
+            _wait_for(lambda: "Exported" in page.inner_text("#message"), 20, "the export")
+            shot = os.environ.get("DEEPLUNGREG_REVIEW_SCREENSHOT")
+            if shot:
+                page.click("#worst")
+                time.sleep(1.5)
+                page.screenshot(path=shot)
+            page.click("#export")  # a second export does not replace the first
+            _wait_for(lambda: "already holds" in page.inner_text("#message"), 20, "the refusal to overwrite")
+            browser.close()
+        print(f"\nreview page: server ready {server_s:.1f} s after start, page with three views {page_s:.1f} s after "
+              f"loading, worst landmark {move_s:.2f} s after the click")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    rows = {r["label"]: r for r in csv.DictReader(open(out / "review.csv"))}
+    assert rows[worst_label]["status"] == "flagged" and rows[worst_label]["comment"] == "misses the vessel"
+    assert sum(r["status"] == "flagged" for r in rows.values()) == 1 and len(rows) == n
+    for name in ("reviewed_fixed_landmarks.mrk.json", "reviewed_moving_landmarks.mrk.json", "reviewed_moving_landmarks.csv"):
+        assert (out / name).stat().st_size > 100
+    assert {name: _digest(out / name) for name in own} == own  # the registration's own files are untouched
+
+
+def test_review_command_refuses_a_folder_that_is_not_an_output_in_one_line(tmp_path, capsys):
+    from DeepLungRegLib.cli import main as cli
+
+    assert cli(["review", str(tmp_path), "--port", str(_free_port())]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a registration output (it has no metrics.json)" in err[0]
