@@ -21,11 +21,12 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q -ra Testing/pytest
 
-# Every method and both external baselines on small and large pairs simulated from
-# two real CTs in ../shared/data (about an hour on 2 CPU cores); table in bench-output/latest.
+# Every method and the baselines (ConvexAdam default and best setting, elastix) on small and
+# large pairs simulated from two real CTs in ../shared/data with a seed not used for tuning,
+# in both directions (several hours on 2 CPU cores); tables in bench-output/latest.
 DATA ?= ../shared/data
-BENCH_ARGS = --methods all --baselines convexadam,elastix \
-	--simulated $(DATA)/popi/popi00.nrrd $(DATA)/pyradiomics/lung1_image.nrrd --amplitudes small,large --seeds 1
+BENCH_ARGS = --methods all --baselines convexadam,convexadam-best,elastix \
+	--simulated $(DATA)/popi/popi00.nrrd $(DATA)/pyradiomics/lung1_image.nrrd --amplitudes small,large --seeds 2 --directions inhale,exhale
 
 bench: setup
 	$(BIN)/python -m pip install -q -e '.[bench]'

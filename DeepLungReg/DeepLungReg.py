@@ -6,7 +6,7 @@ Four classes, as in Slicer's Extension Wizard template:
 * :class:`DeepLungRegWidget`: binds the ``.ui`` to a typed parameter node and
   forwards Apply / Cancel / view buttons to the Logic (nothing else);
 * :class:`DeepLungRegLogic`: the work, with an explicit-argument API for the
-  Python console (``DeepLungRegLogic().register(fixed, moving, method="embed")``);
+  Python console (``DeepLungRegLogic().register(fixed, moving, method="convex")``);
 * :class:`DeepLungRegTest`: builds its own simulated pair and checks the result.
 
 The MRML work itself lives in ``DeepLungRegLib.slicer_bridge`` so that it is
@@ -179,7 +179,7 @@ class DeepLungRegParameterNode:
 
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
-    method: Annotated[str, Choice(METHOD_CHOICES)] = "embed"  # DeepLungRegLib.options.DEFAULT_METHOD
+    method: Annotated[str, Choice(METHOD_CHOICES)] = "convex"  # DeepLungRegLib.options.DEFAULT_METHOD
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
     fixedMask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
     movingMask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
@@ -439,7 +439,7 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
     """All the work, without GUI. Usable from the Python console::
 
         logic = slicer.util.getModuleLogic("DeepLungReg")
-        out = logic.register(fixedNode, movingNode, method="embed", regularisation=2.0)
+        out = logic.register(fixedNode, movingNode, method="convex", regularisation=2.0)
         out["metrics"]["tre_after"], out["nodes"]["warped"]
     """
 
@@ -510,7 +510,7 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         return method_settings(method)
 
     # -------------------------------------------------------------------- the work
-    def register(self, fixedVolumeNode, movingVolumeNode, method: str = "embed", *, fixedMask="auto",
+    def register(self, fixedVolumeNode, movingVolumeNode, method: str = "convex", *, fixedMask="auto",
                  movingMask="auto", fixedLandmarks=None, movingLandmarks=None, device: str = "auto",
                  outputs: Optional[dict] = None, progress=None, cancel=None, show: bool = True,
                  fixedMaskSegments=None, movingMaskSegments=None, background: bool = False, **options) -> dict:
@@ -563,7 +563,7 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         return {"nodes": result.nodes(), "metrics": result.metrics, "summary": result.summary,
                 "worstLandmark": result.worst_landmark}
 
-    def startRegistration(self, fixedVolumeNode, movingVolumeNode, method: str = "embed", *, fixedMask="auto",
+    def startRegistration(self, fixedVolumeNode, movingVolumeNode, method: str = "convex", *, fixedMask="auto",
                           movingMask="auto", fixedLandmarks=None, movingLandmarks=None, device: str = "auto",
                           outputs: Optional[dict] = None, show: bool = True, fixedMaskSegments=None,
                           movingMaskSegments=None, **options):

@@ -29,8 +29,9 @@ import numpy as np
 from .errors import DeepLungRegError
 
 #: The method of the CLI, the Python API, batch and the Slicer module when none is chosen: the most
-#: accurate method that fits a CPU budget of about a minute on a 2 mm pair (docs/benchmark.md, issue 19).
-DEFAULT_METHOD = "embed"
+#: accurate method, in both directions, that fits a CPU budget of about a minute on a 2 mm pair
+#: (docs/benchmark.md, run 19).
+DEFAULT_METHOD = "convex"
 
 
 def option(default: Any, lo: float | None = None, hi: float | None = None, help: str = "",

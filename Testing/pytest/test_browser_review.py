@@ -226,7 +226,7 @@ def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
             assert page.inner_text("#current").startswith(f"{worst_label}: 1 of {n} worst first")
             # next, then worst: the views move away and back
             page.click("#next")
-            _wait_for(lambda: not page.inner_text("#current").startswith(worst_label), 20, "the next landmark")
+            _wait_for(lambda: not page.inner_text("#current").startswith(worst_label), 60, "the next landmark")
             moved, _ = _wait_for(lambda: (lambda s: s if sum(np.abs(a - b).mean() for a, b in zip(s, first)) > 1 else None)(_views(page)),
                                  20, "the views to move to the next landmark")
             t1 = time.perf_counter()
@@ -238,16 +238,16 @@ def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
             # flag the worst landmark with a comment, then export into the output folder
             page.fill("#comment", "misses the vessel")
             page.click("#flag")
-            _wait_for(lambda: "1 flagged" in page.inner_text("#review-summary"), 20, "the flag")
+            _wait_for(lambda: "1 flagged" in page.inner_text("#review-summary"), 60, "the flag")
             page.click("#export")
-            _wait_for(lambda: "Exported" in page.inner_text("#message"), 20, "the export")
+            _wait_for(lambda: "Exported" in page.inner_text("#message"), 60, "the export")
             shot = os.environ.get("DEEPLUNGREG_REVIEW_SCREENSHOT")
             if shot:
                 page.click("#worst")
                 time.sleep(1.5)
                 page.screenshot(path=shot)
             page.click("#export")  # a second export does not replace the first
-            _wait_for(lambda: "already holds" in page.inner_text("#message"), 20, "the refusal to overwrite")
+            _wait_for(lambda: "already holds" in page.inner_text("#message"), 60, "the refusal to overwrite")
             browser.close()
         print(f"\nreview page: server ready {server_s:.1f} s after start, page with three views {page_s:.1f} s after "
               f"loading, worst landmark {move_s:.2f} s after the click")

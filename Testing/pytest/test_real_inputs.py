@@ -3,9 +3,7 @@ that must not clobber anything, other platforms, and the small mistakes of a fir
 
 from __future__ import annotations
 
-import gzip
 import json
-import os
 import pickle
 import signal
 import subprocess
@@ -22,11 +20,10 @@ from DeepLungRegLib.cli import main
 from DeepLungRegLib.io.fields import read_field, write_field
 from DeepLungRegLib.pipeline import ALL_OUTPUT_FILES, RegistrationJob, run_registration
 from DeepLungRegLib.simulation import read_pair
-from DeepLungRegLib.transforms import resample_to_spacing
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["-O", "levels_mm=[8]", "-O", "iterations=[20]", "-O", "learning_rates=[1]", "-O", "affine_init=false"]
-FAST_CFG = {"levels_mm": [8.0], "iterations": [20], "learning_rates": [1.0], "affine_init": False}
+FAST = ["--method", "adam", "-O", "levels_mm=[8]", "-O", "iterations=[20]", "-O", "learning_rates=[1]", "-O", "affine_init=false"]
+FAST_CFG = {"levels_mm": [8.0], "iterations": [20], "learning_rates": [1.0], "affine_init": False}  # adam's options
 
 
 def run_cli(*args, **kw):
@@ -175,14 +172,14 @@ def test_an_interrupted_run_leaves_nothing(pair_dir, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_registration(RegistrationJob(pair.fixed, pair.moving, config=FAST_CFG, fixed_mask=pair.fixed_mask,
+        run_registration(RegistrationJob(pair.fixed, pair.moving, "adam", config=FAST_CFG, fixed_mask=pair.fixed_mask,
                                          moving_mask=pair.moving_mask, device="cpu"), out, progress=stop)
     assert not out.exists() and not list(tmp_path.iterdir())  # no half set, no staging folder
     # the same into a folder that holds other files: they stay, nothing is added
     out.mkdir()
     (out / "notes.txt").write_text("keep")
     with pytest.raises(KeyboardInterrupt):
-        run_registration(RegistrationJob(pair.fixed, pair.moving, config=FAST_CFG, fixed_mask=pair.fixed_mask,
+        run_registration(RegistrationJob(pair.fixed, pair.moving, "adam", config=FAST_CFG, fixed_mask=pair.fixed_mask,
                                          moving_mask=pair.moving_mask, device="cpu"), out, progress=stop)
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and len(list(tmp_path.iterdir())) == 1
 
@@ -219,7 +216,7 @@ def test_sigterm_ends_with_a_message_and_leaves_nothing(pair_dir, tmp_path):
     out = tmp_path / "out"
     args = register_args(pair_dir, out)
     i = args.index("-O")
-    args = args[:i] + ["--method", "adam"]  # the default, slower settings: time to be stopped
+    args = args[:i]  # adam with its default, slower settings: time to be stopped
     proc = subprocess.Popen([sys.executable, "-m", "DeepLungRegLib.cli", *args], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not any(p.name.startswith(".deeplungreg-partial-") for p in tmp_path.iterdir()):
@@ -299,7 +296,7 @@ def test_simulate_refuses_a_zero_spacing(sample_path, tmp_path):
 
 def test_whole_number_options_refuse_fractions(pair_dir, tmp_path):
     one_line_error(run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", tmp_path / "o",
-                           "-O", "iterations=2.5"), "iterations must be a whole number")
+                           "--method", "adam", "-O", "iterations=2.5"), "iterations must be a whole number")
     one_line_error(run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", tmp_path / "o",
                            "-O", "regularisation=strong"), "regularisation must be a number")
 
@@ -310,7 +307,7 @@ def test_landmarks_far_outside_the_image_and_an_all_ones_mask_are_warned_about(p
     far[:5] += 500.0
     ones = pair.fixed_mask.with_array(np.ones_like(pair.fixed_mask.array))
     with caplog.at_level("WARNING"):
-        run_registration(RegistrationJob(pair.fixed, pair.moving, config=FAST_CFG, fixed_mask=ones, moving_mask=pair.moving_mask,
+        run_registration(RegistrationJob(pair.fixed, pair.moving, "adam", config=FAST_CFG, fixed_mask=ones, moving_mask=pair.moving_mask,
                                          fixed_landmarks=far, moving_landmarks=pair.moving_landmarks, device="cpu"), tmp_path / "o")
     text = caplog.text
     assert "5 of" in text and "fixed landmarks lie more than" in text
