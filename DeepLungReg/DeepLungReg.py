@@ -410,11 +410,8 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onReviewPointDragged(self, caller=None, event=None) -> None:
         """A warped landmark was dragged: take the new moving point, recompute its TRE and the summary."""
-        changed = self._review.sync_from_markups(moving_node=self._result("landmarks"))
-        if changed:
-            self._review.goto(changed[-1])
+        if self._review.take_drop(self._result("landmarks")) is not None:
             self._showReview()
-            self._updateReviewGui()
 
     def _showReview(self) -> None:
         self._review.show(slicer.mrmlScene, self._result("landmarks"), self._result("tre_table"),

@@ -146,7 +146,7 @@ def cmd_worker(args) -> int:
     try:
         req = read_config_json(args.request, "worker")
         job = RegistrationJob.from_files(
-            req["fixed"], req["moving"], method=req.get("method", "adam"), fixed_mask=req.get("fixed_mask", "auto"),
+            req["fixed"], req["moving"], method=req.get("method", DEFAULT_METHOD), fixed_mask=req.get("fixed_mask", "auto"),
             moving_mask=req.get("moving_mask", "auto"), fixed_landmarks=req.get("fixed_landmarks"),
             moving_landmarks=req.get("moving_landmarks"), options=req.get("options") or {}, device=req.get("device", "auto"))
         if req.get("landmark_labels") and job.fixed_landmarks is not None:

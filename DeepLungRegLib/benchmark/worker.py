@@ -72,7 +72,7 @@ def measure(spec: dict, method: str, device: str = "auto") -> dict:
     reg_s = time.perf_counter() - t0
     row = score_field(field, fixed.geometry, fmask, mmask, fp, mp, None if gt is None else gt.field, per_landmark=True)
     row.update(io_s=round(io_s, 3), masks_s=round(masks_s, 3), registration_s=round(reg_s, 3),
-               peak_rss_mb=round(peak_rss_mb(), 1), stages_s=stages, direction=spec.get("direction", ""),
+               peak_rss_mb=round(peak_rss_mb(), 1), stages_s=stages,
                device=str(diag.get("device", device)))
     if torch.cuda.is_available() and str(row["device"]).startswith("cuda"):
         row["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -49,6 +49,7 @@ class ReviewPage:
         from trame_slicer.rca_view import register_rca_factories
         from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
+        from ..pipeline import looks_like_ct
         from ..slicer_bridge import volume_node_from_image
         from ..slicer_bridge.review import LandmarkReview
         from ..slicer_bridge.workflow import write_nodes
@@ -71,9 +72,9 @@ class ReviewPage:
         scene = self.app.scene
         self.fixed_node = volume_node_from_image(scene, job.fixed, "fixed")
         self.moving_node = volume_node_from_image(scene, job.moving, "moving")
-        for node in (self.fixed_node, self.moving_node):
+        for node, image in ((self.fixed_node, job.fixed), (self.moving_node, job.moving)):
             display = node.GetDisplayNode()
-            if display is not None and float(job.fixed.array.min()) < -500:  # a CT: the lung window
+            if display is not None and looks_like_ct(image):  # the lung window
                 display.AutoWindowLevelOff()
                 display.SetWindowLevel(1400, -500)
         self.nodes = write_nodes(scene, job, out, self.fixed_node, self.moving_node)
@@ -203,9 +204,7 @@ class ReviewPage:
         return written
 
     def _on_point_dragged(self, caller=None, event=None) -> None:
-        changed = self.review.sync_from_markups(moving_node=self.nodes.landmarks)
-        if changed:
-            self.review.goto(changed[-1])
+        if self.review.take_drop(self.nodes.landmarks) is not None:
             self._show_review()
 
     def _show_review(self) -> None:

@@ -75,9 +75,13 @@ class LandmarkReview:
     def tre_before(self) -> np.ndarray:
         return np.linalg.norm(self.fixed - self.moving, axis=1)
 
+    def residual(self) -> np.ndarray:
+        """``(N, 3)`` LPS mm: where the registration maps each fixed point, minus its moving point."""
+        return self.fixed + sample_field_at_points(self.field, self.geometry, self.fixed) - self.moving
+
     def tre(self) -> np.ndarray:
         """``(N,)`` TRE after registration, mm, of the points as they are now."""
-        return np.linalg.norm(self.fixed + sample_field_at_points(self.field, self.geometry, self.fixed) - self.moving, axis=1)
+        return np.linalg.norm(self.residual(), axis=1)
 
     def summary(self) -> dict:
         t = self.tre()
@@ -192,9 +196,10 @@ class LandmarkReview:
     def columns(self) -> dict[str, list]:
         """The TRE table: landmark, TRE before and after, the remaining error vector (RAS, as Slicer
         shows coordinates), status and comment."""
-        err_ras = lps_to_ras(self.fixed + sample_field_at_points(self.field, self.geometry, self.fixed) - self.moving)
+        err_lps = self.residual()
+        err_ras = lps_to_ras(err_lps)
         return {"Landmark": list(self.labels), "TRE before (mm)": np.round(self.tre_before(), 3),
-                "TRE after (mm)": np.round(self.tre(), 3), "Error R (mm)": np.round(err_ras[:, 0], 3),
+                "TRE after (mm)": np.round(np.linalg.norm(err_lps, axis=1), 3), "Error R (mm)": np.round(err_ras[:, 0], 3),
                 "Error A (mm)": np.round(err_ras[:, 1], 3), "Error S (mm)": np.round(err_ras[:, 2], 3),
                 "Status": list(self.status), "Comment": list(self.comment)}
 
@@ -216,6 +221,12 @@ class LandmarkReview:
         display.SetSelectedColor(0.1, 0.8, 0.2)
         display.SetColor(0.9, 0.1, 0.1)
         return table_node_from_columns(scene, self.columns(), "", node=table_node)
+
+    def take_drop(self, warped_markups) -> int | None:
+        """After the user dropped a warped landmark (dragged in a slice view): take the moved points and make
+        the last one current; returns it, or ``None`` when no point moved."""
+        changed = self.sync_from_markups(moving_node=warped_markups)
+        return self.goto(changed[-1]) if changed else None
 
     # ------------------------------------------------------------------ files
     def export(self, folder: str | Path, *, overwrite: bool = False) -> list[Path]:

@@ -497,7 +497,7 @@ def test_review_in_the_scene_drag_the_warped_point_onto_the_fixed_point(register
         fixed_ras = np.zeros(3)
         fl.GetNthControlPointPositionWorld(i, fixed_ras)
         r.landmarks.SetNthControlPointPositionWorld(i, *fixed_ras)  # what dragging in a slice view does
-        assert review.sync_from_markups(moving_node=r.landmarks) == [i]
+        assert review.take_drop(r.landmarks) == i and review.current == i
         assert review.tre()[i] < 0.05 and review.corrected()[i]
         review.flag("checked by hand", index=i)
         review.show(hs.scene, r.landmarks, r.tre_table, editable=True)
