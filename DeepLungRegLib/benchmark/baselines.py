@@ -25,6 +25,7 @@ from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from ..io.images import Image
 from ..transforms.resample import resample_to_geometry
+from ..transforms.fields import field_to_grid
 from ..transforms.frames import voxel_to_world
 from ..transforms.warp import warp_image
 
@@ -56,13 +57,6 @@ def _isotropic_grid(g: Geometry, spacing: float, multiple: int = 1) -> Geometry:
     extent = np.asarray(g.size) * np.asarray(g.spacing)
     size = tuple(int(max(8, multiple * round(e / spacing / multiple))) for e in extent)
     return Geometry(size, (spacing,) * 3, g.origin, g.direction)
-
-
-def _field_to_grid(field: np.ndarray, src: Geometry, dst: Geometry) -> np.ndarray:
-    if src.same_as(dst):
-        return field.astype(np.float32)
-    comps = [resample_to_geometry(Image(np.ascontiguousarray(field[..., c]), src), dst, mode="linear").array for c in range(3)]
-    return np.stack(comps, -1).astype(np.float32)
 
 
 # ------------------------------------------------------------------ ConvexAdam
@@ -103,7 +97,7 @@ def run_convexadam(fixed: Image, moving: Image, fixed_mask=None, moving_mask=Non
         disp = convex_adam_pt(f.array, m.array, dtype=torch.float32, device=dev, verbose=False, **kwargs)
         seconds = time.perf_counter() - t0
     u = voxel_to_world(np.moveaxis(np.asarray(disp, dtype=np.float64), -1, 0)[None], iso)  # (dz, dy, dx) voxels -> mm
-    return BaselineResult(_field_to_grid(u, iso, g), {"device": str(dev), "setting": setting if settings is None else kwargs,
+    return BaselineResult(field_to_grid(u, iso, g), {"device": str(dev), "setting": setting if settings is None else kwargs,
                                                         "grid_mm": spacing,
                                                         "convexadam_s": seconds})
 

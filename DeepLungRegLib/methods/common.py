@@ -8,7 +8,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..features import mind_ssc
@@ -16,7 +15,7 @@ from ..features.intensity import normalise_ct
 from ..ops.filters import box_mean3d
 from ..geometry import Geometry
 from ..io.images import Image
-from ..transforms.fields import affine_to_field
+from ..transforms.fields import affine_to_field, resample_field  # noqa: F401 (the methods' field resampler)
 from ..transforms.resample import resample_to_geometry
 from ..options import Options, option
 from ..transforms.warp import GridSampler, warp_image
@@ -94,14 +93,6 @@ def make_level(
     else:
         weight = torch.ones_like(ft)
     return LevelData(fg, mg, ff, mf, weight, GridSampler(fg, mg, device, dtype))
-
-
-def resample_field(field: torch.Tensor, src: Geometry, dst: Geometry) -> torch.Tensor:
-    """Trilinear resampling of a field ``(1, Z, Y, X, 3)`` from grid ``src`` to ``dst`` (border-extended)."""
-    sampler = GridSampler(dst, src, field.device, field.dtype)
-    vol = field.permute(0, 4, 1, 2, 3)
-    out = F.grid_sample(vol, sampler.grid(None).to(field.dtype), mode="bilinear", padding_mode="border", align_corners=True)
-    return out.permute(0, 2, 3, 4, 1)
 
 
 def smooth3(t: torch.Tensor, passes: int = 2) -> torch.Tensor:

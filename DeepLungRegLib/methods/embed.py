@@ -46,7 +46,7 @@ from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from ..io.images import Image
 from ..keypoints import foerstner_keypoints
-from ..transforms.warp import GridSampler
+from ..transforms.warp import GridSampler, sample_field_at_points
 from .affine import affine_aligned_start
 from ..options import option
 from .base import GridField, MethodConfig, RunContext, register_method
@@ -362,12 +362,6 @@ def _keypoint_pass(ff, mf, kp_zyx, lap, fg, range_mm, step_mm, smoothing, config
     return d
 
 
-def sample_field_at(field: np.ndarray, geometry: Geometry, points: np.ndarray) -> np.ndarray:
-    """Trilinear values ``(K, 3)`` of a field ``(Z, Y, X, 3)`` on ``geometry`` at world points ``(K, 3)`` (border-extended)."""
-    zyx = geometry.world_to_index(points)[:, ::-1].T
-    return np.stack([ndi.map_coordinates(field[..., i], zyx, order=1, mode="nearest") for i in range(3)], 1)
-
-
 # --------------------------------------------------------------------- method
 @register_method("embed", "Keypoint displacement embeddings: discrete search, PCA, graph regularisation, then Adam (paper 000)", EmbedConfig)
 def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: EmbedConfig, ctx: RunContext):
@@ -420,7 +414,7 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
                             config.second_pass_smoothing, config, ctx, (0.5, 0.55), diag, "second_pass_", bases)
         del mw
         # fixed p matches warped-moving p + d2 = aligned-moving q + first(q), q = p + d2
-        d, n_bad = reject_outliers(kp_world, d2 + sample_field_at(coarse, coarse_geom, kp_world + d2),
+        d, n_bad = reject_outliers(kp_world, d2 + sample_field_at_points(coarse, coarse_geom, kp_world + d2),
                                    config.graph_neighbours, config.outlier_mm)
         diag["outliers_replaced"] += n_bad
     if config.pca_basis_out:

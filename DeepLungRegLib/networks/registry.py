@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from ..errors import DeepLungRegError
-from .config import NetworkConfig
+if TYPE_CHECKING:  # annotations only: config imports this registry to check method names
+    from .config import NetworkConfig
 
 #: Shipped weights: ``Resources/Weights/<name>.pt`` beside the library (the source tree or the Slicer install).
 WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"

@@ -159,7 +159,7 @@ class LandmarkReview:
     # ------------------------------------------------------------------ Slicer
     def centre(self, scene, index: int | None = None) -> np.ndarray:
         """Centre every slice view on the fixed point of ``index`` (default: the current one); returns it (LPS)."""
-        from .workflow import jump_to_point
+        from .nodes import jump_to_point
 
         i = self.current if index is None else self.goto(index)
         jump_to_point(scene, self.fixed[i])

@@ -31,7 +31,7 @@ from ..errors import DeepLungRegError
 from ..geometry.grid import lps_to_ras, ras_to_lps
 from ..pipeline import DEFAULT_METHOD, RegistrationJob, RegistrationOutputs, compute_outputs, summary_lines
 from .nodes import (
-    grid_transform_node_from_field, image_from_volume_node, landmarks_from_markups, mask_from_segmentation,
+    grid_transform_node_from_field, image_from_volume_node, jump_to_point, landmarks_from_markups, mask_from_segmentation,
     markups_labels, volume_node_from_image,
 )
 from .review import LandmarkReview
@@ -202,13 +202,6 @@ def show_overlay(scene, background_node, foreground_node, opacity: float = 0.5) 
         owner = legend.GetDisplayableNode()
         if owner is not None and owner.GetAttribute(ROLE_ATTRIBUTE) in ("jacobian", "ventilation"):
             legend.SetVisibility(foreground_node is not None and owner.GetID() == foreground_node.GetID())
-
-
-def jump_to_point(scene, point_lps: np.ndarray) -> None:
-    """Centre every slice view on an LPS point."""
-    r, a, s = lps_to_ras(np.asarray(point_lps, dtype=float)[None])[0]
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-        scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").JumpSliceByCentering(r, a, s)
 
 
 def jump_to_landmark(scene, markups_node, index: int) -> np.ndarray:

@@ -64,6 +64,19 @@ def field_to_grid(field: torch.Tensor | np.ndarray, src: Geometry, dst: Geometry
         return sample_on_grid(vol, src, dst, fill=None, channels_last=True)
 
 
+def resample_field(field: torch.Tensor, src: Geometry, dst: Geometry) -> torch.Tensor:
+    """Trilinear resampling of a field tensor ``(1, Z, Y, X, 3)`` from grid ``src`` to ``dst``
+    (border-extended outside ``src``), differentiable and on the field's device and dtype.
+
+    Returns:
+        ``(1, Z', Y', X', 3)`` on ``dst``; the vectors stay in world mm.
+    """
+    sampler = GridSampler(dst, src, field.device, field.dtype)
+    out = torch.nn.functional.grid_sample(_field_volume(field), sampler.grid(None).to(field.dtype), mode="bilinear",
+                                          padding_mode="border", align_corners=True)
+    return out.permute(0, 2, 3, 4, 1)
+
+
 def _field_volume(field: torch.Tensor) -> torch.Tensor:
     """``(N, Z, Y, X, 3)`` -> ``(N, 3, Z, Y, X)`` for grid sampling."""
     return field.permute(0, 4, 1, 2, 3)

@@ -53,3 +53,91 @@ def test_no_code_names_a_network_method_by_comparison():
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in LIB.rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
             if "cfg.method ==" in line or "cfg.method !=" in line]
     assert not hits, hits
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the library modules it imports, at module level or inside a function (not under ``TYPE_CHECKING``)."""
+    modules = {_module_name(p): p for p in LIB.rglob("*.py")}
+
+    def resolve(base: list[str], names: list[str]) -> str | None:
+        full = ".".join(base + names)
+        while full and full not in modules:
+            full = full.rpartition(".")[0]
+        return full or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        edges: set[str] = set()
+        stack = [ast.parse(path.read_text(), str(path))]
+        while stack:
+            node = stack.pop()
+            if _is_type_checking(node):
+                continue
+            stack.extend(ast.iter_child_nodes(node))
+            targets: list[str | None] = []
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                mod = [m for m in (node.module or "").split(".") if m]
+                targets = [resolve(base, mod + [a.name]) for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [resolve([], a.name.split(".")) for a in node.names]
+            edges.update(t for t in targets if t and t != name and t.startswith("DeepLungRegLib"))
+        graph[name] = edges
+    return graph
+
+
+def test_no_import_circle():
+    """No two library modules import each other, directly or round a longer circle (deferred imports count too)."""
+    graph = _import_graph()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        on_stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = on_stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not circles, circles
+
+
+def test_the_import_graph_sees_deferred_imports():
+    """The circle check would see a function-level import (the kind the last two circles used)."""
+    graph = _import_graph()
+    assert "DeepLungRegLib.networks.registry" in graph["DeepLungRegLib.networks.config"]
+    assert "DeepLungRegLib.slicer_bridge.nodes" in graph["DeepLungRegLib.slicer_bridge.review"]
+
+
+def test_grid_sample_only_in_transforms():
+    """Normalised grid_sample coordinates exist only inside the transforms package (one resampler, one point sampler)."""
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in LIB.rglob("*.py") if p.relative_to(LIB).parts[0] != "transforms"
+            for i, line in enumerate(p.read_text().splitlines(), 1) if "grid_sample(" in line]
+    assert not hits, hits

@@ -10,7 +10,7 @@ from DeepLungRegLib import DeepLungRegError, Geometry, read_image
 from DeepLungRegLib.methods import register
 from DeepLungRegLib.methods.embed import (
     EmbedConfig, densify_gaussian, densify_tps, displacement_offsets, graph_diffuse, graph_laplacian, keypoint_costs,
-    reject_outliers, sample_field_at, soft_argmin,
+    reject_outliers, soft_argmin,
 )
 from DeepLungRegLib.metrics import tre
 from DeepLungRegLib.simulation import simulate_breathing
@@ -84,19 +84,6 @@ def test_densify_reproduces_smooth_displacements(oblique, how):
     inner = (slice(3, -3),) * 3
     tol = 1e-3 if how == "tps" else 0.5  # TPS is exact on affine data; Gaussian averaging blurs
     assert np.abs(dense[inner] - truth[inner]).max() < tol
-
-
-def test_sample_field_at_is_trilinear_on_an_oblique_grid(oblique):
-    """An affine field is reproduced exactly between the nodes of an oblique, anisotropic, off-origin grid."""
-    g = oblique
-    a = np.array([[0.02, 0.0, 0.01], [0.0, -0.03, 0.0], [0.01, 0.0, 0.02]])
-    field = (g.world_coordinates().reshape(-1, 3) @ a.T + np.array([1.0, -2.0, 0.5])).reshape(*g.shape, 3)
-    rng = np.random.default_rng(4)
-    pts = g.index_to_world(rng.uniform(0, np.array(g.size) - 1, size=(50, 3)))
-    assert np.allclose(sample_field_at(field, g, pts), pts @ a.T + np.array([1.0, -2.0, 0.5]), atol=1e-6)
-    # outside the grid the border value is kept (as the warp does)
-    far = g.index_to_world(np.array([[-5.0, 0.0, 0.0]]))
-    assert np.allclose(sample_field_at(field, g, far), field[0, 0, 0], atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, match", [
