@@ -436,14 +436,18 @@ def cmd_review(args) -> int:
         extra = "" if page.review is not None else " (no landmarks: the review panel is hidden)"
         print(f"review: {args.folder} at {url}{extra}; ready in {page.startup_s:.1f} s; Ctrl+C stops", flush=True)
 
-    serve(args.folder, port=args.port, host=args.host, open_browser=args.open, fixed=args.fixed, moving=args.moving, ready=ready)
+    serve(args.folder, port=args.port, host=args.host, open_browser=args.open, fixed=args.fixed, moving=args.moving, ready=ready,
+          allow_remote=args.allow_remote, warn=lambda line: print(line, file=sys.stderr, flush=True))
     return 0
 
 
 def _args_review(s: argparse.ArgumentParser) -> None:
     s.add_argument("folder", help="an output folder of 'deeplungreg register'")
     s.add_argument("--port", type=int, default=8080, help="port to serve on (default 8080)")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only; "
+                   "another needs --allow-remote)")
+    s.add_argument("--allow-remote", action="store_true", help="allow a --host that other computers can reach (anyone with "
+                   "the printed URL, which holds the page's token, can then see and export the review)")
     s.add_argument("--open", action="store_true", help="open the page in the default browser")
     s.add_argument("--fixed", help="the fixed image, when metrics.json's path to it is no longer right")
     s.add_argument("--moving", help="the moving image, likewise")

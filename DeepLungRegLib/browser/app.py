@@ -6,15 +6,27 @@ the same nodes as in the Slicer module (:func:`~DeepLungRegLib.slicer_bridge.wor
 and the landmark review is the module's (:class:`~DeepLungRegLib.slicer_bridge.review.LandmarkReview`).
 
 Needs the ``review`` extra: ``pip install 'DeepLungRegLib[review]'``.
+
+The server answers only its own page (:func:`protect`): each launch makes a random token, which the
+printed URL carries (``?secret=...``, trame's client sends it in wslink's hello) and which the server
+checks before it answers anything; a WebSocket whose ``Origin`` is not the served address is refused
+(403) before it opens; and a host other than loopback needs ``allow_remote`` (``--allow-remote``).
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import logging
 import os
+import re
+import secrets
+import socket
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import DeepLungRegError
 from .folder import ReviewFolder
@@ -195,8 +207,8 @@ class ReviewPage:
         """Write the review into the output folder (never over the registration's files)."""
         try:
             written = self.review.export(self.folder.path, overwrite=bool(self.state.overwrite))
-        except DeepLungRegError as exc:
-            self.state.message = str(exc)
+        except (DeepLungRegError, OSError) as exc:  # one line on the page, whatever stopped the export
+            self.state.message = str(exc) if isinstance(exc, DeepLungRegError) else f"review: cannot export into {self.folder.path}: {exc}"
             self.state.flush()
             return []
         self.state.message = f"Exported {', '.join(p.name for p in written)} into {self.folder.path}"
@@ -301,15 +313,139 @@ def _own_argv():
         sys.argv = saved
 
 
+#: Hosts that mean "every interface" (aiohttp binds all of them for these).
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether serving on ``host`` (an address or a name) reaches this computer only: a loopback address,
+    ``localhost``, or a name all of whose addresses are loopback."""
+    if host.lower() == "localhost":
+        return True
+    if host in WILDCARD_HOSTS:
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise DeepLungRegError(f"review: --host {host} is not an address of this computer ({exc})") from exc
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def check_host(host: str, allow_remote: bool = False) -> str | None:
+    """``None`` for a loopback ``host``; for another, the warning to show when ``allow_remote``, else a refusal."""
+    if is_loopback(host):
+        return None
+    if not allow_remote:
+        raise DeepLungRegError(f"review: --host {host or repr(host)} would let other computers reach the page; "
+                               "serve on 127.0.0.1 (the default), or pass --allow-remote if that is what you want")
+    return (f"review: warning: --host {host or repr(host)} lets other computers reach the page: anyone who has its "
+            "URL (with the token in it) can see this registration and export its review")
+
+
+def new_token() -> str:
+    """A random per-launch token (256 bits). trame's client turns URL parameters that look like numbers
+    into numbers, so the token always holds a letter that no number has."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        if re.search("[g-hj-mp-wzG-HJ-MP-WZ]", token):
+            return token
+
+
+def _address(text: str) -> str:
+    """An address or a name as compared here: lower case, IPv4-mapped IPv6 as IPv4, no brackets."""
+    text = text.strip("[]").lower()
+    try:
+        ip = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return text
+    return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+
+
+def origin_allowed(origin: str | None, local: tuple, host: str) -> bool:
+    """Whether a WebSocket's ``Origin`` is the page this server serves: ``http://`` with the port and the
+    address the connection reached (``local``: the socket's own address and port), or a name of it:
+    ``localhost`` on loopback, the ``host`` served on, this computer's name when not on loopback."""
+    if not origin or not local:
+        return False
+    try:
+        url = urlsplit(origin)
+        port = url.port or 80
+    except ValueError:
+        return False
+    if url.scheme != "http" or not url.hostname or port != int(local[1]):
+        return False
+    reached = _address(str(local[0]))
+    names = {reached}
+    if host not in WILDCARD_HOSTS:
+        names.add(_address(host))
+    if ipaddress.ip_address(reached).is_loopback:
+        names.add("localhost")
+    if not is_loopback(host):
+        names.update(_address(n) for n in (socket.gethostname(), socket.getfqdn()))
+    return _address(url.hostname) in names
+
+
+def protect(server, token: str, host: str) -> None:
+    """Make the trame ``server`` answer only its own page: wslink's hello must carry ``token`` (compared in
+    constant time; until then wslink answers every call "Unauthorized" and publishes nothing), and a
+    WebSocket request whose ``Origin`` is not the served address is refused with 403 before it opens.
+    Call before ``server.start``."""
+    from aiohttp import web
+    from wslink.websocket import LinkProtocol
+
+    class TokenCheck(LinkProtocol):
+        async def validateToken(self, given, client_id):  # noqa: N802 (wslink's name)
+            return isinstance(given, str) and hmac.compare_digest(given.encode(), token.encode())
+
+    @web.middleware
+    async def same_origin(request, handler):
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket" or request.path.rstrip("/").endswith("/ws")
+        if websocket:
+            local = request.transport.get_extra_info("sockname") if request.transport is not None else None
+            if not origin_allowed(request.headers.get("Origin"), local, host):
+                raise web.HTTPForbidden(text="deeplungreg review: this page's WebSocket is for the page it serves only\n")
+        return await handler(request)
+
+    server.cli.set_defaults(authKey=token)  # wslink's own secret is the token as well
+    server.add_protocol_to_configure(lambda protocol: protocol.registerLinkProtocol(TokenCheck()))
+    server.controller.on_server_bind.add(lambda wslink_server, **_: wslink_server.app.middlewares.append(same_origin))
+
+
+def page_url(host: str, port: int, token: str) -> str:
+    """The URL that opens the page (with its token)."""
+    shown = socket.gethostname() if host in WILDCARD_HOSTS else f"[{host.strip('[]')}]" if ":" in host else host
+    return f"http://{shown}:{port}/?secret={token}"
+
+
 def serve(folder: str | Path, *, port: int = 8080, host: str = "127.0.0.1", open_browser: bool = False,
-          fixed: str | None = None, moving: str | None = None, ready=None) -> None:
-    """Check ``folder``, build the page and serve it until interrupted (``ready(url, page)`` once it is up)."""
-    checked = ReviewFolder.open(folder, fixed=fixed, moving=moving)  # problems with the folder come before the packages
+          fixed: str | None = None, moving: str | None = None, ready=None, allow_remote: bool = False, warn=None) -> None:
+    """Check ``folder``, build the page and serve it until interrupted (``ready(url, page)`` once it is up,
+    with the page's URL and token). A ``host`` other than loopback is refused unless ``allow_remote``, and
+    then warned about through ``warn(line)`` (default: the ``logging`` warning)."""
+    warning = check_host(host, allow_remote)  # the arguments before the folder, the folder before the packages
+    if warning:
+        (warn or logging.getLogger(__name__).warning)(warning)
+    checked = ReviewFolder.open(folder, fixed=fixed, moving=moving)
     missing = missing_dependencies()
     if missing:
         raise DeepLungRegError(f"review: needs {', '.join(missing)}: pip install 'DeepLungRegLib[review]'")
     page = ReviewPage(checked)
-    url = f"http://{host}:{port}/"
-    page.ctrl.on_server_ready.add(lambda **_: ready(url, page) if ready else None)
+    token = new_token()
+    protect(page.server, token, host)
+
+    def on_ready(**_) -> None:
+        url = page_url(host, page.server.port or port, token)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+        if ready:
+            ready(url, page)
+
+    page.ctrl.on_server_ready.add(on_ready)
     with _own_argv():
-        page.server.start(port=port, host=host, open_browser=open_browser, show_connection_info=False, timeout=0)
+        page.server.start(port=port, host=host, open_browser=False, show_connection_info=False, timeout=0)

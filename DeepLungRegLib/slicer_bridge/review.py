@@ -13,6 +13,11 @@ the moving point (mm, LPS) and ``u`` the displacement field (resampling directio
 from __future__ import annotations
 
 import csv
+import io
+import os
+import secrets
+import stat
+import tempfile
 from dataclasses import dataclass
 from dataclasses import field as _field
 from pathlib import Path
@@ -231,24 +236,52 @@ class LandmarkReview:
     # ------------------------------------------------------------------ files
     def export(self, folder: str | Path, *, overwrite: bool = False) -> list[Path]:
         """Write the reviewed landmarks (CSV and ``.mrk.json``) and the review table into ``folder``;
-        refuses to replace an earlier review unless ``overwrite``, and never writes a registration output."""
+        refuses to replace an earlier review unless ``overwrite``, and never writes a registration output.
+
+        Never through a symbolic link: a review file's name that is a link (even one that points nowhere)
+        or anything but a regular file is refused. Each file is written as a new temporary file in
+        ``folder`` and renamed over its name once all five are written, so a failure (a read-only
+        folder, a full disk) is one line and leaves the folder as it was."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        existing = [n for n in REVIEW_FILES if (folder / n).exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DeepLungRegError(f"review: cannot make the folder {folder} ({exc.strerror or exc})") from exc
+        existing = []
+        for name in REVIEW_FILES:
+            try:
+                mode = os.lstat(folder / name).st_mode
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise DeepLungRegError(f"review: cannot look at {folder / name} ({exc.strerror or exc})") from exc
+            if stat.S_ISLNK(mode):
+                raise DeepLungRegError(f"review: {folder / name} is a symbolic link; a review is never written through a "
+                                       "link (remove it or choose another folder)")
+            if not stat.S_ISREG(mode):
+                raise DeepLungRegError(f"review: {folder / name} is not a file; remove it or choose another folder")
+            existing.append(name)
         if existing and not overwrite:
             raise DeepLungRegError(f"review: {folder} already holds {', '.join(existing)}; choose another folder or overwrite")
+        return _replace_files(folder, self._export_contents())
+
+    def _export_contents(self) -> dict[str, bytes]:
+        """The five files of :meth:`export`, by name (the landmark files as :func:`write_landmarks` writes them,
+        made in a private temporary folder)."""
         tb, ta, corrected = self.tre_before(), self.tre(), self.corrected()
-        with open(folder / "review.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(_COLUMNS)
-            for i in range(len(self.fixed)):
-                w.writerow([i, self.labels[i], *np.round(self.fixed[i], 4), *np.round(self.moving[i], 4), round(float(tb[i]), 4),
-                            round(float(ta[i]), 4), self.status[i], self.comment[i], int(corrected[i])])
-        out = [folder / "review.csv"]
-        for which, points in (("fixed", self.fixed), ("moving", self.moving)):
-            for ext in ("csv", "mrk.json"):
-                out.append(write_landmarks(points, folder / f"reviewed_{which}_landmarks.{ext}", labels=self.labels))
-        return out
+        table = io.StringIO(newline="")
+        w = csv.writer(table)
+        w.writerow(_COLUMNS)
+        for i in range(len(self.fixed)):
+            w.writerow([i, self.labels[i], *np.round(self.fixed[i], 4), *np.round(self.moving[i], 4), round(float(tb[i]), 4),
+                        round(float(ta[i]), 4), self.status[i], self.comment[i], int(corrected[i])])
+        contents = {"review.csv": table.getvalue().encode("utf-8")}
+        with tempfile.TemporaryDirectory(prefix="deeplungreg-review-") as private:
+            for which, points in (("fixed", self.fixed), ("moving", self.moving)):
+                for ext in ("csv", "mrk.json"):
+                    name = f"reviewed_{which}_landmarks.{ext}"
+                    contents[name] = write_landmarks(points, Path(private) / name, labels=self.labels).read_bytes()
+        return contents
 
     @classmethod
     def load(cls, review_csv: str | Path, field: np.ndarray, geometry: Geometry) -> "LandmarkReview":
@@ -268,3 +301,34 @@ class LandmarkReview:
             raise DeepLungRegError(f"review: {path} holds a point that is not a number ({exc})") from exc
         return cls(fixed, moving, field, geometry, [r["label"] for r in rows], [r["status"] for r in rows],
                    [r["comment"] for r in rows])
+
+
+def _replace_files(folder: Path, contents: dict[str, bytes]) -> list[Path]:
+    """Write each of ``contents`` as a new temporary file in ``folder`` (created exclusively, so never
+    through a link; mode from the umask), then rename all of them over their names (``os.replace``
+    replaces a name, it never follows it). Any failure removes the temporary files and is one line."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    staged: dict[str, Path] = {}
+    try:
+        for name, data in contents.items():
+            tmp = folder / f".{name}.{secrets.token_hex(6)}.tmp"
+            fd = os.open(tmp, flags, 0o666)
+            staged[name] = tmp
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        written = []
+        for name, tmp in list(staged.items()):
+            os.replace(tmp, folder / name)
+            del staged[name]
+            written.append(folder / name)
+        return written
+    except OSError as exc:
+        raise DeepLungRegError(f"review: cannot write the review into {folder} ({exc.strerror or exc})") from exc
+    finally:
+        for tmp in staged.values():
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -214,7 +215,7 @@ def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
             browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1500, "height": 850})
             t0 = time.perf_counter()
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(re.search(r"http://[^\s;]+", line).group(0))  # the printed URL, with the page's token
             page.wait_for_selector("#worst")
 
             def rendered():
