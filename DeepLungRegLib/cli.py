@@ -110,7 +110,11 @@ def cmd_register(args) -> int:
 def cmd_batch(args) -> int:
     from .batch import run_cohort
 
-    if not args.verbose:  # Dask's own start/stop messages
+    if not args.verbose:  # Dask's own start/stop messages (its import sets its loggers to INFO: quiet them after it)
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            pass  # run_cohort says how to install it
         logging.getLogger("distributed").setLevel(logging.WARNING)
     options = _parse_options(args.option, args.config, args.method)
     with _Progress(f"batch ({args.method})", not args.quiet) as bar:
@@ -620,10 +624,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="deeplungreg: %(levelname)s: %(message)s")
-    previous = None
+    previous = previous_xfsz = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a scheduler's or a task manager's stop) unwinds like Ctrl-C: staged outputs are removed
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        if hasattr(signal, "SIGXFSZ"):  # past 'ulimit -f' a write then fails (EFBIG) instead of killing the process
+            previous_xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return int(args.func(args) or 0)
     except DeepLungRegError as exc:
@@ -641,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_xfsz is not None:
+            signal.signal(signal.SIGXFSZ, previous_xfsz)
 
 
 if __name__ == "__main__":
