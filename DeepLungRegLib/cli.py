@@ -624,12 +624,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="deeplungreg: %(levelname)s: %(message)s")
-    previous = previous_xfsz = None
+    previous = None
     if threading.current_thread() is threading.main_thread():
         # SIGTERM (a scheduler's or a task manager's stop) unwinds like Ctrl-C: staged outputs are removed
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
-        if hasattr(signal, "SIGXFSZ"):  # past 'ulimit -f' a write then fails (EFBIG) instead of killing the process
-            previous_xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         return int(args.func(args) or 0)
     except DeepLungRegError as exc:
@@ -647,8 +645,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        if previous_xfsz is not None:
-            signal.signal(signal.SIGXFSZ, previous_xfsz)
 
 
 if __name__ == "__main__":

@@ -290,7 +290,7 @@ def test_13_ulimit_f_gives_one_line_instead_of_a_killed_process(tmp_path):
     fixed, moving = tiny_pair(tmp_path / "pair")
     out = tmp_path / "out"
 
-    def limit():
+    def limit():  # as after 'ulimit -f 64' (CPython ignores SIGXFSZ itself: the write fails with EFBIG)
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
     r = subprocess.run([sys.executable, "-m", "DeepLungRegLib.cli", "register", str(fixed), str(moving), "-o", str(out),
