@@ -110,7 +110,11 @@ def cmd_register(args) -> int:
 def cmd_batch(args) -> int:
     from .batch import run_cohort
 
-    if not args.verbose:  # Dask's own start/stop messages
+    if not args.verbose:  # Dask's own start/stop messages (its import sets its loggers to INFO: quiet them after it)
+        try:
+            import distributed  # noqa: F401
+        except ImportError:
+            pass  # run_cohort says how to install it
         logging.getLogger("distributed").setLevel(logging.WARNING)
     options = _parse_options(args.option, args.config, args.method)
     with _Progress(f"batch ({args.method})", not args.quiet) as bar:

@@ -19,7 +19,7 @@ from .evaluation import hu_ventilation, jacobian_ventilation, lung_map_stats, su
 from .io.fields import write_field
 from .io.images import Image, read_image, write_image
 from .io.landmarks import read_landmarks
-from .io.outputs import MANIFEST_FILE, MANIFEST_KEY, OutputFolder
+from .io.outputs import MANIFEST_FILE, MANIFEST_KEY, RECORD_KEY, OutputFolder
 from .methods import MethodConfig, RegistrationResult, get_method, register
 from .methods.base import check_image, mask_on_image
 from .metrics import jacobian_determinant, jacobian_stats, tre, tre_summary
@@ -285,9 +285,11 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
 
     The output folder is checked before the registration starts (it can be
     created and written; it holds none of the files a run writes, unless
-    ``overwrite``). Files are staged beside it and appear together at the end;
-    an error or an interrupt leaves the folder as it was. ``overwrite`` removes
-    the earlier run's own files (those its ``metrics.json`` lists) and nothing else.
+    ``overwrite``; never an input of the job), and locked against a second run.
+    Files are staged inside it and appear together at the end; an error, an
+    interrupt or a full disk leaves the folder as it was. ``overwrite`` removes or
+    replaces only the earlier run's own files (those its ``metrics.json`` records,
+    unchanged since) and nothing else.
     Each output is written as soon as it is computed and then let go, so a
     512x512x600 CT registers in about 6 GB.
     """
@@ -295,7 +297,8 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
 
     fixed, moving, method = job.fixed, job.moving, job.method
     g = fixed.geometry
-    with OutputFolder(outdir, ALL_OUTPUT_FILES, overwrite=overwrite, owner="register") as folder:
+    inputs = [*(job.sources or {}).values(), *(m for m in (job.fixed_mask, job.moving_mask) if isinstance(m, (str, Path)))]
+    with OutputFolder(outdir, ALL_OUTPUT_FILES, overwrite=overwrite, owner="register", inputs=inputs) as folder:
         state: dict = {}
 
         def emit(name: str, value) -> None:
@@ -329,6 +332,7 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
         metrics["timings_s"]["outputs"] = round(time.perf_counter() - t1 - metrics["timings_s"]["total"]
                                                 - metrics["timings_s"]["masks"], 3)
         metrics[MANIFEST_KEY] = sorted(folder.written() + [MANIFEST_FILE])
+        metrics[RECORD_KEY] = folder.records()  # what a later --overwrite may remove: these files, unchanged
         folder.path("metrics.json").write_text(json.dumps(metrics, indent=2))
         folder.commit()
     if progress:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..io.outputs import MANIFEST_KEY
+from ..io.outputs import _STAGING_PREFIX, MANIFEST_KEY, RECORD_KEY, file_record, read_records
 
 #: The columns of ``results.csv``, in order.
 RESULT_COLUMNS = (
@@ -18,6 +21,10 @@ RESULT_COLUMNS = (
     "peak_rss_mb", "worker", "error",
 )
 RESULTS_FILE, SUMMARY_FILE, BOXPLOT_FILE = "results.csv", "results.md", "tre_boxplot.png"
+#: The cohort-level files a batch writes into its output folder.
+RESULT_FILES = (RESULTS_FILE, SUMMARY_FILE, BOXPLOT_FILE)
+#: The record (size and hash) of the cohort-level files the last batch wrote: a later batch replaces only those.
+BATCH_RECORD = ".deeplungreg-batch.json"
 #: What the batch adds to each pair's ``metrics.json``.
 BATCH_KEY = "batch"
 
@@ -80,20 +87,42 @@ def read_results(outdir: Path) -> dict[str, dict]:
         return {r["id"]: r for r in csv.DictReader(fh) if r.get("id")}
 
 
+def batch_records(outdir: Path) -> dict[str, dict] | None:
+    """The record of the cohort-level files an earlier batch wrote into ``outdir`` (``None``: none)."""
+    return read_records(outdir / BATCH_RECORD)
+
+
 def write_results(rows: list[dict], outdir: Path, title: str) -> None:
-    """``results.csv``, ``results.md`` and (with landmarks) ``tre_boxplot.png``, replaced at once."""
-    tmp = outdir / (RESULTS_FILE + ".part")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: "" if r.get(k) is None else r[k] for k in RESULT_COLUMNS})
-    tmp.replace(outdir / RESULTS_FILE)
-    (outdir / SUMMARY_FILE).write_text(summary_markdown(rows, title))
+    """``results.csv``, ``results.md`` and (with landmarks) ``tre_boxplot.png``, each replaced at once
+    (written beside it, then renamed: a link in its place is replaced, never followed), and their record."""
+    table = io.StringIO(newline="")
+    w = csv.DictWriter(table, fieldnames=RESULT_COLUMNS)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in RESULT_COLUMNS})
+    records = dict(batch_records(outdir) or {})
+    _replace(outdir / RESULTS_FILE, lambda p: p.write_bytes(table.getvalue().encode()))
+    _replace(outdir / SUMMARY_FILE, lambda p: p.write_text(summary_markdown(rows, title)))
+    records.update({n: file_record(outdir / n) for n in (RESULTS_FILE, SUMMARY_FILE)})
     before = [float(r["tre_before_mm"]) for r in rows if r["status"] == "ok" and r.get("tre_before_mm") is not None]
     after = [float(r["tre_after_mm"]) for r in rows if r["status"] == "ok" and r.get("tre_after_mm") is not None]
     if after:
-        _boxplot(before, after, outdir / BOXPLOT_FILE)
+        _replace(outdir / BOXPLOT_FILE, lambda p: _boxplot(before, after, p))
+        records[BOXPLOT_FILE] = file_record(outdir / BOXPLOT_FILE)
+    _replace(outdir / BATCH_RECORD, lambda p: p.write_text(json.dumps({RECORD_KEY: records}, indent=2)))
+
+
+def _replace(path: Path, write) -> None:
+    """Write ``path`` through a new hidden file beside it (mode from the umask) and rename that onto it."""
+    tmp = Path(tempfile.mktemp(prefix=_STAGING_PREFIX, suffix=path.suffix, dir=path.parent))
+    try:
+        with open(tmp, "x"):  # O_EXCL: never an existing file or a link
+            pass
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def summary_markdown(rows: list[dict], title: str) -> str:

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DeepLungRegError
-from ..io.outputs import _STAGING_PREFIX
+from ..io.outputs import _STAGING_PREFIX, FolderLock, MANIFEST_FILE, check_output_path, clean_leftovers, read_records, replace_problems
 from ..options import DEFAULT_METHOD
 from .cohort import CohortRow, cohort_rows, read_cohort
-from .results import BATCH_KEY, complete_metrics, failed_row, read_results, result_row, write_results
+from .results import (BATCH_KEY, BATCH_RECORD, RESULT_FILES, batch_records, complete_metrics, failed_row, read_results, result_row,
+                      write_results)
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +163,53 @@ def run_cohort(
     cohort = read_cohort(rows) if isinstance(rows, (str, Path)) else cohort_rows(rows)
     options = dict(options or {})
     get_method(method).config_cls.from_dict(options)  # a bad option fails now, not in every task
-    out = Path(outdir)
-    if out.exists() and not out.is_dir():
-        raise DeepLungRegError(f"batch: {out} is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    todo, kept = plan_pairs(cohort, out, retry_failed)
+    out = check_output_path(outdir, "batch")
+    cohort_file = rows if isinstance(rows, (str, Path)) else None
+    if out.exists():
+        check_cohort_outputs(cohort, out, cohort_file, retry_failed)  # before any work
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeepLungRegError(f"batch: cannot create the output folder {out} ({exc.strerror or exc})") from exc
+    with FolderLock(out, "batch"):
+        todo, kept = check_cohort_outputs(cohort, out, cohort_file, retry_failed)  # again, now that no other batch writes here
+        return _run_cohort(cohort, out, todo, kept, method, options, device, client, scheduler, workers, progress)
+
+
+def check_cohort_outputs(cohort: list[CohortRow], out: Path, cohort_file: str | Path | None,
+                         retry_failed: bool) -> tuple[list[CohortRow], dict[str, dict]]:
+    """Refuse, in one line, a cohort whose outputs would land on a file that no run of ours wrote (or on an
+    input): a pair's output name in ``OUTDIR/<id>/``, or ``results.csv``/``results.md``/``tre_boxplot.png``
+    in ``OUTDIR`` (the cohort file among them). Returns :func:`plan_pairs`'s pairs to run and rows kept."""
+    from ..pipeline import ALL_OUTPUT_FILES
+
+    def inputs(row: CohortRow) -> list[str]:
+        return [p for p in (row.fixed, row.moving, row.fixed_mask, row.moving_mask, row.fixed_landmarks, row.moving_landmarks) if p]
+
+    everything = [str(cohort_file)] if cohort_file is not None else []
+    for row in cohort:
+        everything += inputs(row)
+    problems, _ = replace_problems(out, RESULT_FILES, overwrite=True, records=batch_records(out), inputs=everything,
+                                   record_file=BATCH_RECORD)
+    todo, kept = ([], {}) if problems else plan_pairs(cohort, out, retry_failed)
+    for row in todo:
+        folder = out / row.id
+        try:
+            check_output_path(folder, "batch")
+        except DeepLungRegError as exc:
+            problems.append(str(exc).removeprefix("batch: "))
+            continue
+        if folder.is_dir():
+            found, _ = replace_problems(folder, ALL_OUTPUT_FILES, overwrite=True, records=read_records(folder / MANIFEST_FILE),
+                                        inputs=inputs(row))
+            problems += found
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DeepLungRegError(f"batch: {problems[0]}{more}; nothing was run")
+    return todo, kept
+
+
+def _run_cohort(cohort, out, todo, kept, method, options, device, client, scheduler, workers, progress) -> list[dict]:
     results: dict[str, dict] = dict(kept)
     state = {"done": sum(r["status"] == "ok" for r in kept.values()), "failed": sum(r["status"] == "failed" for r in kept.values()),
              "running": 0, "total": len(cohort), "dashboard": None}
@@ -280,8 +323,10 @@ def _run_tasks(client, todo: list[CohortRow], out: Path, method: str, options: d
 
 
 def _remove_partial_folders(out: Path, rows: list[CohortRow]) -> None:
-    """Staging folders that a killed worker left behind for these pairs."""
+    """Staging folders that a killed worker left behind for these pairs (in a pair's folder, unless a
+    live run holds its lock; beside it, where earlier versions staged)."""
     for row in rows:
+        clean_leftovers(out / row.id, "batch")
         for p in out.glob(f"{_STAGING_PREFIX}{row.id}-*"):
             shutil.rmtree(p, ignore_errors=True)
 

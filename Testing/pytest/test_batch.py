@@ -157,7 +157,8 @@ def test_a_pair_whose_worker_is_killed_still_completes(tmp_path, pair, client):
     assert killed is not None, "the pair never started"
     rows = result["rows"]
     assert rows[0]["status"] == "ok" and rows[0]["registered_in_this_run"], rows[0]
-    assert not [p for p in out.iterdir() if p.name.startswith(".deeplungreg-partial-")]  # the killed attempt's staging is gone
+    assert not [p for p in out.rglob(".deeplungreg-partial-*")]  # the killed attempt's staging is gone
+    assert not (out / "victim" / ".deeplungreg-lock").exists()  # and its lock was taken over, then released
 
 
 def test_the_batch_command_runs_a_local_cluster(tmp_path, pair, capsys):

@@ -219,7 +219,7 @@ def test_sigterm_ends_with_a_message_and_leaves_nothing(pair_dir, tmp_path):
     args = args[:i]  # adam with its default, slower settings: time to be stopped
     proc = subprocess.Popen([sys.executable, "-m", "DeepLungRegLib.cli", *args], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not any(p.name.startswith(".deeplungreg-partial-") for p in tmp_path.iterdir()):
+    while time.time() < deadline and not (out.is_dir() and any(p.name.startswith(".deeplungreg-partial-") for p in out.iterdir())):
         time.sleep(0.2)
     time.sleep(2.0)
     proc.send_signal(signal.SIGTERM)
