@@ -211,7 +211,7 @@ def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair,
     work = tmp_path / "work"
     work.mkdir()
 
-    run = BackgroundRegistration(hs.scene, fixed, moving, "affine", fixed_mask=fmask, moving_mask=None, fixed_landmarks=fl,
+    run = BackgroundRegistration(hs.scene, fixed, moving, "affine", fixed_mask=fmask, moving_mask="auto", fixed_landmarks=fl,
                                  moving_landmarks=ml, device="cpu", options={"levels_mm": [8.0], "iterations": [40]},
                                  workdir=work, show=False, python=str(stock_python))
     res = run.wait()
