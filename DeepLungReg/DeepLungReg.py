@@ -510,7 +510,8 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
     def register(self, fixedVolumeNode, movingVolumeNode, method: str = "convex", *, fixedMask="auto",
                  movingMask="auto", fixedLandmarks=None, movingLandmarks=None, device: str = "auto",
                  outputs: Optional[dict] = None, progress=None, cancel=None, show: bool = True,
-                 fixedMaskSegments=None, movingMaskSegments=None, background: bool = False, **options) -> dict:
+                 fixedMaskSegments=None, movingMaskSegments=None, background: bool = False, reportFolder=None,
+                 **options) -> dict:
         """Register ``movingVolumeNode`` to ``fixedVolumeNode``.
 
         Args:
@@ -528,6 +529,8 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
             show: show the warped overlay and the deformation grid.
             background: run the work in a separate process (:meth:`startRegistration`) and wait for
                 it while Slicer keeps processing events; the scene is written only when it ends well.
+            reportFolder: with ``background``, also write the command line's outputs and HTML report (needs
+                matplotlib) into a new subfolder of this folder, which is kept.
             **options: method settings (see :meth:`methodSettings`), e.g. ``regularisation=2``.
 
         Returns:
@@ -543,9 +546,12 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
                 run = self.startRegistration(
                     fixedVolumeNode, movingVolumeNode, method, fixedMask=fixedMask, movingMask=movingMask,
                     fixedLandmarks=fixedLandmarks, movingLandmarks=movingLandmarks, device=device, outputs=outputs,
-                    show=show, fixedMaskSegments=fixedMaskSegments, movingMaskSegments=movingMaskSegments, **options)
+                    show=show, fixedMaskSegments=fixedMaskSegments, movingMaskSegments=movingMaskSegments,
+                    reportFolder=reportFolder, **options)
                 result = run.wait(progress=progress, cancel=cancel, idle=slicer.app.processEvents)
             else:
+                if reportFolder:
+                    raise ValueError("DeepLungReg: reportFolder needs background=True (the report is written by the worker)")
                 result = register_nodes(
                     slicer.mrmlScene, fixedVolumeNode, movingVolumeNode, method, fixed_mask=fixedMask,
                     moving_mask=movingMask, fixed_landmarks=fixedLandmarks, moving_landmarks=movingLandmarks,
@@ -563,7 +569,7 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
     def startRegistration(self, fixedVolumeNode, movingVolumeNode, method: str = "convex", *, fixedMask="auto",
                           movingMask="auto", fixedLandmarks=None, movingLandmarks=None, device: str = "auto",
                           outputs: Optional[dict] = None, show: bool = True, fixedMaskSegments=None,
-                          movingMaskSegments=None, **options):
+                          movingMaskSegments=None, reportFolder=None, **options):
         """Start :meth:`register`'s work in a separate process and return its handle
         (``DeepLungRegLib.slicer_bridge.background.BackgroundRegistration``): call its ``poll()``
         from a timer for progress, ``cancel()`` to stop it, ``finish()`` once it is done to get
@@ -575,7 +581,8 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         return BackgroundRegistration(
             slicer.mrmlScene, fixedVolumeNode, movingVolumeNode, method, fixed_mask=fixedMask, moving_mask=movingMask,
             fixed_landmarks=fixedLandmarks, moving_landmarks=movingLandmarks, device=device, options=options,
-            outputs=outputs, fixed_mask_segments=fixedMaskSegments, moving_mask_segments=movingMaskSegments, show=show)
+            outputs=outputs, fixed_mask_segments=fixedMaskSegments, moving_mask_segments=movingMaskSegments, show=show,
+            report_folder=reportFolder or None)
 
     def registerFromParameterNode(self, parameterNode, progress=None, cancel=None) -> Optional[dict]:
         """Run :meth:`register` with the GUI's settings, in a separate process (Slicer stays responsive, and

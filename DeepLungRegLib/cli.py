@@ -24,20 +24,27 @@ SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "Sample" / "popi
 
 
 class _Progress:
-    """A tqdm bar fed by ``progress(stage, fraction)`` callbacks."""
+    """A tqdm bar fed by ``progress(stage, fraction)`` callbacks (no bar where tqdm is not installed,
+    e.g. Slicer's Python)."""
 
     def __init__(self, desc: str, enabled: bool = True):
-        from tqdm import tqdm
-
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            self.bar = None
+            return
         self.bar = tqdm(total=100, desc=desc, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} [{postfix}]", disable=not (enabled and sys.stderr.isatty()), file=sys.stderr)
 
     def __call__(self, stage: str, fraction: float) -> None:
+        if self.bar is None:
+            return
         self.bar.set_postfix_str(stage, refresh=False)
         self.bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))
         self.bar.refresh()
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
     def __enter__(self) -> "_Progress":
         return self
@@ -138,8 +145,12 @@ def cmd_batch(args) -> int:
 
 def cmd_worker(args) -> int:
     """One registration request (JSON, written by :mod:`DeepLungRegLib.slicer_bridge.background`), with progress
-    as JSON lines on stdout: ``{"stage", "fraction"}`` while it runs, then ``{"done": OUTDIR}`` or ``{"error": TEXT}``."""
+    as JSON lines on stdout: ``{"stage", "fraction"}`` while it runs, then ``{"done": OUTDIR}`` or ``{"error": TEXT}``.
+
+    It runs on Slicer's Python (torch, numpy, scipy, SimpleITK): it writes only what the module reads back,
+    and the report (matplotlib) only when the request asks for it (``"report": true``)."""
     import dataclasses
+    import importlib.util
 
     from .options import read_config_json
     from .pipeline import RegistrationJob, run_registration
@@ -149,13 +160,20 @@ def cmd_worker(args) -> int:
 
     try:
         req = read_config_json(args.request, "worker")
+        report = bool(req.get("report", False))
+        if report and importlib.util.find_spec("matplotlib") is None:
+            raise DeepLungRegError("worker: the report needs matplotlib, which this Python lacks; install it "
+                                   "(in Slicer: slicer.util.pip_install('matplotlib')) or register without a report folder")
         job = RegistrationJob.from_files(
             req["fixed"], req["moving"], method=req.get("method", DEFAULT_METHOD), fixed_mask=req.get("fixed_mask", "auto"),
             moving_mask=req.get("moving_mask", "auto"), fixed_landmarks=req.get("fixed_landmarks"),
             moving_landmarks=req.get("moving_landmarks"), options=req.get("options") or {}, device=req.get("device", "auto"))
         if req.get("landmark_labels") and job.fixed_landmarks is not None:
             job = dataclasses.replace(job, landmark_labels=list(req["landmark_labels"]))
-        run_registration(job, req["output"], overwrite=True, progress=lambda stage, f: say(stage=stage, fraction=round(f, 4)))
+        # the inputs are the module's private copies, deleted after the run: not recorded as the outputs' sources
+        job = dataclasses.replace(job, sources=None)
+        run_registration(job, req["output"], overwrite=bool(req.get("overwrite", not report)), report=report,
+                         progress=lambda stage, f: say(stage=stage, fraction=round(f, 4)))
     except KeyError as exc:
         say(error=f"worker: the request lacks {exc}")
         raise DeepLungRegError(f"worker: the request lacks {exc}") from exc
@@ -608,13 +626,19 @@ COMMANDS = {
 }
 
 
+#: Commands that run but are not listed in ``deeplungreg --help``.
+HIDDEN_COMMANDS = frozenset({"worker"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deeplungreg", description="Lung CT registration (DeepLungReg).")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
-    sub = p.add_subparsers(dest="command", required=True)
+    shown = ",".join(name for name in COMMANDS if name not in HIDDEN_COMMANDS)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + shown + "}")
     for name, (help_text, run, declare) in COMMANDS.items():
-        s = sub.add_parser(name, help=help_text)
+        # 'worker' is the Slicer module's own process: it runs, but is not listed in --help
+        s = sub.add_parser(name, help=help_text) if name not in HIDDEN_COMMANDS else sub.add_parser(name)
         declare(s)
         s.set_defaults(func=run)
     return p

@@ -280,8 +280,11 @@ def compute_outputs(job: RegistrationJob, *, progress: Callable[[str, float], No
 
 def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: bool = False,
                      progress: Callable[[str, float], None] | None = None, cancel: Callable[[], bool] | None = None,
-                     extra_metrics: dict | None = None) -> dict:
+                     extra_metrics: dict | None = None, report: bool = True) -> dict:
     """Register and write every output; returns the metrics dict (also in ``metrics.json``).
+
+    ``report=False`` leaves out ``report.html`` and its figures (the Slicer module's worker: what
+    the module reads back needs torch, numpy, scipy and SimpleITK only; the report needs matplotlib).
 
     The output folder is checked before the registration starts (it can be
     created and written; it holds none of the files a run writes, unless
@@ -293,7 +296,8 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
     Each output is written as soon as it is computed and then let go, so a
     512x512x600 CT registers in about 6 GB.
     """
-    from .report import ReportSlices, write_report  # matplotlib only where a report is written
+    if report:
+        from .report import ReportSlices, write_report  # matplotlib only where a report is written
 
     fixed, moving, method = job.fixed, job.moving, job.method
     g = fixed.geometry
@@ -303,6 +307,8 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
 
         def emit(name: str, value) -> None:
             if name == "masks":
+                if not report:
+                    return
                 fm = value[0]
                 state["slices"] = sl = ReportSlices(g, fm.array if fm is not None else None)
                 sl.add("fixed", fixed.array)
@@ -313,9 +319,12 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
                 if progress:
                     progress("writing the field", 0.91)
                 write_field(value, g, folder.path("displacement.nii.gz"))
-                state["slices"].add("field", value)
+                if report:
+                    state["slices"].add("field", value)
             else:
                 write_image(value, folder.path(IMAGE_OUTPUTS[name]))
+                if not report:
+                    return
                 state["slices"].add(name, value.array)
                 if name == "jacobian":
                     j = value.array[::2, ::2, ::2]
@@ -326,9 +335,10 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
         if job.sources:
             metrics["inputs"] = dict(job.sources)  # what 'deeplungreg review' shows the outputs over
         metrics.update(extra_metrics or {})
-        if progress:
-            progress("report", 0.99)
-        write_report(folder.staging, state["slices"], metrics, tb, ta, title=f"DeepLungReg: {method}")
+        if report:
+            if progress:
+                progress("report", 0.99)
+            write_report(folder.staging, state["slices"], metrics, tb, ta, title=f"DeepLungReg: {method}")
         metrics["timings_s"]["outputs"] = round(time.perf_counter() - t1 - metrics["timings_s"]["total"]
                                                 - metrics["timings_s"]["masks"], 3)
         metrics[MANIFEST_KEY] = sorted(folder.written() + [MANIFEST_FILE])

@@ -5,10 +5,17 @@ out-of-memory end cannot take the user's scene with it.
 does), writes its inputs into a private folder, and starts ``deeplungreg worker`` there (the
 library's own command, run by Slicer's Python). Progress comes back as JSON lines, which
 :meth:`~BackgroundRegistration.poll` reads without blocking (a Slicer widget calls it from a
-timer); :meth:`~BackgroundRegistration.cancel` ends the process; when it has finished,
+timer); :meth:`~BackgroundRegistration.cancel` ends the process and every process it started
+(Slicer's ``PythonSlicer`` is a launcher that runs Python as a child process); when it has finished,
 :meth:`~BackgroundRegistration.finish` reads the outputs back and writes them into nodes with
 the same code as the in-process path. Until then the scene is not touched, so a failed or
 cancelled run leaves it as it was.
+
+The worker runs on what a stock Slicer has (torch, numpy, scipy, SimpleITK) and writes only what
+:meth:`~BackgroundRegistration.finish` reads back, in a private folder that is deleted afterwards.
+With ``report_folder``, it also writes ``deeplungreg register``'s report (which needs matplotlib in
+Slicer's Python) into a new subfolder of that folder, which is kept. When the worker fails, its
+whole stderr goes to the log (``logging``, Slicer's log inside Slicer), and :attr:`error` is one line.
 
 >>> run = BackgroundRegistration(scene, fixed_node, moving_node, "embed")
 >>> result = run.wait(progress=print)   # or: poll() from a timer, then finish()
@@ -17,9 +24,12 @@ cancelled run leaves it as it was.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,8 +44,61 @@ from ..io.landmarks import write_landmarks
 from ..pipeline import DEFAULT_METHOD, read_outputs
 from .workflow import NodeRegistration, _checked_outputs, input_nodes, job_from_nodes, write_nodes
 
+log = logging.getLogger(__name__)
+
 #: The library's folder: the worker process imports DeepLungRegLib from here.
 _LIBRARY_PARENT = str(Path(__file__).resolve().parents[2])
+
+#: Windows process creation flags (subprocess names them only on Windows).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+
+
+def _on_windows() -> bool:
+    return os.name == "nt"
+
+
+def worker_popen_kwargs() -> dict:
+    """How the worker is started, besides its command: in a process group of its own, so that
+    :meth:`BackgroundRegistration.cancel` can end it with every process it starts (POSIX: a new
+    session; Windows: a new process group, and no console window)."""
+    if _on_windows():
+        return {"creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW}
+    return {"start_new_session": True}
+
+
+def kill_tree_command(pid: int) -> list[str]:
+    """Windows: the command that ends process ``pid`` and all its descendants."""
+    return ["taskkill", "/T", "/F", "/PID", str(int(pid))]
+
+
+def _group_alive(pgid: int) -> bool:
+    """POSIX: whether a process of group ``pgid`` still runs (on Linux, zombies waiting for a reaper do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _run_folder_name(fixed_node, moving_node, method: str) -> str:
+    """A new folder name for one run's report: the volumes' names, the method and the time."""
+    def clean(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", text or "volume").strip("._") or "volume"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{clean(moving_node.GetName())}-to-{clean(fixed_node.GetName())}-{clean(method)}-{stamp}"
 
 
 def python_executable() -> str:
@@ -60,13 +123,17 @@ class BackgroundRegistration:
     Attributes:
         state: ``"running"``, ``"done"``, ``"failed"`` or ``"cancelled"``.
         stage, fraction: the last progress report.
-        error: the worker's one-line error when it failed.
+        error: the worker's one-line error when it failed (its whole stderr is logged).
+        report_folder: with ``report_folder=PARENT``, the new subfolder of ``PARENT`` that receives
+            ``deeplungreg register``'s outputs and report (kept); ``None`` without.
+        pid: the worker's process id (the launcher's, when Python is started through one); on POSIX
+            also the id of the process group that :meth:`cancel` ends.
     """
 
     def __init__(self, scene, fixed_node, moving_node, method: str = DEFAULT_METHOD, *, fixed_mask="auto", moving_mask="auto",
                  fixed_landmarks=None, moving_landmarks=None, device: str = "auto", options: dict | None = None,
                  outputs: dict | None = None, fixed_mask_segments=None, moving_mask_segments=None, show: bool = True,
-                 workdir: str | Path | None = None, python: str | None = None):
+                 workdir: str | Path | None = None, python: str | None = None, report_folder: str | Path | None = None):
         self.scene, self.fixed_node, self.moving_node, self.show = scene, fixed_node, moving_node, show
         self.job = job_from_nodes(fixed_node, moving_node, method, fixed_mask=fixed_mask, moving_mask=moving_mask,
                                   fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, options=options,
@@ -74,13 +141,16 @@ class BackgroundRegistration:
         self.inputs = input_nodes(fixed_node, moving_node, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks)
         self.outputs = _checked_outputs(outputs, self.inputs)
         self.state, self.stage, self.fraction, self.error = "running", "starting", 0.0, None
+        self.report_folder = None if report_folder is None else \
+            Path(report_folder).expanduser().resolve() / _run_folder_name(fixed_node, moving_node, method)
         self.folder = Path(tempfile.mkdtemp(prefix="DeepLungReg-", dir=workdir))
         request = self._write_request()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([_LIBRARY_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         self._process = subprocess.Popen(
             [python or python_executable(), "-m", "DeepLungRegLib.cli", "worker", str(request)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(self.folder))
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(self.folder), **worker_popen_kwargs())
+        self.pid = self._process.pid
         self._lines: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
         threading.Thread(target=self._read, args=(self._process.stdout, self._lines.put), daemon=True).start()
@@ -90,7 +160,8 @@ class BackgroundRegistration:
     def _write_request(self) -> Path:
         job, d = self.job, self.folder
         req = {"fixed": str(write_image(job.fixed, d / "fixed.nrrd")), "moving": str(write_image(job.moving, d / "moving.nrrd")),
-               "method": job.method, "options": job.config.to_dict(), "device": job.device, "output": str(d / "out")}
+               "method": job.method, "options": job.config.to_dict(), "device": job.device, "output": str(self._outdir),
+               "report": self.report_folder is not None}
         for key, mask in (("fixed_mask", job.fixed_mask), ("moving_mask", job.moving_mask)):
             req[key] = str(write_image(mask.with_array(mask.array.astype("uint8")), d / f"{key}.nrrd")) if isinstance(mask, Image) \
                 else (mask or "none")
@@ -101,6 +172,11 @@ class BackgroundRegistration:
         path = d / "request.json"
         path.write_text(json.dumps(req, indent=2))
         return path
+
+    @property
+    def _outdir(self) -> Path:
+        """Where the worker writes: the kept report folder, or the private folder."""
+        return self.report_folder if self.report_folder is not None else self.folder / "out"
 
     @staticmethod
     def _read(stream, put) -> None:
@@ -133,29 +209,66 @@ class BackgroundRegistration:
                 self.state = "done"
             else:
                 self.state = "failed"
+                lines = [ln for ln in self._stderr if ln.strip()]
                 if not self.error:
-                    tail = [ln for ln in self._stderr if ln.strip()][-1:] or [f"exit code {self._process.returncode}"]
+                    tail = lines[-1:] or [f"exit code {self._process.returncode}"]
                     self.error = tail[0].removeprefix("deeplungreg: error: ")
+                log.error("DeepLungReg: the registration worker (pid %d) failed with exit code %d: %s\n"
+                          "its output on stderr:\n%s", self.pid, self._process.returncode, self.error,
+                          "\n".join(lines) or "(none)")
         return self.state
 
-    def cancel(self) -> None:
-        """End the worker; nothing is written into the scene."""
-        if self._process.poll() is None:
-            self._process.terminate()
+    def cancel(self, timeout: float = 10.0) -> None:
+        """End the worker and every process it started (a launcher's child Python included); nothing is
+        written into the scene. POSIX: SIGTERM to its process group (the worker removes its staged files),
+        SIGKILL to what is left after ``timeout`` s; Windows: ``taskkill /T /F``. Returns once none is left."""
+        if self._process.poll() is None or self._tree_alive():
+            self._end_tree(timeout)
+        self.state = "cancelled"
+        self._cleanup()
+
+    def _tree_alive(self) -> bool:
+        if _on_windows():
+            return self._process.poll() is None
+        return _group_alive(self.pid)
+
+    def _end_tree(self, timeout: float) -> None:
+        if _on_windows():
+            flags = CREATE_NO_WINDOW
+            subprocess.run(kill_tree_command(self.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           creationflags=flags, check=False)
             try:
-                self._process.wait(timeout=10)
+                self._process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        self.state = "cancelled"
-        self._cleanup()
+            return
+        for sig, limit in ((signal.SIGTERM, timeout), (signal.SIGKILL, 30.0)):
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                break
+            if self._wait_tree(limit):
+                break
+        self._process.poll()
+
+    def _wait_tree(self, limit: float) -> bool:
+        """POSIX: wait up to ``limit`` s until no process of the worker's group is left (True) or not (False)."""
+        end = time.monotonic() + limit
+        while True:
+            self._process.poll()  # reap our own child (the launcher) as soon as it ends
+            if self._process.returncode is not None and not _group_alive(self.pid):
+                return True
+            if time.monotonic() >= end:
+                return False
+            time.sleep(0.05)
 
     def finish(self) -> NodeRegistration:
         """The finished run's outputs, written into nodes (as :func:`.workflow.register_nodes` writes them)."""
         if self.poll() != "done":
             raise DeepLungRegError(f"register: the registration {self.state}" + (f": {self.error}" if self.error else ""))
         try:
-            out = read_outputs(self.folder / "out")
+            out = read_outputs(self._outdir)
             return write_nodes(self.scene, self.job, out, self.fixed_node, self.moving_node, outputs=self.outputs,
                                inputs=self.inputs, show=self.show)
         finally:
@@ -182,5 +295,14 @@ class BackgroundRegistration:
 
     def __del__(self):  # a handle dropped while running must not leave a process behind
         proc = getattr(self, "_process", None)
-        if proc is not None and proc.poll() is None:
-            proc.kill()
+        if proc is None or getattr(self, "state", None) != "running":
+            return
+        try:
+            if _on_windows():
+                if proc.poll() is None:
+                    subprocess.run(kill_tree_command(proc.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   creationflags=CREATE_NO_WINDOW, check=False)
+            elif _group_alive(proc.pid):
+                os.killpg(proc.pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
