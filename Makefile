@@ -6,16 +6,26 @@ BIN     = $(VENV)/bin
 
 .PHONY: setup demo test bench bench-quick clean
 
-$(BIN)/deeplungreg: pyproject.toml
+# torch first (the CPU or CUDA build you choose), then the library.
+$(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
+	touch $@
+
+# The demo needs the library and its dependencies only (matplotlib for the report, tqdm).
+$(VENV)/.demo: $(VENV)/.torch pyproject.toml
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# The tests need the test extra as well (slicer-core, trame-slicer, Playwright, Dask, ...).
+$(VENV)/.test: $(VENV)/.torch pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-setup: $(BIN)/deeplungreg
+setup: $(VENV)/.test
 
-demo: setup
+demo: $(VENV)/.demo
 	$(BIN)/deeplungreg demo -o demo-output
 
 test: setup

@@ -140,30 +140,24 @@ class DeepLungReg(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
-def samplePath() -> Optional[str]:
-    """The bundled demo CT: beside the installed module (Resources/Sample) or one folder up in a source checkout."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for folder in (here, os.path.dirname(here)):
-        path = os.path.join(folder, "Resources", "Sample", "popi00_demo.nrrd")
-        if os.path.isfile(path):
-            return path
-    return None
-
-
 def registerSampleData() -> None:
-    """Add the bundled demo CT to the Sample Data module (category DeepLungReg)."""
-    import pathlib
-
+    """Offer the sample pair in the Sample Data module (category DeepLungReg): the demo CT as the inhale, an
+    exhale simulated from it and their corresponding landmarks (``DeepLungRegLib.data.SAMPLE_PAIR``), loaded
+    as two volumes and two point lists that the module then picks by itself (:meth:`DeepLungRegLogic.samplePairNodes`)."""
     import SampleData
+    from DeepLungRegLib.data import SAMPLE_PAIR, sample_path
 
-    path = samplePath()
-    if path is None:
-        logging.warning("DeepLungReg: the bundled demo CT is missing; it is not offered in Sample Data")
+    paths = [sample_path(name) for name, _, _ in SAMPLE_PAIR]
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        logging.warning("DeepLungReg: the sample pair is not offered in Sample Data; missing %s", ", ".join(missing))
         return
-    icon = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons", "DeepLungReg.png")
+    icons = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons")
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="DeepLungReg", sampleName="DeepLungRegPOPIDemo", uris=pathlib.Path(path).as_uri(),
-        fileNames="popi00_demo.nrrd", nodeNames="POPI demo CT", thumbnailFileName=icon, loadFileType="VolumeFile")
+        category="DeepLungReg", sampleName="DeepLungRegInhaleExhale", uris=[path.as_uri() for path in paths],
+        fileNames=[name for name, _, _ in SAMPLE_PAIR], nodeNames=[node for _, node, _ in SAMPLE_PAIR],
+        thumbnailFileName=os.path.join(icons, "DeepLungRegSamplePair.png"),
+        loadFileType=[kind for _, _, kind in SAMPLE_PAIR])
 
 
 def segmentNames(text: str) -> Optional[list]:
@@ -263,6 +257,7 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+        self.logic.useSamplePair(self._parameterNode)
         if not self._parameterNode.fixedVolume:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first:
@@ -482,6 +477,27 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
 
     # --------------------------------------------------------------------- queries
     @staticmethod
+    def samplePairNodes() -> Optional[dict]:
+        """The sample pair loaded from Sample Data, ``{"fixed", "moving", "fixed_landmarks",
+        "moving_landmarks": node}``, or ``None`` when it is not (all) in the scene."""
+        from DeepLungRegLib.slicer_bridge.sample import sample_pair_nodes
+
+        return sample_pair_nodes(slicer.mrmlScene)
+
+    def useSamplePair(self, parameterNode) -> None:
+        """When the sample pair is in the scene and no moving volume is chosen yet, choose the pair: inhale
+        fixed, exhale moving, and both landmark lists, so that Apply gives the TRE table at once."""
+        if parameterNode is None or parameterNode.movingVolume:
+            return
+        nodes = self.samplePairNodes()
+        if nodes is None:
+            return
+        parameterNode.fixedVolume = nodes["fixed"]
+        parameterNode.movingVolume = nodes["moving"]
+        parameterNode.fixedLandmarks = nodes["fixed_landmarks"]
+        parameterNode.movingLandmarks = nodes["moving_landmarks"]
+
+    @staticmethod
     def methods() -> dict:
         """Registered methods: name -> one-line description."""
         from DeepLungRegLib.methods import available_methods
@@ -678,12 +694,12 @@ class DeepLungRegTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def _samplePath() -> str:
-        here = os.path.dirname(os.path.abspath(__file__))
-        for folder in (os.path.join(here, "Resources"), os.path.join(os.path.dirname(here), "Resources")):
-            path = os.path.join(folder, "Sample", "popi00_demo.nrrd")
-            if os.path.isfile(path):
-                return path
-        raise RuntimeError("DeepLungRegTest: the bundled sample popi00_demo.nrrd is missing")
+        from DeepLungRegLib.data import sample_path
+
+        path = sample_path()
+        if not path.is_file():
+            raise RuntimeError(f"DeepLungRegTest: the bundled sample {path} is missing")
+        return str(path)
 
     def test_RegisterSimulatedPair(self):
         self.delayDisplay("Simulating a breathing pair from the bundled CT (no download)")

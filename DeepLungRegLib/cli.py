@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .data import sample_path
 from .errors import DeepLungRegError, RegistrationCancelled, Terminated
 from .options import DEFAULT_METHOD
 
-SAMPLE = Path(__file__).resolve().parent.parent / "Resources" / "Sample" / "popi00_demo.nrrd"
+SAMPLE = sample_path()  # the demo CT, package data (DeepLungRegLib/data/sample)
 
 
 class _Progress:
@@ -579,7 +580,7 @@ def _args_train(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--resume", action="store_true", help="continue OUTPUT/checkpoint.pt")
-    s.add_argument("--init", metavar="WEIGHTS", help="start from trained weights (fine-tuning; e.g. Resources/Weights/M.pt with its -O width/levels); "
+    s.add_argument("--init", metavar="WEIGHTS", help="start from trained weights (fine-tuning; e.g. DeepLungRegLib/data/weights/M.pt with its -O width/levels); "
                    "mlvirnet then allows 0 in --level-steps")
     s.add_argument("-o", "--output", required=True, help="run folder: checkpoint.pt, log.csv, log.json, loss.png")
     s.add_argument("-q", "--quiet", action="store_true")

@@ -39,7 +39,7 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     pair = out / "pair"
-    assert cli(["simulate", str(ROOT / "Resources" / "Sample" / "popi00_demo.nrrd"), "-o", str(pair), "--spacing",
+    assert cli(["simulate", str(ROOT / "DeepLungRegLib" / "data" / "sample" / "popi00_demo.nrrd"), "-o", str(pair), "--spacing",
                 str(args.spacing), "--seed", "1", "-q"]) == 0
     rows = [{"id": f"p{i}", "fixed": pair / "fixed.nii.gz", "moving": pair / "moving.nii.gz", "fixed_mask": pair / "fixed_mask.nii.gz",
              "moving_mask": pair / "moving_mask.nii.gz", "fixed_landmarks": pair / "fixed_landmarks.csv",

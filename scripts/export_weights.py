@@ -1,8 +1,8 @@
-"""Copy the inference part of a training checkpoint into Resources/Weights (what the extension ships).
+"""Copy the inference part of a training checkpoint into DeepLungRegLib/data/weights (what the extension ships).
 
 Network methods (`deeplungreg train`) and embed's feature CNN (`deeplungreg train-features`) alike:
 
-    python scripts/export_weights.py train-runs/mlvirnet/checkpoint.pt Resources/Weights/mlvirnet.pt \
+    python scripts/export_weights.py train-runs/mlvirnet/checkpoint.pt DeepLungRegLib/data/weights/mlvirnet.pt \
         --command "python -m DeepLungRegLib.cli train --method mlvirnet ..."
 """
 

@@ -4,7 +4,7 @@ Usage: python scripts/make_demo_sample.py [../shared/data/popi/popi00.nrrd]
 
 The volume is resampled to 2.5 mm isotropic voxels (anti-aliased) and cropped
 to the lungs plus a 30 mm margin in x and y (all slices kept), then written
-as a gzip NRRD of int16 HU to Resources/Sample/popi00_demo.nrrd.
+as a gzip NRRD of int16 HU to DeepLungRegLib/data/sample/popi00_demo.nrrd.
 """
 
 import sys
@@ -17,7 +17,7 @@ from DeepLungRegLib.segmentation import lung_mask
 from DeepLungRegLib.transforms import resample_to_spacing, resample_to_geometry
 
 src = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[2] / "shared/data/popi/popi00.nrrd")
-out = Path(__file__).resolve().parents[1] / "Resources" / "Sample" / "popi00_demo.nrrd"
+out = Path(__file__).resolve().parents[1] / "DeepLungRegLib" / "data" / "sample" / "popi00_demo.nrrd"
 ct = resample_to_spacing(read_image(src), 2.5, fill=-1024.0)
 mask = lung_mask(ct).array
 kk, jj, ii = np.nonzero(mask)

@@ -46,7 +46,7 @@ def main() -> int:
     from DeepLungRegLib.transforms import resample_to_spacing
 
     t0 = time.perf_counter()
-    ct = resample_to_spacing(read_image(ROOT / "Resources" / "Sample" / "popi00_demo.nrrd"), args.spacing, fill=-1024.0)
+    ct = resample_to_spacing(read_image(ROOT / "DeepLungRegLib" / "data" / "sample" / "popi00_demo.nrrd"), args.spacing, fill=-1024.0)
     pair = simulate_breathing(ct, amplitude="small", seed=0)
     hs = new_scene()
     fixed = volume_node_from_image(hs.scene, pair.fixed, "inhale")

@@ -28,7 +28,7 @@ from DeepLungRegLib.transforms import resample_to_spacing  # noqa: E402
 
 
 def main() -> int:
-    ct = resample_to_spacing(read_image(ROOT / "Resources" / "Sample" / "popi00_demo.nrrd"), t.SPACING, fill=-1024.0)
+    ct = resample_to_spacing(read_image(ROOT / "DeepLungRegLib" / "data" / "sample" / "popi00_demo.nrrd"), t.SPACING, fill=-1024.0)
     pair = simulate_breathing(ct, amplitude="small", seed=3)
     before = tre(pair.fixed_landmarks, pair.moving_landmarks).mean()
     print(f"pair: {pair.fixed.geometry.size} voxels at {t.SPACING:g} mm, TRE before {before:.2f} mm\n")

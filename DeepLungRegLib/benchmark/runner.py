@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..data import sample_path
 from ..errors import DeepLungRegError
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def run_benchmark(
         from ..transforms.resample import resample_to_spacing
 
         for name in [m for m in methods if m in RUNNERS]:
-            sample = Path(__file__).resolve().parents[2] / "Resources" / "Sample" / "popi00_demo.nrrd"
+            sample = sample_path()
             image = resample_to_spacing(read_image(sample), 5.0, fill=-1024.0)
             say(f"checking {name}'s field conversion on a known translation")
             checks[name] = check_conversion(name, image, device=device)

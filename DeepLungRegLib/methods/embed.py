@@ -68,7 +68,7 @@ class EmbedConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
     feature_spacing_mm: float = option(2.0, 0.5, 16.0, "grid spacing of the MIND-SSC features (half resolution of a 1 mm CT).")
     features: str = option("mind", help="\"mind\" (handcrafted MIND-SSC) or \"cnn\" (paper 000's light U-Net trained to predict "
                            "MIND-SSC, ``deeplungreg train-features``); the refinement always uses MIND-SSC.", choices=("mind", "cnn"))
-    feature_weights: str = option("", help="weights of the feature CNN (\"\" : the shipped ``Resources/Weights/mindnet.pt``).")
+    feature_weights: str = option("", help="weights of the feature CNN (\"\" : the shipped ``data/weights/mindnet.pt``).")
     search_range_mm: float = option(40.0, 1.0, 120.0, "full width of the displacement search per axis (after affine alignment).")
     search_step_mm: float = option(2.0, 0.5, 16.0, "step of the displacement search (a multiple of the feature spacing).")
     second_pass_range_mm: float = option(12.0, 0.0, 60.0, "full width of a second, local search around the first pass's result "

@@ -3,7 +3,7 @@
 Each runs its network on a fixed-size grid centred on the fixed lung (both directions by
 default), turns the voxel displacement into a world field, and optionally refines it by
 instance optimisation (``finetune``, the talk's network + instance optimisation). Weights
-come from ``deeplungreg train``; the shipped ones are in ``Resources/Weights/<name>.pt``.
+come from ``deeplungreg train``; the shipped ones are in ``DeepLungRegLib/data/weights/<name>.pt``.
 A new network registers itself in its own file; nothing here names one.
 """
 

@@ -19,11 +19,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data import weights_dir
 from ..errors import DeepLungRegError
 from ..io.weights import load_torch_file
 from .unet import UNet
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "Resources" / "Weights" / "mindnet.pt"
+#: The shipped feature network (package data, see :mod:`DeepLungRegLib.data`).
+DEFAULT_WEIGHTS = weights_dir() / "mindnet.pt"
 
 
 class MindNet(nn.Module):
@@ -53,7 +55,7 @@ class MindNet(nn.Module):
 
 
 def load_feature_net(path: str | Path | None = None, device: torch.device | str = "cpu") -> MindNet:
-    """The feature network stored at ``path`` (default: the shipped ``Resources/Weights/mindnet.pt``), in eval mode."""
+    """The feature network stored at ``path`` (default: the shipped ``data/weights/mindnet.pt``), in eval mode."""
     path = Path(path) if path else DEFAULT_WEIGHTS
     if not path.is_file():
         raise DeepLungRegError(f"feature network weights {path} do not exist; train them with `deeplungreg train-features`")

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
+from ..data import weights_dir
 from ..errors import DeepLungRegError
 if TYPE_CHECKING:  # annotations only: config imports this registry to check method names
     from .config import NetworkConfig
 
-#: Shipped weights: ``Resources/Weights/<name>.pt`` beside the library (the source tree or the Slicer install).
-WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "Resources" / "Weights"
+#: Shipped weights: ``DeepLungRegLib/data/weights/<name>.pt``, package data found by importlib.resources
+#: (a source checkout, an installed wheel or the Slicer extension alike).
+WEIGHTS_DIR = weights_dir()
 
 
 def _all_parameters(model: torch.nn.Module, level: int, initialise: bool) -> list:
@@ -111,7 +113,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 def shipped_weights(name: str) -> Path:
-    """``Resources/Weights/<name>.pt``, or a one-line error saying how to train them."""
+    """``DeepLungRegLib/data/weights/<name>.pt``, or a one-line error saying how to train them."""
     path = WEIGHTS_DIR / f"{name}.pt"
     if not path.is_file():
         raise DeepLungRegError(

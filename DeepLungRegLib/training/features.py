@@ -138,7 +138,7 @@ def train_feature_net(cts: list[tuple[str, Image]], outdir: str | Path, *, steps
 
 
 def export_feature_net(checkpoint: str | Path, dest: str | Path, command: str = "", *, overwrite: bool = False) -> Path:
-    """Write the inference part of a :func:`train_feature_net` checkpoint (what ``Resources/Weights`` ships)."""
+    """Write the inference part of a :func:`train_feature_net` checkpoint (what ``DeepLungRegLib/data/weights`` ships)."""
     checkpoint, dest = Path(checkpoint), Path(dest)
     if not checkpoint.is_file():
         raise DeepLungRegError(f"export_feature_net: {checkpoint} does not exist")

@@ -261,7 +261,7 @@ def train(
 
 def export_weights(checkpoint: str | Path, dest: str | Path, command: str = "", *, overwrite: bool = False) -> Path:
     """Write the inference part of a checkpoint (method, config, weights, training data, validation
-    score, steps, and the command that trained it) to ``dest``: what ``Resources/Weights`` ships."""
+    score, steps, and the command that trained it) to ``dest``: what ``DeepLungRegLib/data/weights`` ships."""
     ck = load_checkpoint(checkpoint)
     dest = Path(dest)
     if dest.exists() and not overwrite:

@@ -13,7 +13,7 @@ import pytest
 from DeepLungRegLib.geometry import Geometry
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "Resources" / "Sample" / "popi00_demo.nrrd"
+SAMPLE = ROOT / "DeepLungRegLib" / "data" / "sample" / "popi00_demo.nrrd"
 
 
 def _shared_dir() -> Path:

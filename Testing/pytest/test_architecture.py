@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "DeepLungRegLib"
 #: Lowest first: a package may import only those before it (and itself).
-LAYERS = ["errors", "options", "slicer_python", "memory", "device", "geometry", "io", "ops", "transforms", "features", "losses", "metrics", "keypoints",
+LAYERS = ["errors", "data", "options", "slicer_python", "memory", "device", "geometry", "io", "ops", "transforms", "features", "losses", "metrics", "keypoints",
           "segmentation", "simulation", "networks", "methods", "evaluation", "training", "report", "pipeline", "batch", "slicer_bridge", "browser",
           "benchmark", "cli", "__init__"]
 

@@ -187,7 +187,7 @@ def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
     if browser_path is None:
         _required("chromium (apt-get install chromium, or DEEPLUNGREG_CHROMIUM=/path/to/chrome)")
     try:
-        from playwright.sync_api import sync_playwright
+        from playwright.sync_api import expect, sync_playwright
     except ImportError:
         _required("Playwright (pip install playwright)")
     _need_review_extra()
@@ -214,6 +214,8 @@ def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1500, "height": 850})
+            page.set_default_timeout(60_000)  # waits for a state, never a fixed time: generous under load
+            expect.set_options(timeout=60_000)
             t0 = time.perf_counter()
             page.goto(re.search(r"http://[^\s;]+", line).group(0))  # the printed URL, with the page's token
             page.wait_for_selector("#worst")
@@ -224,31 +226,38 @@ def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
 
             first, _ = _wait_for(rendered, 60, "three non-blank views")
             page_s = time.perf_counter() - t0
-            assert page.inner_text("#current").startswith(f"{worst_label}: 1 of {n} worst first")
-            # next, then worst: the views move away and back
+            # Every read after an action waits for the state it asserts (the server answers a click
+            # asynchronously: the text and the views change some time after it, later under load).
+            current, message = page.locator("#current"), page.locator("#message")
+            at_worst = re.compile(rf"^{re.escape(worst_label)}: 1 of {n}\b")
+            expect(current).to_have_text(re.compile(rf"^{re.escape(worst_label)}: 1 of {n} worst first"))
+            # next, then worst: the text and the views move away and back
             page.click("#next")
-            _wait_for(lambda: not page.inner_text("#current").startswith(worst_label), 60, "the next landmark")
+            expect(current).to_have_text(re.compile(rf"^\S+: 2 of {n}\b"))
+            expect(current).not_to_have_text(at_worst)
             moved, _ = _wait_for(lambda: (lambda s: s if sum(np.abs(a - b).mean() for a, b in zip(s, first)) > 1 else None)(_views(page)),
-                                 20, "the views to move to the next landmark")
+                                 60, "the views to move to the next landmark")
             t1 = time.perf_counter()
             page.click("#worst")
+            expect(current).to_have_text(at_worst)
             _wait_for(lambda: (lambda s: s if sum(np.abs(a - b).mean() for a, b in zip(s, moved)) > 1 else None)(_views(page)),
-                      20, "the views to move back to the worst landmark")
+                      60, "the views to move back to the worst landmark")
             move_s = time.perf_counter() - t1
-            assert page.inner_text("#current").startswith(f"{worst_label}: 1 of {n}")
             # flag the worst landmark with a comment, then export into the output folder
             page.fill("#comment", "misses the vessel")
+            expect(page.locator("#comment")).to_have_value("misses the vessel")
             page.click("#flag")
-            _wait_for(lambda: "1 flagged" in page.inner_text("#review-summary"), 60, "the flag")
+            expect(page.locator("#review-summary")).to_contain_text("1 flagged")
             page.click("#export")
-            _wait_for(lambda: "Exported" in page.inner_text("#message"), 60, "the export")
+            expect(message).to_contain_text("Exported")
             shot = os.environ.get("DEEPLUNGREG_REVIEW_SCREENSHOT")
             if shot:
                 page.click("#worst")
-                time.sleep(1.5)
+                expect(current).to_have_text(at_worst)
+                _wait_for(rendered, 60, "three non-blank views at the worst landmark")
                 page.screenshot(path=shot)
             page.click("#export")  # a second export does not replace the first
-            _wait_for(lambda: "already holds" in page.inner_text("#message"), 60, "the refusal to overwrite")
+            expect(message).to_contain_text("already holds")
             browser.close()
         print(f"\nreview page: server ready {server_s:.1f} s after start, page with three views {page_s:.1f} s after "
               f"loading, worst landmark {move_s:.2f} s after the click")

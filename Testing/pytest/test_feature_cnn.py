@@ -93,7 +93,7 @@ def test_feature_weights_errors(tmp_path):
         EmbedConfig.from_dict({"features": "sift"})
 
 
-@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped Resources/Weights/mindnet.pt")
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped DeepLungRegLib/data/weights/mindnet.pt")
 def test_the_shipped_feature_net_predicts_mind_ssc(ct3):
     """The shipped network's descriptors are close to MIND-SSC on the bundled sample (derived from
     popi00, one of its training CTs: a check of the shipped file, not a held-out score; the held-out

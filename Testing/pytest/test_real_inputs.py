@@ -150,7 +150,7 @@ def test_a_weights_file_that_would_run_code_is_refused(pair_dir, tmp_path):
 
 def test_the_shipped_weights_load_with_weights_only():
     for name in ("lindef", "mlvirnet", "labeldriven", "mindnet"):
-        assert isinstance(torch.load(ROOT / "Resources" / "Weights" / f"{name}.pt", weights_only=True), dict)
+        assert isinstance(torch.load(ROOT / "DeepLungRegLib" / "data" / "weights" / f"{name}.pt", weights_only=True), dict)
 
 
 # --------------------------------------------------------------- safe outputs

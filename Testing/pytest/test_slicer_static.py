@@ -107,8 +107,10 @@ def test_module_cmake_lists_every_module_file():
     lib_on_disk = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "DeepLungRegLib").rglob("*.py"))
     assert sorted(lib) == lib_on_disk, (f"DeepLungReg/CMakeLists.txt is out of step with DeepLungRegLib/: "
                                         f"missing {sorted(set(lib_on_disk) - set(lib))}, extra {sorted(set(lib) - set(lib_on_disk))}")
-    for rel in re.findall(r"\.\./Resources/\S+\.nrrd", text):
-        assert (MODULE / rel).is_file(), rel
+    data = _cmake_list(text, "DeepLungRegLib_DATA")
+    data_on_disk = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "DeepLungRegLib" / "data").rglob("*")
+                          if p.is_file() and p.suffix not in (".py", ".pyc"))
+    assert sorted(data) == data_on_disk, f"DeepLungReg/CMakeLists.txt installs {data}, DeepLungRegLib/data holds {data_on_disk}"
 
 
 def test_extension_cmake_and_tests_are_wired():
@@ -195,13 +197,21 @@ def test_method_choices_match_the_registry(module_ast):
         assert ast.literal_eval(defaults["method"]) == DEFAULT_METHOD, fn.name
 
 
-def test_the_weights_cmake_installs_are_the_shipped_files():
-    text = (MODULE / "CMakeLists.txt").read_text()
-    m = re.search(r"set\(DeepLungReg_WEIGHTS ([^)]*)\)", text)
-    assert m, "DeepLungReg/CMakeLists.txt does not install the network weights"
-    listed = sorted(m.group(1).split())
-    shipped = sorted(p.name for p in (ROOT / "Resources" / "Weights").glob("*.pt"))
-    assert listed == shipped, f"CMake installs {listed} but Resources/Weights holds {shipped}"
+def test_the_library_data_is_package_data():
+    """Every file under DeepLungRegLib/data goes into the wheel (pyproject's package-data globs), and the
+    library finds the weights there (importlib.resources), not in a folder beside the package."""
+    import fnmatch
+
+    from DeepLungRegLib.data import weights_dir
+    from DeepLungRegLib.networks import network_names
+    from DeepLungRegLib.networks.registry import WEIGHTS_DIR, shipped_weights
+
+    globs = json.loads(re.search(r'^"DeepLungRegLib\.data" = (\[.*\])$', (ROOT / "pyproject.toml").read_text(), re.M).group(1))
+    data = ROOT / "DeepLungRegLib" / "data"
+    files = [str(p.relative_to(data)) for p in data.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert files and all(any(fnmatch.fnmatch(f, g) for g in globs) for f in files), (files, globs)
+    assert WEIGHTS_DIR == weights_dir() == data / "weights"
+    assert all(shipped_weights(name).parent == data / "weights" for name in network_names())
 
 
 def _module_function(module_ast: ast.Module, name: str, namespace: dict):
@@ -256,16 +266,79 @@ def test_license_and_help_link():
     assert "README_URL" in MODULE_PY.read_text() and "user's guide" in MODULE_PY.read_text()
 
 
-def test_the_demo_ct_is_offered_in_sample_data(module_ast):
-    """The module registers the bundled demo CT with the Sample Data module at startup; the path it gives
-    exists in a source checkout (and, by the CMake install rule, beside the installed module)."""
+def test_the_sample_pair_is_offered_in_sample_data(module_ast, monkeypatch):
+    """At startup the module registers the sample pair with the Sample Data module: both volumes and both
+    point lists, from files that exist, under the node names the module picks them by, with a thumbnail."""
+    import logging
     import os
-    from typing import Optional
+    import sys
+    import types
 
-    sample_path = _module_function(module_ast, "samplePath", {"os": os, "Optional": Optional, "__file__": str(MODULE_PY)})
-    assert sample_path() == str(ROOT / "Resources" / "Sample" / "popi00_demo.nrrd")
-    text = MODULE_PY.read_text()
-    assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in text
-    assert "registerCustomSampleDataSource" in text and 'loadFileType="VolumeFile"' in text
-    cmake = (MODULE / "CMakeLists.txt").read_text()
-    assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Sample" in cmake
+    from DeepLungRegLib.data import SAMPLE_PAIR, sample_path
+
+    calls = []
+    logic = types.SimpleNamespace(registerCustomSampleDataSource=lambda **kw: calls.append(kw))
+    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=logic))
+    register = _module_function(module_ast, "registerSampleData", {"os": os, "logging": logging, "__file__": str(MODULE_PY)})
+    register()
+    assert 'slicer.app.connect("startupCompleted()", registerSampleData)' in MODULE_PY.read_text()
+    (kw,) = calls
+    assert kw["category"] == "DeepLungReg" and Path(kw["thumbnailFileName"]).is_file()
+    assert kw["fileNames"] == [name for name, _, _ in SAMPLE_PAIR]
+    assert kw["nodeNames"] == [node for _, node, _ in SAMPLE_PAIR]
+    assert kw["loadFileType"] == ["VolumeFile", "VolumeFile", "MarkupsFile", "MarkupsFile"]
+    from urllib.parse import unquote, urlparse
+
+    for uri, name in zip(kw["uris"], kw["fileNames"]):
+        path = Path(unquote(urlparse(uri).path))
+        assert path == sample_path(name) and path.is_file(), uri
+    # the thumbnail ships with the module
+    resources = [s.replace("${MODULE_NAME}", "DeepLungReg") for s in _cmake_list((MODULE / "CMakeLists.txt").read_text(), "MODULE_PYTHON_RESOURCES")]
+    assert str(Path(kw["thumbnailFileName"]).relative_to(MODULE)) in resources
+
+
+def test_the_sample_pair_files_are_a_pair():
+    """The inhale is the demo CT; the exhale is on its grid, int16, gzip; the landmark lists hold the same
+    labels in the same order, and the pair is a few MB."""
+    import numpy as np
+
+    from DeepLungRegLib import read_image, read_landmarks
+    from DeepLungRegLib.data import DEMO_CT, SAMPLE_PAIR, sample_path
+
+    inhale, exhale, fixed_points, moving_points = (sample_path(name) for name, _, _ in SAMPLE_PAIR)
+    assert inhale == sample_path(DEMO_CT)
+    a, b = read_image(inhale), read_image(exhale)
+    assert b.geometry.same_as(a.geometry) and b.array.dtype == np.int16 and not np.array_equal(a.array, b.array)
+    header = exhale.read_bytes()[:1000].split(b"\n\n")[0].decode().splitlines()
+    assert "encoding: gzip" in header and "type: short" in header, header
+    docs = [json.loads(p.read_text())["markups"][0] for p in (fixed_points, moving_points)]
+    labels = [[c["label"] for c in d["controlPoints"]] for d in docs]
+    assert labels[0] == labels[1] and len(labels[0]) >= 50
+    assert all(d["type"] == "Fiducial" for d in docs)
+    f, m = read_landmarks(fixed_points), read_landmarks(moving_points)
+    assert f.shape == m.shape and 3.0 < np.linalg.norm(m - f, axis=1).mean() < 15.0
+    assert sum(sample_path(name).stat().st_size for name, _, _ in SAMPLE_PAIR) < 8e6
+
+
+def test_the_module_picks_the_sample_pair_only_when_no_moving_volume_is_chosen(module_ast):
+    """With the sample pair in the scene, entering the module chooses inhale, exhale and both landmark lists,
+    unless the user has chosen a moving volume already."""
+    import types
+
+    logic = next(n for n in module_ast.body if isinstance(n, ast.ClassDef) and n.name == "DeepLungRegLogic")
+    fn = next(f for f in logic.body if isinstance(f, ast.FunctionDef) and f.name == "useSamplePair")
+    namespace = {}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), str(MODULE_PY), "exec"), namespace)
+    use = namespace["useSamplePair"]
+    pair = {"fixed": "inhale", "moving": "exhale", "fixed_landmarks": "F", "moving_landmarks": "M"}
+    fake = types.SimpleNamespace(samplePairNodes=lambda: pair)
+    empty = types.SimpleNamespace(fixedVolume="first volume", movingVolume=None, fixedLandmarks=None, movingLandmarks=None)
+    use(fake, empty)
+    assert (empty.fixedVolume, empty.movingVolume, empty.fixedLandmarks, empty.movingLandmarks) == ("inhale", "exhale", "F", "M")
+    chosen = types.SimpleNamespace(fixedVolume="a", movingVolume="b", fixedLandmarks=None, movingLandmarks=None)
+    use(fake, chosen)
+    assert (chosen.fixedVolume, chosen.movingVolume, chosen.fixedLandmarks) == ("a", "b", None)
+    use(types.SimpleNamespace(samplePairNodes=lambda: None), empty := types.SimpleNamespace(fixedVolume=None, movingVolume=None))
+    assert empty.movingVolume is None
+    use(fake, None)  # no parameter node yet
+    assert "self.logic.useSamplePair(self._parameterNode)" in MODULE_PY.read_text()
