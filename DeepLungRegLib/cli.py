@@ -145,6 +145,11 @@ def cmd_worker(args) -> int:
 
     try:
         req = read_config_json(args.request, "worker")
+        kinds = {**dict.fromkeys(("fixed", "moving", "output", "method", "device", "fixed_mask", "moving_mask", "fixed_landmarks",
+                                  "moving_landmarks"), "text"), "options": "an object", "landmark_labels": "a list"}
+        for key, kind in kinds.items():  # a field of the wrong type: one line (and the error message), not a traceback
+            if req.get(key) is not None and not isinstance(req[key], {"text": str, "an object": dict, "a list": list}[kind]):
+                raise DeepLungRegError(f"worker: the request's {key!r} must be {kind}, got {json.dumps(req[key])[:40]}")
         job = RegistrationJob.from_files(
             req["fixed"], req["moving"], method=req.get("method", DEFAULT_METHOD), fixed_mask=req.get("fixed_mask", "auto"),
             moving_mask=req.get("moving_mask", "auto"), fixed_landmarks=req.get("fixed_landmarks"),
