@@ -19,7 +19,6 @@ It also refuses a singular direction matrix, which ITK reports as three bare num
 
 from __future__ import annotations
 
-import gzip
 import os
 import zlib
 from pathlib import Path
@@ -69,32 +68,23 @@ def _text_header(path: Path, sep: str, last: str | None) -> tuple[dict[str, str]
     return fields, offset
 
 
-def _count_deflated(path: Path, offset: int, need: int, gzip_members: bool, what: str) -> int:
-    """Bytes the deflated data from ``offset`` decompress to (counting stops at ``need``): gzip
-    members (NRRD) or one zlib or gzip stream (MetaImage), streamed, never held."""
-    got = 0
+def _count_deflated(path: Path, offset: int, need: int, what: str) -> int:
+    """Bytes the deflated data from ``offset`` (zlib, or gzip members one after the other)
+    decompress to, counting stops at ``need``; streamed in blocks, never held."""
+    got, d = 0, zlib.decompressobj(47)  # 47: a zlib or a gzip header
     try:
         with open(path, "rb") as fh:
             fh.seek(offset)
-            if gzip_members:
-                with gzip.GzipFile(fileobj=fh) as gz:
-                    while got < need:
-                        block = gz.read(min(_CHUNK, need - got))
-                        if not block:
-                            break
-                        got += len(block)
-                return got
-            d = zlib.decompressobj(47)  # zlib or gzip header
-            while got < need and not d.eof:
-                block = fh.read(1 << 20)
+            while got < need:
+                block = fh.read(_CHUNK)
+                if d.eof:  # the next gzip member, if any
+                    block, d = d.unused_data + block, zlib.decompressobj(47)
                 if not block:
                     break
-                while block and got < need:
+                while block and got < need and not d.eof:
                     got += len(d.decompress(block, _CHUNK))
                     block = d.unconsumed_tail
-    except EOFError as exc:
-        raise DeepLungRegError(f"read_image: {what} is truncated: its compressed voxel data end early ({exc})") from exc
-    except (zlib.error, gzip.BadGzipFile) as exc:
+    except zlib.error as exc:
         raise DeepLungRegError(f"read_image: {what} is damaged: its compressed voxel data do not decompress ({exc})") from exc
     return got
 
@@ -112,7 +102,7 @@ def _check_data(what: str, data: Path, offset: int, encoding: str, expected: int
     elif encoding in ("gzip", "gz", "zlib"):
         if expected > holds * DEFLATE_MAX_RATIO + 64:
             _refuse(what, expected, holds, size, f" of compressed data, which can hold at most {_gb(holds * DEFLATE_MAX_RATIO)}", src)
-        got = _count_deflated(data, offset, expected, encoding != "zlib", what)
+        got = _count_deflated(data, offset, expected, what)
         if got < expected:
             raise DeepLungRegError(f"read_image: {what} is truncated: its header promises {_gb(expected)} of voxel data, "
                                    f"its compressed data hold {_gb(got)}")
@@ -183,7 +173,7 @@ def _vtk(path: Path, what: str, expected: int, values: int, size) -> None:
 def _gipl(path: Path, what: str, expected: int, values: int, size) -> None:
     """GIPL: a 256-byte header, then the voxels; ``.gipl.gz`` is the same file gzipped."""
     if path.name.lower().endswith(".gz"):
-        got = _count_deflated(path, 0, expected + 256, True, what) - 256
+        got = _count_deflated(path, 0, expected + 256, what) - 256
         if got < expected:
             raise DeepLungRegError(f"read_image: {what} is truncated: its header promises {_gb(expected)} of voxel data, "
                                    f"its compressed data hold {_gb(max(got, 0))}")
