@@ -84,7 +84,7 @@ def read_landmarks(
     """
     path = Path(path)
     if not path.is_file():
-        raise DeepLungRegError(f"read_landmarks: {path} does not exist")
+        raise DeepLungRegError(f"read_landmarks: {path} {'is not a regular file' if path.exists() else 'does not exist'}")
     fmt = fmt or _detect(path)
     if fmt not in FORMATS:
         raise DeepLungRegError(f"read_landmarks: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -95,6 +95,8 @@ def test_a_fifo_is_not_an_image(tmp_path):
     os.mkfifo(path)
     with pytest.raises(DeepLungRegError, match="is not a regular file"):
         read_image(path)
+    with pytest.raises(DeepLungRegError, match="is not a regular file"):
+        read_landmarks(path)
 
 
 # ------------------------------------------------------------------ strict landmark files
