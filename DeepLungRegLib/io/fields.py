@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
-from .headers import check_header
+from .headers import check_header, keep_locale
 from .images import _suffix, check_input_path, check_writable, image_to_sitk
 from .nifti import check_nifti, is_nifti, write_nifti
 
@@ -89,7 +89,8 @@ def read_field(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
                 raise DeepLungRegError(f"read_field: {path} holds a {tx.GetName()}, not a displacement field")
             img = tx.GetDisplacementField()
         else:
-            img = sitk.ReadImage(str(path))
+            with keep_locale():
+                img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise DeepLungRegError(f"read_field: cannot read {path}: {str(exc).strip().splitlines()[-1]}") from exc
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 3:

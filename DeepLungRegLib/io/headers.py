@@ -19,6 +19,8 @@ It also refuses a singular direction matrix, which ITK reports as three bare num
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import os
 import zlib
 from pathlib import Path
@@ -35,6 +37,18 @@ _SINGLE_FILE_IOS = ("MRCImageIO", "BioRadImageIO")
 #: A text header longer than this is not an image header.
 _MAX_HEADER = 1 << 20
 _CHUNK = 1 << 24
+
+
+@contextlib.contextmanager
+def keep_locale():
+    """Put the process's locale back after ITK: its legacy-VTK reader sets it to "C", after which
+    Python's default text encoding is ASCII and any later ``read_text()`` of a non-ASCII file fails."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        if locale.setlocale(locale.LC_ALL) != saved:
+            locale.setlocale(locale.LC_ALL, saved)
 
 
 def _gb(n: int) -> str:
@@ -193,7 +207,8 @@ def check_header(path: str | os.PathLike, what: str | None = None) -> None:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with keep_locale():
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
         raise DeepLungRegError(f"read_image: cannot read {what}: {lines[-1] if lines else 'unknown reader error'}") from exc

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
-from .headers import check_header
+from .headers import check_header, keep_locale
 from .nifti import check_nifti, is_nifti, write_nifti
 
 #: File endings we write. Anything SimpleITK reads is accepted on input.
@@ -138,7 +138,8 @@ def read_image(path: str | os.PathLike, *, what: str | None = None, dtype: type 
     elif path.is_file():
         check_header(path, what)  # before ITK allocates what the header claims
     try:
-        img = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
+        with keep_locale():
+            img = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except DeepLungRegError:
         raise
     except RuntimeError as exc:  # SimpleITK's reader errors

@@ -241,3 +241,12 @@ def test_cli_worker_request_field_of_the_wrong_type(tmp_path, capsys, field, val
     (tmp_path / "request.json").write_text(json.dumps(request))
     out = one_line(capsys, main(["worker", str(tmp_path / "request.json")]), says)
     assert says in json.loads(out.strip().splitlines()[-1])["error"]
+
+
+def test_reading_a_vtk_file_leaves_the_locale_as_it_was(tmp_path):
+    """ITK's legacy-VTK reader sets the process locale to "C": Python's default text encoding became ASCII."""
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    read_image(write_sitk(tmp_path, "a.vtk"))
+    assert locale.setlocale(locale.LC_ALL) == before
