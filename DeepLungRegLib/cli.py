@@ -161,6 +161,11 @@ def cmd_worker(args) -> int:
 
     try:
         req = read_config_json(args.request, "worker")
+        kinds = {**dict.fromkeys(("fixed", "moving", "output", "method", "device", "fixed_mask", "moving_mask", "fixed_landmarks",
+                                  "moving_landmarks"), "text"), "options": "an object", "landmark_labels": "a list"}
+        for key, kind in kinds.items():  # a field of the wrong type: one line (and the error message), not a traceback
+            if req.get(key) is not None and not isinstance(req[key], {"text": str, "an object": dict, "a list": list}[kind]):
+                raise DeepLungRegError(f"worker: the request's {key!r} must be {kind}, got {json.dumps(req[key])[:40]}")
         report = bool(req.get("report", False))
         if report and importlib.util.find_spec("matplotlib") is None:
             raise DeepLungRegError("worker: the report needs matplotlib, which this Python lacks; install it "

@@ -234,6 +234,8 @@ def read_config_json(path: str | os.PathLike, owner: str = "config") -> dict:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DeepLungRegError(f"{owner}: {path} is not valid JSON ({exc.msg})") from exc
-    if not isinstance(data, dict):
-        raise DeepLungRegError(f"{owner}: {path} must hold a JSON object of options")
-    return dict(data.get("config", data))
+    options = data.get("config", data) if isinstance(data, dict) else data
+    if not isinstance(options, dict):
+        where = "its \"config\" entry" if isinstance(data, dict) else "it"
+        raise DeepLungRegError(f"{owner}: {path} must hold a JSON object of options; {where} is {json.dumps(options)[:40]}")
+    return dict(options)

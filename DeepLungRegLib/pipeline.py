@@ -18,7 +18,7 @@ from .errors import DeepLungRegError
 from .evaluation import hu_ventilation, jacobian_ventilation, lung_map_stats, summarise_ventilation
 from .io.fields import write_field
 from .io.images import Image, read_image, write_image
-from .io.landmarks import read_landmarks
+from .io.landmarks import check_points, read_landmarks
 from .io.outputs import MANIFEST_FILE, MANIFEST_KEY, RECORD_KEY, OutputFolder
 from .methods import MethodConfig, RegistrationResult, get_method, register
 from .methods.base import check_image, mask_on_image
@@ -123,6 +123,8 @@ def _check_landmarks(fixed_landmarks, moving_landmarks, fixed: Image | None = No
         return
     if np.shape(fixed_landmarks) != np.shape(moving_landmarks):
         raise DeepLungRegError(f"register: {len(fixed_landmarks)} fixed landmarks but {len(moving_landmarks)} moving landmarks")
+    check_points(fixed_landmarks, "fixed landmark")
+    check_points(moving_landmarks, "moving landmark")
     for points, image, what in ((fixed_landmarks, fixed, "fixed"), (moving_landmarks, moving, "moving")):
         if image is None:
             continue
@@ -278,6 +280,27 @@ def compute_outputs(job: RegistrationJob, *, progress: Callable[[str, float], No
                                metrics=metrics, **{name: kept.get(name) for name in IMAGE_OUTPUTS})
 
 
+def _non_finite(value, where: str = "") -> str | None:
+    """The path (``tre_after.max``, ``diagnostics.loss[3]``) of the first non-finite float in ``value``."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return where or "(the value itself)"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def metrics_json(metrics: dict) -> str:
+    """``metrics`` as JSON text, refusing NaN and Infinity (which JSON does not have) with the field's name."""
+    try:
+        return json.dumps(metrics, indent=2, allow_nan=False)
+    except ValueError as exc:
+        raise DeepLungRegError(f"register: metrics.json would hold a non-finite number in {_non_finite(metrics)}; "
+                               "it is not written (please report this with the inputs)") from exc
+
+
 def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: bool = False,
                      progress: Callable[[str, float], None] | None = None, cancel: Callable[[], bool] | None = None,
                      extra_metrics: dict | None = None, report: bool = True) -> dict:
@@ -343,7 +366,7 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
                                                 - metrics["timings_s"]["masks"], 3)
         metrics[MANIFEST_KEY] = sorted(folder.written() + [MANIFEST_FILE])
         metrics[RECORD_KEY] = folder.records()  # what a later --overwrite may remove: these files, unchanged
-        folder.path("metrics.json").write_text(json.dumps(metrics, indent=2))
+        folder.path("metrics.json").write_text(metrics_json(metrics))
         folder.commit()
     if progress:
         progress("done", 1.0)

@@ -17,7 +17,8 @@ import SimpleITK as sitk
 
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
-from .images import _suffix, check_writable, image_to_sitk
+from .headers import check_header, keep_locale
+from .images import _suffix, check_input_path, check_writable, image_to_sitk
 from .nifti import check_nifti, is_nifti, write_nifti
 
 FIELD_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".h5")
@@ -72,11 +73,10 @@ def read_field(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
         ``(field, geometry)`` with field ``(Z, Y, X, 3)`` float32 in mm, LPS.
     """
     path = Path(path)
-    if not path.exists():
-        raise DeepLungRegError(f"read_field: {path} does not exist")
-    if path.is_file() and is_nifti(path):
+    check_input_path(path, str(path), "read_field", "a displacement field file")
+    if path.is_file() and _suffix(path) not in (".h5", ".tfm", ".hdf5"):
         try:
-            check_nifti(path)
+            check_nifti(path) if is_nifti(path) else check_header(path)
         except DeepLungRegError as exc:
             raise DeepLungRegError(str(exc).replace("read_image:", "read_field:", 1)) from exc
     try:
@@ -89,7 +89,8 @@ def read_field(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
                 raise DeepLungRegError(f"read_field: {path} holds a {tx.GetName()}, not a displacement field")
             img = tx.GetDisplacementField()
         else:
-            img = sitk.ReadImage(str(path))
+            with keep_locale():
+                img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise DeepLungRegError(f"read_field: cannot read {path}: {str(exc).strip().splitlines()[-1]}") from exc
     if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 3:

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
+from .headers import check_header, keep_locale
 from .nifti import check_nifti, is_nifti, write_nifti
 
 #: File endings we write. Anything SimpleITK reads is accepted on input.
@@ -109,6 +110,15 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
+def check_input_path(path: Path, what: str, owner: str, expected: str) -> None:
+    """Refuse a path that does not exist or is neither a regular file nor a folder (a FIFO, a
+    device or a socket, which a reader would wait on forever)."""
+    if not path.exists():
+        raise DeepLungRegError(f"{owner}: {what} does not exist")
+    if not (path.is_file() or path.is_dir()):
+        raise DeepLungRegError(f"{owner}: {what} is not a regular file (a FIFO, a device or a socket); give {expected}")
+
+
 def read_image(path: str | os.PathLike, *, what: str | None = None, dtype: type | None = None) -> Image:
     """Read a scalar 3D image file or DICOM series folder.
 
@@ -122,12 +132,14 @@ def read_image(path: str | os.PathLike, *, what: str | None = None, dtype: type 
     """
     path = Path(path)
     what = what or str(path)
-    if not path.exists():
-        raise DeepLungRegError(f"read_image: {what} does not exist")
+    check_input_path(path, what, "read_image", "an image file or a DICOM folder")
     if path.is_file() and is_nifti(path):
         check_nifti(path, what)  # ITK reads truncated files and NaN voxels of NIfTI files silently
+    elif path.is_file():
+        check_header(path, what)  # before ITK allocates what the header claims
     try:
-        img = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
+        with keep_locale():
+            img = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except DeepLungRegError:
         raise
     except RuntimeError as exc:  # SimpleITK's reader errors

@@ -27,6 +27,9 @@ from ..errors import DeepLungRegError
 from ..geometry import Geometry, lps_to_ras, ras_to_lps
 
 FORMATS = ("dirlab", "csv", "mrk.json", "fcsv", "elastix", "elastix-index", "pts")
+#: A coordinate beyond this many mm (a kilometre) is not a point of a scan; larger values overflow in TRE and statistics.
+MAX_COORD_MM = 1e6
+_DECIMAL_COMMA = "; are decimal commas used (80,5 for 80.5)? Write decimal points"
 
 
 def _detect(path: Path) -> str:
@@ -40,7 +43,7 @@ def _detect(path: Path) -> str:
     if name.endswith(".pts"):
         return "pts"
     if name.endswith(".txt"):
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
             first = fh.readline().strip().lower()
         return "elastix" if first in ("point", "index") else "dirlab"
     raise DeepLungRegError(f"read_landmarks: cannot tell the format of {path}; use .csv, .mrk.json, .fcsv, .txt (DIR-Lab or elastix) or .pts")
@@ -53,12 +56,13 @@ def _numeric_rows(lines: list[str], path: Path, ncols: int = 3) -> np.ndarray:
         if not line or line.startswith("#"):
             continue
         parts = line.replace(",", " ").split()
+        if len(parts) != ncols:
+            hint = _DECIMAL_COMMA if "," in line and len(parts) > ncols else ""
+            raise DeepLungRegError(f"read_landmarks: {path} line {n} has {len(parts)} values, expected {ncols}{hint}")
         try:
-            vals = [float(p) for p in parts[:ncols]]
+            vals = [float(p) for p in parts]
         except ValueError as exc:
             raise DeepLungRegError(f"read_landmarks: {path} line {n} is not numeric: {line[:60]!r}") from exc
-        if len(vals) != ncols:
-            raise DeepLungRegError(f"read_landmarks: {path} line {n} has {len(vals)} values, expected {ncols}")
         rows.append(vals)
     return np.asarray(rows, dtype=float).reshape(-1, ncols)
 
@@ -80,11 +84,11 @@ def read_landmarks(
     """
     path = Path(path)
     if not path.is_file():
-        raise DeepLungRegError(f"read_landmarks: {path} does not exist")
+        raise DeepLungRegError(f"read_landmarks: {path} {'is not a regular file' if path.exists() else 'does not exist'}")
     fmt = fmt or _detect(path)
     if fmt not in FORMATS:
         raise DeepLungRegError(f"read_landmarks: unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # a byte-order mark (Excel writes one) is read
     if fmt == "dirlab":
         if spacing is None:
             raise DeepLungRegError(f"read_landmarks: {path} is a DIR-Lab voxel file; its voxel spacing must be given (--spacing SX SY SZ)")
@@ -115,21 +119,41 @@ def read_landmarks(
         cols = {c.strip().lower(): c for c in (reader.fieldnames or [])}
         if not all(k in cols for k in ("x", "y", "z")):
             raise DeepLungRegError(f"read_landmarks: {path} needs a header with x,y,z columns, got {reader.fieldnames}")
-        try:
-            pts = np.asarray([[float(r[cols[k]]) for k in ("x", "y", "z")] for r in reader], dtype=float).reshape(-1, 3)
-        except (TypeError, ValueError) as exc:
-            raise DeepLungRegError(f"read_landmarks: {path} has a non-numeric coordinate") from exc
+        rows = []
+        for r in reader:
+            n, extra, missing = reader.line_num, r.get(None, []), [k for k, v in r.items() if v is None]
+            if extra or missing:  # more (or fewer) values than the header has columns
+                have = len(reader.fieldnames) + len(extra) - len(missing)
+                hint = _DECIMAL_COMMA if extra else ""
+                raise DeepLungRegError(f"read_landmarks: {path} line {n} has {have} values for the "
+                                       f"{len(reader.fieldnames)} columns {','.join(reader.fieldnames)}{hint}")
+            try:
+                rows.append([float(r[cols[k]]) for k in ("x", "y", "z")])
+            except ValueError as exc:
+                raise DeepLungRegError(f"read_landmarks: {path} line {n} has a non-numeric coordinate: "
+                                       f"{','.join(r[cols[k]] for k in ('x', 'y', 'z'))!r}") from exc
+        pts = np.asarray(rows, dtype=float).reshape(-1, 3)
     elif fmt == "fcsv":
         system = "RAS"
         for line in text.splitlines():
             if line.startswith("#") and "coordinatesystem" in line.lower().replace(" ", ""):
                 value = line.split("=", 1)[1].strip().upper()
                 system = {"0": "RAS", "1": "LPS"}.get(value, value)
-        rows = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-        try:
-            pts = np.asarray([[float(v) for v in r.split(",")[1:4]] for r in rows], dtype=float).reshape(-1, 3)
-        except ValueError as exc:
-            raise DeepLungRegError(f"read_landmarks: {path} has a non-numeric coordinate") from exc
+        columns = next((ln.split("=", 1)[1].split(",") for ln in text.splitlines()
+                        if ln.startswith("#") and ln[1:].strip().lower().startswith("columns") and "=" in ln), None)
+        rows = []
+        for n, r in enumerate(csv.reader(_io.StringIO(text)), 1):
+            if not r or not "".join(r).strip() or r[0].startswith("#"):
+                continue
+            if len(r) < 4 or (columns and len(r) > len(columns)):
+                hint = _DECIMAL_COMMA if len(r) >= 4 else ""
+                expected = f"{len(columns)} (its columns line)" if columns else "at least 4 (id,x,y,z)"
+                raise DeepLungRegError(f"read_landmarks: {path} line {n} has {len(r)} values, expected {expected}{hint}")
+            try:
+                rows.append([float(v) for v in r[1:4]])
+            except ValueError as exc:
+                raise DeepLungRegError(f"read_landmarks: {path} line {n} has a non-numeric coordinate: {','.join(r[1:4])!r}") from exc
+        pts = np.asarray(rows, dtype=float).reshape(-1, 3)
         if system not in ("RAS", "LPS"):
             raise DeepLungRegError(f"read_landmarks: {path} has unknown coordinate system {system!r}")
         if system == "RAS":
@@ -143,14 +167,28 @@ def read_landmarks(
         system = str(markup.get("coordinateSystem", "LPS")).upper()
         if system not in ("RAS", "LPS"):
             raise DeepLungRegError(f"read_landmarks: {path} has unknown coordinate system {system!r}")
-        pts = np.asarray([cp["position"] for cp in markup.get("controlPoints", [])], dtype=float).reshape(-1, 3)
+        positions = [cp.get("position") if isinstance(cp, dict) else None for cp in markup.get("controlPoints", [])]
+        for i, pos in enumerate(positions):
+            if not (isinstance(pos, list) and len(pos) == 3 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pos)):
+                raise DeepLungRegError(f"read_landmarks: {path} control point {i + 1} has no position of three numbers (got {pos!r})")
+        pts = np.asarray(positions, dtype=float).reshape(-1, 3)
         if system == "RAS":
             pts = ras_to_lps(pts)
     if len(pts) == 0:
         raise DeepLungRegError(f"read_landmarks: {path} holds no landmarks")
-    if not np.all(np.isfinite(pts)):
-        raise DeepLungRegError(f"read_landmarks: {path} holds NaN/Inf coordinates")
+    check_points(pts, str(path), "read_landmarks")
     return pts
+
+
+def check_points(points: np.ndarray, what: str, owner: str = "register") -> None:
+    """Refuse landmarks with a coordinate that is not a finite number of mm within :data:`MAX_COORD_MM`
+    (NaN, Inf, or values like 1e308 whose differences overflow), naming the first such point."""
+    pts = np.asarray(points, dtype=float).reshape(-1, 3)
+    bad = ~np.all(np.isfinite(pts) & (np.abs(pts) <= MAX_COORD_MM), axis=1)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DeepLungRegError(f"{owner}: {what} point {i + 1} ({', '.join(f'{v:g}' for v in pts[i])}) has a coordinate that is "
+                               f"NaN, infinite or beyond ±{MAX_COORD_MM:g} mm ({int(bad.sum())} such points)")
 
 
 def write_landmarks(

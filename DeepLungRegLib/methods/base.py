@@ -203,6 +203,41 @@ def _check_intensities(fixed: Image, moving: Image) -> None:
                     other, "fixed" if f else "moving")
 
 
+#: Voxel spacings outside this range (mm) are not those of a CT or MRI scan: a header in other units, or damaged.
+PLAUSIBLE_SPACING_MM = (0.1, 20.0)
+#: A moving image covering less than this share of the fixed image's box is warned about.
+MIN_OVERLAP_FRACTION = 0.1
+
+
+def _world_box(g: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """LPS bounding box ``(min, max)`` of the voxels' extent (corners at index -0.5 and size - 0.5), after the direction."""
+    corners = np.array([[a, b, c] for a in (-0.5, g.size[0] - 0.5) for b in (-0.5, g.size[1] - 0.5) for c in (-0.5, g.size[2] - 0.5)])
+    w = g.index_to_world(corners)
+    return w.min(axis=0), w.max(axis=0)
+
+
+def overlap_fraction(fixed: Geometry, moving: Geometry) -> float:
+    """Share of the fixed image's world bounding box that the moving image's world bounding box covers."""
+    (f0, f1), (m0, m1) = _world_box(fixed), _world_box(moving)
+    inter = np.clip(np.minimum(f1, m1) - np.maximum(f0, m0), 0.0, None)
+    return float(np.prod(inter) / np.prod(f1 - f0))
+
+
+def check_geometry(fixed: Image, moving: Image) -> None:
+    """Warn about spacings no scan has (a header in metres or microns) and a moving image that
+    covers little of the fixed one in world coordinates (a wrong origin or direction)."""
+    lo, hi = PLAUSIBLE_SPACING_MM
+    for img, what in ((fixed, "fixed"), (moving, "moving")):
+        sp = img.geometry.spacing
+        if min(sp) < lo or max(sp) > hi:
+            log.warning("the %s image's voxel spacing (%s) mm is outside %g-%g mm: is its header in mm, and right?",
+                        what, ", ".join(f"{v:g}" for v in sp), lo, hi)
+    share = overlap_fraction(fixed.geometry, moving.geometry)
+    if share < MIN_OVERLAP_FRACTION:
+        log.warning("the moving image covers %.2g %% of the fixed image's extent in world coordinates; check both "
+                    "images' origin and direction (a registration finds only motion within its reach)", 100 * share)
+
+
 def mask_on_image(mask: Image | None, img: Image, what: str, *, check_coverage: bool = True) -> Image | None:
     """A mask as bool on ``img``'s grid; one stored on another grid of the same scan is resampled onto it.
 
@@ -215,7 +250,10 @@ def mask_on_image(mask: Image | None, img: Image, what: str, *, check_coverage: 
         raise DeepLungRegError(f"register: {what} must be an Image, got {type(mask).__name__}")
     m = mask.with_array(np.asarray(mask.array) > 0)
     if not m.array.any():
-        raise DeepLungRegError(f"register: {what} is empty")
+        found = np.unique(np.asarray(mask.array))
+        values = ", ".join(f"{v:g}" for v in found[:5]) + (f" and {found.size - 5} more" if found.size > 5 else "")
+        raise DeepLungRegError(f"register: {what} is empty: it holds only the value(s) {values}; a mask marks "
+                               "its region with values above 0 (e.g. 1) and the rest with 0")
     if m.array.shape != img.array.shape or not mask.geometry.same_as(img.geometry, tol=1e-3):
         from ..transforms.warp import warp_image
 
@@ -299,6 +337,7 @@ def register(
     check_image(fixed, "fixed image")
     check_image(moving, "moving image")
     _check_intensities(fixed, moving)
+    check_geometry(fixed, moving)
     fixed_mask = mask_on_image(fixed_mask, fixed, "fixed mask")
     moving_mask = mask_on_image(moving_mask, moving, "moving mask")
     config = spec.make_config(config)

@@ -189,6 +189,8 @@ def simulate_breathing(
     mean_range, exponent = amplitude_parameters(amplitude)
     if not (0 <= noise_hu <= 500):
         raise DeepLungRegError(f"simulate: noise_hu must be between 0 and 500, got {noise_hu}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DeepLungRegError(f"simulate: the seed must be a whole number >= 0, got {seed!r}")
     if not (1 <= n_landmarks <= 100000):
         raise DeepLungRegError(f"simulate: n_landmarks must be between 1 and 100000, got {n_landmarks}")
     report = progress or (lambda msg, frac: None)
