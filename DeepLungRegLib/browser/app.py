@@ -20,7 +20,8 @@ from ..errors import DeepLungRegError
 from .folder import ReviewFolder
 
 #: What the overlay menu offers, by node role, with its label.
-OVERLAYS = {"warped": "Warped moving image", "jacobian": "Jacobian determinant", "ventilation": "Ventilation (J - 1)"}
+OVERLAYS = {"warped": "Warped moving image", "jacobian": "Jacobian determinant", "ventilation": "Ventilation (J - 1)",
+            "ventilation_hu": "HU ventilation"}
 
 
 def missing_dependencies() -> list[str]:

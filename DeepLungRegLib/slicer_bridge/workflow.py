@@ -8,8 +8,8 @@ output nodes that it tags as its own, so that a re-run replaces only them:
 * a grid transform node (resampling direction, "from parent") with the
   deformation grid shown in the slice views;
 * the warped moving volume, shown as the foreground over the fixed volume;
-* Jacobian and ventilation volumes with a diverging colour table centred on
-  no volume change, each with a colour legend;
+* Jacobian, ventilation and (CT with a lung mask) HU ventilation volumes with a
+  diverging colour table centred on no change, each with a colour legend;
 * with landmarks, a TRE table (before, after, error vector) and the moving
   landmarks placed under the transform, labelled and coloured by their error.
 
@@ -50,9 +50,12 @@ OUTPUT_CLASSES = {
     "warped": "vtkMRMLScalarVolumeNode",
     "jacobian": "vtkMRMLScalarVolumeNode",
     "ventilation": "vtkMRMLScalarVolumeNode",
+    "ventilation_hu": "vtkMRMLScalarVolumeNode",
     "landmarks": "vtkMRMLMarkupsFiducialNode",
     "tre_table": "vtkMRMLTableNode",
 }
+#: The maps (roles of :class:`RegistrationOutputs` images) and their node names.
+MAP_NAMES = {"jacobian": "Jacobian", "ventilation": "ventilation", "ventilation_hu": "HU ventilation"}
 #: Name of the shared diverging colour table.
 DIVERGING_COLOR_NAME = "DeepLungReg Diverging"
 
@@ -71,6 +74,8 @@ class NodeRegistration:
         summary: a few human-readable lines, with a warning when the field folds.
         worst_landmark: index of the landmark with the largest TRE after registration.
         outputs: the in-memory library outputs.
+        ventilation_hu: the HU-based specific ventilation on the fixed grid (``None`` unless both
+            images are CT and there is a fixed lung mask).
     """
 
     transform: object
@@ -83,11 +88,12 @@ class NodeRegistration:
     summary: str
     worst_landmark: int | None = None
     outputs: RegistrationOutputs | None = field(default=None, repr=False)
+    ventilation_hu: object | None = None
 
     def nodes(self) -> dict[str, object]:
         """The created nodes by role (``None`` roles left out)."""
         d = {"transform": self.transform, "warped": self.warped, "jacobian": self.jacobian,
-             "ventilation": self.ventilation, "landmarks": self.landmarks, "tre_table": self.tre_table}
+             "ventilation": self.ventilation, "ventilation_hu": self.ventilation_hu, "landmarks": self.landmarks, "tre_table": self.tre_table}
         return {k: v for k, v in d.items() if v is not None}
 
 
@@ -200,7 +206,7 @@ def show_overlay(scene, background_node, foreground_node, opacity: float = 0.5) 
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode")):
         legend = scene.GetNthNodeByClass(i, "vtkMRMLColorLegendDisplayNode")
         owner = legend.GetDisplayableNode()
-        if owner is not None and owner.GetAttribute(ROLE_ATTRIBUTE) in ("jacobian", "ventilation"):
+        if owner is not None and owner.GetAttribute(ROLE_ATTRIBUTE) in MAP_NAMES:
             legend.SetVisibility(foreground_node is not None and owner.GetID() == foreground_node.GetID())
 
 
@@ -278,7 +284,7 @@ def register_nodes(scene, fixed_node, moving_node, method: str = DEFAULT_METHOD,
         scene: the MRML scene (``slicer.mrmlScene`` in Slicer).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         outputs: output nodes chosen by the user, by role (``"transform"``,
-            ``"warped"``, ``"jacobian"``, ``"ventilation"``, ``"landmarks"``,
+            ``"warped"``, ``"jacobian"``, ``"ventilation"``, ``"ventilation_hu"``, ``"landmarks"``,
             ``"tre_table"``); others are found among this pair's earlier
             outputs or created.
         progress: ``progress(stage, fraction)``.
@@ -306,15 +312,16 @@ def write_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, fixed_nod
     transform = _transform_node(node_for("transform", "transform"), scene, job, out, show)
     warped = volume_node_from_image(scene, out.warped, "", node=node_for("warped", "warped"))
     _copy_display(moving_node, warped)
-    jac, vent = _map_nodes(scene, out, node_for("jacobian", "Jacobian") if out.jacobian is not None else None,
-                           node_for("ventilation", "ventilation") if out.ventilation is not None else None)
+    jac, vent, vent_hu = _map_nodes(scene, out, *(node_for(role, name) if getattr(out, role) is not None else None
+                                                  for role, name in MAP_NAMES.items()))
     lm_node = table = worst = None
     if job.fixed_landmarks is not None:
         table, lm_node, worst = _landmark_nodes(scene, job, out, transform, node_for("tre_table", "TRE"),
                                                 node_for("landmarks", "warped landmarks"))
     if show:
         show_overlay(scene, fixed_node, warped, 0.5)
-    return NodeRegistration(transform, warped, jac, vent, lm_node, table, out.metrics, summary_text(out.metrics), worst, out)
+    return NodeRegistration(transform, warped, jac, vent, lm_node, table, out.metrics, summary_text(out.metrics), worst, out,
+                            vent_hu)
 
 
 def _transform_node(node, scene, job: RegistrationJob, out: RegistrationOutputs, show: bool):
@@ -345,11 +352,12 @@ def _copy_display(source_node, node) -> None:
             d.SetAndObserveColorNodeID(sd.GetColorNodeID())
 
 
-def _map_nodes(scene, out: RegistrationOutputs, jacobian_node, ventilation_node):
-    """The Jacobian and ventilation volumes, in diverging colours centred on no volume change (``None``
-    for a map that ``out`` lacks, e.g. read back from a folder without it)."""
+def _map_nodes(scene, out: RegistrationOutputs, jacobian_node, ventilation_node, ventilation_hu_node):
+    """The Jacobian, ventilation and HU ventilation volumes, in diverging colours centred on no change
+    (``None`` for a map that ``out`` lacks, e.g. read back from a folder without it)."""
     nodes = []
-    for image, node, centre, title in ((out.jacobian, jacobian_node, 1.0, "Jacobian"), (out.ventilation, ventilation_node, 0.0, "J - 1")):
+    for image, node, centre, title in ((out.jacobian, jacobian_node, 1.0, "Jacobian"), (out.ventilation, ventilation_node, 0.0, "J - 1"),
+                                       (out.ventilation_hu, ventilation_hu_node, 0.0, "HU ventilation")):
         if image is None:
             nodes.append(None)
             continue

@@ -80,7 +80,7 @@ def _copy(out: Path, dest: Path) -> Path:
 # --------------------------------------------------------------------- the folder
 def test_a_registration_output_opens_with_its_views_and_landmarks(registered):
     folder = ReviewFolder.open(registered["out"])
-    assert folder.views == {"jacobian": True, "ventilation": True, "landmarks": True}
+    assert folder.views == {"jacobian": True, "ventilation": True, "ventilation_hu": True, "landmarks": True}
     assert folder.fixed_path == (registered["pair"] / "fixed.nii.gz").resolve()
     job = folder.job()
     metrics = json.loads((registered["out"] / "metrics.json").read_text())
@@ -141,7 +141,7 @@ def test_absent_views_are_hidden_not_broken(registered, tmp_path, slicer_core):
         m.pop(key)
     (folder / "metrics.json").write_text(json.dumps(m))
     page = ReviewPage(ReviewFolder.open(folder))
-    assert [o["value"] for o in page.state.overlays] == ["warped", "jacobian"]
+    assert [o["value"] for o in page.state.overlays] == ["warped", "jacobian", "ventilation_hu"]
     assert page.review is None and page.state.has_landmarks is False
     page.state.overlay = "jacobian"
     page._on_overlay("jacobian", 0.7)

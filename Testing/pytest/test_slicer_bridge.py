@@ -286,6 +286,10 @@ def test_register_nodes_lowers_tre_and_makes_every_output(registered, bridge):
     jd = r.jacobian.GetDisplayNode()
     assert jd.GetLevel() == pytest.approx(1.0) and jd.GetColorNode().GetName() == "DeepLungReg Diverging"
     assert r.ventilation.GetDisplayNode().GetLevel() == pytest.approx(0.0)
+    # the HU ventilation (CT with a lung mask) is a map like the others, offered as an overlay
+    assert r.ventilation_hu is not None and r.nodes()["ventilation_hu"] is r.ventilation_hu
+    assert r.ventilation_hu.GetDisplayNode().GetLevel() == pytest.approx(0.0)
+    assert np.allclose(bridge.image_from_volume_node(r.ventilation_hu).array, r.outputs.ventilation_hu.array)
 
 
 def test_register_nodes_tre_table_and_landmarks(registered, bridge):
