@@ -783,7 +783,7 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
             return None
         logging.info("DeepLungReg: %s", result.summary.replace("\n", "; "))
         if show:
-            slicer.util.resetSliceViews()
+            self.fitSliceViews(fixedVolumeNode)
         return {"nodes": result.nodes(), "metrics": result.metrics, "summary": result.summary,
                 "worstLandmark": result.worst_landmark}
 
@@ -838,9 +838,20 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def setGridVisible(transformNode, visible: bool) -> None:
-        """Show or hide the deformation grid of a transform in the slice views."""
-        if transformNode is not None and transformNode.GetDisplayNode() is not None:
-            transformNode.GetDisplayNode().SetVisibility(bool(visible))
+        """Show or hide the deformation grid of a DeepLungReg transform in the slice views (drawn over the
+        fixed volume only, by ``DeepLungRegLib.slicer_bridge.grid``)."""
+        if transformNode is None:
+            return
+        from DeepLungRegLib.slicer_bridge.grid import set_grid_visible
+
+        set_grid_visible(slicer.mrmlScene, transformNode, visible)
+
+    @staticmethod
+    def fitSliceViews(volumeNode) -> None:
+        """Fit every slice view to ``volumeNode`` (all of it in view, centred), at the views' present size."""
+        from DeepLungRegLib.slicer_bridge.grid import fit_slice_views
+
+        fit_slice_views(slicer.app.applicationLogic(), volumeNode)
 
     # ------------------------------------------------------------------- review
     @staticmethod

@@ -6,7 +6,7 @@ input nodes; :func:`register_nodes` computes it
 output nodes that it tags as its own, so that a re-run replaces only them:
 
 * a grid transform node (resampling direction, "from parent") with the
-  deformation grid shown in the slice views;
+  deformation grid shown in the slice views, over the fixed volume only (:mod:`.grid`);
 * the warped moving volume, shown as the foreground over the fixed volume;
 * Jacobian, ventilation and (CT with a lung mask) HU ventilation volumes with a
   diverging colour table centred on no change, each with a colour legend;
@@ -30,6 +30,7 @@ import slicer
 from ..errors import DeepLungRegError
 from ..geometry.grid import lps_to_ras, ras_to_lps
 from ..pipeline import DEFAULT_METHOD, RegistrationJob, RegistrationOutputs, compute_outputs, summary_lines
+from .grid import grid_spacing_mm, point_in_view, show_deformation_grid
 from .nodes import (
     grid_transform_node_from_field, image_from_volume_node, landmarks_from_markups, mask_from_segmentation,
     markups_labels, volume_node_from_image,
@@ -210,11 +211,21 @@ def show_overlay(scene, background_node, foreground_node, opacity: float = 0.5) 
             legend.SetVisibility(foreground_node is not None and owner.GetID() == foreground_node.GetID())
 
 
+#: A point this close to a view's edge (a fraction of the view) is brought to the centre.
+JUMP_EDGE_MARGIN = 0.05
+
+
 def jump_to_point(scene, point_lps: np.ndarray) -> None:
-    """Centre every slice view on an LPS point."""
+    """Move every slice view through an LPS point: the slice moves, the image stays where it is (the views
+    keep their fit to the fixed volume); a view shows the point at its centre only when it was outside
+    the view or near its edge."""
     r, a, s = lps_to_ras(np.asarray(point_lps, dtype=float)[None])[0]
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-        scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").JumpSliceByCentering(r, a, s)
+        node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
+        if point_in_view(node, (r, a, s), JUMP_EDGE_MARGIN):
+            node.JumpSliceByOffsetting(r, a, s)
+        else:
+            node.JumpSliceByCentering(r, a, s)
 
 
 def jump_to_landmark(scene, markups_node, index: int) -> np.ndarray:
@@ -333,12 +344,12 @@ def _transform_node(node, scene, job: RegistrationJob, out: RegistrationOutputs,
     if transform.GetDisplayNode() is None:
         transform.CreateDefaultDisplayNodes()
     td = transform.GetDisplayNode()
+    # Slicer's own grid would cover each view's whole field of view, background included: it stays off
+    # (the Transforms module can still show it) and the grid models draw the grid over the fixed volume.
     td.SetVisualizationMode(slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GRID)
-    extent = np.asarray(g.size) * np.asarray(g.spacing)
-    td.SetGridSpacingMm(float(max(5.0, round(float(np.min(extent)) / 15.0))))
-    td.SetVisibility(show)
-    td.SetVisibility2D(True)
-    td.SetVisibility3D(False)
+    td.SetGridSpacingMm(grid_spacing_mm(g))
+    td.SetVisibility(False)
+    show_deformation_grid(scene, transform, out.result.field, g, visible=show)
     return transform
 
 
@@ -372,8 +383,8 @@ def _landmark_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, trans
     (the starting point of a :class:`~.review.LandmarkReview`); returns ``(table, markups, index of the worst landmark)``."""
     review = LandmarkReview(job.fixed_landmarks, job.moving_landmarks, out.result.field, job.fixed.geometry,
                             job.landmark_labels)
+    worst = review.goto(review.order("tre")[0])  # the first look: the worst landmark is the current one
     table = review.show(scene, markups_node, table_node)
-    worst = review.order("tre")[0]
     markups_node.SetAndObserveTransformNodeID(transform.GetID())
     markups_node.SetAttribute("DeepLungReg.WorstLandmark", str(worst))
     return table, markups_node, worst
