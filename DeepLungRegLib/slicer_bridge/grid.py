@@ -166,12 +166,11 @@ def _ras_to_xy(slice_node) -> np.ndarray:
     return np.linalg.inv(xy_to_ras)
 
 
-def point_in_view(slice_node, point_ras, margin: float = 0.0) -> bool:
-    """Whether ``point_ras`` projects into the slice view's field of view (``margin``: a fraction of the
-    view kept clear at each edge)."""
+def point_in_view(slice_node, point_ras) -> bool:
+    """Whether ``point_ras`` projects into the slice view's field of view (to half a pixel)."""
     x, y = (_ras_to_xy(slice_node) @ np.append(np.asarray(point_ras, dtype=float), 1.0))[:2]
     w, h = slice_node.GetDimensions()[:2]
-    return margin * w <= x <= (1 - margin) * w and margin * h <= y <= (1 - margin) * h
+    return -0.5 <= x <= w + 0.5 and -0.5 <= y <= h + 0.5
 
 
 def volume_corners_ras(volume_node) -> np.ndarray:

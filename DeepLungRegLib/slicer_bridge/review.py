@@ -196,8 +196,10 @@ class LandmarkReview:
         from .nodes import field_from_grid_transform_node, landmarks_from_markups, markups_labels
 
         field, geometry = field_from_grid_transform_node(transform_node)
-        return cls(landmarks_from_markups(fixed_markups), landmarks_from_markups(warped_markups, world=False), field,
-                   geometry, markups_labels(fixed_markups))
+        review = cls(landmarks_from_markups(fixed_markups), landmarks_from_markups(warped_markups, world=False), field,
+                     geometry, markups_labels(fixed_markups))
+        review.markups = warped_markups  # its labels follow the current landmark (:meth:`centre`)
+        return review
 
     def columns(self) -> dict[str, list]:
         """The TRE table: landmark, TRE before and after, the remaining error vector (RAS, as Slicer

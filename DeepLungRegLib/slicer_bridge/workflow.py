@@ -211,18 +211,14 @@ def show_overlay(scene, background_node, foreground_node, opacity: float = 0.5) 
             legend.SetVisibility(foreground_node is not None and owner.GetID() == foreground_node.GetID())
 
 
-#: A point this close to a view's edge (a fraction of the view) is brought to the centre.
-JUMP_EDGE_MARGIN = 0.05
-
-
 def jump_to_point(scene, point_lps: np.ndarray) -> None:
     """Move every slice view through an LPS point: the slice moves, the image stays where it is (the views
-    keep their fit to the fixed volume); a view shows the point at its centre only when it was outside
-    the view or near its edge."""
+    keep their fit to the fixed volume, which has every landmark in view); a view shows the point at its
+    centre only when it was outside the view (e.g. zoomed in elsewhere)."""
     r, a, s = lps_to_ras(np.asarray(point_lps, dtype=float)[None])[0]
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
         node = scene.GetNthNodeByClass(i, "vtkMRMLSliceNode")
-        if point_in_view(node, (r, a, s), JUMP_EDGE_MARGIN):
+        if point_in_view(node, (r, a, s)):
             node.JumpSliceByOffsetting(r, a, s)
         else:
             node.JumpSliceByCentering(r, a, s)
