@@ -16,6 +16,7 @@ tested outside Slicer with the ``slicer-core`` wheel.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import sys
@@ -25,6 +26,8 @@ from typing import Annotated, Optional, Union
 import qt
 import slicer
 import vtk
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer import (
     vtkMRMLGridTransformNode, vtkMRMLLabelMapVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
@@ -103,7 +106,7 @@ def torchLoadError() -> Optional[str]:
 
 #: The registered methods, for the method combo box. Listed here because the parameter node is
 #: declared at import, before torch may be installed; Testing/pytest/test_slicer_static.py checks
-#: that this matches DeepLungRegLib.methods.available_methods().
+#: that this matches DeepLungRegLib.methods.available_methods() and Resources/MethodTable.json.
 METHOD_CHOICES = ["adam", "affine", "convex", "embed", "labeldriven", "lindef", "mlvirnet"]
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
 
@@ -113,7 +116,121 @@ OUTPUT_PARAMETERS = {
     "warped": "outputWarped",
     "jacobian": "outputJacobian",
     "ventilation": "outputVentilation",
+    "ventilation_hu": "outputVentilationHU",
 }
+#: The overlays the Results buttons show over the fixed volume: button -> output role.
+OVERLAY_BUTTONS = {
+    "showWarpedButton": "warped",
+    "showJacobianButton": "jacobian",
+    "showVentilationButton": "ventilation",
+    "showVentilationHUButton": "ventilation_hu",
+}
+#: Parameters that the widget writes itself, each from the widget named here (the parameter node
+#: wrapper binds no table of editors and no segment selector).
+PARAMETERS_SET_IN_CODE = {
+    "methodOptions": "methodSettingsTable",
+    "fixedMaskSegments": "fixedMaskSegmentsSelector",
+    "movingMaskSegments": "movingMaskSegmentsSelector",
+}
+#: The method table (descriptions and typed settings), written from the option declarations by
+#: scripts/make_method_table.py, so that the module shows them without importing torch.
+METHOD_TABLE_FILE = "MethodTable.json"
+#: The largest value a QSpinBox holds; whole-number settings with a larger range get a QDoubleSpinBox with no decimals.
+SPINBOX_MAX = 2147483647
+
+
+def methodTable(path: Optional[str] = None) -> dict:
+    """The method table: ``{"default_method", "methods": {name: {"description", "settings": [...]}}}``."""
+    if path is None:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", METHOD_TABLE_FILE)
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def editorSpec(setting: dict) -> dict:
+    """The editor of one method setting (a row of the method table), as plain data: the Qt widget
+    class, its range, decimals and starting value, and the default and range as the table shows them.
+
+    ``int`` -> QSpinBox (a QDoubleSpinBox with no decimals beyond ``SPINBOX_MAX``), ``float`` ->
+    QDoubleSpinBox, ``bool`` -> QCheckBox, ``choice`` -> QComboBox, ``text`` -> QLineEdit, and
+    ``int_list``/``float_list`` -> a QLineEdit whose text :func:`parseListText` checks."""
+    kind, default, valueRange = setting["kind"], setting["default"], setting.get("range")
+    lo, hi = valueRange if valueRange else (None, None)
+    spec = {"name": setting["name"], "kind": kind, "default": default,
+            "rangeText": "" if lo is None else f"{lo:g} \u2013 {hi:g}"}
+    if kind == "int":
+        big = max(abs(lo), abs(hi)) > SPINBOX_MAX
+        spec.update(widget="QDoubleSpinBox" if big else "QSpinBox", minimum=lo, maximum=hi, decimals=0, singleStep=1,
+                    defaultText=str(default))
+    elif kind == "float":
+        decimals = int(setting["decimals"])
+        spec.update(widget="QDoubleSpinBox", minimum=lo, maximum=hi, decimals=decimals, singleStep=10.0 ** -min(decimals, 2),
+                    defaultText=f"{default:g}")
+    elif kind == "bool":
+        spec.update(widget="QCheckBox", defaultText="\u2713" if default else "\u2717")
+    elif kind == "choice":
+        spec.update(widget="QComboBox", items=list(setting["choices"]), defaultText=str(default),
+                    rangeText=", ".join(setting["choices"]))
+    elif kind == "text":
+        spec.update(widget="QLineEdit", defaultText=str(default))
+    elif kind in ("int_list", "float_list"):
+        spec.update(widget="QLineEdit", minimum=lo, maximum=hi, defaultText=listText(default))
+    else:
+        raise ValueError(f"editorSpec: no editor for setting {setting['name']!r} of kind {kind!r}")
+    return spec
+
+
+def listText(values) -> str:
+    """A list setting as the line edit shows it: ``6, 4, 2.5``."""
+    return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def parseListText(text: str, kind: str, minimum: float, maximum: float) -> list:
+    """The values typed in a list setting's line edit (numbers separated by commas or spaces), checked
+    against the kind (``int_list``: whole numbers) and the range; raises ValueError naming the problem."""
+    parts = [t for t in text.replace(",", " ").split() if t]
+    if not parts:
+        raise ValueError(_("give one number at least"))
+    values = []
+    for part in parts:
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(_("{text} is not a number").format(text=part)) from None
+        if kind == "int_list":
+            if not value.is_integer():
+                raise ValueError(_("{text} is not a whole number").format(text=part))
+            value = int(value)
+        if not minimum <= value <= maximum:
+            raise ValueError(_("{text} is outside {lo:g} \u2013 {hi:g}").format(text=part, lo=minimum, hi=maximum))
+        values.append(value)
+    return values
+
+
+def storedMethodOptions(text: str) -> dict:
+    """The method settings kept in the parameter node: ``{method: {name: value}}`` (JSON; only the
+    settings that differ from their defaults); ``{}`` for blank text or text in another form."""
+    try:
+        data = json.loads(text) if text and text.strip() else {}
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {method: dict(values) for method, values in data.items() if isinstance(values, dict)}
+
+
+def segmentList(text: str) -> Optional[list]:
+    """The lung segments kept in the parameter node (a JSON list of segment IDs; older scenes: names
+    separated by commas); ``None`` (every segment named like a lung) when there are none."""
+    text = (text or "").strip()
+    if text.startswith("["):
+        try:
+            items = [str(i) for i in json.loads(text)]
+        except ValueError:
+            items = []
+    else:
+        items = [name.strip() for name in text.split(",") if name.strip()]
+    return items or None
 
 
 # --------------------------------------------------------------------------- module
@@ -122,17 +239,17 @@ class DeepLungReg(ScriptedLoadableModule):
 
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "DeepLungReg"
-        self.parent.categories = ["Registration"]
+        self.parent.title = _("DeepLungReg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
         self.parent.contributors = ["DeepLungReg developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Registers lung CT (and MRI), above all inhale-to-exhale pairs with large motion. Choose a fixed and a "
             "moving volume and a method, press Apply, and review the warped overlay, the deformation grid, the "
             "Jacobian and ventilation maps and, with landmarks, the per-landmark target registration error. "
             "The same library runs from the Python console (DeepLungRegLogic().register(...)) and the "
-            f"'deeplungreg' command line. See the <a href=\"{README_URL}\">user's guide</a>.")
-        self.parent.acknowledgementText = (
+            "'deeplungreg' command line. See the <a href=\"{url}\">user's guide</a>.").format(url=README_URL)
+        self.parent.acknowledgementText = _(
             "Methods after Heinrich et al. (MIND-SSC, discrete displacement search, displacement embeddings, "
             "ConvexAdam), Hering et al. (mlVIRNET, label-driven training) and coupled affine-deformable CNNs. "
             "The demo CT is a crop of the POPI 4D-CT phase 00 (Léon Bérard Cancer Center & CREATIS, Lyon).")
@@ -160,12 +277,6 @@ def registerSampleData() -> None:
         loadFileType=[kind for _, _, kind in SAMPLE_PAIR])
 
 
-def segmentNames(text: str) -> Optional[list]:
-    """The comma-separated segment names typed in the panel; ``None`` (the lung-named default) when blank."""
-    names = [name.strip() for name in (text or "").split(",") if name.strip()]
-    return names or None
-
-
 # ----------------------------------------------------------------- parameter node
 @parameterNodeWrapper
 class DeepLungRegParameterNode:
@@ -187,6 +298,7 @@ class DeepLungRegParameterNode:
     outputWarped: vtkMRMLScalarVolumeNode
     outputJacobian: vtkMRMLScalarVolumeNode
     outputVentilation: vtkMRMLScalarVolumeNode
+    outputVentilationHU: vtkMRMLScalarVolumeNode
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showGrid: bool = True
 
@@ -205,6 +317,8 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._lastResult = None
         self._review = None
         self._reviewObservedNode = None
+        self._settingEditors = {}
+        self._invalidSettings = {}
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -219,9 +333,12 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.methodComboBox.connect("currentIndexChanged(int)", self.onMethodChanged)
-        self.ui.showWarpedButton.connect("clicked(bool)", lambda: self.onShow("warped"))
-        self.ui.showJacobianButton.connect("clicked(bool)", lambda: self.onShow("jacobian"))
-        self.ui.showVentilationButton.connect("clicked(bool)", lambda: self.onShow("ventilation"))
+        self.ui.resetSettingsButton.connect("clicked(bool)", self.onResetSettings)
+        for side in ("fixed", "moving"):
+            getattr(self.ui, f"{side}MaskSegmentsSelector").connect(
+                "segmentSelectionChanged(QStringList)", lambda ids, side=side: self.onSegmentsChosen(side, ids))
+        for name, role in OVERLAY_BUTTONS.items():
+            getattr(self.ui, name).connect("clicked(bool)", lambda checked=False, role=role: self.onShow(role))
         self.ui.jumpToWorstButton.connect("clicked(bool)", self.onJumpToWorst)
         self.ui.previousLandmarkButton.connect("clicked(bool)", lambda: self.onReviewStep(-1))
         self.ui.nextLandmarkButton.connect("clicked(bool)", lambda: self.onReviewStep(1))
@@ -274,38 +391,145 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for i in range(self.ui.methodComboBox.count):
                 text = descriptions.get(self.ui.methodComboBox.itemText(i), "")
                 self.ui.methodComboBox.setItemData(i, text, qt.Qt.ToolTipRole)
+            stored = self._parameterNode.methodOptions
+            if stored.strip() and not storedMethodOptions(stored) and stored.strip() != "{}":
+                logging.warning("DeepLungReg: the method settings saved in this scene (%r) are in an older form and are "
+                                "not used; set them again in the table", stored)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
             self._onParameterNodeModified()
+            self.onMethodChanged()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
         ready = bool(p and p.fixedVolume and p.movingVolume and p.fixedVolume != p.movingVolume)
         self.ui.applyButton.enabled = ready and not self.ui.cancelButton.enabled
-        self.ui.applyButton.toolTip = "Run the registration." if ready else "Choose two different volumes."
+        self.ui.applyButton.toolTip = _("Run the registration.") if ready else _("Choose two different volumes.")
         if p is not None:
             self.logic.setOverlayOpacity(p.overlayOpacity)
             self.logic.setGridVisible(self._result("transform"), p.showGrid)
+        self._updateSegmentSelectors()
 
+    # ------------------------------------------------------------ lung segments
+    def _updateSegmentSelectors(self) -> None:
+        """Point each segment selector at its mask when the mask is a segmentation (disabled otherwise),
+        ticking the stored segments that the segmentation has."""
+        p = self._parameterNode
+        for side in ("fixed", "moving"):
+            selector = getattr(self.ui, f"{side}MaskSegmentsSelector")
+            mask = getattr(p, f"{side}Mask") if p is not None else None
+            node = mask if mask is not None and mask.IsA("vtkMRMLSegmentationNode") else None
+            selector.enabled = node is not None
+            if selector.currentNode() == node:
+                continue
+            stored = segmentList(getattr(p, f"{side}MaskSegments")) if p is not None else None
+            kept = [i for i in stored or [] if node is not None and node.GetSegmentation().GetSegment(i) is not None]
+            wasBlocked = selector.blockSignals(True)
+            try:
+                selector.setCurrentNode(node)
+                selector.setSelectedSegmentIDs(kept)
+            finally:
+                selector.blockSignals(wasBlocked)
+            if p is not None and kept != (stored or []):
+                setattr(p, f"{side}MaskSegments", json.dumps(kept) if kept else "")
+
+    def onSegmentsChosen(self, side: str, segmentIDs) -> None:
+        if self._parameterNode is not None:
+            ids = [str(i) for i in segmentIDs]
+            setattr(self._parameterNode, f"{side}MaskSegments", json.dumps(ids) if ids else "")
+
+    # ---------------------------------------------------------- method settings
     def onMethodChanged(self, index=None) -> None:
+        """Show the method's description and a typed editor per setting (from the method table: no torch needed)."""
         method = self.ui.methodComboBox.currentText
         if not method:
             return
-        self.ui.methodDescriptionLabel.text = self.logic.methodDescriptions().get(
-            method, "(The description and settings appear once PyTorch is loaded, by the first Apply; "
-                    "PyTorch is installed then if it is missing.)")
-        try:
-            settings = self.logic.methodSettings(method) if "torch" in sys.modules else []
-        except (ImportError, OSError, RuntimeError):
-            settings = []
+        entry = self.logic.methodTable()["methods"].get(method, {"description": "", "settings": []})
+        self.ui.methodDescriptionLabel.text = entry["description"]
+        stored = storedMethodOptions(self._parameterNode.methodOptions if self._parameterNode else "").get(method, {})
         table = self.ui.methodSettingsTable
         table.clear()
-        table.setColumnCount(3)
-        table.setHorizontalHeaderLabels(["Setting", "Default", "Meaning"])
-        table.setRowCount(len(settings))
-        for row, s in enumerate(settings):
-            for col, text in enumerate((s["name"], str(s["default"]), s["help"])):
-                table.setItem(row, col, qt.QTableWidgetItem(text))
+        table.setColumnCount(4)
+        table.setHorizontalHeaderLabels([_("Setting"), _("Value"), _("Default"), _("Range")])
+        table.setRowCount(len(entry["settings"]))
+        self._settingEditors, self._invalidSettings = {}, {}
+        for row, setting in enumerate(entry["settings"]):
+            spec = editorSpec(setting)
+            name = qt.QTableWidgetItem(setting["name"])
+            name.setToolTip(setting["help"])
+            table.setItem(row, 0, name)
+            editor = self._makeEditor(spec, stored.get(setting["name"], spec["default"]))
+            editor.setToolTip(setting["help"])
+            table.setCellWidget(row, 1, editor)
+            table.setItem(row, 2, qt.QTableWidgetItem(spec["defaultText"]))
+            table.setItem(row, 3, qt.QTableWidgetItem(spec["rangeText"]))
+            self._settingEditors[setting["name"]] = (editor, spec)
         table.resizeColumnsToContents()
+
+    def _makeEditor(self, spec: dict, value):
+        """The Qt editor of one setting (see :func:`editorSpec`), showing ``value``."""
+        editor = getattr(qt, spec["widget"])()
+        if spec["widget"] in ("QSpinBox", "QDoubleSpinBox"):
+            if spec["widget"] == "QDoubleSpinBox":
+                editor.setDecimals(spec["decimals"])
+            editor.setRange(spec["minimum"], spec["maximum"])
+            editor.setSingleStep(spec["singleStep"])
+            editor.setValue(value)
+            editor.connect("valueChanged(double)" if spec["widget"] == "QDoubleSpinBox" else "valueChanged(int)",
+                           lambda *args: self.onSettingChanged())
+        elif spec["widget"] == "QCheckBox":
+            editor.setChecked(bool(value))
+            editor.connect("toggled(bool)", lambda *args: self.onSettingChanged())
+        elif spec["widget"] == "QComboBox":
+            editor.addItems(spec["items"])
+            editor.setCurrentIndex(spec["items"].index(value) if value in spec["items"] else 0)
+            editor.connect("currentIndexChanged(int)", lambda *args: self.onSettingChanged())
+        else:
+            editor.setText(listText(value) if spec["kind"].endswith("_list") else str(value))
+            editor.connect("textChanged(QString)", lambda *args: self.onSettingChanged())
+        return editor
+
+    def _editorValue(self, editor, spec: dict):
+        """The value an editor holds now; ValueError for a list that does not parse or is out of range."""
+        if spec["widget"] == "QSpinBox":
+            return int(editor.value)
+        if spec["widget"] == "QDoubleSpinBox":
+            return int(round(editor.value)) if spec["kind"] == "int" else float(editor.value)
+        if spec["widget"] == "QCheckBox":
+            return bool(editor.checked)
+        if spec["widget"] == "QComboBox":
+            return editor.currentText
+        if spec["kind"].endswith("_list"):
+            return parseListText(editor.text, spec["kind"], spec["minimum"], spec["maximum"])
+        return editor.text
+
+    def onSettingChanged(self) -> None:
+        """Keep the settings that differ from their defaults in the parameter node; mark a list that does not parse."""
+        method = self.ui.methodComboBox.currentText
+        changed, self._invalidSettings = {}, {}
+        for name, (editor, spec) in self._settingEditors.items():
+            try:
+                value = self._editorValue(editor, spec)
+            except ValueError as exc:
+                self._invalidSettings[name] = str(exc)
+                editor.setStyleSheet("background-color: #f4c7c3")
+                continue
+            if spec["kind"].endswith("_list"):
+                editor.setStyleSheet("")
+            if value != spec["default"]:
+                changed[name] = value
+        if self._parameterNode is not None:
+            stored = storedMethodOptions(self._parameterNode.methodOptions)
+            stored.pop(method, None)
+            if changed:
+                stored[method] = changed
+            self._parameterNode.methodOptions = json.dumps(stored, sort_keys=True) if stored else ""
+
+    def onResetSettings(self) -> None:
+        if self._parameterNode is not None:
+            stored = storedMethodOptions(self._parameterNode.methodOptions)
+            stored.pop(self.ui.methodComboBox.currentText, None)
+            self._parameterNode.methodOptions = json.dumps(stored, sort_keys=True) if stored else ""
+        self.onMethodChanged()
 
     def onProgress(self, stage: str, fraction: float) -> None:
         self.ui.progressBar.value = int(round(100 * fraction))
@@ -314,14 +538,18 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onCancelButton(self) -> None:
         self._cancelRequested = True
-        self.ui.statusLabel.text = "Cancelling..."
+        self.ui.statusLabel.text = _("Cancelling...")
 
     def onApplyButton(self) -> None:
+        if self._invalidSettings:
+            name, problem = next(iter(self._invalidSettings.items()))
+            slicer.util.errorDisplay(_("DeepLungReg: the setting {name} is not valid: {problem}.").format(name=name, problem=problem))
+            return
         self._cancelRequested = False
         self.ui.cancelButton.enabled = True
         self.ui.applyButton.enabled = False
         try:
-            with slicer.util.tryWithErrorDisplay("DeepLungReg: registration failed.", waitCursor=True):
+            with slicer.util.tryWithErrorDisplay(_("DeepLungReg: registration failed."), waitCursor=True):
                 result = self.logic.registerFromParameterNode(
                     self._parameterNode, progress=self.onProgress, cancel=lambda: self._cancelRequested)
                 if result is not None:
@@ -336,17 +564,16 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateResultsGui(self) -> None:
         r = self._lastResult
-        self.ui.resultsLabel.text = r["summary"] if r else "No results yet."
+        self.ui.resultsLabel.text = r["summary"] if r else _("No results yet.")
         self.ui.treTableView.setMRMLTableNode(self._result("tre_table"))
-        for name, role in (("showWarpedButton", "warped"), ("showJacobianButton", "jacobian"),
-                           ("showVentilationButton", "ventilation")):
+        for name, role in OVERLAY_BUTTONS.items():
             getattr(self.ui, name).enabled = self._result(role) is not None
         self.ui.jumpToWorstButton.enabled = self._result("landmarks") is not None
         self._setReview(self.logic.startReview(r, self._parameterNode.fixedLandmarks)
                         if r and self._result("landmarks") is not None else None)
         if r:
-            self.ui.statusLabel.text = "Done." if r["metrics"]["jacobian"]["folding_percent"] == 0 else \
-                "Done, but the deformation folds: see the warning above."
+            self.ui.statusLabel.text = _("Done.") if r["metrics"]["jacobian"]["folding_percent"] == 0 else \
+                _("Done, but the deformation folds: see the warning above.")
 
     def onShow(self, role: str) -> None:
         p = self._parameterNode
@@ -382,7 +609,7 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             getattr(self.ui, name).enabled = r is not None
         self.ui.loadReviewButton.enabled = self._result("landmarks") is not None
         if r is None:
-            self.ui.currentLandmarkLabel.text = "Register with fixed and moving landmarks to review them."
+            self.ui.currentLandmarkLabel.text = _("Register with fixed and moving landmarks to review them.")
             self.ui.reviewSummaryLabel.text = ""
             return
         self.ui.currentLandmarkLabel.text = r.describe(by=self._reviewOrder())
@@ -414,15 +641,15 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateReviewGui()
 
     def onExportReview(self) -> None:
-        with slicer.util.tryWithErrorDisplay("DeepLungReg: the review was not exported."):
+        with slicer.util.tryWithErrorDisplay(_("DeepLungReg: the review was not exported.")):
             written = self._review.export(self.ui.reviewFolderButton.directory)
-            self.ui.statusLabel.text = f"Review exported: {', '.join(p.name for p in written)}"
+            self.ui.statusLabel.text = _("Review exported: {files}").format(files=", ".join(p.name for p in written))
 
     def onLoadReview(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(self.parent, "Open a saved review", self.ui.reviewFolderButton.directory,
-                                              "Review table (review.csv);;CSV (*.csv)")
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Open a saved review"), self.ui.reviewFolderButton.directory,
+                                              _("Review table (review.csv);;CSV (*.csv)"))
         if path:
-            with slicer.util.tryWithErrorDisplay("DeepLungReg: the review was not opened."):
+            with slicer.util.tryWithErrorDisplay(_("DeepLungReg: the review was not opened.")):
                 self._setReview(self.logic.loadReview(path, self._result("transform")))
 
 
@@ -470,8 +697,8 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
             if packaging is not None and hasattr(packaging, "pip_ensure"):  # Slicer 5.12 and later
                 packaging.pip_ensure(missing, requester="DeepLungReg")
             else:
-                if askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                        f"DeepLungReg needs these Python packages: {', '.join(missing)}. Install them now?"):
+                if askConfirmation and not slicer.util.confirmOkCancelDisplay(_(
+                        "DeepLungReg needs these Python packages: {packages}. Install them now?").format(packages=", ".join(missing))):
                     raise RuntimeError(f"DeepLungReg cannot run without {', '.join(missing)}")
                 slicer.util.pip_install(missing)
 
@@ -504,20 +731,20 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
 
         return available_methods()
 
+    @staticmethod
+    def methodTable() -> dict:
+        """The methods' descriptions and typed settings (defaults, ranges, choices, help) as the module
+        shows them, read from Resources/MethodTable.json: no torch needed (see :func:`methodTable`)."""
+        return methodTable()
+
     @classmethod
     def methodDescriptions(cls) -> dict:
-        """Like :meth:`methods`, but empty until torch has been loaded (by Apply or the console): opening
-        the module never imports torch, and a torch that is missing or does not load is no error here."""
-        if "torch" not in sys.modules:
-            return {}
-        try:
-            return cls.methods()
-        except (ImportError, OSError, RuntimeError):
-            return {}
+        """Method name -> one-line description, from the method table (opening the module never imports torch)."""
+        return {name: entry["description"] for name, entry in cls.methodTable()["methods"].items()}
 
     @staticmethod
     def methodSettings(method: str) -> list:
-        """A method's settings: ``[{"name", "default", "type", "help"}]``."""
+        """A method's settings from the library: ``[{"name", "default", "type", "help", "range", "choices"}]``."""
         from DeepLungRegLib.methods import method_settings
 
         return method_settings(method)
@@ -539,7 +766,7 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
             fixedLandmarks, movingLandmarks: corresponding markups point lists, or ``None``.
             device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
             outputs: nodes to write into, by role (``"transform"``, ``"warped"``,
-                ``"jacobian"``, ``"ventilation"``); others are created, or replaced
+                ``"jacobian"``, ``"ventilation"``, ``"ventilation_hu"``); others are created, or replaced
                 when an earlier DeepLungReg run on this pair made them.
             progress: ``progress(stage, fraction)``; cancel: returns True to stop.
             show: show the warped overlay and the deformation grid.
@@ -578,7 +805,7 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
             return None
         logging.info("DeepLungReg: %s", result.summary.replace("\n", "; "))
         if show:
-            slicer.util.resetSliceViews()
+            self.fitSliceViews(fixedVolumeNode)
         return {"nodes": result.nodes(), "metrics": result.metrics, "summary": result.summary,
                 "worstLandmark": result.worst_landmark}
 
@@ -603,16 +830,14 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
     def registerFromParameterNode(self, parameterNode, progress=None, cancel=None) -> Optional[dict]:
         """Run :meth:`register` with the GUI's settings, in a separate process (Slicer stays responsive, and
         running out of memory ends the worker, not Slicer); writes created outputs back into the parameter node."""
-        from DeepLungRegLib.methods import parse_options
-
         p = parameterNode
         auto = "auto" if p.autoMasks else None
         outputs = {role: getattr(p, field) for role, field in OUTPUT_PARAMETERS.items() if getattr(p, field)}
         result = self.register(
             p.fixedVolume, p.movingVolume, p.method, fixedMask=p.fixedMask or auto, movingMask=p.movingMask or auto,
             fixedLandmarks=p.fixedLandmarks, movingLandmarks=p.movingLandmarks, device=p.device, outputs=outputs,
-            progress=progress, cancel=cancel, background=True, fixedMaskSegments=segmentNames(p.fixedMaskSegments),
-            movingMaskSegments=segmentNames(p.movingMaskSegments), **parse_options(p.methodOptions, "DeepLungReg"))
+            progress=progress, cancel=cancel, background=True, fixedMaskSegments=segmentList(p.fixedMaskSegments),
+            movingMaskSegments=segmentList(p.movingMaskSegments), **storedMethodOptions(p.methodOptions).get(p.method, {}))
         if result is not None:
             # The output selectors keep the user's choice ("Create new" stays so): a re-run
             # finds DeepLungReg's earlier outputs for this pair by their node references.
@@ -636,9 +861,20 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def setGridVisible(transformNode, visible: bool) -> None:
-        """Show or hide the deformation grid of a transform in the slice views."""
-        if transformNode is not None and transformNode.GetDisplayNode() is not None:
-            transformNode.GetDisplayNode().SetVisibility(bool(visible))
+        """Show or hide the deformation grid of a DeepLungReg transform in the slice views (drawn over the
+        fixed volume only, by ``DeepLungRegLib.slicer_bridge.grid``)."""
+        if transformNode is None:
+            return
+        from DeepLungRegLib.slicer_bridge.grid import set_grid_visible
+
+        set_grid_visible(slicer.mrmlScene, transformNode, visible)
+
+    @staticmethod
+    def fitSliceViews(volumeNode) -> None:
+        """Fit every slice view to ``volumeNode`` (all of it in view, centred), at the views' present size."""
+        from DeepLungRegLib.slicer_bridge.grid import fit_slice_views
+
+        fit_slice_views(slicer.app.applicationLogic(), volumeNode)
 
     # ------------------------------------------------------------------- review
     @staticmethod

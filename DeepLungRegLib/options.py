@@ -155,7 +155,7 @@ class Options:
     # ------------------------------------------------------------------ documentation
     @classmethod
     def settings(cls) -> list[dict]:
-        """``[{"name", "default", "type", "help", "range", "aliases"}]``, for GUIs and ``methods --options``.
+        """``[{"name", "default", "type", "help", "range", "choices", "aliases"}]``, for GUIs and ``methods --options``.
 
         The help is the option's own (:func:`option`), unless a class's docstring describes it in
         its ``Attributes:`` list (the most derived class wins)."""
@@ -175,7 +175,9 @@ class Options:
             lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
             out.append({"name": f.name, "default": list(default) if isinstance(default, tuple) else default,
                         "type": str(f.type), "help": helps.get(f.name, ""),
-                        "range": None if lo is None else [lo, hi], "aliases": sorted(back.get(f.name, []))})
+                        "range": None if lo is None else [lo, hi],
+                        "choices": list(f.metadata["choices"]) if f.metadata.get("choices") else None,
+                        "aliases": sorted(back.get(f.name, []))})
         return out
 
 

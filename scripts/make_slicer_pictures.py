@@ -4,9 +4,9 @@ Runs the same code as the module's Apply (``slicer_bridge.workflow.register_node
 on a breathing pair simulated from the bundled sample CT, in a scene set up as
 Slicer sets up its own, and draws three slice views offscreen:
 
-1. the fixed (inhale) CT with the warped exhale overlay and the deformation grid;
+1. the fixed (inhale) CT with the warped exhale overlay and the deformation grid (over the CT only);
 2. the Jacobian map over the fixed CT, with its colour legend;
-3. the landmarks under the transform, labelled with their TRE, at the worst one;
+3. the landmarks under the transform, the worst few labelled with their TRE, at the worst one;
 
 and a second picture of the landmark review (``--review-output``): the three slice views centred on
 the worst landmark, the fixed landmarks (yellow crosses) beside the warped moving landmarks (green/red by TRE),
@@ -40,6 +40,7 @@ def main() -> int:
     from DeepLungRegLib import read_image
     from DeepLungRegLib.simulation import simulate_breathing
     from DeepLungRegLib.slicer_bridge import markups_from_landmarks, new_scene, volume_node_from_image
+    from DeepLungRegLib.slicer_bridge.grid import set_grid_visible
     from DeepLungRegLib.slicer_bridge.render import montage, render_slice_view, write_png
     from DeepLungRegLib.slicer_bridge.review import LandmarkReview
     from DeepLungRegLib.slicer_bridge.workflow import jump_to_landmark, register_nodes, show_overlay
@@ -70,7 +71,7 @@ def main() -> int:
     show_overlay(hs.scene, fixed, res.warped, 0.5)
     res.landmarks.GetDisplayNode().SetVisibility(False)
     a = render_slice_view(hs, "Green", size=size, centre_lps=centre)
-    res.transform.GetDisplayNode().SetVisibility(False)
+    set_grid_visible(hs.scene, res.transform, False)
     show_overlay(hs.scene, fixed, res.jacobian, 0.7)
     b = render_slice_view(hs, "Green", size=size, centre_lps=centre)
     show_overlay(hs.scene, fixed, res.warped, 0.0)

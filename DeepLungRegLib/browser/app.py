@@ -32,7 +32,8 @@ from ..errors import DeepLungRegError
 from .folder import ReviewFolder
 
 #: What the overlay menu offers, by node role, with its label.
-OVERLAYS = {"warped": "Warped moving image", "jacobian": "Jacobian determinant", "ventilation": "Ventilation (J - 1)"}
+OVERLAYS = {"warped": "Warped moving image", "jacobian": "Jacobian determinant", "ventilation": "Ventilation (J - 1)",
+            "ventilation_hu": "HU ventilation"}
 
 
 def missing_dependencies() -> list[str]:
@@ -94,9 +95,9 @@ class ReviewPage:
         if self.nodes.landmarks is not None:
             self.review = LandmarkReview.from_nodes(self.nodes.transform, self._fixed_landmarks_node(job), self.nodes.landmarks)
             self.nodes.landmarks.AddObserver(self.nodes.landmarks.PointEndInteractionEvent, self._on_point_dragged)
-        self._fitted: set[str] = set()
-        for view in self.app.view_manager.get_slice_views():  # fit each view once the page has given it its size
-            view.interactor().AddObserver("WindowResizeEvent", lambda *_, v=view: self._fit_once(v))
+        self._fitted: dict[str, tuple[int, int]] = {}
+        for view in self.app.view_manager.get_slice_views():  # fit each view to the fixed volume once the page has given it its size
+            view.interactor().AddObserver("WindowResizeEvent", lambda *_, v=view: self._fit(v))
         self._init_state()
         self._build_ui()
         if self.review is not None:
@@ -167,19 +168,23 @@ class ReviewPage:
         return {"title": OVERLAYS.get(role, node.GetName()), "low": f"{lo:.2f}", "mid": f"{(lo + hi) / 2:.2f}", "high": f"{hi:.2f}",
                 "gradient": f"linear-gradient(to right, {', '.join(stops)})"}
 
-    def _fit_once(self, view) -> None:
+    def _fit(self, view) -> None:
+        """Fit a view to the fixed volume at the size the page gave it (again when that size changes), then
+        move its slice through the current landmark (the image stays in place)."""
+        from ..slicer_bridge.grid import fit_slice_view
+
         width, height = view.render_window().GetSize()
-        if view.get_view_node_id() in self._fitted or min(width, height) < 32:
+        if min(width, height) < 32 or self._fitted.get(view.get_view_node_id()) == (width, height):
             return
-        self._fitted.add(view.get_view_node_id())
-        view.fit_view_to_content()
+        self._fitted[view.get_view_node_id()] = (width, height)
+        fit_slice_view(self.app.app_logic.GetSliceLogic(view.get_view_node()), self.fixed_node, (width, height))
         if self.review is not None:
             self.review.centre(self.app.scene)
 
     def _on_grid(self, show_grid: bool = True, **_) -> None:
-        display = self.nodes.transform.GetDisplayNode()
-        if display is not None:
-            display.SetVisibility(bool(show_grid))
+        from ..slicer_bridge.grid import set_grid_visible
+
+        set_grid_visible(self.app.scene, self.nodes.transform, bool(show_grid))
 
     def _on_editable(self, editable: bool = False, **_) -> None:
         if self.review is not None:

@@ -23,7 +23,7 @@ from ..pipeline import IMAGE_OUTPUTS, RegistrationJob, RegistrationOutputs, read
 #: Files the page cannot do without.
 REQUIRED_FILES = ("metrics.json", "displacement.nii.gz", IMAGE_OUTPUTS["warped"])
 #: Views shown only when their file or data is there.
-OPTIONAL_VIEWS = {"jacobian": IMAGE_OUTPUTS["jacobian"], "ventilation": IMAGE_OUTPUTS["ventilation"]}
+OPTIONAL_VIEWS = {name: IMAGE_OUTPUTS[name] for name in ("jacobian", "ventilation", "ventilation_hu")}
 
 
 #: What a field that is not there reads as.
@@ -115,7 +115,7 @@ class ReviewFolder:
         path: the folder.
         metrics: its ``metrics.json``.
         fixed_path, moving_path: the registered images.
-        views: which optional views exist: ``"jacobian"``, ``"ventilation"``, ``"landmarks"``.
+        views: which optional views exist: ``"jacobian"``, ``"ventilation"``, ``"ventilation_hu"``, ``"landmarks"``.
     """
 
     path: Path

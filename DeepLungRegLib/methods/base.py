@@ -69,7 +69,7 @@ def parse_options(items: list[str] | str | None, owner: str = "register") -> dic
 
 
 def method_settings(method: str) -> list[dict]:
-    """The options of ``method``: ``[{"name", "default", "type", "help", "range", "aliases"}]`` for GUIs and ``methods -v``."""
+    """The options of ``method``: ``[{"name", "default", "type", "help", "range", "choices", "aliases"}]`` for GUIs and ``methods -v``."""
     return get_method(method).config_cls.settings()
 
 

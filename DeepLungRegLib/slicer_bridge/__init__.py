@@ -9,6 +9,7 @@ Python process alike. RAS appears only here.
 * :mod:`.scene`: a bare scene initialised as the Slicer application does.
 * :mod:`.workflow`: the registration job on nodes, used by the Slicer module's Logic.
 * :mod:`.render`: offscreen slice-view pictures.
+* :mod:`.grid`: the deformation grid over the fixed volume only; slice views fitted to the fixed volume.
 
 Importing this package needs ``slicer`` (the application or ``pip install slicer-core``).
 """

@@ -332,10 +332,3 @@ def columns_from_table_node(node) -> dict[str, list]:
         else:
             out[col.GetName()] = numpy_support.vtk_to_numpy(col).tolist()
     return out
-
-
-def jump_to_point(scene, point_lps: np.ndarray) -> None:
-    """Centre every slice view on an LPS point."""
-    r, a, s = lps_to_ras(np.asarray(point_lps, dtype=float)[None])[0]
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-        scene.GetNthNodeByClass(i, "vtkMRMLSliceNode").JumpSliceByCentering(r, a, s)

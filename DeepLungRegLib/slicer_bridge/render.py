@@ -2,7 +2,7 @@
 
 :func:`render_slice_view` draws what a Slicer slice view shows (the slice
 logic's blended background/foreground layers, plus the displayable managers
-for transforms' deformation grids, markups and colour legends) into an
+for models (the deformation grid), transforms, markups and colour legends) into an
 offscreen VTK render window (EGL or OSMesa/llvmpipe on a machine without a
 display) and returns the pixels. The tests and the README pictures use it; in
 Slicer itself the application's views do this.
@@ -25,6 +25,7 @@ from .scene import HeadlessSlicer
 #: Displayable managers drawn in the pictures.
 DISPLAYABLE_MANAGERS = (
     "vtkMRMLTransformsDisplayableManager2D",
+    "vtkMRMLModelSliceDisplayableManager",
     "vtkMRMLMarkupsDisplayableManager",
     "vtkMRMLColorLegendDisplayableManager",
 )

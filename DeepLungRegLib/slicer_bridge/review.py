@@ -32,6 +32,9 @@ from ..transforms.warp import sample_field_at_points
 
 #: Landmarks with a TRE above this are drawn red, the others green.
 TRE_WARNING_MM = 3.0
+#: How many of the worst landmarks carry their label in the slice views (with the current one); the
+#: others are unlabelled points, so that labels do not pile on each other.
+LABELLED_WORST = 5
 
 #: Review states of a landmark.
 STATUSES = ("unreviewed", "accepted", "flagged")
@@ -62,6 +65,7 @@ class LandmarkReview:
     status: list[str] = _field(default_factory=list)
     comment: list[str] = _field(default_factory=list)
     current: int = 0
+    markups: object = _field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.fixed = np.array(self.fixed, dtype=float).reshape(-1, 3)
@@ -164,10 +168,12 @@ class LandmarkReview:
     # ------------------------------------------------------------------ Slicer
     def centre(self, scene, index: int | None = None) -> np.ndarray:
         """Centre every slice view on the fixed point of ``index`` (default: the current one); returns it (LPS)."""
-        from .nodes import jump_to_point
+        from .grid import jump_to_point
 
         i = self.current if index is None else self.goto(index)
         jump_to_point(scene, self.fixed[i])
+        if self.markups is not None:
+            self.label(self.markups)
         return self.fixed[i]
 
     def sync_from_markups(self, fixed_node=None, moving_node=None) -> list[int]:
@@ -195,8 +201,10 @@ class LandmarkReview:
         from .nodes import field_from_grid_transform_node, landmarks_from_markups, markups_labels
 
         field, geometry = field_from_grid_transform_node(transform_node)
-        return cls(landmarks_from_markups(fixed_markups), landmarks_from_markups(warped_markups, world=False), field,
-                   geometry, markups_labels(fixed_markups))
+        review = cls(landmarks_from_markups(fixed_markups), landmarks_from_markups(warped_markups, world=False), field,
+                     geometry, markups_labels(fixed_markups))
+        review.markups = warped_markups  # its labels follow the current landmark (:meth:`centre`)
+        return review
 
     def columns(self) -> dict[str, list]:
         """The TRE table: landmark, TRE before and after, the remaining error vector (RAS, as Slicer
@@ -210,13 +218,14 @@ class LandmarkReview:
 
     def show(self, scene, warped_markups, table_node=None, *, editable: bool = False):
         """Write the review into the scene: the moving points of ``warped_markups`` (under the transform),
-        labelled ``name: TRE mm`` and green up to :data:`TRE_WARNING_MM`, red above, locked unless
+        the current and the worst labelled ``name: TRE mm`` (:meth:`label`), green up to :data:`TRE_WARNING_MM`, red above, locked unless
         ``editable`` (so the user can drag them to correct them); and the TRE table. Returns the table node."""
         from .nodes import markups_from_landmarks, table_node_from_columns
 
         t = self.tre()
-        markups_from_landmarks(scene, self.moving, "", labels=[f"{n}: {a:.1f} mm" for n, a in zip(self.labels, t)],
-                               node=warped_markups)
+        markups_from_landmarks(scene, self.moving, "", node=warped_markups)
+        self.markups = warped_markups
+        self.label(warped_markups, t)
         if warped_markups.GetDisplayNode() is None:
             warped_markups.CreateDefaultDisplayNodes()
         for i, a in enumerate(t):  # "selected" points are drawn green, the others red
@@ -226,6 +235,21 @@ class LandmarkReview:
         display.SetSelectedColor(0.1, 0.8, 0.2)
         display.SetColor(0.9, 0.1, 0.1)
         return table_node_from_columns(scene, self.columns(), "", node=table_node)
+
+    def labelled(self, tre: np.ndarray | None = None) -> list[int]:
+        """The landmarks whose label the views show: the current one and the :data:`LABELLED_WORST` worst."""
+        worst = [int(i) for i in np.argsort(-(self.tre() if tre is None else tre), kind="stable")[:LABELLED_WORST]]
+        return sorted({self.current, *worst})
+
+    def label(self, warped_markups, tre: np.ndarray | None = None) -> None:
+        """Label the points of :meth:`labelled` ``name: TRE mm``; the others keep that text as their
+        description only (an unlabelled point in the views)."""
+        t = self.tre() if tre is None else tre
+        shown = set(self.labelled(t))
+        for i, (name, a) in enumerate(zip(self.labels, t)):
+            text = f"{name}: {a:.1f} mm"
+            warped_markups.SetNthControlPointDescription(i, text)
+            warped_markups.SetNthControlPointLabel(i, text if i in shown else "")
 
     def take_drop(self, warped_markups) -> int | None:
         """After the user dropped a warped landmark (dragged in a slice view): take the moved points and make

@@ -6,10 +6,10 @@ input nodes; :func:`register_nodes` computes it
 output nodes that it tags as its own, so that a re-run replaces only them:
 
 * a grid transform node (resampling direction, "from parent") with the
-  deformation grid shown in the slice views;
+  deformation grid shown in the slice views, over the fixed volume only (:mod:`.grid`);
 * the warped moving volume, shown as the foreground over the fixed volume;
-* Jacobian and ventilation volumes with a diverging colour table centred on
-  no volume change, each with a colour legend;
+* Jacobian, ventilation and (CT with a lung mask) HU ventilation volumes with a
+  diverging colour table centred on no change, each with a colour legend;
 * with landmarks, a TRE table (before, after, error vector) and the moving
   landmarks placed under the transform, labelled and coloured by their error.
 
@@ -30,8 +30,9 @@ import slicer
 from ..errors import DeepLungRegError
 from ..geometry.grid import lps_to_ras, ras_to_lps
 from ..pipeline import DEFAULT_METHOD, RegistrationJob, RegistrationOutputs, compute_outputs, summary_lines
+from .grid import grid_spacing_mm, jump_to_point, show_deformation_grid
 from .nodes import (
-    grid_transform_node_from_field, image_from_volume_node, jump_to_point, landmarks_from_markups, mask_from_segmentation,
+    grid_transform_node_from_field, image_from_volume_node, landmarks_from_markups, mask_from_segmentation,
     markups_labels, volume_node_from_image,
 )
 from .review import LandmarkReview
@@ -50,9 +51,12 @@ OUTPUT_CLASSES = {
     "warped": "vtkMRMLScalarVolumeNode",
     "jacobian": "vtkMRMLScalarVolumeNode",
     "ventilation": "vtkMRMLScalarVolumeNode",
+    "ventilation_hu": "vtkMRMLScalarVolumeNode",
     "landmarks": "vtkMRMLMarkupsFiducialNode",
     "tre_table": "vtkMRMLTableNode",
 }
+#: The maps (roles of :class:`RegistrationOutputs` images) and their node names.
+MAP_NAMES = {"jacobian": "Jacobian", "ventilation": "ventilation", "ventilation_hu": "HU ventilation"}
 #: Name of the shared diverging colour table.
 DIVERGING_COLOR_NAME = "DeepLungReg Diverging"
 
@@ -71,6 +75,8 @@ class NodeRegistration:
         summary: a few human-readable lines, with a warning when the field folds.
         worst_landmark: index of the landmark with the largest TRE after registration.
         outputs: the in-memory library outputs.
+        ventilation_hu: the HU-based specific ventilation on the fixed grid (``None`` unless both
+            images are CT and there is a fixed lung mask).
     """
 
     transform: object
@@ -83,11 +89,12 @@ class NodeRegistration:
     summary: str
     worst_landmark: int | None = None
     outputs: RegistrationOutputs | None = field(default=None, repr=False)
+    ventilation_hu: object | None = None
 
     def nodes(self) -> dict[str, object]:
         """The created nodes by role (``None`` roles left out)."""
         d = {"transform": self.transform, "warped": self.warped, "jacobian": self.jacobian,
-             "ventilation": self.ventilation, "landmarks": self.landmarks, "tre_table": self.tre_table}
+             "ventilation": self.ventilation, "ventilation_hu": self.ventilation_hu, "landmarks": self.landmarks, "tre_table": self.tre_table}
         return {k: v for k, v in d.items() if v is not None}
 
 
@@ -200,7 +207,7 @@ def show_overlay(scene, background_node, foreground_node, opacity: float = 0.5) 
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode")):
         legend = scene.GetNthNodeByClass(i, "vtkMRMLColorLegendDisplayNode")
         owner = legend.GetDisplayableNode()
-        if owner is not None and owner.GetAttribute(ROLE_ATTRIBUTE) in ("jacobian", "ventilation"):
+        if owner is not None and owner.GetAttribute(ROLE_ATTRIBUTE) in MAP_NAMES:
             legend.SetVisibility(foreground_node is not None and owner.GetID() == foreground_node.GetID())
 
 
@@ -271,7 +278,7 @@ def register_nodes(scene, fixed_node, moving_node, method: str = DEFAULT_METHOD,
         scene: the MRML scene (``slicer.mrmlScene`` in Slicer).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         outputs: output nodes chosen by the user, by role (``"transform"``,
-            ``"warped"``, ``"jacobian"``, ``"ventilation"``, ``"landmarks"``,
+            ``"warped"``, ``"jacobian"``, ``"ventilation"``, ``"ventilation_hu"``, ``"landmarks"``,
             ``"tre_table"``); others are found among this pair's earlier
             outputs or created.
         progress: ``progress(stage, fraction)``.
@@ -299,15 +306,16 @@ def write_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, fixed_nod
     transform = _transform_node(node_for("transform", "transform"), scene, job, out, show)
     warped = volume_node_from_image(scene, out.warped, "", node=node_for("warped", "warped"))
     _copy_display(moving_node, warped)
-    jac, vent = _map_nodes(scene, out, node_for("jacobian", "Jacobian") if out.jacobian is not None else None,
-                           node_for("ventilation", "ventilation") if out.ventilation is not None else None)
+    jac, vent, vent_hu = _map_nodes(scene, out, *(node_for(role, name) if getattr(out, role) is not None else None
+                                                  for role, name in MAP_NAMES.items()))
     lm_node = table = worst = None
     if job.fixed_landmarks is not None:
         table, lm_node, worst = _landmark_nodes(scene, job, out, transform, node_for("tre_table", "TRE"),
                                                 node_for("landmarks", "warped landmarks"))
     if show:
         show_overlay(scene, fixed_node, warped, 0.5)
-    return NodeRegistration(transform, warped, jac, vent, lm_node, table, out.metrics, summary_text(out.metrics), worst, out)
+    return NodeRegistration(transform, warped, jac, vent, lm_node, table, out.metrics, summary_text(out.metrics), worst, out,
+                            vent_hu)
 
 
 def _transform_node(node, scene, job: RegistrationJob, out: RegistrationOutputs, show: bool):
@@ -319,12 +327,12 @@ def _transform_node(node, scene, job: RegistrationJob, out: RegistrationOutputs,
     if transform.GetDisplayNode() is None:
         transform.CreateDefaultDisplayNodes()
     td = transform.GetDisplayNode()
+    # Slicer's own grid would cover each view's whole field of view, background included: it stays off
+    # (the Transforms module can still show it) and the grid models draw the grid over the fixed volume.
     td.SetVisualizationMode(slicer.vtkMRMLTransformDisplayNode.VIS_MODE_GRID)
-    extent = np.asarray(g.size) * np.asarray(g.spacing)
-    td.SetGridSpacingMm(float(max(5.0, round(float(np.min(extent)) / 15.0))))
-    td.SetVisibility(show)
-    td.SetVisibility2D(True)
-    td.SetVisibility3D(False)
+    td.SetGridSpacingMm(grid_spacing_mm(g))
+    td.SetVisibility(False)
+    show_deformation_grid(scene, transform, out.result.field, g, visible=show)
     return transform
 
 
@@ -338,11 +346,12 @@ def _copy_display(source_node, node) -> None:
             d.SetAndObserveColorNodeID(sd.GetColorNodeID())
 
 
-def _map_nodes(scene, out: RegistrationOutputs, jacobian_node, ventilation_node):
-    """The Jacobian and ventilation volumes, in diverging colours centred on no volume change (``None``
-    for a map that ``out`` lacks, e.g. read back from a folder without it)."""
+def _map_nodes(scene, out: RegistrationOutputs, jacobian_node, ventilation_node, ventilation_hu_node):
+    """The Jacobian, ventilation and HU ventilation volumes, in diverging colours centred on no change
+    (``None`` for a map that ``out`` lacks, e.g. read back from a folder without it)."""
     nodes = []
-    for image, node, centre, title in ((out.jacobian, jacobian_node, 1.0, "Jacobian"), (out.ventilation, ventilation_node, 0.0, "J - 1")):
+    for image, node, centre, title in ((out.jacobian, jacobian_node, 1.0, "Jacobian"), (out.ventilation, ventilation_node, 0.0, "J - 1"),
+                                       (out.ventilation_hu, ventilation_hu_node, 0.0, "HU ventilation")):
         if image is None:
             nodes.append(None)
             continue
@@ -357,8 +366,8 @@ def _landmark_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, trans
     (the starting point of a :class:`~.review.LandmarkReview`); returns ``(table, markups, index of the worst landmark)``."""
     review = LandmarkReview(job.fixed_landmarks, job.moving_landmarks, out.result.field, job.fixed.geometry,
                             job.landmark_labels)
+    worst = review.goto(review.order("tre")[0])  # the first look: the worst landmark is the current one
     table = review.show(scene, markups_node, table_node)
-    worst = review.order("tre")[0]
     markups_node.SetAndObserveTransformNodeID(transform.GetID())
     markups_node.SetAttribute("DeepLungReg.WorstLandmark", str(worst))
     return table, markups_node, worst

@@ -81,7 +81,7 @@ def _copy(out: Path, dest: Path) -> Path:
 # --------------------------------------------------------------------- the folder
 def test_a_registration_output_opens_with_its_views_and_landmarks(registered):
     folder = ReviewFolder.open(registered["out"])
-    assert folder.views == {"jacobian": True, "ventilation": True, "landmarks": True}
+    assert folder.views == {"jacobian": True, "ventilation": True, "ventilation_hu": True, "landmarks": True}
     assert folder.fixed_path == (registered["pair"] / "fixed.nii.gz").resolve()
     job = folder.job()
     metrics = json.loads((registered["out"] / "metrics.json").read_text())
@@ -142,11 +142,54 @@ def test_absent_views_are_hidden_not_broken(registered, tmp_path, slicer_core):
         m.pop(key)
     (folder / "metrics.json").write_text(json.dumps(m))
     page = ReviewPage(ReviewFolder.open(folder))
-    assert [o["value"] for o in page.state.overlays] == ["warped", "jacobian"]
+    assert [o["value"] for o in page.state.overlays] == ["warped", "jacobian", "ventilation_hu"]
     assert page.review is None and page.state.has_landmarks is False
     page.state.overlay = "jacobian"
     page._on_overlay("jacobian", 0.7)
     assert page.state.legend["title"] == "Jacobian determinant" and page.state.legend["gradient"].startswith("linear-gradient")
+
+
+def test_the_page_opens_on_the_whole_fixed_volume_with_the_grid_on_it(registered, slicer_core):
+    """The first look: once the page gives a view its size, the view shows the whole fixed volume, and again
+    after a resize; the deformation grid is drawn in each view over the volume only; the current landmark
+    and the few worst carry labels, the others are points."""
+    _need_review_extra()
+    from DeepLungRegLib.browser.app import ReviewPage
+    from DeepLungRegLib.slicer_bridge.grid import grid_models, point_in_view, volume_corners_ras
+    from DeepLungRegLib.slicer_bridge.review import LABELLED_WORST
+
+    page = ReviewPage(ReviewFolder.open(registered["out"]))
+    corners = volume_corners_ras(page.fixed_node)
+    views = page.app.view_manager.get_slice_views()
+    assert len(views) == 3
+    for sizes in (((300, 150), (150, 300), (500, 420)), ((640, 360), (360, 640), (420, 420))):
+        for view, size in zip(views, sizes):
+            view.render_window().SetSize(*size)
+            view.interactor().InvokeEvent("WindowResizeEvent")
+            node = view.get_view_node()
+            assert tuple(node.GetDimensions()[:2]) == size
+            assert all(point_in_view(node, c) for c in corners), (node.GetName(), size)
+            # the slice goes through the current landmark, the image stays fitted
+            assert node.GetSliceOffset() == pytest.approx(float(np.dot(
+                [node.GetSliceToRAS().GetElement(i, 2) for i in range(3)],
+                [-page.review.fixed[page.review.current][0], -page.review.fixed[page.review.current][1],
+                 page.review.fixed[page.review.current][2]])), abs=max(page.fixed_node.GetSpacing()))
+    models = grid_models(page.app.scene, page.nodes.transform)
+    assert sorted(models) == ["Axial", "Coronal", "Sagittal"]
+    assert sorted(v.get_view_node().GetOrientation() for v in views) == sorted(models)
+    page._on_grid(False)
+    assert not any(m.GetDisplayNode().GetVisibility() for m in models.values())
+    page._on_grid(True)
+    assert all(m.GetDisplayNode().GetVisibility() for m in models.values())
+    lm = page.nodes.landmarks
+
+    def labelled():
+        return [i for i in range(lm.GetNumberOfControlPoints()) if lm.GetNthControlPointLabel(i)]
+
+    worst = page.review.order("tre")
+    assert page.review.current == worst[0] and labelled() == sorted(worst[:LABELLED_WORST])
+    page.show_landmark(worst[-1])  # the best one: labelled while it is the current one
+    assert labelled() == sorted(worst[:LABELLED_WORST] + [worst[-1]])
 
 
 # --------------------------------------------------------------------- the browser

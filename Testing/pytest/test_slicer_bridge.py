@@ -281,11 +281,31 @@ def test_register_nodes_lowers_tre_and_makes_every_output(registered, bridge):
     comp = hs.composite_node("Red")
     assert comp.GetBackgroundVolumeID() == registered["fixed"].GetID() and comp.GetForegroundVolumeID() == r.warped.GetID()
     assert 0 < comp.GetForegroundOpacity() < 1
+    # The deformation grid: a model per slice orientation, shown in that orientation's views only, inside the
+    # fixed volume (Slicer's own grid of the transform, which covers each whole view, stays off).
+    from DeepLungRegLib.slicer_bridge.grid import grid_models
+
     td = r.transform.GetDisplayNode()
-    assert td.GetVisibility2D() and td.GetVisualizationMode() == td.VIS_MODE_GRID and td.GetGridSpacingMm() >= 5
+    assert td.GetVisualizationMode() == td.VIS_MODE_GRID and td.GetGridSpacingMm() >= 5 and not td.GetVisibility()
+    models = grid_models(hs.scene, r.transform)
+    assert sorted(models) == ["Axial", "Coronal", "Sagittal"]
+    bounds = [0.0] * 6
+    registered["fixed"].GetRASBounds(bounds)
+    for orientation, model in models.items():
+        d = model.GetDisplayNode()
+        assert d.GetVisibility() and d.GetVisibility2D() and not d.GetVisibility3D()
+        assert [hs.scene.GetNodeByID(d.GetNthViewNodeID(k)).GetOrientation() for k in range(d.GetNumberOfViewNodeIDs())] == [orientation]
+        grid_bounds = model.GetPolyData().GetBounds()
+        assert model.GetPolyData().GetNumberOfCells() > 100
+        for axis in range(3):
+            assert bounds[2 * axis] - 1e-3 <= grid_bounds[2 * axis] and grid_bounds[2 * axis + 1] <= bounds[2 * axis + 1] + 1e-3
     jd = r.jacobian.GetDisplayNode()
     assert jd.GetLevel() == pytest.approx(1.0) and jd.GetColorNode().GetName() == "DeepLungReg Diverging"
     assert r.ventilation.GetDisplayNode().GetLevel() == pytest.approx(0.0)
+    # the HU ventilation (CT with a lung mask) is a map like the others, offered as an overlay
+    assert r.ventilation_hu is not None and r.nodes()["ventilation_hu"] is r.ventilation_hu
+    assert r.ventilation_hu.GetDisplayNode().GetLevel() == pytest.approx(0.0)
+    assert np.allclose(bridge.image_from_volume_node(r.ventilation_hu).array, r.outputs.ventilation_hu.array)
 
 
 def test_register_nodes_tre_table_and_landmarks(registered, bridge):
@@ -304,16 +324,48 @@ def test_register_nodes_tre_table_and_landmarks(registered, bridge):
     assert r.worst_landmark == int(np.argmax(expect))
     lm = r.landmarks
     assert lm.GetTransformNodeID() == r.transform.GetID() and lm.GetNumberOfControlPoints() == n
-    assert lm.GetNthControlPointLabel(0).startswith("L0: ")
+    assert lm.GetNthControlPointDescription(0).startswith("L0: ")
+    # only the current (here the worst) and the few worst are labelled: the labels do not pile up
+    from DeepLungRegLib.slicer_bridge.review import LABELLED_WORST
+
+    labelled = [i for i in range(n) if lm.GetNthControlPointLabel(i)]
+    assert labelled == sorted(int(i) for i in np.argsort(-expect)[:LABELLED_WORST])
+    assert all(lm.GetNthControlPointLabel(i) == lm.GetNthControlPointDescription(i) for i in labelled)
     for i in range(n):
         assert bool(lm.GetNthControlPointSelected(i)) == bool(expect[i] <= TRE_WARNING_MM)
     # Moving landmarks shown through the transform lie near the fixed landmarks.
     shown = bridge.landmarks_from_markups(lm, world=True)
     assert np.linalg.norm(shown - p.fixed_landmarks[:n], axis=1).mean() < 2 * expect.mean() + 0.5
+    # jumping to a landmark moves each slice through it; the view keeps the image in place when the
+    # point is in view, and centres it when it is not
+    from DeepLungRegLib.slicer_bridge.grid import fit_slice_views, point_in_view
+
+    for logic in hs.slice_logics.values():
+        logic.ResizeSliceNode(300, 200)
+    fit_slice_views(hs.app_logic, registered["fixed"])
+    fov_before = {v: hs.slice_node(v).GetFieldOfView() for v in hs.slice_logics}
+    centre_before = {v: np.array([hs.slice_node(v).GetXYToRAS().GetElement(i, 3) for i in range(3)]) for v in hs.slice_logics}
     point = jump_to_landmark(hs.scene, lm, r.worst_landmark)
-    sl = hs.slice_node("Red").GetSliceToRAS()
+    shown = bridge.landmarks_from_markups(lm, world=True)[r.worst_landmark]
+    assert np.allclose(point, shown)
     ras = lps_to_ras(point[None])[0]
-    assert np.allclose([sl.GetElement(i, 3) for i in range(3)], ras, atol=1e-6)
+    for view in hs.slice_logics:
+        node = hs.slice_node(view)
+        sl = node.GetSliceToRAS()
+        normal, origin = np.array([sl.GetElement(i, 2) for i in range(3)]), np.array([sl.GetElement(i, 3) for i in range(3)])
+        assert abs(np.dot(ras - origin, normal)) < 1e-6 and point_in_view(node, ras)
+        assert node.GetFieldOfView() == fov_before[view]
+        xy_origin = np.array([node.GetXYToRAS().GetElement(i, 3) for i in range(3)])
+        in_plane = (xy_origin - centre_before[view]) - np.dot(xy_origin - centre_before[view], normal) * normal
+        assert np.linalg.norm(in_plane) < 1e-6  # the image did not move in the view
+    far = ras + np.array([500.0, 0.0, 0.0])
+    assert not point_in_view(hs.slice_node("Red"), far)
+    from DeepLungRegLib.slicer_bridge.workflow import jump_to_point
+
+    jump_to_point(hs.scene, ras_to_lps(far[None])[0])
+    sl = hs.slice_node("Red").GetSliceToRAS()
+    assert np.allclose([sl.GetElement(i, 3) for i in range(3)], far, atol=1e-6)  # out of view: centred
+    fit_slice_views(hs.app_logic, registered["fixed"])
 
 
 def test_register_nodes_rerun_replaces_only_its_outputs(registered, bridge):
@@ -347,12 +399,13 @@ def test_slice_view_pictures_are_non_trivial(registered, bridge, tmp_path):
     from DeepLungRegLib.slicer_bridge.render import render_slice_view
     from DeepLungRegLib.slicer_bridge.workflow import show_overlay
 
+    from DeepLungRegLib.slicer_bridge.grid import set_grid_visible
+
     hs, r = registered["hs"], registered["res"]
     show_overlay(hs.scene, registered["fixed"], r.warped, 0.5)
-    td = r.transform.GetDisplayNode()
-    td.SetVisibility(False)
+    set_grid_visible(hs.scene, r.transform, False)
     plain = render_slice_view(hs, "Green", size=(256, 256))
-    td.SetVisibility(True)
+    set_grid_visible(hs.scene, r.transform, True)
     overlay = render_slice_view(hs, "Green", size=(256, 256), path=tmp_path / "overlay.png")
     show_overlay(hs.scene, registered["fixed"], r.jacobian, 0.7)
     jac = render_slice_view(hs, "Green", size=(256, 256), path=tmp_path / "jacobian.png")
@@ -533,3 +586,43 @@ def test_the_sample_data_pair_registers_through_the_node_path(bridge):
     assert res.metrics["jacobian"]["folding_percent"] == 0.0
     cols = bridge.columns_from_table_node(res.tre_table)
     assert len(cols["TRE after (mm)"]) == n and cols["Landmark"][:2] == ["L1", "L2"]
+
+
+def test_the_first_look_views_fit_the_fixed_volume_and_the_grid_stays_on_it(registered, bridge, tmp_path):
+    """Fitted to the fixed volume, each view shows all of it (the corners of its box in view) and fills the view
+    along one axis; the deformation grid is drawn over the image only, never over the background around it."""
+    from DeepLungRegLib.slicer_bridge.grid import _ras_to_xy, fit_slice_view, point_in_view, set_grid_visible, volume_corners_ras
+    from DeepLungRegLib.slicer_bridge.render import render_slice_view
+    from DeepLungRegLib.slicer_bridge.workflow import show_overlay
+
+    hs, r, fixed = registered["hs"], registered["res"], registered["fixed"]
+    show_overlay(hs.scene, fixed, None, 0.0)
+    corners = volume_corners_ras(fixed)
+    for view, size in (("Red", (400, 200)), ("Green", (200, 400)), ("Yellow", (300, 300))):
+        logic = hs.slice_logics[view]
+        logic.GetSliceNode().SetFieldOfView(20.0, 20.0, 1.0)  # zoomed in and off-centre, as a user may leave it
+        logic.GetSliceNode().JumpSliceByCentering(*corners[0])
+        assert not all(point_in_view(logic.GetSliceNode(), c) for c in corners)
+        fit_slice_view(logic, fixed, size)
+        node = logic.GetSliceNode()
+        assert all(point_in_view(node, c) for c in corners), view
+        xy = np.array([(_ras_to_xy(node) @ np.append(c, 1.0))[:2] for c in corners])
+        filled = (xy.max(0) - xy.min(0)) / np.array(size)
+        assert filled.max() > 0.8, (view, filled)  # the volume fills the view along one axis at least
+        # the grid lines: all inside the volume's rectangle in the picture, none on the black around it
+        set_grid_visible(hs.scene, r.transform, False)
+        plain = render_slice_view(hs, view, size=size, fit=False)
+        set_grid_visible(hs.scene, r.transform, True)
+        gridded = render_slice_view(hs, view, size=size, fit=False, path=tmp_path / f"{view}.png")
+        lines = np.abs(gridded.astype(int) - plain).sum(-1) > 30
+        rows, cols = np.nonzero(lines)
+        assert lines.mean() > 0.005, view
+        lo, hi = xy.min(0), xy.max(0)
+        x, y = cols, size[1] - 1 - rows  # picture rows run top down, slice-view y bottom up
+        outside = (x < lo[0] - 2) | (x > hi[0] + 2) | (y < lo[1] - 2) | (y > hi[1] + 2)
+        assert outside.sum() == 0, (view, outside.sum())
+        if view != "Yellow":  # a view of another shape than the volume has background beside it, which stays black
+            yy, xx = np.mgrid[size[1] - 1:-1:-1, 0:size[0]]
+            beside = (xx < lo[0] - 2) | (xx > hi[0] + 2) | (yy < lo[1] - 2) | (yy > hi[1] + 2)
+            assert beside.mean() > 0.05 and gridded[beside].max() < 30, view
+    show_overlay(hs.scene, fixed, r.warped, 0.5)

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "DeepLungReg"
 MODULE_PY = MODULE / "DeepLungReg.py"
 UI = MODULE / "Resources" / "UI" / "DeepLungReg.ui"
+METHOD_TABLE = MODULE / "Resources" / "MethodTable.json"
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +63,18 @@ def test_every_widget_the_code_uses_exists(ui_tree, module_ast):
     assert not missing, f"DeepLungReg.py uses widgets missing from DeepLungReg.ui: {missing}"
 
 
+def _module_constant(module_ast: ast.Module, name: str):
+    assign = next(n for n in module_ast.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == name)
+    return ast.literal_eval(assign.value)
+
+
 def test_every_parameter_has_exactly_one_widget(ui_tree, module_ast):
+    """Each parameter is bound to one widget of the .ui, or (the settings table, the segment selectors,
+    which the parameter node wrapper cannot bind) written by the widget code from the widget named."""
     cls = next(n for n in module_ast.body if isinstance(n, ast.ClassDef) and n.name == "DeepLungRegParameterNode")
-    fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)}
+    in_code = _module_constant(module_ast, "PARAMETERS_SET_IN_CODE")
+    assert set(in_code.values()) <= _widget_names(ui_tree)
+    fields = {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign)} - set(in_code)
     bound: dict[str, list[str]] = {}
     for w in ui_tree.iter("widget"):
         for prop in w.findall("property"):
@@ -167,20 +177,33 @@ def test_extensions_index_entry_is_valid_against_the_catalog_schema():
     assert entry["scm_url"].removesuffix(".git") == re.search(r'set\(EXTENSION_HOMEPAGE\s+"([^"]+)"', top).group(1)
 
 
-def test_segment_names_typed_in_the_panel(module_ast):
+def test_lung_segments_are_chosen_with_the_segment_selector(module_ast, ui_tree):
+    """The .ui has a multi-selection segment selector per mask (no typed names); the parameter node keeps
+    the ticked segment IDs as a JSON list, and segments typed by name in older scenes still read."""
     from typing import Optional
 
-    names = _module_function(module_ast, "segmentNames", {"Optional": Optional})
-    assert names("") is None and names(" , ") is None
-    assert names("left lung, right lung,") == ["left lung", "right lung"]
+    selectors = {w.get("name"): w for w in ui_tree.iter("widget") if w.get("class") == "qMRMLSegmentSelectorWidget"}
+    assert sorted(selectors) == ["fixedMaskSegmentsSelector", "movingMaskSegmentsSelector"]
+    for w in selectors.values():
+        props = {p.get("name"): p[0].text for p in w.findall("property")}
+        assert props["multiSelection"] == "true" and props["segmentationNodeSelectorVisible"] == "false"
+    assert not [w.get("name") for w in ui_tree.iter("widget") if "Segments" in (w.get("name") or "") and w.get("class") == "QLineEdit"]
+    # each selector gets the scene (as every MRML widget of the .ui does)
+    receivers = {c.find("receiver").text for c in ui_tree.getroot().iter("connection")}
+    assert set(selectors) <= receivers
+    segments = _module_function(module_ast, "segmentList", {"Optional": Optional, "json": json})
+    assert segments("") is None and segments("[]") is None and segments(" , ") is None
+    assert segments('["Segment_1", "Segment_3"]') == ["Segment_1", "Segment_3"]
+    assert segments("left lung, right lung,") == ["left lung", "right lung"]  # an older scene's typed names
 
 
 def test_method_choices_match_the_registry(module_ast):
     from DeepLungRegLib.methods import available_methods
 
-    assign = next(n for n in module_ast.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "METHOD_CHOICES")
-    choices = ast.literal_eval(assign.value)
+    choices = _module_constant(module_ast, "METHOD_CHOICES")
     assert sorted(choices) == sorted(available_methods()), "update METHOD_CHOICES in DeepLungReg/DeepLungReg.py"
+    table = json.loads(METHOD_TABLE.read_text(encoding="utf-8"))
+    assert sorted(table["methods"]) == sorted(choices)
     cls = next(n for n in module_ast.body if isinstance(n, ast.ClassDef) and n.name == "DeepLungRegParameterNode")
     # Combo boxes bind to str parameters only through a Choice annotation.
     for n in cls.body:
@@ -342,3 +365,176 @@ def test_the_module_picks_the_sample_pair_only_when_no_moving_volume_is_chosen(m
     assert empty.movingVolume is None
     use(fake, None)  # no parameter node yet
     assert "self.logic.useSamplePair(self._parameterNode)" in MODULE_PY.read_text()
+
+
+# ----------------------------------------------------------------- method settings
+def _method_table_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_method_table", ROOT / "scripts" / "make_method_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_method_table_is_in_step_with_the_option_declarations():
+    """The module reads descriptions and settings from Resources/MethodTable.json (no torch at opening); made
+    again here from the declarations, it is the same, byte for byte (else: python scripts/make_method_table.py)."""
+    script = _method_table_script()
+    again = script.build_table()
+    assert script.TABLE_PATH == METHOD_TABLE
+    on_disk = METHOD_TABLE.read_text(encoding="utf-8")
+    assert json.loads(on_disk) == again and on_disk == script.render(again), \
+        "DeepLungReg/Resources/MethodTable.json is out of step: run python scripts/make_method_table.py"
+    from DeepLungRegLib.methods import available_methods, method_settings
+    from DeepLungRegLib.options import DEFAULT_METHOD
+
+    assert again["default_method"] == DEFAULT_METHOD
+    assert {m: e["description"] for m, e in again["methods"].items()} == available_methods()
+    for method, entry in again["methods"].items():
+        assert [r["name"] for r in entry["settings"]] == [s["name"] for s in method_settings(method)]
+    # a changed declaration shows as a difference
+    import dataclasses
+
+    from DeepLungRegLib.methods import get_method
+
+    cls = get_method("convex").config_cls
+    field = next(f for f in dataclasses.fields(cls) if f.name == "temperature")
+    changed = dict(field.metadata, hi=20.0)
+    object.__setattr__(field, "metadata", changed)
+    try:
+        assert script.build_table() != again
+    finally:
+        object.__setattr__(field, "metadata", dict(changed, hi=10.0))
+
+
+def _editor_functions(module_ast):
+    from typing import Optional
+
+    namespace = {"Optional": Optional, "json": json, "_": lambda text: text, "os": __import__("os"),
+                 "SPINBOX_MAX": _module_constant(module_ast, "SPINBOX_MAX")}
+    for name in ("listText", "parseListText", "editorSpec", "storedMethodOptions"):
+        _module_function(module_ast, name, namespace)
+    return namespace
+
+
+def test_every_setting_of_every_method_has_a_typed_editor_with_its_declared_default_and_range(module_ast):
+    """Built from the method table as the widget builds it: a spin box per number with the declared range and a
+    default it shows exactly, a check box per switch, a combo box per choice, a checked line edit per list."""
+    import dataclasses
+
+    from DeepLungRegLib.methods import available_methods, get_method
+
+    ns = _editor_functions(module_ast)
+    table = json.loads(METHOD_TABLE.read_text(encoding="utf-8"))
+    seen = set()
+    for method in available_methods():
+        rows = {r["name"]: r for r in table["methods"][method]["settings"]}
+        fields = dataclasses.fields(get_method(method).config_cls)
+        assert sorted(rows) == sorted(f.name for f in fields), method
+        for f in fields:
+            spec = ns["editorSpec"](rows[f.name])
+            lo, hi, choices = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("choices")
+            default, kind = f.default, str(f.type).replace(" ", "")
+            where = f"{method}.{f.name}"
+            seen.add(spec["widget"])
+            if kind == "int":
+                assert spec["widget"] == ("QDoubleSpinBox" if hi > ns["SPINBOX_MAX"] else "QSpinBox"), where
+                assert spec["decimals"] == 0 and (spec["minimum"], spec["maximum"]) == (lo, hi), where
+            elif kind == "float":
+                assert spec["widget"] == "QDoubleSpinBox" and (spec["minimum"], spec["maximum"]) == (lo, hi), where
+                assert round(default, spec["decimals"]) == default and round(lo, spec["decimals"]) == lo, where
+            elif kind == "bool":
+                assert spec["widget"] == "QCheckBox", where
+            elif kind == "str" and choices:
+                assert spec["widget"] == "QComboBox" and spec["items"] == list(choices) and default in choices, where
+            elif kind == "str":
+                assert spec["widget"] == "QLineEdit" and spec["kind"] == "text", where
+            elif kind.startswith("tuple["):
+                assert spec["widget"] == "QLineEdit" and (spec["minimum"], spec["maximum"]) == (lo, hi), where
+                # the line edit's text of the default reads back as the default
+                assert ns["parseListText"](ns["listText"](default), spec["kind"], lo, hi) == list(default), where
+            else:
+                raise AssertionError(f"{where}: no editor for type {kind}")
+            assert spec["default"] == (list(default) if isinstance(default, tuple) else default), where
+            if lo is not None:
+                assert lo <= (min(default) if isinstance(default, tuple) and default else default if not isinstance(default, tuple) else lo) and spec["rangeText"]
+    assert seen == {"QSpinBox", "QDoubleSpinBox", "QCheckBox", "QComboBox", "QLineEdit"}
+    # the widget code makes each of these widgets
+    make = next(f for c in module_ast.body if isinstance(c, ast.ClassDef) and c.name == "DeepLungRegWidget"
+                for f in c.body if isinstance(f, ast.FunctionDef) and f.name == "_makeEditor")
+    assert seen - {"QLineEdit"} <= {n.value for n in ast.walk(make) if isinstance(n, ast.Constant)}
+
+
+def test_list_settings_are_checked_and_kept_settings_read_back(module_ast):
+    ns = _editor_functions(module_ast)
+    parse = ns["parseListText"]
+    assert parse("6, 4 2.5", "float_list", 0.5, 32) == [6.0, 4.0, 2.5]
+    assert parse("80,60", "int_list", 0, 5000) == [80, 60]
+    for text, kind, words in (("", "float_list", "at least"), ("6, x", "float_list", "x is not a number"),
+                              ("8, 2.5", "int_list", "2.5 is not a whole number"), ("64", "float_list", "64 is outside")):
+        with pytest.raises(ValueError, match=words):
+            parse(text, kind, 0.5, 32)
+    stored = ns["storedMethodOptions"]
+    assert stored("") == {} and stored("regularisation=2; iterations=5") == {} and stored("[1]") == {}
+    assert stored('{"convex": {"regularisation": 2.0}, "x": 3}') == {"convex": {"regularisation": 2.0}}
+
+
+# ---------------------------------------------------------------------- translation
+#: Qt setters and Slicer dialogs whose text arguments a user reads.
+TEXT_CALLS = {"setText", "setToolTip", "setWindowTitle", "setPlaceholderText", "setStatusTip", "setTitle",
+              "setHorizontalHeaderLabels", "setVerticalHeaderLabels", "addItem", "setItemText", "setLabelText",
+              "errorDisplay", "warningDisplay", "infoDisplay", "confirmOkCancelDisplay", "confirmYesNoDisplay",
+              "tryWithErrorDisplay", "getOpenFileName", "getSaveFileName", "getExistingDirectory", "QLabel", "QPushButton"}
+#: Widget and module properties that a user reads.
+TEXT_PROPERTIES = {"text", "toolTip", "placeholderText", "windowTitle", "statusTip", "title", "helpText", "acknowledgementText"}
+
+
+def _untranslated(node: ast.AST) -> list[ast.AST]:
+    """String literals in an expression that reach the user without ``_()``/``translate()``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node] if re.search(r"[A-Za-z]{2}", node.value) else []
+    if isinstance(node, ast.JoinedStr):
+        return [node]
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [n for e in node.elts for n in _untranslated(e)]
+    if isinstance(node, ast.BinOp):
+        return _untranslated(node.left) + _untranslated(node.right)
+    if isinstance(node, ast.IfExp):
+        return _untranslated(node.body) + _untranslated(node.orelse)
+    return []
+
+
+def untranslated_text(tree: ast.AST) -> list[str]:
+    """Where user-visible text is a bare literal (``file line: code``), outside the self-test class; and
+    ``_()`` of an f-string (formatted before the translation is looked up)."""
+    problems = []
+    skip = {id(n) for c in ast.walk(tree) if isinstance(c, ast.ClassDef) and c.name.endswith("Test") for n in ast.walk(c)}
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        found = []
+        if isinstance(node, ast.Call):
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if name in ("_", "tr") and node.args and isinstance(node.args[0], ast.JoinedStr):
+                found.append(node)
+            if name in TEXT_CALLS:
+                found += [n for a in node.args for n in _untranslated(a)]
+        elif isinstance(node, ast.Assign):
+            if any(isinstance(t, ast.Attribute) and t.attr in TEXT_PROPERTIES for t in node.targets):
+                found += _untranslated(node.value)
+        problems += [f"line {n.lineno}: {ast.unparse(n)[:70]}" for n in found]
+    return problems
+
+
+def test_user_visible_text_goes_through_tr(module_ast):
+    """As the Extension Wizard template: ``from slicer.i18n import tr as _``; every text set on a widget or shown
+    in a dialog is ``_("...")`` (with ``.format`` for values), so that it can be translated."""
+    imports = {(n.module, a.name, a.asname) for n in module_ast.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert ("slicer.i18n", "tr", "_") in imports and ("slicer.i18n", "translate", None) in imports
+    problems = untranslated_text(module_ast)
+    assert not problems, "user-visible text without _() in DeepLungReg.py:\n" + "\n".join(problems)
+    # the scan does find what it looks for
+    bad = ast.parse('self.ui.statusLabel.text = "Done."\nw.setToolTip(f"{n} points")\nx = _(f"{n} points")\n'
+                    'slicer.util.errorDisplay("Failed: " + str(e))\nok = _("Done.")\nw.setText(name)')
+    assert len(untranslated_text(bad)) == 4
