@@ -8,7 +8,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from ..features import mind_ssc
@@ -99,9 +98,7 @@ def make_level(
 def resample_field(field: torch.Tensor, src: Geometry, dst: Geometry) -> torch.Tensor:
     """Trilinear resampling of a field ``(1, Z, Y, X, 3)`` from grid ``src`` to ``dst`` (border-extended)."""
     sampler = GridSampler(dst, src, field.device, field.dtype)
-    vol = field.permute(0, 4, 1, 2, 3)
-    out = F.grid_sample(vol, sampler.grid(None).to(field.dtype), mode="bilinear", padding_mode="border", align_corners=True)
-    return out.permute(0, 2, 3, 4, 1)
+    return sampler(field.permute(0, 4, 1, 2, 3), None, fill=None).permute(0, 2, 3, 4, 1)  # float32 coordinates at least
 
 
 def smooth3(t: torch.Tensor, passes: int = 2) -> torch.Tensor:
