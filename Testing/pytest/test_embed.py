@@ -26,10 +26,10 @@ def test_displacement_offsets_order_and_count():
 
 
 @pytest.mark.parametrize("step, shift", [(1, (2, -1, 3)), (2, (2, -4, 6))])
-def test_keypoint_costs_find_a_known_shift(step, shift):
+def test_keypoint_costs_find_a_known_shift(step, shift, device):
     """Moving features = fixed features shifted by s voxels: the cost minimum sits at displacement s."""
     rng = np.random.default_rng(0)
-    f = torch.as_tensor(rng.normal(size=(1, 4, 30, 28, 26)), dtype=torch.float32)
+    f = torch.as_tensor(rng.normal(size=(1, 4, 30, 28, 26)), dtype=torch.float32, device=device)
     shift = np.array(shift)
     m = torch.roll(f, shifts=tuple(int(s) for s in shift), dims=(2, 3, 4))  # m(x + s) = f(x)
     kp = np.array([[12, 14, 11], [15, 12, 13], [14, 13, 12]])
@@ -119,11 +119,11 @@ def small_pair(sample_path):
     return simulate_breathing(ct, amplitude="large", seed=5)
 
 
-def test_embed_recovers_large_motion_on_a_small_pair(small_pair):
+def test_embed_recovers_large_motion_on_a_small_pair(small_pair, device):
     p = small_pair
     cfg = {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 800, "refine_levels_mm": [4.0], "refine_iterations": [30],
            "refine_learning_rates": [0.3]}
-    res = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=cfg, device="cpu")
+    res = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=cfg, device=device)
     before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
     after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
     assert before > 10 and after < 0.3 * before
@@ -152,17 +152,17 @@ def test_torch_jacobian_of_an_affine_field_is_its_determinant(oblique):
     assert float(folding_penalty(flip, m)) == pytest.approx(1.1 ** 2)
 
 
-def test_a_saved_pca_basis_reloads_and_reproduces_the_fit(small_pair, tmp_path):
+def test_a_saved_pca_basis_reloads_and_reproduces_the_fit(small_pair, tmp_path, device):
     """A basis fitted on a pair and written with pca_basis_out, then loaded for the same pair,
     gives the same field; bad basis files are refused with their name."""
     p = small_pair
     cfg = {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 300, "refine": False, "embedding": "pca", "components": 32}
     out = tmp_path / "basis.npz"
     a = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
-                 config={**cfg, "pca_basis_out": str(out)}, device="cpu")
+                 config={**cfg, "pca_basis_out": str(out)}, device=device)
     assert out.is_file() and a.diagnostics["pca_basis"] == "fitted on this pair"
     b = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
-                 config={**cfg, "pca_basis": str(out)}, device="cpu")
+                 config={**cfg, "pca_basis": str(out)}, device=device)
     assert b.diagnostics["pca_basis"] == "loaded" and b.diagnostics["second_pass_pca_basis"] == "loaded"
     assert b.diagnostics["pca_variance_explained"] == pytest.approx(a.diagnostics["pca_variance_explained"], abs=1e-3)
     assert np.abs(a.field - b.field).max() < 1e-3
