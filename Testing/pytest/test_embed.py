@@ -137,18 +137,18 @@ def test_embed_recovers_large_motion_on_a_small_pair(small_pair, device):
     assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
 
 
-def test_torch_jacobian_of_an_affine_field_is_its_determinant(oblique):
+def test_torch_jacobian_of_an_affine_field_is_its_determinant(oblique, device):
     """The differentiable Jacobian (used by the folding penalty) on an oblique, anisotropic grid."""
     from DeepLungRegLib.losses import folding_penalty, jacobian_determinant_torch
 
     a = np.array([[1.1, 0.05, 0.0], [0.02, 0.9, 0.03], [0.0, -0.04, 1.2]])
     x = oblique.world_coordinates()
-    u = torch.as_tensor((x @ a.T - x)[None], dtype=torch.float64)
-    m = torch.as_tensor(oblique.index_to_world_matrix[:3, :3])
+    u = torch.as_tensor((x @ a.T - x)[None], dtype=torch.float64, device=device)
+    m = torch.as_tensor(oblique.index_to_world_matrix[:3, :3], device=device)
     j = jacobian_determinant_torch(u, m)
     assert torch.allclose(j, torch.full_like(j, np.linalg.det(a)), atol=1e-9)
     assert float(folding_penalty(u, m)) == 0.0
-    flip = torch.as_tensor((x @ np.diag([-1.0, 1.0, 1.0]).T - x)[None], dtype=torch.float64)  # a mirror folds everywhere
+    flip = torch.as_tensor((x @ np.diag([-1.0, 1.0, 1.0]).T - x)[None], dtype=torch.float64, device=device)  # a mirror folds everywhere
     assert float(folding_penalty(flip, m)) == pytest.approx(1.1 ** 2)
 
 
