@@ -471,11 +471,19 @@ def main(argv=None) -> int:
            "budget_s": args.budget, "methods": methods}
     rep.text(f"# gpu_bench {time.strftime('%Y-%m-%d %H:%M:%S')}\n\n`{json.dumps(env)}`")
     rep._write(rep.jsonl, json.dumps({"part": "env", **env}) + "\n")
-    if gpu:  # CUDA context, cuBLAS and cuDNN start once, not inside the first measured registration
+    if gpu or args.quick:  # CUDA context, cuBLAS, cuDNN and each method's kernels start once, not inside a measured registration
         t = time.perf_counter()
         warm = demo_pair(8.0)
-        run_one(warm.fixed, warm.moving, warm.fixed_mask, warm.moving_mask, "affine", args.device)
-        rep.text(f"\nCUDA warm-up (context, cuBLAS, cuDNN; an 8 mm affine registration): {time.perf_counter() - t:.1f} s")
+        done = []
+        for m in ["affine"] + [m for m in methods if m != "affine"]:
+            if time.perf_counter() - t > 60:
+                break
+            try:
+                res, s = run_one(warm.fixed, warm.moving, warm.fixed_mask, warm.moving_mask, m, args.device, configs.get(m))
+                done.append(f"{m} {s:.1f} s")
+            except Exception as exc:  # noqa: BLE001 - the measured run reports it
+                done.append(f"{m} failed ({type(exc).__name__}: {str(exc)[:120]})")
+        rep.text(f"\n{args.device} warm-up on an 8 mm pair (context, cuBLAS, cuDNN, kernels): {time.perf_counter() - t:.1f} s: {'; '.join(done)}")
 
     gpu_results: dict = {}
     if "a" in parts or "b" in parts or "d" in parts:
