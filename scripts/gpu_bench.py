@@ -1,7 +1,7 @@
 """The GPU path measured in one run: CPU/CUDA agreement, GPU time and memory per stage, batch on GPU workers, precision.
 
-Everything is made from the bundled CT (``Resources/Sample/popi00_demo.nrrd``), so the script needs
-nothing but the repository. Parts, most important first:
+Everything is made from the bundled demo CT (``popi00_demo.nrrd``), so the script needs nothing but
+the repository. Parts, most important first:
 
 * ``a`` agreement at 2 mm: a simulated pair as ``deeplungreg demo`` makes it (the sample at 2 mm,
   ``small`` breathing, seed 0); every built-in method on the CPU and on CUDA: mean TRE on each,
@@ -44,7 +44,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SAMPLE = ROOT / "Resources" / "Sample" / "popi00_demo.nrrd"
+
+
+def _demo_ct() -> Path:
+    """The bundled demo CT: ``DeepLungRegLib/data/sample`` where the data ships inside the package, else ``Resources/Sample``."""
+    try:
+        from DeepLungRegLib.data import sample_path
+
+        if sample_path().is_file():
+            return sample_path()
+    except ImportError:
+        pass
+    return ROOT / "Resources" / "Sample" / "popi00_demo.nrrd"
+
+
+SAMPLE = _demo_ct()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
