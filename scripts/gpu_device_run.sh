@@ -8,6 +8,7 @@
 #    (DEEPLUNGREG_TEST_DEVICE=cuda), teeing to $OUT/pytest.log;
 # 4. runs scripts/gpu_bench.py --device cuda with the time that is left (gpu_bench.jsonl, gpu_bench.md).
 # Everything it prints also goes to $OUT/run.log. Four files in $OUT, no folders.
+# A second run for what the first skipped: SKIP_TESTS=1 PARTS=c,d,b600 TOTAL_S=300 bash scripts/gpu_device_run.sh
 set -u
 OUT=${OUT:?set OUT to the output folder}
 TOTAL_S=${TOTAL_S:-480}
@@ -40,18 +41,23 @@ for name in ("numpy", "scipy", "SimpleITK", "dask", "distributed", "pytest"):
         print(name, "MISSING", exc)
 EOF
 
-echo "== CUDA tests (at most ${PYTEST_S}s)"
-TIMEOUT_OPT=""
-if python3 -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_OPT="--timeout=150"; fi
-DEEPLUNGREG_TEST_DEVICE=cuda timeout -k 10 "$PYTEST_S" python3 -m pytest -v --tb=short -rfEs -p no:cacheprovider --durations=12 $TIMEOUT_OPT \
-  -m "cuda or device" \
-  Testing/pytest/test_cuda.py Testing/pytest/test_methods.py Testing/pytest/test_convex.py Testing/pytest/test_embed.py \
-  Testing/pytest/test_transforms.py Testing/pytest/test_networks.py Testing/pytest/test_features.py \
-  Testing/pytest/test_feature_cnn.py -s 2>&1 | tee "$OUT/pytest.log"
-echo "== pytest exit ${PIPESTATUS[0]} after ${SECONDS}s"
+if [ "${SKIP_TESTS:-0}" = 1 ]; then
+  echo "== CUDA tests skipped (SKIP_TESTS=1)"
+else
+  echo "== CUDA tests (at most ${PYTEST_S}s)"
+  TIMEOUT_OPT=""
+  if python3 -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_OPT="--timeout=150"; fi
+  DEEPLUNGREG_TEST_DEVICE=cuda timeout -k 10 "$PYTEST_S" python3 -m pytest -v --tb=short -rfEs -p no:cacheprovider --durations=12 $TIMEOUT_OPT \
+    -m "cuda or device" \
+    Testing/pytest/test_cuda.py Testing/pytest/test_methods.py Testing/pytest/test_convex.py Testing/pytest/test_embed.py \
+    Testing/pytest/test_transforms.py Testing/pytest/test_networks.py Testing/pytest/test_features.py \
+    Testing/pytest/test_feature_cnn.py -s 2>&1 | tee "$OUT/pytest.log"
+  echo "== pytest exit ${PIPESTATUS[0]} after ${SECONDS}s"
+fi
 
 LEFT=$(( TOTAL_S - SECONDS - 25 ))
 if [ "$LEFT" -lt 60 ]; then LEFT=60; fi
-echo "== gpu_bench with a budget of ${LEFT}s"
-timeout -k 10 $(( LEFT + 40 )) python3 scripts/gpu_bench.py --device cuda --out "$OUT" --budget "$LEFT"
+PARTS=${PARTS:-a,b,c,d,b600}
+echo "== gpu_bench (parts $PARTS) with a budget of ${LEFT}s"
+timeout -k 10 $(( LEFT + 40 )) python3 scripts/gpu_bench.py --device cuda --out "$OUT" --budget "$LEFT" --parts "$PARTS"
 echo "== gpu_bench exit $? ; all done after ${SECONDS}s"
