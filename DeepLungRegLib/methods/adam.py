@@ -68,4 +68,4 @@ def run_adam(fixed, moving, fixed_mask, moving_mask, config: AdamConfig, ctx: Ru
     current, current_geom, level_losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, fr, ctx, (0.2, 1.0))
     diag["levels"] = level_losses
     diag["working_region"] = fr.to_dict()
-    return GridField(current.detach().to("cpu", torch.float32), current_geom), diag
+    return GridField(current.detach().float(), current_geom), diag

@@ -12,7 +12,7 @@ from typing import Any, Callable, Type
 import numpy as np
 import torch
 
-from ..device import resolve_device, resolve_dtype
+from ..device import precision_scope, resolve_device, resolve_dtype
 from ..errors import DeepLungRegError, RegistrationCancelled
 from ..geometry import Geometry
 from ..io.images import Image
@@ -33,8 +33,10 @@ CancelFn = Callable[[], bool]
 class MethodConfig(Options):
     """Base of every method's frozen config (see :class:`~DeepLungRegLib.options.Options`); round-trips to JSON."""
 
-    precision: str = option("float32", help="float32, or float16/bfloat16 on CUDA only.",
-                            choices=("float32", "float16", "bfloat16"))
+    precision: str = option("float32", help="float32; tf32 (float32 kept, CUDA's matrix products and convolutions in "
+                            "TensorFloat-32; on the CPU the same as float32); float16/bfloat16 on CUDA only (the network "
+                            "methods run their network under autocast and keep the field in float32).",
+                            choices=("float32", "tf32", "float16", "bfloat16"))
 
 
 def parse_options(items: list[str] | str | None, owner: str = "register") -> dict:
@@ -283,6 +285,8 @@ class GridField:
 
     Attributes:
         values: ``(1, Z, Y, X, 3)`` tensor or ``(Z, Y, X, 3)`` array, mm along LPS, resampling direction.
+            A tensor stays on its device: on CUDA the full-resolution field is sampled there, a slab
+            at a time, and only the slabs come to the host.
         geometry: its grid.
     """
 
@@ -358,16 +362,17 @@ def register(
         wf, wm = to_working_frame(fixed), to_working_frame(moving)
         wfm = None if fixed_mask is None else to_working_frame(fixed_mask, label=True)
         wmm = None if moving_mask is None else to_working_frame(moving_mask, label=True)
-    raw, diagnostics = spec.run(wf, wm, wfm, wmm, config, ctx)
-    working_grid = wf.geometry
-    del wf, wm, wfm, wmm  # the full-resolution field below needs the memory
-    ctx.check_cancel()
-    with ctx.stage("field_to_fixed_grid"):
-        ctx.progress("field to the fixed grid", 0.99)
-        if hasattr(raw, "on"):
-            field_arr = raw.on(fixed.geometry)
-        else:  # a plain array on the working fixed grid
-            field_arr = field_to_grid(np.asarray(raw, dtype=np.float32), working_grid, fixed.geometry)
+    with precision_scope(config.precision, dev):  # TF32 exactly when asked for, whatever torch's global flags
+        raw, diagnostics = spec.run(wf, wm, wfm, wmm, config, ctx)
+        working_grid = wf.geometry
+        del wf, wm, wfm, wmm  # the full-resolution field below needs the memory
+        ctx.check_cancel()
+        with ctx.stage("field_to_fixed_grid"):
+            ctx.progress("field to the fixed grid", 0.99)
+            if hasattr(raw, "on"):
+                field_arr = raw.on(fixed.geometry)
+            else:  # a plain array on the working fixed grid
+                field_arr = field_to_grid(np.asarray(raw, dtype=np.float32), working_grid, fixed.geometry)
     ctx.timings["total"] = time.perf_counter() - t0
     diagnostics = {"device": str(dev), **diagnostics, "working_grid": working_grid.to_dict(), **peak_memory_mb(dev)}
     ctx.progress("done", 1.0)

@@ -327,4 +327,4 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
         current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, fg, ctx, (0.6, 1.0))
         diag["adam_levels"] = losses
     diag["working_region"] = fr.to_dict()
-    return GridField(current.detach().to("cpu", torch.float32), current_geom), diag
+    return GridField(current.detach().float(), current_geom), diag

@@ -127,14 +127,16 @@ def keypoint_costs(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, kp_zyx: 
         patch_radius: patch of ``(2 r + 1)^3`` voxels.
 
     Returns:
-        ``(K, D)`` mean squared feature differences, D = ``(2 radius + 1)^3`` in
-        the order of :func:`displacement_offsets`.
+        ``(K, D)`` float32 mean squared feature differences, D = ``(2 radius + 1)^3`` in
+        the order of :func:`displacement_offsets` (computed in float32 from features of any dtype).
     """
     _, c, z, y, x = fixed_feat.shape
     pr, reach = patch_radius, radius * step
     pad = reach + pr
-    mp = F.pad(moving_feat, (pad,) * 6, mode="replicate")[0]  # (C, Zp, Yp, Xp)
-    fp = F.pad(fixed_feat, (pr,) * 6, mode="replicate")[0]
+    # in float32 whatever the features are stored in: the SSD is |w|^2 - 2 w.f + |f|^2, whose
+    # cancellation leaves nothing of a float16/bfloat16 (or TF32) cross term
+    mp = F.pad(moving_feat.float(), (pad,) * 6, mode="replicate")[0]  # (C, Zp, Yp, Xp)
+    fp = F.pad(fixed_feat.float(), (pr,) * 6, mode="replicate")[0]
     win = 2 * pad + 1
     kw = 2 * pr + 1
     n = 2 * radius + 1
@@ -161,7 +163,7 @@ def keypoint_costs(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, kp_zyx: 
         wsum = F.avg_pool3d(sq, kw, stride=step) * kw ** 3
         fsum = (patches ** 2).sum((1, 2, 3, 4))
         cost = (wsum - 2 * cross)[0].reshape(kc, -1) + fsum[:, None]
-        out[s:s + kc] = cost.float() / norm
+        out[s:s + kc] = cost / norm
         if progress:
             progress(min(1.0, (s + kc) / len(kp)))
     return out
@@ -440,4 +442,4 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
         current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, cg, ctx, (0.6, 1.0))
         diag["refine_levels"] = losses
     diag["working_region"] = fr.to_dict()
-    return GridField(current.detach().to("cpu", torch.float32), current_geom), diag
+    return GridField(current.detach().float(), current_geom), diag

@@ -9,6 +9,7 @@ A new network registers itself in its own file; nothing here names one.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,12 +70,15 @@ def weights_path(method: str, config: NetworkMethodConfig) -> Path:
     return Path(config.weights) if config.weights else shipped_weights(method)
 
 
-def directed_prediction(model: torch.nn.Module, ncfg, fixed: torch.Tensor, moving: torch.Tensor, grid, direction: str = "auto") -> tuple[torch.Tensor, dict]:
+def directed_prediction(model: torch.nn.Module, ncfg, fixed: torch.Tensor, moving: torch.Tensor, grid, direction: str = "auto",
+                        autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, dict]:
     """The network's displacement for (fixed, moving) in the chosen ``direction`` (see
     :class:`NetworkMethodConfig`).
 
     Args:
         fixed, moving: ``(1, 1, Z, Y, X)`` network inputs on ``grid``.
+        autocast_dtype: ``torch.float16`` or ``torch.bfloat16`` to run the network (only the network:
+            the inversion and the choice stay in float32) under :func:`torch.autocast` on the inputs' device.
 
     Returns:
         ``(displacement, info)``: ``(1, 3, Z, Y, X)`` network voxels ``(z, y, x)`` in the resampling direction
@@ -86,12 +90,16 @@ def directed_prediction(model: torch.nn.Module, ncfg, fixed: torch.Tensor, movin
     from ..networks.mlvirnet import warp_voxels
     from ..transforms.fields import invert_field
 
+    def run(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(a.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            return predict(model, ncfg, a, b).float()
+
     candidates, info = {}, {}
     with torch.no_grad():
         if direction in ("auto", "forward"):
-            candidates["forward"] = predict(model, ncfg, fixed, moving)
+            candidates["forward"] = run(fixed, moving)
         if direction in ("auto", "reverse"):
-            back = voxel_to_world(predict(model, ncfg, moving, fixed), grid)  # x_fixed = y + w(y) on the grid
+            back = voxel_to_world(run(moving, fixed), grid)  # x_fixed = y + w(y) on the grid
             inverse, info["inverse_residual_mm"] = invert_field(back, grid, device=fixed.device)
             candidates["reverse"] = world_to_voxel(inverse, grid).to(fixed.device)
         # NGF, not the mean squared difference: on 24 network-level cases (three networks, four lung1 pairs
@@ -105,7 +113,12 @@ def directed_prediction(model: torch.nn.Module, ncfg, fixed: torch.Tensor, movin
 def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mask, config: NetworkMethodConfig, ctx: RunContext):
     """Predict with the method's network, bring the field to the fixed grid, optionally fine-tune it."""
 
-    dev, dt = ctx.device, ctx.dtype
+    dev = ctx.device
+    # float16/bfloat16: the network runs under autocast; the field and its refinement stay in float32
+    amp = ctx.dtype if ctx.dtype in (torch.float16, torch.bfloat16) else None
+    if amp is not None:
+        ctx = dataclasses.replace(ctx, dtype=torch.float32)  # the same timings dict
+    dt = ctx.dtype
     path = weights_path(method, config)
     with ctx.stage("load_weights"):
         ck = load_checkpoint(path, "cpu")
@@ -122,12 +135,13 @@ def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mas
     ctx.progress(f"{method} network", 0.1)
     with ctx.stage("network"), torch.no_grad():
         t0 = time.perf_counter()
-        disp, direction = directed_prediction(model, ncfg, pair.fixed.to(dev), pair.moving.to(dev), grid, config.direction)
+        disp, direction = directed_prediction(model, ncfg, pair.fixed.to(dev), pair.moving.to(dev), grid, config.direction, amp)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         t_net = time.perf_counter() - t0
         current = torch.as_tensor(voxel_to_world(disp, grid), device=dev, dtype=dt)[None]
-    diag = {"weights": str(path), "network_grid": grid.to_dict(), "network_seconds": round(t_net, 3), **direction,
+    diag = {"weights": str(path), "network_autocast": str(amp).replace("torch.", "") if amp else None,
+            "network_grid": grid.to_dict(), "network_seconds": round(t_net, 3), **direction,
             "trained_steps": int(ck.get("step", 0)), "training_data": ck.get("training_data"), "validation": ck.get("validation")}
     current_geom = grid
     refinement = Refinement.of(config, residual=True, label="finetune")
@@ -136,7 +150,7 @@ def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mas
         mr = region_geometry(moving, moving_mask, config.margin_mm)
         current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, grid, ctx, (0.3, 1.0))
         diag["finetune_levels"] = losses
-    return GridField(current.detach().to("cpu", torch.float32), current_geom), diag
+    return GridField(current.detach().float(), current_geom), diag
 
 
 def _register_network_methods() -> None:

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from ..errors import DeepLungRegError
 from ..losses import local_ncc_distance, ngf
-from ..transforms.warp import sample_at_voxels
+from ..transforms.warp import as_coordinates, sample_at_voxels
 from .config import scaled_width
 from .registry import NetworkSpec, register_network
 
@@ -155,7 +155,9 @@ class LinDefNet(nn.Module):
         """``(positions G_N(G_A(p)), phi, A)``; positions are ``(N, 3, Z, Y, X)`` voxels of the input grid."""
         phi, a = self(fixed, moving)
         shape = tuple(fixed.shape[2:])
-        return compose_positions(integrate_gradients(phi), affine_positions(a, shape)), phi, a
+        with torch.autocast(fixed.device.type, enabled=False):  # positions in float32 at least, also under autocast
+            pos = compose_positions(integrate_gradients(as_coordinates(phi)), affine_positions(as_coordinates(a), shape))
+        return pos, phi, a
 
 
 def lindef_loss(fixed: torch.Tensor, warped: torch.Tensor, phi: torch.Tensor, a: torch.Tensor,

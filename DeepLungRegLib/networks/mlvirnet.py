@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import DeepLungRegError
 from ..losses import curvature, ngf
-from ..transforms.warp import sample_at_voxels
+from ..transforms.warp import as_coordinates, sample_at_voxels
 from .config import scaled_width
 from .registry import NetworkSpec, register_network
 from .unet import UNet
@@ -39,8 +39,11 @@ def identity_grid(shape: tuple[int, ...], device=None, dtype=torch.float32) -> t
 
 
 def warp_voxels(image: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
-    """``image(x + u(x))`` for ``image (N, C, *S)`` and ``u (N, D, *S)`` in voxels."""
-    return sample_at_voxels(image, identity_grid(tuple(image.shape[2:]), image.device, displacement.dtype) + displacement)
+    """``image(x + u(x))`` for ``image (N, C, *S)`` and ``u (N, D, *S)`` in voxels (positions in float32 at least,
+    also under autocast)."""
+    with torch.autocast(image.device.type, enabled=False):
+        u = as_coordinates(displacement)
+        return sample_at_voxels(image, identity_grid(tuple(image.shape[2:]), image.device, u.dtype) + u)
 
 
 def compose_displacements(first: torch.Tensor, then: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,27 @@ from ..geometry import Geometry
 from ..io.images import Image
 
 _MODES = {"linear": "bilinear", "nearest": "nearest"}
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _coordinate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sampling coordinates are float32 at least: in bfloat16 a normalised coordinate keeps 8 bits, i.e. a
+    position ~0.5 voxel off on a 200-voxel axis (float16: ~0.05); half-precision volumes are sampled as float32."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
+def as_coordinates(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 if it is float16/bfloat16 (e.g. a network's output under autocast), else unchanged:
+    positions and displacements in voxels need more than 8 bits (bfloat16 resolves 0.25 voxel at 64)."""
+    return t.float() if t.dtype in _HALF else t
+
+
+def _grid_sample(volume: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
+    """``grid_sample`` with ``grid`` in float32 or finer whatever ``volume``'s dtype (returned in that dtype)."""
+    if volume.dtype in _HALF:
+        out = F.grid_sample(volume.float(), grid.float(), mode=mode, padding_mode=padding_mode, align_corners=True)
+        return out.to(volume.dtype)
+    return F.grid_sample(volume, grid.to(volume.dtype), mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
 def _world_to_normalised(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -53,8 +74,9 @@ class GridSampler:
         self.fixed, self.moving = fixed, moving
         a, b = _world_to_normalised(moving)
         world = world_grid_tensor(fixed, device, torch.float64)
-        self._a = torch.as_tensor(a, device=device, dtype=dtype)
-        self.base = (world @ torch.as_tensor(a, device=device, dtype=torch.float64).T + torch.as_tensor(b, device=device, dtype=torch.float64)).to(dtype)
+        cd = _coordinate_dtype(dtype)  # float32 for float16/bfloat16 volumes
+        self._a = torch.as_tensor(a, device=device, dtype=cd)
+        self.base = (world @ torch.as_tensor(a, device=device, dtype=torch.float64).T + torch.as_tensor(b, device=device, dtype=torch.float64)).to(cd)
 
     def grid(self, field: torch.Tensor | None) -> torch.Tensor:
         """Normalised sampling grid ``(N, Z, Y, X, 3)`` for a field ``(N, Z, Y, X, 3)`` in mm (or None)."""
@@ -63,7 +85,7 @@ class GridSampler:
             return base
         if field.shape[-4:-1] != self.base.shape[:3]:
             raise DeepLungRegError(f"GridSampler: field shape {tuple(field.shape)} does not match the fixed grid {self.fixed.shape}")
-        return base + field @ self._a.T
+        return base + field.to(_coordinate_dtype(field.dtype)) @ self._a.T
 
     def __call__(self, volume: torch.Tensor, field: torch.Tensor | None, mode: str = "linear", fill: float | None = 0.0) -> torch.Tensor:
         """Warp ``volume (N, C, Zm, Ym, Xm)`` by ``field (N, Z, Y, X, 3)`` mm; returns ``(N, C, Z, Y, X)``.
@@ -73,14 +95,14 @@ class GridSampler:
         """
         if mode not in _MODES:
             raise DeepLungRegError(f"warp: unknown interpolation {mode!r}; use 'linear' or 'nearest'")
-        grid = self.grid(field).to(volume.dtype)
+        grid = self.grid(field)
         if grid.shape[0] != volume.shape[0]:
             grid = grid.expand(volume.shape[0], -1, -1, -1, -1)
         if fill is None:
-            return F.grid_sample(volume, grid, mode=_MODES[mode], padding_mode="border", align_corners=True)
+            return _grid_sample(volume, grid, _MODES[mode], "border")
         if fill == 0.0:
-            return F.grid_sample(volume, grid, mode=_MODES[mode], padding_mode="zeros", align_corners=True)
-        out = F.grid_sample(volume - fill, grid, mode=_MODES[mode], padding_mode="zeros", align_corners=True)
+            return _grid_sample(volume, grid, _MODES[mode], "zeros")
+        out = _grid_sample(volume - fill, grid, _MODES[mode], "zeros")
         return out + fill
 
 
@@ -98,8 +120,8 @@ class GridSampler:
         if mode not in _MODES:
             raise DeepLungRegError(f"warp: unknown interpolation {mode!r}; use 'linear' or 'nearest'")
         base = self.base.reshape(-1, 3)[index]  # (M, 3)
-        grid = (base + displacement @ self._a.T).to(volume.dtype)  # (N, M, 3)
-        out = F.grid_sample(volume, grid[:, :, None, None, :], mode=_MODES[mode], padding_mode="zeros", align_corners=True)
+        grid = base + displacement.to(_coordinate_dtype(displacement.dtype)) @ self._a.T  # (N, M, 3)
+        out = _grid_sample(volume, grid[:, :, None, None, :], _MODES[mode], "zeros")
         return out[:, :, :, 0, 0]
 
 
@@ -122,10 +144,10 @@ def sample_at_voxels(volume: torch.Tensor, positions: torch.Tensor, mode: str = 
     d = volume.ndim - 2
     if d not in (2, 3) or positions.ndim != d + 2 or positions.shape[1] != d:
         raise DeepLungRegError(f"sample_at_voxels: positions must be (N, {d}, ...) for a {d}D volume, got {tuple(positions.shape)}")
-    size = torch.tensor(volume.shape[2:], device=positions.device, dtype=positions.dtype).view(1, d, *([1] * d))
-    norm = 2.0 * positions / (size - 1).clamp_min(1) - 1.0
+    size = torch.tensor(volume.shape[2:], device=positions.device, dtype=_coordinate_dtype(positions.dtype)).view(1, d, *([1] * d))
+    norm = 2.0 * positions.to(_coordinate_dtype(positions.dtype)) / (size - 1).clamp_min(1) - 1.0
     grid = norm.flip(1).permute(0, *range(2, d + 2), 1)  # grid_sample wants (x, y[, z]) last
-    return F.grid_sample(volume, grid.to(volume.dtype), mode=_MODES[mode], padding_mode=padding, align_corners=True)
+    return _grid_sample(volume, grid, _MODES[mode], padding)
 
 
 def warp_tensor(

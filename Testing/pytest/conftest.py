@@ -66,3 +66,41 @@ def slicer_core():
     # Offscreen rendering: prefer EGL so VTK does not try an X display first.
     os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     return slicer
+
+
+def _test_device() -> str:
+    return os.environ.get("DEEPLUNGREG_TEST_DEVICE", "cpu") or "cpu"
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """The device the device-parametrised tests run on: ``DEEPLUNGREG_TEST_DEVICE`` (``cpu`` by default,
+    ``cuda`` on a GPU machine: ``DEEPLUNGREG_TEST_DEVICE=cuda pytest ...``). Asking for CUDA where torch
+    sees none skips (CI makes the skip fail)."""
+    import torch
+
+    dev = _test_device()
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        msg = f"DEEPLUNGREG_TEST_DEVICE={dev} but torch reports no CUDA GPU"
+        if os.environ.get("DEEPLUNGREG_REQUIRE_SHARED") == "1":
+            pytest.fail(msg + "; DEEPLUNGREG_REQUIRE_SHARED=1 forbids skipping")
+        pytest.skip(msg)
+    return dev
+
+
+def on_cuda(device: str) -> bool:
+    """True when the tests run on a GPU (for a tolerance stated for CUDA only)."""
+    return str(device).startswith("cuda")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that take the ``device`` fixture are marked ``device`` (``pytest -m device`` runs just those);
+    tests marked ``cuda`` (CUDA against the CPU) run only where torch sees a GPU."""
+    import torch
+
+    skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU (marked cuda)")
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+        if skip is not None and item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

@@ -39,19 +39,20 @@ def test_control_cells_are_centred_on_their_voxels(oblique, stride):
 
 
 @pytest.mark.parametrize("stride, step, shift", [(2, 1, (2, -1, 3)), (3, 2, (2, -4, 6))])
-def test_dense_costs_find_a_known_shift(stride, step, shift):
+def test_dense_costs_find_a_known_shift(stride, step, shift, device):
     """Moving features = fixed features shifted by s voxels: every interior control point's cost minimum is s."""
     rng = np.random.default_rng(0)
-    f = torch.as_tensor(rng.normal(size=(1, 5, 30, 27, 24)), dtype=torch.float32)
+    f = torch.as_tensor(rng.normal(size=(1, 5, 30, 27, 24)), dtype=torch.float32, device=device)
     m = torch.roll(f, shifts=shift, dims=(2, 3, 4))  # m(x + s) = f(x)
     cells = cell_features(f, stride)
-    pts = torch.nonzero(torch.ones(cells.shape[2:], dtype=torch.bool))
-    inner = ((pts * stride >= 8) & (pts * stride + stride <= torch.tensor(f.shape[2:]) - 8)).all(1)
+    pts = torch.nonzero(torch.ones(cells.shape[2:], dtype=torch.bool, device=device))
+    inner = ((pts * stride >= 8) & (pts * stride + stride <= torch.tensor(f.shape[2:], device=device) - 8)).all(1)
     pts = pts[inner]
     off = displacement_offsets(3, step)
     costs = dense_costs(cells, sliding_cell_features(m, stride), pts, stride, off, max_chunk_elements=2 ** 16)
     assert costs.shape == (len(pts), 7 ** 3)
-    best = off[costs.argmin(1).numpy()]
+    assert costs.device.type == torch.device(device).type
+    best = off[costs.argmin(1).cpu().numpy()]
     assert (best == np.array(shift)).all()
     assert float(costs.min(1).values.max()) == pytest.approx(0.0, abs=1e-5)
     # brute force for one point and one displacement
@@ -63,7 +64,7 @@ def test_dense_costs_find_a_known_shift(stride, step, shift):
     assert float(costs[3, k]) == pytest.approx(float(((a - b) ** 2).mean()), rel=1e-4)
 
 
-def test_coupled_convex_recovers_a_smooth_field_and_overrules_outliers():
+def test_coupled_convex_recovers_a_smooth_field_and_overrules_outliers(device):
     """Costs = squared distance to a constant displacement, with a wrong minimum planted at 5 % of the points:
     the coupling pulls those points back; points without costs follow the smoothing."""
     rng = np.random.default_rng(1)
@@ -77,6 +78,7 @@ def test_coupled_convex_recovers_a_smooth_field_and_overrules_outliers():
     costs = ((off_mm[None] - truth) ** 2).sum(-1).repeat(len(pts), 1)
     bad = torch.as_tensor(rng.random(len(pts)) < 0.05)
     costs[bad, 0] = -50.0  # a deep wrong minimum at (-6, -6, -6)
+    costs, pts, off_mm, truth = costs.to(device), pts.to(device), off_mm.to(device), truth.to(device)
     u0 = coupled_convex(costs, pts, shape, off_mm, step, (0.0,), 0, 0.15, n)
     u = coupled_convex(costs, pts, shape, off_mm, step, (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0), 2, 0.15, n)
     err0 = (u0[0].permute(1, 2, 3, 0) - truth).norm(dim=-1)
@@ -131,10 +133,10 @@ FAST = {"feature_spacing_mm": 4.0, "grid_spacing_mm": [8.0, 4.0], "search_half_w
 
 
 @pytest.mark.parametrize("inverse_consistent", [True, False])
-def test_convex_recovers_large_motion_on_a_small_pair(small_pair, inverse_consistent):
+def test_convex_recovers_large_motion_on_a_small_pair(small_pair, inverse_consistent, device):
     p = small_pair
     res = register(p.fixed, p.moving, "convex", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
-                   config={**FAST, "inverse_consistent": inverse_consistent}, device="cpu")
+                   config={**FAST, "inverse_consistent": inverse_consistent}, device=device)
     before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
     after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
     assert before > 10 and after < 0.3 * before

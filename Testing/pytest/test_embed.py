@@ -26,10 +26,10 @@ def test_displacement_offsets_order_and_count():
 
 
 @pytest.mark.parametrize("step, shift", [(1, (2, -1, 3)), (2, (2, -4, 6))])
-def test_keypoint_costs_find_a_known_shift(step, shift):
+def test_keypoint_costs_find_a_known_shift(step, shift, device):
     """Moving features = fixed features shifted by s voxels: the cost minimum sits at displacement s."""
     rng = np.random.default_rng(0)
-    f = torch.as_tensor(rng.normal(size=(1, 4, 30, 28, 26)), dtype=torch.float32)
+    f = torch.as_tensor(rng.normal(size=(1, 4, 30, 28, 26)), dtype=torch.float32, device=device)
     shift = np.array(shift)
     m = torch.roll(f, shifts=tuple(int(s) for s in shift), dims=(2, 3, 4))  # m(x + s) = f(x)
     kp = np.array([[12, 14, 11], [15, 12, 13], [14, 13, 12]])
@@ -106,11 +106,11 @@ def small_pair(sample_path):
     return simulate_breathing(ct, amplitude="large", seed=5)
 
 
-def test_embed_recovers_large_motion_on_a_small_pair(small_pair):
+def test_embed_recovers_large_motion_on_a_small_pair(small_pair, device):
     p = small_pair
     cfg = {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 800, "refine_levels_mm": [4.0], "refine_iterations": [30],
            "refine_learning_rates": [0.3]}
-    res = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=cfg, device="cpu")
+    res = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=cfg, device=device)
     before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
     after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
     assert before > 10 and after < 0.3 * before
@@ -124,32 +124,32 @@ def test_embed_recovers_large_motion_on_a_small_pair(small_pair):
     assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
 
 
-def test_torch_jacobian_of_an_affine_field_is_its_determinant(oblique):
+def test_torch_jacobian_of_an_affine_field_is_its_determinant(oblique, device):
     """The differentiable Jacobian (used by the folding penalty) on an oblique, anisotropic grid."""
     from DeepLungRegLib.losses import folding_penalty, jacobian_determinant_torch
 
     a = np.array([[1.1, 0.05, 0.0], [0.02, 0.9, 0.03], [0.0, -0.04, 1.2]])
     x = oblique.world_coordinates()
-    u = torch.as_tensor((x @ a.T - x)[None], dtype=torch.float64)
-    m = torch.as_tensor(oblique.index_to_world_matrix[:3, :3])
+    u = torch.as_tensor((x @ a.T - x)[None], dtype=torch.float64, device=device)
+    m = torch.as_tensor(oblique.index_to_world_matrix[:3, :3], device=device)
     j = jacobian_determinant_torch(u, m)
     assert torch.allclose(j, torch.full_like(j, np.linalg.det(a)), atol=1e-9)
     assert float(folding_penalty(u, m)) == 0.0
-    flip = torch.as_tensor((x @ np.diag([-1.0, 1.0, 1.0]).T - x)[None], dtype=torch.float64)  # a mirror folds everywhere
+    flip = torch.as_tensor((x @ np.diag([-1.0, 1.0, 1.0]).T - x)[None], dtype=torch.float64, device=device)  # a mirror folds everywhere
     assert float(folding_penalty(flip, m)) == pytest.approx(1.1 ** 2)
 
 
-def test_a_saved_pca_basis_reloads_and_reproduces_the_fit(small_pair, tmp_path):
+def test_a_saved_pca_basis_reloads_and_reproduces_the_fit(small_pair, tmp_path, device):
     """A basis fitted on a pair and written with pca_basis_out, then loaded for the same pair,
     gives the same field; bad basis files are refused with their name."""
     p = small_pair
     cfg = {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 300, "refine": False, "embedding": "pca", "components": 32}
     out = tmp_path / "basis.npz"
     a = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
-                 config={**cfg, "pca_basis_out": str(out)}, device="cpu")
+                 config={**cfg, "pca_basis_out": str(out)}, device=device)
     assert out.is_file() and a.diagnostics["pca_basis"] == "fitted on this pair"
     b = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
-                 config={**cfg, "pca_basis": str(out)}, device="cpu")
+                 config={**cfg, "pca_basis": str(out)}, device=device)
     assert b.diagnostics["pca_basis"] == "loaded" and b.diagnostics["second_pass_pca_basis"] == "loaded"
     assert b.diagnostics["pca_variance_explained"] == pytest.approx(a.diagnostics["pca_variance_explained"], abs=1e-3)
     assert np.abs(a.field - b.field).max() < 1e-3

@@ -61,7 +61,7 @@ def test_feature_training_refuses_to_overwrite_and_resumes(feature_run, ct3):
         train_feature_net([("demo", ct3)], out, steps=90, spacing_mm=3.0, crop=24, base=8, resume=True)
 
 
-def test_exported_feature_weights_load_and_run_in_embed(feature_run, ct3, tmp_path):
+def test_exported_feature_weights_load_and_run_in_embed(feature_run, ct3, tmp_path, device):
     out, _ = feature_run
     w = export_feature_net(out / "checkpoint.pt", tmp_path / "mindnet.pt", "test")
     with pytest.raises(DeepLungRegError, match="exists"):
@@ -71,7 +71,7 @@ def test_exported_feature_weights_load_and_run_in_embed(feature_run, ct3, tmp_pa
     p = simulate_breathing(ct3, amplitude="small", seed=3)
     cfg = {"features": "cnn", "feature_weights": str(w), "feature_spacing_mm": 3.0, "search_step_mm": 3.0, "search_range_mm": 30.0,
            "keypoints": 300, "refine": False, "second_pass_range_mm": 0.0}
-    res = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=cfg, device="cpu")
+    res = register(p.fixed, p.moving, "embed", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=cfg, device=device)
     assert res.field.shape == (*p.fixed.geometry.shape, 3) and np.isfinite(res.field).all()
     before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
     after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()

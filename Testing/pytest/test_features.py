@@ -25,16 +25,16 @@ def test_box_mean_equals_replicate_padded_average_pool(before, after):
     assert torch.allclose(box_mean3d(c, before, after), c)
 
 
-def test_mind_shape_range_and_intensity_invariance():
-    x = torch.rand(1, 1, 16, 18, 20, dtype=torch.float64)
+def test_mind_shape_range_and_intensity_invariance(device):
+    x = torch.rand(1, 1, 16, 18, 20, dtype=torch.float64, device=device)
     m = mind_ssc(x)
-    assert m.shape == (1, 12, 16, 18, 20)
+    assert m.shape == (1, 12, 16, 18, 20) and m.device == x.device
     assert float(m.min()) >= 0 and float(m.max()) <= 1 + 1e-9
     assert torch.allclose(mind_ssc(3.0 * x + 7.0), m, atol=1e-6)
 
 
-def test_mind_follows_a_shift():
-    x = torch.rand(1, 1, 20, 20, 20)
+def test_mind_follows_a_shift(device):
+    x = torch.rand(1, 1, 20, 20, 20, device=device)
     shifted = torch.roll(x, 2, dims=4)
     a, b = mind_ssc(x), mind_ssc(shifted)
     assert torch.allclose(torch.roll(a, 2, dims=4)[..., 6:-6, 6:-6, 6:-6], b[..., 6:-6, 6:-6, 6:-6], atol=1e-5)
@@ -45,7 +45,7 @@ def test_mind_rejects_bad_input():
         mind_ssc(torch.zeros(1, 2, 4, 4, 4))
 
 
-def test_foerstner_finds_blob_centres_inside_mask():
+def test_foerstner_finds_blob_centres_inside_mask(device):
     g = Geometry((40, 40, 40), (1.0, 1.0, 1.0), (10.0, 20.0, 30.0))
     zz, yy, xx = np.indices(g.shape)
     arr = np.zeros(g.shape, np.float32)
@@ -54,7 +54,7 @@ def test_foerstner_finds_blob_centres_inside_mask():
         arr += 100 * np.exp(-((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) / 8.0)
     mask = np.zeros(g.shape, bool)
     mask[2:-2, 2:-2, 2:-2] = True
-    pts = foerstner_keypoints(Image(arr, g), mask, count=10, min_distance_mm=5.0)
+    pts = foerstner_keypoints(Image(arr, g), mask, count=10, min_distance_mm=5.0, device=device)
     d = np.linalg.norm(pts[:, None] - g.index_to_world(np.array([[c[2], c[1], c[0]] for c in centres], float))[None], axis=-1)
     assert (d.min(axis=0) < 3.0).all()  # every blob has a keypoint near it
     idx = np.round(g.world_to_index(pts)).astype(int)

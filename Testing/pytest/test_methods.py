@@ -25,10 +25,10 @@ def test_registry_lists_methods():
     assert all(isinstance(d, str) and d for d in m.values())
 
 
-def test_adam_lowers_tre_without_folding(small_pair):
+def test_adam_lowers_tre_without_folding(small_pair, device):
     p = small_pair
     stages = []
-    res = register(p.fixed, p.moving, "adam", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=FAST, device="cpu",
+    res = register(p.fixed, p.moving, "adam", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=FAST, device=device,
                    progress=lambda s, f: stages.append(f))
     before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
     after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
@@ -37,9 +37,10 @@ def test_adam_lowers_tre_without_folding(small_pair):
     assert res.field.shape == (*p.fixed.geometry.shape, 3) and res.field.dtype == np.float32
     assert stages and stages[-1] == 1.0 and all(0 <= f <= 1 for f in stages)
     assert res.timings["total"] > 0 and "peak_rss_mb" in res.diagnostics
+    assert res.diagnostics["device"].startswith(device) and (("peak_gpu_mb" in res.diagnostics) == device.startswith("cuda"))
 
 
-def test_affine_recovers_a_known_affine(small_pair):
+def test_affine_recovers_a_known_affine(small_pair, device):
     fixed, mask = small_pair.fixed, small_pair.fixed_mask
     g = fixed.geometry
     c = g.index_to_world(np.array(g.size, float)[None] / 2)[0]
@@ -50,19 +51,19 @@ def test_affine_recovers_a_known_affine(small_pair):
     minv = np.linalg.inv(m)
     moving = warp_image(fixed.with_array(fixed.array.astype(np.float32)), affine_to_field(minv, g), g, fill=-1024.0)
     mmask = warp_image(mask.with_array(mask.array.astype(np.uint8)), affine_to_field(minv, g), g, mode="nearest")
-    res = register(fixed, moving, "affine", fixed_mask=mask, moving_mask=mmask.with_array(mmask.array > 0), device="cpu")
+    res = register(fixed, moving, "affine", fixed_mask=mask, moving_mask=mmask.with_array(mmask.array > 0), device=device)
     pts = small_pair.fixed_landmarks
     est = pts + sample_field_at_points(res.field, g, pts)
     true = pts @ m[:3, :3].T + m[:3, 3]
     assert np.linalg.norm(est - true, axis=1).mean() < 1.5
 
 
-def test_cancel_stops_the_method(small_pair):
+def test_cancel_stops_the_method(small_pair, device):
     p = small_pair
     ev = threading.Event()
     ev.set()
     with pytest.raises(RegistrationCancelled):
-        register(p.fixed, p.moving, "adam", config=FAST, device="cpu", cancel=ev)
+        register(p.fixed, p.moving, "adam", config=FAST, device=device, cancel=ev)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from DeepLungRegLib import DeepLungRegError
+from DeepLungRegLib.device import precision_scope
 from DeepLungRegLib.networks import LinDefNet, affine_positions, compose_positions, identity_positions, integrate_gradients, lindef_loss
 from DeepLungRegLib.transforms.warp import sample_at_voxels
 
@@ -18,22 +19,23 @@ def test_integrating_unit_gradients_gives_the_identity():
         integrate_gradients(torch.ones(1, 2, 4, 4, 4))
 
 
-def test_sample_at_voxels_reads_the_voxel_it_is_given():
-    vol = torch.arange(4 * 5 * 6, dtype=torch.float64).view(1, 1, 4, 5, 6)
-    pos = torch.tensor([2.0, 3.0, 1.0], dtype=torch.float64).view(1, 3, 1, 1, 1)  # (z, y, x)
+def test_sample_at_voxels_reads_the_voxel_it_is_given(device):
+    vol = torch.arange(4 * 5 * 6, dtype=torch.float64, device=device).view(1, 1, 4, 5, 6)
+    pos = torch.tensor([2.0, 3.0, 1.0], dtype=torch.float64, device=device).view(1, 3, 1, 1, 1)  # (z, y, x)
     assert float(sample_at_voxels(vol, pos)) == pytest.approx(float(vol[0, 0, 2, 3, 1]))
-    half = torch.tensor([2.0, 3.0, 1.5], dtype=torch.float64).view(1, 3, 1, 1, 1)
+    half = torch.tensor([2.0, 3.0, 1.5], dtype=torch.float64, device=device).view(1, 3, 1, 1, 1)
     assert float(sample_at_voxels(vol, half)) == pytest.approx(float(vol[0, 0, 2, 3, 1:3].mean()))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_lindef_deformation_never_crosses_itself_even_with_random_weights(seed):
+def test_lindef_deformation_never_crosses_itself_even_with_random_weights(seed, device):
     """Positions increase strictly along every grid line of their own axis, whatever the weights."""
     torch.manual_seed(seed)
     net = LinDefNet(widths=(4, 4, 4, 4, 4), decoder_width=4)
     for p in net.parameters():  # far from the identity initialisation
         torch.nn.init.normal_(p, std=1.0)
     fixed, moving = torch.randn(1, 1, 12, 10, 11), torch.randn(1, 1, 12, 10, 11)
+    net, fixed, moving = net.to(device), fixed.to(device), moving.to(device)
     with torch.no_grad():
         phi, a = net(fixed, moving)
     assert phi.shape == (1, 3, 12, 10, 11) and a.shape == (1, 3, 4)
@@ -118,8 +120,8 @@ def test_unet_shapes_and_identity_start(dims, shape):
         net(torch.randn(1, 2, *(s + 1 for s in shape)))
 
 
-def test_curvature_is_zero_for_affine_and_known_for_quadratic_fields():
-    z, y, x = identity_grid((9, 10, 11), dtype=torch.float64)[0]
+def test_curvature_is_zero_for_affine_and_known_for_quadratic_fields(device):
+    z, y, x = identity_grid((9, 10, 11), device=device, dtype=torch.float64)[0]
     affine = torch.stack([0.1 * x + 2 * y, -z + 0.3, 0.5 * x])[None]
     assert float(curvature(affine)) == pytest.approx(0.0, abs=1e-12)
     quad = torch.stack([x ** 2, torch.zeros_like(x), torch.zeros_like(x)])[None]  # Laplacian 2 in one of three components
@@ -128,20 +130,20 @@ def test_curvature_is_zero_for_affine_and_known_for_quadratic_fields():
     assert float(curvature(quad, spacing=(1.0, 1.0, 2.0))) == pytest.approx(0.5 * 0.25 / 3)
 
 
-def test_local_ncc_is_zero_for_affine_intensity_changes_and_two_for_inversions():
+def test_local_ncc_is_zero_for_affine_intensity_changes_and_two_for_inversions(device):
     from DeepLungRegLib.losses import local_ncc_distance
 
     torch.manual_seed(0)
-    img = torch.nn.functional.avg_pool3d(torch.randn(1, 1, 20, 20, 20), 3, 1, 1)
+    img = torch.nn.functional.avg_pool3d(torch.randn(1, 1, 20, 20, 20), 3, 1, 1).to(device)
     assert float(local_ncc_distance(img, 3 * img - 2)) == pytest.approx(0.0, abs=1e-3)
     assert float(local_ncc_distance(img, -img)) == pytest.approx(2.0, abs=1e-3)
     assert float(local_ncc_distance(img, torch.roll(img, 3, dims=4))) > 0.5
     assert local_ncc_distance(img, img, reduce=False).shape == img.shape
 
 
-def test_ngf_prefers_aligned_edges():
+def test_ngf_prefers_aligned_edges(device):
     torch.manual_seed(0)
-    img = torch.nn.functional.avg_pool3d(torch.randn(1, 1, 20, 20, 20), 3, 1, 1)
+    img = torch.nn.functional.avg_pool3d(torch.randn(1, 1, 20, 20, 20), 3, 1, 1).to(device)
     shifted = torch.roll(img, 3, dims=4)
     assert float(ngf(img, img, eps=1e-3)) < 0.05 < float(ngf(img, shifted, eps=1e-3))
     assert float(ngf(img, 2 * img + 1, eps=1e-3)) == pytest.approx(float(ngf(img, img, eps=1e-3)), abs=1e-3)  # contrast-free
@@ -280,7 +282,7 @@ def test_a_few_training_steps_lower_the_labeldriven_loss_in_2d():
 
 
 @pytest.mark.parametrize("method", ["mlvirnet", "labeldriven"])
-def test_batch_norm_uses_each_inputs_own_statistics_at_inference_and_old_weights_still_load(method):
+def test_batch_norm_uses_each_inputs_own_statistics_at_inference_and_old_weights_still_load(method, device):
     from DeepLungRegLib.training import NetworkConfig, build_network, load_network_state
 
     torch.manual_seed(0)
@@ -289,13 +291,14 @@ def test_batch_norm_uses_each_inputs_own_statistics_at_inference_and_old_weights
     for p in net.parameters():  # away from the zero-initialised heads, so that outputs differ
         p.data.add_(0.05 * torch.randn_like(p))
     f, m = torch.rand(1, 1, 32, 32, 32), torch.rand(1, 1, 32, 32, 32)
-    with torch.no_grad():
+    net, f, m = net.to(device), f.to(device), m.to(device)
+    with torch.no_grad(), precision_scope("float32", torch.device(device)):  # no TF32 convolutions on CUDA
         trained_like = net.train()(f, m)
         infer = net.eval()(f, m)
     first = (lambda out: out[0]) if method == "mlvirnet" else (lambda out: out[-1])
     assert float(first(trained_like).abs().max()) > 0 and torch.allclose(first(trained_like), first(infer), atol=1e-5)
     # weights saved when batch norm kept running statistics: those are dropped, nothing else
-    state = net.state_dict()
+    state = {k: v.cpu() for k, v in net.state_dict().items()}
     bn = [k.rsplit(".", 1)[0] for k, v in state.items() if k.endswith(".bias") and k.rsplit(".", 1)[0] + ".weight" in state
           and state[k.rsplit(".", 1)[0] + ".weight"].ndim == 1]
     assert bn

@@ -19,33 +19,33 @@ def smooth_field(geom, amp, seed=0, sigma=4):
     return np.stack([gaussian_filter(rng.standard_normal(geom.shape), sigma) for _ in range(3)], -1).astype(np.float32) * amp
 
 
-def test_identity_field_changes_nothing(oblique):
+def test_identity_field_changes_nothing(oblique, device):
     img = Image(np.random.default_rng(0).random(oblique.shape).astype(np.float32), oblique)
-    out = warp_image(img, np.zeros((*oblique.shape, 3), np.float32), oblique)
+    out = warp_image(img, np.zeros((*oblique.shape, 3), np.float32), oblique, device=device)
     assert np.allclose(out.array, img.array, atol=1e-5)
 
 
-def test_known_translation_shifts_by_whole_voxels(oblique):
+def test_known_translation_shifts_by_whole_voxels(oblique, device):
     """u = 2 voxels along the oblique i axis in mm gives out[k, j, i] = in[k, j, i + 2]."""
     img = Image(np.random.default_rng(1).random(oblique.shape).astype(np.float32), oblique)
     shift = oblique.direction_matrix[:, 0] * oblique.spacing[0] * 2
     field = np.broadcast_to(shift, (*oblique.shape, 3)).astype(np.float32)
-    out = warp_image(img, field, oblique, fill=-7.0).array
+    out = warp_image(img, field, oblique, fill=-7.0, device=device).array
     assert np.allclose(out[:, :, :-2], img.array[:, :, 2:], atol=1e-5)
     assert np.allclose(out[:, :, -2:], -7.0)
 
 
-def test_nearest_keeps_labels(oblique):
+def test_nearest_keeps_labels(oblique, device):
     lab = np.random.default_rng(2).integers(0, 4, oblique.shape).astype(np.uint8)
-    out = warp_image(Image(lab, oblique), smooth_field(oblique, 3.0), oblique, mode="nearest").array
+    out = warp_image(Image(lab, oblique), smooth_field(oblique, 3.0), oblique, mode="nearest", device=device).array
     assert out.dtype == np.uint8 and set(np.unique(out)) <= {0, 1, 2, 3}
 
 
-def test_warp_matches_simpleitk_between_different_grids(oblique):
+def test_warp_matches_simpleitk_between_different_grids(oblique, device):
     moving_geom = Geometry((30, 26, 20), (1.2, 1.7, 2.2), (-40.0, 5.0, 100.0), np.eye(3).ravel())
     mov = Image(np.random.default_rng(3).random(moving_geom.shape).astype(np.float32), moving_geom)
     field = smooth_field(oblique, 8.0)
-    ours = warp_image(mov, field, oblique, fill=-3.0).array
+    ours = warp_image(mov, field, oblique, fill=-3.0, device=device).array
     tx = sitk.DisplacementFieldTransform(image_to_sitk(field.astype(np.float64), oblique))
     ref = sitk.GetArrayFromImage(sitk.Resample(image_to_sitk(mov), image_to_sitk(np.zeros(oblique.shape, np.float32), oblique), tx, sitk.sitkLinear, -3.0))
     idx = moving_geom.world_to_index((oblique.world_coordinates() + field).reshape(-1, 3)).reshape(*oblique.shape, 3)
@@ -64,18 +64,18 @@ def test_affine_field_and_points(oblique):
     assert np.allclose(moved, pts @ m[:3, :3].T + m[:3, 3], atol=1e-4)
 
 
-def test_invert_and_compose(oblique):
+def test_invert_and_compose(oblique, device):
     field = smooth_field(oblique, 10.0, seed=4)
-    inv, residual = invert_field(field, oblique, iterations=100)
+    inv, residual = invert_field(field, oblique, iterations=100, device=device)
     assert residual < 0.01
     comp = compose_fields(field, oblique, inv, oblique)
     inner = np.abs(comp[3:-3, 3:-3, 3:-3])
     assert inner.max() < 0.05
 
 
-def test_inverse_of_translation_is_negative(oblique):
+def test_inverse_of_translation_is_negative(oblique, device):
     field = np.broadcast_to(np.array([1.5, -2.0, 0.5], np.float32), (*oblique.shape, 3)).copy()
-    inv, _ = invert_field(field, oblique)
+    inv, _ = invert_field(field, oblique, device=device)
     assert np.allclose(inv, -field, atol=1e-4)
 
 
@@ -122,7 +122,7 @@ def test_warp_rejects_bad_field(oblique):
         warp_image(img, None, oblique, mode="cubic")
 
 
-def test_slab_sampling_matches_one_pass_on_oblique_grids(oblique):
+def test_slab_sampling_matches_one_pass_on_oblique_grids(oblique, device):
     """sample_on_grid works a slab at a time; the slabs must join to the one-pass result."""
     from DeepLungRegLib.transforms import sample_on_grid
 
@@ -134,11 +134,14 @@ def test_slab_sampling_matches_one_pass_on_oblique_grids(oblique):
     for slab in (1, 7 * oblique.shape[1] * oblique.shape[2], 10**9):
         out = sample_on_grid(vol, src, oblique, field, fill=-3.0, slab_voxels=slab)
         assert np.allclose(out, ref, atol=1e-5)
+        # a tensor volume is sampled on its own device
+        out = sample_on_grid(torch.as_tensor(vol, device=device), src, oblique, field, fill=-3.0, slab_voxels=slab)
+        assert np.allclose(out, ref, atol=1e-5)
     last = sample_on_grid(vol, src, oblique, None, fill=None, channels_last=True, slab_voxels=50)
     assert last.shape == (*oblique.shape, 2)
 
 
-def test_field_to_grid_and_point_sampling_agree(oblique):
+def test_field_to_grid_and_point_sampling_agree(oblique, device):
     from DeepLungRegLib.transforms import field_to_grid
 
     rng = np.random.default_rng(1)
@@ -149,6 +152,9 @@ def test_field_to_grid_and_point_sampling_agree(oblique):
     assert np.allclose(on_other.reshape(-1, 3), sample_field_at_points(field, oblique, pts), atol=1e-4)
     # the identity resampling gives the field back
     assert np.allclose(field_to_grid(field, oblique, oblique), field, atol=1e-5)
+    # a (1, Z, Y, X, 3) tensor on the device, as the methods return it
+    on_dev = field_to_grid(torch.as_tensor(field, device=device)[None], oblique, other)
+    assert np.allclose(on_dev, on_other, atol=1e-4)
 
 
 def test_slab_jacobian_matches_the_full_gradient(oblique):
