@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from DeepLungRegLib import DeepLungRegError, Geometry, read_image
+from DeepLungRegLib.device import precision_scope
 from DeepLungRegLib.methods import register
 from DeepLungRegLib.methods.embed import (
     EmbedConfig, densify_gaussian, densify_tps, displacement_offsets, graph_diffuse, graph_laplacian, keypoint_costs,
@@ -33,7 +34,8 @@ def test_keypoint_costs_find_a_known_shift(step, shift, device):
     shift = np.array(shift)
     m = torch.roll(f, shifts=tuple(int(s) for s in shift), dims=(2, 3, 4))  # m(x + s) = f(x)
     kp = np.array([[12, 14, 11], [15, 12, 13], [14, 13, 12]])
-    costs = keypoint_costs(f, m, kp, radius=3, step=step, patch_radius=1, chunk=2)
+    with precision_scope("float32", torch.device(device)):  # as register() runs it: strict float32 (no TF32 convolutions on CUDA)
+        costs = keypoint_costs(f, m, kp, radius=3, step=step, patch_radius=1, chunk=2)
     off = displacement_offsets(3, step)
     assert costs.shape == (3, 7 ** 3)
     for row in costs:
