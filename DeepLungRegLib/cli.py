@@ -261,11 +261,13 @@ def cmd_demo(args) -> int:
     from .io.images import read_image
     from .pipeline import RegistrationJob, run_registration, summary_lines
     from .simulation import simulate_breathing, write_pair
+    from .simulation.breathing import check_pair_outdir
 
     sample = Path(args.sample) if args.sample else SAMPLE
     if not sample.exists():
         raise DeepLungRegError(f"demo: the bundled sample {sample} is missing; reinstall or pass --sample CT")
     out = Path(args.output)
+    check_pair_outdir(out / "pair", True)  # an earlier demo's pair may go, nothing else (before the work)
     t0 = time.perf_counter()
     ct = read_image(sample, what="demo sample")
     print(f"demo: sample CT {sample.name}, {ct.geometry.size} voxels at {tuple(round(s, 2) for s in ct.geometry.spacing)} mm")

@@ -313,6 +313,8 @@ class OutputFolder:
         overwrite: replace an earlier run's files (only those that still match its record).
         owner: the command name for error messages.
         inputs: the run's input files: none of them is ever replaced or removed.
+        record_file: the output (one of ``names``) that holds the record of the others, written last
+            (``metrics.json`` for a registration, ``simulation.json`` for a simulated pair).
 
     Use as a context manager: files go to :meth:`path`; :meth:`records` gives the record for
     ``metrics.json``; :meth:`commit` puts the written ones in place; leaving the block without commit
@@ -320,8 +322,9 @@ class OutputFolder:
     """
 
     def __init__(self, outdir: str | os.PathLike, names: Iterable[str], *, overwrite: bool = False, owner: str = "register",
-                 inputs: Iterable[str | os.PathLike] = ()):
+                 inputs: Iterable[str | os.PathLike] = (), record_file: str = MANIFEST_FILE):
         self.names = tuple(names)
+        self.record_file = record_file
         self.owner = owner
         self.overwrite = overwrite
         self.inputs = [p for p in inputs if p is not None]
@@ -365,8 +368,9 @@ class OutputFolder:
 
     def _check(self) -> list[str]:
         """Refuse what must not be replaced; returns the earlier run's files that may go."""
-        records = read_records(self.outdir / MANIFEST_FILE)
-        problems, ours = replace_problems(self.outdir, self.names, overwrite=self.overwrite, records=records, inputs=self.inputs)
+        records = read_records(self.outdir / self.record_file)
+        problems, ours = replace_problems(self.outdir, self.names, overwrite=self.overwrite, records=records, inputs=self.inputs,
+                                          record_file=self.record_file)
         if problems:
             raise DeepLungRegError(f"{self.owner}: {problems[0]}")
         return ours
@@ -380,9 +384,9 @@ class OutputFolder:
     def written(self) -> list[str]:
         return sorted(p.name for p in self.staging.iterdir() if p.is_file())
 
-    def records(self, exclude: Iterable[str] = (MANIFEST_FILE,)) -> dict[str, dict]:
-        """``{name: {"bytes", "sha256"}}`` of every staged file but ``exclude`` (for ``metrics.json``)."""
-        skip = set(exclude)
+    def records(self, exclude: Iterable[str] | None = None) -> dict[str, dict]:
+        """``{name: {"bytes", "sha256"}}`` of every staged file but ``exclude`` (default: the record file itself)."""
+        skip = {self.record_file} if exclude is None else set(exclude)
         return {n: file_record(self.staging / n) for n in self.written() if n not in skip}
 
     def commit(self) -> list[Path]:
@@ -395,7 +399,7 @@ class OutputFolder:
             for stale in earlier:
                 if stale not in new:
                     (out / stale).unlink()
-            for name in sorted(new, key=lambda n: n == MANIFEST_FILE):
+            for name in sorted(new, key=lambda n: n == self.record_file):
                 move_into(self.staging / name, out / name)
         except OSError as exc:
             self.discard()

@@ -45,6 +45,7 @@ from ..geometry import Geometry
 from ..io.fields import read_field, write_field
 from ..io.images import Image, read_image, write_image
 from ..io.landmarks import read_landmarks, write_landmarks
+from ..io.outputs import RECORD_KEY, OutputFolder, check_output_path, read_records, replace_problems
 from ..keypoints import foerstner_keypoints
 from ..metrics.jacobian import jacobian_determinant
 from ..segmentation import lung_mask as auto_lung_mask
@@ -275,29 +276,43 @@ def simulate_breathing(
 
 
 def check_pair_outdir(outdir: str | os.PathLike, overwrite: bool) -> None:
-    """Refuse to overwrite an earlier pair in ``outdir`` unless asked to."""
-    existing = [n for n in PAIR_FILES.values() if (Path(outdir) / n).exists()]
-    if existing and not overwrite:
-        raise DeepLungRegError(f"simulate: {outdir} already holds a pair ({existing[0]}, ...); choose another folder or pass --overwrite")
+    """Refuse, before any work, a folder where writing a pair would replace what a run of ours did not write.
+
+    ``overwrite`` lets an earlier pair go only where its files still match the record in its
+    ``simulation.json`` (the rule of :class:`~DeepLungRegLib.io.outputs.OutputFolder`)."""
+    out = check_output_path(outdir, "simulate")
+    if not out.exists():
+        return
+    if not overwrite and any(os.path.lexists(out / n) for n in PAIR_FILES.values()):
+        raise DeepLungRegError(f"simulate: {out} already holds a pair; choose another folder or pass --overwrite")
+    problems, _ = replace_problems(out, PAIR_FILES.values(), overwrite=overwrite, records=read_records(out / PAIR_FILES["info"]),
+                                   record_file=PAIR_FILES["info"])
+    if problems:
+        raise DeepLungRegError(f"simulate: {problems[0]}")
 
 
 def write_pair(pair: SimulatedPair, outdir: str | os.PathLike, *, overwrite: bool = False, source: str | None = None) -> Path:
-    """Write a simulated pair to ``outdir`` (file names in :data:`PAIR_FILES`)."""
-    outdir = Path(outdir)
+    """Write a simulated pair to ``outdir`` (file names in :data:`PAIR_FILES`).
+
+    The files are staged in the folder and put in place together; ``simulation.json`` records each
+    file's size and hash, and ``overwrite`` replaces only an earlier pair's files that still match it
+    (never a file a run of ours did not write)."""
     check_pair_outdir(outdir, overwrite)
-    outdir.mkdir(parents=True, exist_ok=True)
-    write_image(pair.fixed, outdir / PAIR_FILES["fixed"])
-    write_image(pair.moving, outdir / PAIR_FILES["moving"])
-    write_image(pair.fixed_mask.with_array(pair.fixed_mask.array.astype(np.uint8)), outdir / PAIR_FILES["fixed_mask"])
-    write_image(pair.moving_mask.with_array(pair.moving_mask.array.astype(np.uint8)), outdir / PAIR_FILES["moving_mask"])
-    write_field(pair.field, pair.fixed.geometry, outdir / PAIR_FILES["field"])
-    write_landmarks(pair.fixed_landmarks, outdir / PAIR_FILES["fixed_landmarks"])
-    write_landmarks(pair.moving_landmarks, outdir / PAIR_FILES["moving_landmarks"])
-    info = dict(pair.info)
-    if source:
-        info["source"] = source
-    (outdir / PAIR_FILES["info"]).write_text(json.dumps(info, indent=2))
-    return outdir
+    with OutputFolder(outdir, PAIR_FILES.values(), overwrite=overwrite, owner="simulate", record_file=PAIR_FILES["info"]) as folder:
+        write_image(pair.fixed, folder.path(PAIR_FILES["fixed"]))
+        write_image(pair.moving, folder.path(PAIR_FILES["moving"]))
+        write_image(pair.fixed_mask.with_array(pair.fixed_mask.array.astype(np.uint8)), folder.path(PAIR_FILES["fixed_mask"]))
+        write_image(pair.moving_mask.with_array(pair.moving_mask.array.astype(np.uint8)), folder.path(PAIR_FILES["moving_mask"]))
+        write_field(pair.field, pair.fixed.geometry, folder.path(PAIR_FILES["field"]))
+        write_landmarks(pair.fixed_landmarks, folder.path(PAIR_FILES["fixed_landmarks"]))
+        write_landmarks(pair.moving_landmarks, folder.path(PAIR_FILES["moving_landmarks"]))
+        info = dict(pair.info)
+        if source:
+            info["source"] = source
+        info[RECORD_KEY] = folder.records()  # what a later --overwrite may replace: these files, unchanged
+        folder.path(PAIR_FILES["info"]).write_text(json.dumps(info, indent=2))
+        folder.commit()
+    return Path(outdir)
 
 
 def read_pair(pairdir: str | os.PathLike) -> SimulatedPair:
@@ -314,8 +329,9 @@ def read_pair(pairdir: str | os.PathLike) -> SimulatedPair:
         raise DeepLungRegError(f"read_pair: the ground-truth field in {pairdir} is not on the fixed grid")
     fm = read_image(pairdir / PAIR_FILES["fixed_mask"])
     mm = read_image(pairdir / PAIR_FILES["moving_mask"])
+    info = json.loads((pairdir / PAIR_FILES["info"]).read_text())
+    info.pop(RECORD_KEY, None)  # the files' record belongs to the folder, not to the pair
     return SimulatedPair(
         fixed, read_image(pairdir / PAIR_FILES["moving"]), fm.with_array(fm.array > 0), mm.with_array(mm.array > 0), field,
-        read_landmarks(pairdir / PAIR_FILES["fixed_landmarks"]), read_landmarks(pairdir / PAIR_FILES["moving_landmarks"]),
-        json.loads((pairdir / PAIR_FILES["info"]).read_text()),
+        read_landmarks(pairdir / PAIR_FILES["fixed_landmarks"]), read_landmarks(pairdir / PAIR_FILES["moving_landmarks"]), info,
     )

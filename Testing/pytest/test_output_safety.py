@@ -350,3 +350,40 @@ def test_15_batch_is_quiet_without_verbose(tmp_path, cohort):
     noise = [ln for ln in r.stderr.splitlines() if "INFO" in ln or "Traceback" in ln or "distributed" in ln or "Error" in ln]
     assert noise == [], r.stderr[-2000:]  # a method's own warning (no lung mask here) may stay
     assert "1 registered, 0 failed" in r.stdout and (tmp_path / "out" / "case1" / "warped.nii.gz").is_file()
+
+
+def _tiny_pair():
+    from DeepLungRegLib.simulation.breathing import SimulatedPair
+
+    g = Geometry((12, 10, 8), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3).ravel())
+    img = Image(np.arange(12 * 10 * 8, dtype=np.int16).reshape(8, 10, 12), g)
+    mask = Image(np.ones((8, 10, 12), bool), g)
+    pts = np.array([[4.0, 4.0, 4.0], [8.0, 6.0, 4.0]])
+    return SimulatedPair(img, img, mask, mask, np.zeros((8, 10, 12, 3), np.float32), pts, pts, {"amplitude": "small"})
+
+
+def test_a_simulated_pair_replaces_only_its_own_earlier_files(tmp_path):
+    """simulate --overwrite and the demo's pair folder: an earlier pair of ours is replaced; a user's file with a
+    pair name (or one of ours changed since) is refused in one line and left as it was, even with overwrite."""
+    from DeepLungRegLib.simulation import read_pair, write_pair
+
+    pair, out = _tiny_pair(), tmp_path / "pair"
+    write_pair(pair, out)
+    info = json.loads((out / "simulation.json").read_text())
+    assert set(info[RECORD_KEY]) == {"fixed.nii.gz", "moving.nii.gz", "fixed_mask.nii.gz", "moving_mask.nii.gz",
+                                     "ground_truth_field.nii.gz", "fixed_landmarks.csv", "moving_landmarks.csv"}
+    assert RECORD_KEY not in read_pair(out).info
+    with pytest.raises(DeepLungRegError, match="already holds a pair"):
+        write_pair(pair, out)
+    write_pair(pair, out, overwrite=True)  # our own, unchanged: replaced
+    (out / "fixed_landmarks.csv").write_text("x,y,z\n1,2,3\n")  # the user edits one
+    before = listing(tmp_path)
+    with pytest.raises(DeepLungRegError, match="was not written by a run of ours"):
+        write_pair(pair, out, overwrite=True)
+    assert listing(tmp_path) == before
+    user = tmp_path / "mine"  # a user's folder that happens to hold a fixed.nii.gz
+    user.mkdir()
+    (user / "fixed.nii.gz").write_bytes(b"the user's scan")
+    with pytest.raises(DeepLungRegError, match="was not written by a run of ours"):
+        write_pair(pair, user, overwrite=True)
+    assert (user / "fixed.nii.gz").read_bytes() == b"the user's scan" and sorted(os.listdir(user)) == ["fixed.nii.gz"]
