@@ -304,6 +304,22 @@ class DeepLungRegParameterNode:
 
 
 # ------------------------------------------------------------------------ widget
+def segmentIDsOf(segmentationNode, stored: list) -> list:
+    """The IDs of ``stored`` segments (IDs, or names as older scenes saved them, any case) that the
+    segmentation has, in order; [] without a segmentation."""
+    if segmentationNode is None:
+        return []
+    segmentation = segmentationNode.GetSegmentation()
+    byName = {segmentation.GetNthSegment(i).GetName().lower(): segmentation.GetNthSegmentID(i)
+              for i in range(segmentation.GetNumberOfSegments())}
+    ids = []
+    for entry in stored:
+        segmentID = entry if segmentation.GetSegment(entry) is not None else byName.get(str(entry).lower())
+        if segmentID is not None and segmentID not in ids:
+            ids.append(segmentID)
+    return ids
+
+
 class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Binds the ``.ui`` to the parameter node and forwards actions to the Logic."""
 
@@ -422,15 +438,15 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if selector.currentNode() == node:
                 continue
             stored = segmentList(getattr(p, f"{side}MaskSegments")) if p is not None else None
-            kept = [i for i in stored or [] if node is not None and node.GetSegmentation().GetSegment(i) is not None]
+            kept = segmentIDsOf(node, stored or [])
             wasBlocked = selector.blockSignals(True)
             try:
                 selector.setCurrentNode(node)
                 selector.setSelectedSegmentIDs(kept)
             finally:
                 selector.blockSignals(wasBlocked)
-            if p is not None and kept != (stored or []):
-                setattr(p, f"{side}MaskSegments", json.dumps(kept) if kept else "")
+            if p is not None and kept and kept != (stored or []):  # names from older scenes become IDs; nothing found: kept as is
+                setattr(p, f"{side}MaskSegments", json.dumps(kept))
 
     def onSegmentsChosen(self, side: str, segmentIDs) -> None:
         if self._parameterNode is not None:

@@ -198,7 +198,7 @@ def cmd_simulate(args) -> int:
     from .simulation.breathing import amplitude_parameters, check_pair_outdir
 
     out = Path(args.output)
-    check_pair_outdir(out, args.overwrite)  # before the simulation's minutes of work
+    check_pair_outdir(out, args.overwrite, [args.ct])  # before the simulation's minutes of work; never over the CT
     amplitude_parameters(args.amplitude)
     if args.spacing is not None and not (np.isfinite(args.spacing) and 0.2 <= args.spacing <= 20.0):
         raise DeepLungRegError(f"simulate: --spacing must be between 0.2 and 20 mm, got {args.spacing:g}")
@@ -267,7 +267,14 @@ def cmd_demo(args) -> int:
     if not sample.exists():
         raise DeepLungRegError(f"demo: the bundled sample {sample} is missing; reinstall or pass --sample CT")
     out = Path(args.output)
-    check_pair_outdir(out / "pair", True)  # an earlier demo's pair may go, nothing else (before the work)
+    check_pair_outdir(out / "pair", True, [sample])  # an earlier demo's pair may go, nothing else (before the work)
+    from .io.outputs import MANIFEST_FILE, check_output_path, read_records, replace_problems
+    from .pipeline import ALL_OUTPUT_FILES
+
+    if check_output_path(out, "demo").is_dir():  # and so may an earlier demo's registration outputs, nothing else
+        problems, _ = replace_problems(out, ALL_OUTPUT_FILES, overwrite=True, records=read_records(out / MANIFEST_FILE), inputs=[sample])
+        if problems:
+            raise DeepLungRegError(f"demo: {problems[0]}")
     t0 = time.perf_counter()
     ct = read_image(sample, what="demo sample")
     print(f"demo: sample CT {sample.name}, {ct.geometry.size} voxels at {tuple(round(s, 2) for s in ct.geometry.spacing)} mm")

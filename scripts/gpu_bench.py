@@ -47,15 +47,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def _demo_ct() -> Path:
-    """The bundled demo CT: ``DeepLungRegLib/data/sample`` where the data ships inside the package, else ``Resources/Sample``."""
-    try:
-        from DeepLungRegLib.data import sample_path
+    """The bundled demo CT (package data, ``DeepLungRegLib/data/sample``)."""
+    from DeepLungRegLib.data import sample_path
 
-        if sample_path().is_file():
-            return sample_path()
-    except ImportError:
-        pass
-    return ROOT / "Resources" / "Sample" / "popi00_demo.nrrd"
+    return sample_path()
 
 
 SAMPLE = _demo_ct()

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import shutil
+import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -92,8 +94,28 @@ def register_pair(row: CohortRow, outdir: str, method: str, options: dict, devic
         return failed_row(row.id, str(exc), now=True, seconds=time.perf_counter() - t0, worker=worker)
     # the time is known only now: add it to the pair's own record, so that a later run can rebuild the row
     metrics[BATCH_KEY]["seconds"] = round(time.perf_counter() - t0, 1)
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _rewrite_metrics(folder / MANIFEST_FILE, metrics)
     return result_row(row.id, metrics, now=True)
+
+
+def _rewrite_metrics(path: Path, metrics: dict) -> None:
+    """Replace the pair's ``metrics.json`` at once (a hidden file in its folder, then a rename), with the same
+    mode, so that a kill never leaves half a record (its ``output_records`` decide what a rerun may replace)."""
+    from ..pipeline import metrics_json
+
+    text = metrics_json(metrics)
+    fd, tmp = tempfile.mkstemp(prefix=_STAGING_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _worker_name() -> str:

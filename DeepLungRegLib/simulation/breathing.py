@@ -45,7 +45,7 @@ from ..geometry import Geometry
 from ..io.fields import read_field, write_field
 from ..io.images import Image, read_image, write_image
 from ..io.landmarks import read_landmarks, write_landmarks
-from ..io.outputs import RECORD_KEY, OutputFolder, check_output_path, read_records, replace_problems
+from ..io.outputs import RECORD_KEY, OutputFolder, check_output_path, read_records, replace_problems, same_file
 from ..keypoints import foerstner_keypoints
 from ..metrics.jacobian import jacobian_determinant
 from ..segmentation import lung_mask as auto_lung_mask
@@ -275,30 +275,39 @@ def simulate_breathing(
     return SimulatedPair(fixed_img, moving_img, mask.with_array(lung), ct.with_array(moving_mask), u_full, pts, moved, info, inv_full)
 
 
-def check_pair_outdir(outdir: str | os.PathLike, overwrite: bool) -> None:
+def check_pair_outdir(outdir: str | os.PathLike, overwrite: bool, inputs=()) -> None:
     """Refuse, before any work, a folder where writing a pair would replace what a run of ours did not write.
 
     ``overwrite`` lets an earlier pair go only where its files still match the record in its
-    ``simulation.json`` (the rule of :class:`~DeepLungRegLib.io.outputs.OutputFolder`)."""
+    ``simulation.json`` (the rule of :class:`~DeepLungRegLib.io.outputs.OutputFolder`); ``inputs`` (the CT
+    the pair is made from) are never replaced."""
     out = check_output_path(outdir, "simulate")
     if not out.exists():
         return
-    if not overwrite and any(os.path.lexists(out / n) for n in PAIR_FILES.values()):
+    present = [n for n in PAIR_FILES.values() if os.path.lexists(out / n)]
+    for n in present:
+        hit = next((str(i) for i in inputs if same_file(out / n, i)), None)
+        if hit is not None:
+            raise DeepLungRegError(f"simulate: {out / n} is the input {hit}; a pair file would replace it: choose another folder")
+    if present and not overwrite:
         raise DeepLungRegError(f"simulate: {out} already holds a pair; choose another folder or pass --overwrite")
     problems, _ = replace_problems(out, PAIR_FILES.values(), overwrite=overwrite, records=read_records(out / PAIR_FILES["info"]),
-                                   record_file=PAIR_FILES["info"])
+                                   inputs=inputs, record_file=PAIR_FILES["info"])
     if problems:
         raise DeepLungRegError(f"simulate: {problems[0]}")
 
 
-def write_pair(pair: SimulatedPair, outdir: str | os.PathLike, *, overwrite: bool = False, source: str | None = None) -> Path:
+def write_pair(pair: SimulatedPair, outdir: str | os.PathLike, *, overwrite: bool = False, source: str | None = None,
+               inputs=()) -> Path:
     """Write a simulated pair to ``outdir`` (file names in :data:`PAIR_FILES`).
 
     The files are staged in the folder and put in place together; ``simulation.json`` records each
     file's size and hash, and ``overwrite`` replaces only an earlier pair's files that still match it
     (never a file a run of ours did not write)."""
-    check_pair_outdir(outdir, overwrite)
-    with OutputFolder(outdir, PAIR_FILES.values(), overwrite=overwrite, owner="simulate", record_file=PAIR_FILES["info"]) as folder:
+    inputs = [*inputs, *([source] if source else [])]
+    check_pair_outdir(outdir, overwrite, inputs)
+    with OutputFolder(outdir, PAIR_FILES.values(), overwrite=overwrite, owner="simulate", inputs=inputs,
+                      record_file=PAIR_FILES["info"]) as folder:
         write_image(pair.fixed, folder.path(PAIR_FILES["fixed"]))
         write_image(pair.moving, folder.path(PAIR_FILES["moving"]))
         write_image(pair.fixed_mask.with_array(pair.fixed_mask.array.astype(np.uint8)), folder.path(PAIR_FILES["fixed_mask"]))

@@ -246,10 +246,14 @@ class LandmarkReview:
         description only (an unlabelled point in the views)."""
         t = self.tre() if tre is None else tre
         shown = set(self.labelled(t))
-        for i, (name, a) in enumerate(zip(self.labels, t)):
-            text = f"{name}: {a:.1f} mm"
-            warped_markups.SetNthControlPointDescription(i, text)
-            warped_markups.SetNthControlPointLabel(i, text if i in shown else "")
+        was = warped_markups.StartModify()  # one Modified event for all points, not two per point
+        try:
+            for i, (name, a) in enumerate(zip(self.labels, t)):
+                text = f"{name}: {a:.1f} mm"
+                warped_markups.SetNthControlPointDescription(i, text)
+                warped_markups.SetNthControlPointLabel(i, text if i in shown else "")
+        finally:
+            warped_markups.EndModify(was)
 
     def take_drop(self, warped_markups) -> int | None:
         """After the user dropped a warped landmark (dragged in a slice view): take the moved points and make

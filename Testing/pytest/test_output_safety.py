@@ -387,3 +387,31 @@ def test_a_simulated_pair_replaces_only_its_own_earlier_files(tmp_path):
     with pytest.raises(DeepLungRegError, match="was not written by a run of ours"):
         write_pair(pair, user, overwrite=True)
     assert (user / "fixed.nii.gz").read_bytes() == b"the user's scan" and sorted(os.listdir(user)) == ["fixed.nii.gz"]
+
+
+def test_a_simulated_pair_never_replaces_the_ct_it_is_made_from(tmp_path):
+    """simulate CT -o OUT --overwrite with CT = OUT/fixed.nii.gz (an earlier pair's fixed image, or the user's CT
+    under that name): refused in one line before any work, the CT left as it was."""
+    from DeepLungRegLib.simulation import write_pair
+    from DeepLungRegLib.simulation.breathing import check_pair_outdir
+
+    pair, out = _tiny_pair(), tmp_path / "pair"
+    write_pair(pair, out)
+    ct = out / "fixed.nii.gz"
+    before = ct.read_bytes()
+    for call in (lambda: check_pair_outdir(out, True, [ct]), lambda: write_pair(pair, out, overwrite=True, source=str(ct))):
+        with pytest.raises(DeepLungRegError, match="is the input"):
+            call()
+    assert ct.read_bytes() == before
+
+
+def test_the_demo_refuses_a_foreign_output_before_any_work(tmp_path):
+    """deeplungreg demo -o OUT where OUT holds a user's report.html: one line, at once (before the simulation), OUT as it was."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text("my notes")
+    before = listing(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "DeepLungRegLib.cli", "demo", "-o", str(out), "-q"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert r.returncode == 2 and "was not written by a run of ours" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "simulated exhale" not in r.stdout and listing(tmp_path) == before

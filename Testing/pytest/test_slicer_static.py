@@ -538,3 +538,31 @@ def test_user_visible_text_goes_through_tr(module_ast):
     bad = ast.parse('self.ui.statusLabel.text = "Done."\nw.setToolTip(f"{n} points")\nx = _(f"{n} points")\n'
                     'slicer.util.errorDisplay("Failed: " + str(e))\nok = _("Done.")\nw.setText(name)')
     assert len(untranslated_text(bad)) == 4
+
+
+def test_segments_saved_by_name_in_older_scenes_are_found_by_id(module_ast):
+    """Older scenes saved lung segments by name (any case); the selector works with IDs: names become the IDs the
+    segmentation has, IDs stay, what it lacks is dropped, and nothing is found without a segmentation."""
+    import types
+
+    ids_of = _module_function(module_ast, "segmentIDsOf", {})
+    segments = {"Segment_1": "Left lung", "Segment_2": "right lung", "Segment_7": "Trachea"}
+    order = list(segments)
+
+    class Segmentation:
+        def GetSegment(self, segment_id):
+            return segments.get(segment_id) and types.SimpleNamespace(GetName=lambda: segments[segment_id])
+
+        def GetNumberOfSegments(self):
+            return len(order)
+
+        def GetNthSegment(self, i):
+            return types.SimpleNamespace(GetName=lambda: segments[order[i]])
+
+        def GetNthSegmentID(self, i):
+            return order[i]
+
+    node = types.SimpleNamespace(GetSegmentation=Segmentation)
+    assert ids_of(node, ["left lung", "RIGHT LUNG"]) == ["Segment_1", "Segment_2"]
+    assert ids_of(node, ["Segment_7", "left lung", "Segment_7", "spleen"]) == ["Segment_7", "Segment_1"]
+    assert ids_of(None, ["left lung"]) == []
