@@ -6,13 +6,11 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..io.outputs import _STAGING_PREFIX, MANIFEST_KEY, RECORD_KEY, file_record, read_records
+from ..io.outputs import MANIFEST_KEY, RECORD_KEY, file_record, read_records, replace_file
 
 #: The columns of ``results.csv``, in order.
 RESULT_COLUMNS = (
@@ -101,28 +99,15 @@ def write_results(rows: list[dict], outdir: Path, title: str) -> None:
     for r in rows:
         w.writerow({k: "" if r.get(k) is None else r[k] for k in RESULT_COLUMNS})
     records = dict(batch_records(outdir) or {})
-    _replace(outdir / RESULTS_FILE, lambda p: p.write_bytes(table.getvalue().encode()))
-    _replace(outdir / SUMMARY_FILE, lambda p: p.write_text(summary_markdown(rows, title)))
+    replace_file(outdir / RESULTS_FILE, lambda p: p.write_bytes(table.getvalue().encode()))
+    replace_file(outdir / SUMMARY_FILE, lambda p: p.write_text(summary_markdown(rows, title)))
     records.update({n: file_record(outdir / n) for n in (RESULTS_FILE, SUMMARY_FILE)})
     before = [float(r["tre_before_mm"]) for r in rows if r["status"] == "ok" and r.get("tre_before_mm") is not None]
     after = [float(r["tre_after_mm"]) for r in rows if r["status"] == "ok" and r.get("tre_after_mm") is not None]
     if after:
-        _replace(outdir / BOXPLOT_FILE, lambda p: _boxplot(before, after, p))
+        replace_file(outdir / BOXPLOT_FILE, lambda p: _boxplot(before, after, p))
         records[BOXPLOT_FILE] = file_record(outdir / BOXPLOT_FILE)
-    _replace(outdir / BATCH_RECORD, lambda p: p.write_text(json.dumps({RECORD_KEY: records}, indent=2)))
-
-
-def _replace(path: Path, write) -> None:
-    """Write ``path`` through a new hidden file beside it (mode from the umask) and rename that onto it."""
-    tmp = Path(tempfile.mktemp(prefix=_STAGING_PREFIX, suffix=path.suffix, dir=path.parent))
-    try:
-        with open(tmp, "x"):  # O_EXCL: never an existing file or a link
-            pass
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_file(outdir / BATCH_RECORD, lambda p: p.write_text(json.dumps({RECORD_KEY: records}, indent=2)))
 
 
 def summary_markdown(rows: list[dict], title: str) -> str:

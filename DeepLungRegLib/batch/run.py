@@ -14,13 +14,13 @@ import logging
 import os
 import shutil
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DeepLungRegError
-from ..io.outputs import _STAGING_PREFIX, FolderLock, MANIFEST_FILE, check_output_path, clean_leftovers, read_records, replace_problems
+from ..io.outputs import (_STAGING_PREFIX, FolderLock, MANIFEST_FILE, check_output_path, clean_leftovers, read_records, replace_file,
+                          replace_problems)
 from ..options import DEFAULT_METHOD
 from .cohort import CohortRow, cohort_rows, read_cohort
 from .results import (BATCH_KEY, BATCH_RECORD, RESULT_FILES, batch_records, complete_metrics, failed_row, read_results, result_row,
@@ -99,23 +99,12 @@ def register_pair(row: CohortRow, outdir: str, method: str, options: dict, devic
 
 
 def _rewrite_metrics(path: Path, metrics: dict) -> None:
-    """Replace the pair's ``metrics.json`` at once (a hidden file in its folder, then a rename), with the same
-    mode, so that a kill never leaves half a record (its ``output_records`` decide what a rerun may replace)."""
+    """Replace the pair's ``metrics.json`` at once, with the same mode, so that a kill never leaves half
+    a record (its ``output_records`` decide what a rerun may replace)."""
     from ..pipeline import metrics_json
 
     text = metrics_json(metrics)
-    fd, tmp = tempfile.mkstemp(prefix=_STAGING_PREFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    replace_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), mode=stat.S_IMODE(os.stat(path).st_mode))
 
 
 def _worker_name() -> str:

@@ -16,17 +16,19 @@ the record (size and SHA-256) that the earlier run wrote into its
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from ..errors import DeepLungRegError
 
@@ -262,6 +264,26 @@ def _no_room(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _NO_ROOM
 
 
+def replace_file(dst: Path, fill: Callable[[Path], object], *, mode: int | None = None) -> None:
+    """Replace ``dst`` at once: ``fill(tmp)`` writes a new hidden file beside it (created exclusively, so
+    never an existing file or a link; its mode from the umask, or ``mode``), which is then renamed onto
+    ``dst`` (``os.replace`` replaces the name, it never follows it). On any failure the hidden file goes
+    and ``dst`` is as it was."""
+    tmp = dst.parent / f"{_STAGING_PREFIX}{secrets.token_hex(6)}{dst.suffix}"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+    try:
+        fill(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, dst)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def move_into(src: Path, dst: Path) -> None:
     """Rename ``src`` onto ``dst``; across file systems (``EXDEV``) copy it to a hidden file beside
     ``dst`` first and rename that (``dst`` is replaced at once, or not at all)."""
@@ -271,18 +293,7 @@ def move_into(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-    fd, tmp = tempfile.mkstemp(prefix=_STAGING_PREFIX, dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, stat.S_IMODE(os.stat(src).st_mode))
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    replace_file(dst, lambda tmp: shutil.copyfile(src, tmp), mode=stat.S_IMODE(os.stat(src).st_mode))
     os.unlink(src)
 
 
@@ -335,14 +346,20 @@ class OutputFolder:
             self._check()  # before anything is made
         self._created = self._make_folder(out)
         self.lock = FolderLock(out, owner)
-        try:
+        with self._discard_on_failure("cannot write into"):
             self.lock.acquire()
             remove_stale_staging(out)
             self._check()  # again: a run may have ended in between
             self.staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=out))
+
+    @contextlib.contextmanager
+    def _discard_on_failure(self, doing: str):
+        """On any failure inside, :meth:`discard`; an ``OSError`` becomes one line, ``{owner}: {doing} {folder} (...)``."""
+        try:
+            yield
         except OSError as exc:
             self.discard()
-            raise DeepLungRegError(f"{owner}: cannot write into {out} ({exc.strerror or exc})") from exc
+            raise DeepLungRegError(f"{self.owner}: {doing} {self.outdir} ({exc.strerror or exc})") from exc
         except BaseException:
             self.discard()
             raise
@@ -394,19 +411,13 @@ class OutputFolder:
         (those that still match its record)."""
         new = self.written()
         out = self.outdir
-        try:
+        with self._discard_on_failure("cannot put the outputs into"):
             earlier = self._check()  # nothing foreign crept in while the run went on
             for stale in earlier:
                 if stale not in new:
                     (out / stale).unlink()
             for name in sorted(new, key=lambda n: n == self.record_file):
                 move_into(self.staging / name, out / name)
-        except OSError as exc:
-            self.discard()
-            raise DeepLungRegError(f"{self.owner}: cannot put the outputs into {out} ({exc.strerror or exc})") from exc
-        except BaseException:
-            self.discard()
-            raise
         self._committed = True
         shutil.rmtree(self.staging, ignore_errors=True)
         self.lock.release()
