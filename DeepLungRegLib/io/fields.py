@@ -19,7 +19,7 @@ from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from .headers import check_header, keep_locale
 from .images import _suffix, check_input_path, check_writable, image_to_sitk
-from .nifti import check_nifti, is_nifti, write_nifti
+from .nifti import write_nifti
 
 FIELD_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".h5")
 
@@ -76,7 +76,7 @@ def read_field(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     check_input_path(path, str(path), "read_field", "a displacement field file")
     if path.is_file() and _suffix(path) not in (".h5", ".tfm", ".hdf5"):
         try:
-            check_nifti(path) if is_nifti(path) else check_header(path)
+            check_header(path)
         except DeepLungRegError as exc:
             raise DeepLungRegError(str(exc).replace("read_image:", "read_field:", 1)) from exc
     try:

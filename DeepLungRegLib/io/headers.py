@@ -29,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import DeepLungRegError
+from .nifti import check_nifti, is_nifti
 
 #: deflate (gzip, zlib) expands its input at most about 1032 times (RFC 1951: a 258-byte match costs at least 2 bits).
 DEFLATE_MAX_RATIO = 1032
@@ -199,11 +200,17 @@ def check_header(path: str | os.PathLike, what: str | None = None) -> None:
     """Refuse, in one line and without reading the voxels, an image file whose header promises
     more voxel data than the file holds, or whose direction matrix is singular.
 
+    NIfTI files go to :func:`~.nifti.check_nifti`, which also refuses NaN/Inf voxels (ITK reads a
+    truncated NIfTI file and such voxels silently).
+
     Raises:
         DeepLungRegError: naming the promised and the held sizes (or the matrix).
     """
     path = Path(path)
     what = what or str(path)
+    if is_nifti(path):
+        check_nifti(path, what)
+        return
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:

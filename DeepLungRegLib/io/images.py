@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from .headers import check_header, keep_locale
-from .nifti import check_nifti, is_nifti, write_nifti
+from .nifti import write_nifti
 
 #: File endings we write. Anything SimpleITK reads is accepted on input.
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -133,10 +133,8 @@ def read_image(path: str | os.PathLike, *, what: str | None = None, dtype: type 
     path = Path(path)
     what = what or str(path)
     check_input_path(path, what, "read_image", "an image file or a DICOM folder")
-    if path.is_file() and is_nifti(path):
-        check_nifti(path, what)  # ITK reads truncated files and NaN voxels of NIfTI files silently
-    elif path.is_file():
-        check_header(path, what)  # before ITK allocates what the header claims
+    if path.is_file():
+        check_header(path, what)  # before ITK allocates what the header claims (and NaN voxels of NIfTI files)
     try:
         with keep_locale():
             img = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
