@@ -29,7 +29,7 @@ def _coordinate_dtype(dtype: torch.dtype) -> torch.dtype:
 def as_coordinates(t: torch.Tensor) -> torch.Tensor:
     """``t`` in float32 if it is float16/bfloat16 (e.g. a network's output under autocast), else unchanged:
     positions and displacements in voxels need more than 8 bits (bfloat16 resolves 0.25 voxel at 64)."""
-    return t.float() if t.dtype in _HALF else t
+    return t.to(_coordinate_dtype(t.dtype))
 
 
 def _grid_sample(volume: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
