@@ -40,6 +40,17 @@ def rotation(ax: float, ay: float, az: float) -> np.ndarray:
     return rz @ ry @ rx
 
 
+
+def pair_nodes(bridge, scene, pair, n: int = 30):
+    """A simulated pair as a user's nodes: inhale and exhale volumes, the inhale lung labelmap, and the first
+    ``n`` landmarks as two point lists (the fixed one labelled ``L0``...). Returns ``(fixed, moving, mask, F, M)``."""
+    fixed = bridge.volume_node_from_image(scene, pair.fixed, "inhale")
+    moving = bridge.volume_node_from_image(scene, pair.moving, "exhale")
+    mask = bridge.volume_node_from_image(scene, pair.fixed_mask, "inhale lungs", labelmap=True)
+    fl = bridge.markups_from_landmarks(scene, pair.fixed_landmarks[:n], "F", labels=[f"L{i}" for i in range(n)])
+    ml = bridge.markups_from_landmarks(scene, pair.moving_landmarks[:n], "M")
+    return fixed, moving, mask, fl, ml
+
 @pytest.fixture
 def oblique() -> Geometry:
     """An oblique, anisotropic, off-origin grid."""

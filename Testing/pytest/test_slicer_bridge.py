@@ -15,7 +15,7 @@ from DeepLungRegLib import DeepLungRegError, Geometry, Image, read_image
 from DeepLungRegLib.geometry.grid import lps_to_ras, ras_to_lps
 from DeepLungRegLib.transforms import resample_to_spacing, sample_field_at_points, warp_image
 
-from conftest import rotation
+from conftest import pair_nodes, rotation
 
 
 @pytest.fixture
@@ -441,11 +441,7 @@ def test_a_registration_in_a_background_process_and_a_cancelled_one(small_pair, 
 
     p = small_pair
     hs = b.new_scene()
-    fixed = b.volume_node_from_image(hs.scene, p.fixed, "inhale")
-    moving = b.volume_node_from_image(hs.scene, p.moving, "exhale")
-    fmask = b.volume_node_from_image(hs.scene, p.fixed_mask, "inhale lungs", labelmap=True)
-    fl = b.markups_from_landmarks(hs.scene, p.fixed_landmarks[:30], "F", labels=[f"L{i}" for i in range(30)])
-    ml = b.markups_from_landmarks(hs.scene, p.moving_landmarks[:30], "M")
+    fixed, moving, fmask, fl, ml = pair_nodes(b, hs.scene, p)
     before = b.image_from_volume_node(moving).array.copy()
     n_nodes = hs.scene.GetNumberOfNodes()
 

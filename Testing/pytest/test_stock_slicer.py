@@ -26,6 +26,7 @@ import pytest
 from DeepLungRegLib import DeepLungRegError, read_image
 from DeepLungRegLib.slicer_python import SLICER_PACKAGES, available_in_slicer
 from DeepLungRegLib.transforms import resample_to_spacing
+from conftest import pair_nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "DeepLungRegLib"
@@ -203,11 +204,7 @@ def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair,
 
     p = small_pair
     hs = b.new_scene()
-    fixed = b.volume_node_from_image(hs.scene, p.fixed, "inhale")
-    moving = b.volume_node_from_image(hs.scene, p.moving, "exhale")
-    fmask = b.volume_node_from_image(hs.scene, p.fixed_mask, "inhale lungs", labelmap=True)
-    fl = b.markups_from_landmarks(hs.scene, p.fixed_landmarks[:30], "F", labels=[f"L{i}" for i in range(30)])
-    ml = b.markups_from_landmarks(hs.scene, p.moving_landmarks[:30], "M")
+    fixed, moving, fmask, fl, ml = pair_nodes(b, hs.scene, p)
     work = tmp_path / "work"
     work.mkdir()
 
