@@ -238,13 +238,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_tre(args) -> int:
     from .io.fields import read_field
-    from .io.landmarks import read_landmarks
+    from .io.landmarks import check_pairing, read_landmarks
     from .metrics import tre, tre_summary
 
     fp = read_landmarks(args.fixed_points, spacing=args.spacing)
     mp = read_landmarks(args.moving_points, spacing=args.spacing)
-    if fp.shape != mp.shape:
-        raise DeepLungRegError(f"tre: {args.fixed_points} has {len(fp)} points but {args.moving_points} has {len(mp)}")
+    check_pairing(fp, mp, "tre", (str(args.fixed_points), str(args.moving_points)))
     out = {"before": tre_summary(tre(fp, mp)).to_dict()}
     if args.field:
         field, geom = read_field(args.field)

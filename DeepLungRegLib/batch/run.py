@@ -9,18 +9,16 @@ the others go on.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import stat
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DeepLungRegError
-from ..io.outputs import (_STAGING_PREFIX, FolderLock, MANIFEST_FILE, check_output_path, clean_leftovers, read_records, replace_file,
-                          replace_problems)
+from ..io.outputs import _STAGING_PREFIX, FolderLock, MANIFEST_FILE, check_output_path, clean_leftovers, read_records, replace_problems
+from ..io.runs import RunFolder
 from ..options import DEFAULT_METHOD
 from .cohort import CohortRow, cohort_rows, read_cohort
 from .results import (BATCH_KEY, BATCH_RECORD, RESULT_FILES, batch_records, complete_metrics, failed_row, read_results, result_row,
@@ -85,26 +83,14 @@ def register_pair(row: CohortRow, outdir: str, method: str, options: dict, devic
         device = f"cuda:{_worker_index() % torch.cuda.device_count()}"  # one GPU per worker
     t0 = time.perf_counter()
     try:
-        job = RegistrationJob.from_files(row.fixed, row.moving, method=method, fixed_mask=row.fixed_mask,
-                                         moving_mask=row.moving_mask, fixed_landmarks=row.fixed_landmarks,
-                                         moving_landmarks=row.moving_landmarks, options=options, device=device)
+        job = RegistrationJob.from_json(row.job(method, options, device), what=f"batch: pair {row.id}")
         folder = Path(outdir) / row.id
         metrics = run_registration(job, folder, overwrite=True, extra_metrics={BATCH_KEY: {"id": row.id, "worker": worker}})
     except DeepLungRegError as exc:
         return failed_row(row.id, str(exc), now=True, seconds=time.perf_counter() - t0, worker=worker)
     # the time is known only now: add it to the pair's own record, so that a later run can rebuild the row
-    metrics[BATCH_KEY]["seconds"] = round(time.perf_counter() - t0, 1)
-    _rewrite_metrics(folder / MANIFEST_FILE, metrics)
+    RunFolder(folder, metrics).update(**{BATCH_KEY: {**metrics[BATCH_KEY], "seconds": round(time.perf_counter() - t0, 1)}})
     return result_row(row.id, metrics, now=True)
-
-
-def _rewrite_metrics(path: Path, metrics: dict) -> None:
-    """Replace the pair's ``metrics.json`` at once, with the same mode, so that a kill never leaves half
-    a record (its ``output_records`` decide what a rerun may replace)."""
-    from ..pipeline import metrics_json
-
-    text = metrics_json(metrics)
-    replace_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), mode=stat.S_IMODE(os.stat(path).st_mode))
 
 
 def _worker_name() -> str:

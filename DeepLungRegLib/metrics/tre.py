@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import DeepLungRegError
+from ..io.landmarks import check_pairing
 from ..geometry import Geometry
 from ..transforms.warp import sample_field_at_points
 
@@ -41,12 +42,9 @@ def tre(fixed_points: np.ndarray, moving_points: np.ndarray, field: np.ndarray |
     Returns:
         ``(N,)`` errors in mm.
     """
+    check_pairing(fixed_points, moving_points, "tre")
     p = np.asarray(fixed_points, dtype=float)
     q = np.asarray(moving_points, dtype=float)
-    if p.ndim != 2 or p.shape[1] != 3 or q.shape != p.shape:
-        raise DeepLungRegError(f"tre: fixed and moving landmarks must both be (N, 3) with the same N, got {p.shape} and {q.shape}")
-    if len(p) == 0:
-        raise DeepLungRegError("tre: no landmarks given")
     if field is not None:
         if geometry is None:
             raise DeepLungRegError("tre: a field needs its geometry")

@@ -142,7 +142,7 @@ def test_a_markups_point_without_three_numbers_is_refused(tmp_path):
 
 
 def test_metrics_json_refuses_non_finite_values_naming_the_field():
-    from DeepLungRegLib.pipeline import metrics_json
+    from DeepLungRegLib.io.runs import metrics_json
 
     assert json.loads(metrics_json({"tre_after": {"max": 1.5}})) == {"tre_after": {"max": 1.5}}
     with pytest.raises(DeepLungRegError, match=r"non-finite number in tre_per_landmark\[1\]\.after"):

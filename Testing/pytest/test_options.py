@@ -118,8 +118,8 @@ def test_a_registration_job_is_checked_once_when_it_is_made():
     for kwargs, match in [
         (dict(method="nope"), "unknown method"),
         (dict(config={"regularisation": -1.0}), "regularisation must be between"),
-        (dict(fixed_landmarks=pts), "both fixed and moving landmarks"),
-        (dict(fixed_landmarks=pts, moving_landmarks=pts[:1]), "2 fixed landmarks but 1 moving"),
+        (dict(fixed_landmarks=pts), "both fixed landmarks and moving landmarks, or neither"),
+        (dict(fixed_landmarks=pts, moving_landmarks=pts[:1]), "fixed landmarks has 2 points but moving landmarks has 1"),
         (dict(config={"precision": "float16"}, device="cpu"), "not allowed on the CPU"),
     ]:
         with pytest.raises(DeepLungRegError, match=match):
