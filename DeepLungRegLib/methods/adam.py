@@ -45,7 +45,7 @@ class AdamConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
     folding_weight: float = redefault(RefineOptions, "folding_weight", 0.0)
     affine_init: bool = True
 
-    #: the names of version 1 (saved configs and ``-O`` options keep working)
+    #: the names of version 1, read only from what it saved (configs, metrics.json), with a DeprecationWarning
     ALIASES: ClassVar[dict] = {"levels_mm": "refine_levels_mm", "iterations": "refine_iterations",
                                "learning_rates": "refine_learning_rates", "smoothing_passes": "refine_smoothing_passes"}
     NONEMPTY: ClassVar[tuple] = ("refine_levels_mm",)

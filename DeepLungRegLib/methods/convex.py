@@ -80,7 +80,7 @@ class ConvexConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
     max_chunk_elements: int = option(2 ** 26, 2 ** 16, 2 ** 32,
                                      "gathered feature values per chunk of the cost volume (memory vs speed; 2^26 floats = 256 MB).")
 
-    #: the names of version 1 (saved configs and ``-O`` options keep working)
+    #: the names of version 1, read only from what it saved (configs, metrics.json), with a DeprecationWarning
     ALIASES: ClassVar[dict] = {"adam_levels_mm": "refine_levels_mm", "adam_iterations": "refine_iterations",
                                "adam_learning_rates": "refine_learning_rates", "adam_smoothing_passes": "refine_smoothing_passes",
                                "smoothing_passes": "convex_smoothing_passes"}

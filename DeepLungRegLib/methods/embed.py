@@ -94,7 +94,7 @@ class EmbedConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
     refine: bool = option(True, help="refine with the instance optimisation (\"embed+io\").")
     chunk: int = option(128, 1, 4096, "keypoints per chunk of the discrete search (memory vs speed).")
 
-    #: the names of version 1 (saved configs and ``-O`` options keep working)
+    #: the names of version 1, read only from what it saved (configs, metrics.json), with a DeprecationWarning
     ALIASES: ClassVar[dict] = {"smoothing_passes": "refine_smoothing_passes"}
 
     def validate(self) -> None:

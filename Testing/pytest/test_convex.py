@@ -113,7 +113,7 @@ def test_inverse_consistency_of_opposite_translations_is_kept_and_errors_shrink(
     ({"search_half_width_mm": [60.0, 6.0], "search_step_mm": [2.0, 2.0]}, "too many"),
     ({"coupling": []}, "at least one"),
     ({"grid_spacing_mm": [1.0, 4.0]}, "grid_spacing_mm"),
-    ({"adam_levels_mm": [3.0], "adam_iterations": [1, 2]}, "equal length"),
+    ({"refine_levels_mm": [3.0], "refine_iterations": [1, 2]}, "equal length"),
     ({"temperature": 0.0}, "temperature"),
 ])
 def test_convex_config_rejects_absurd_values(kwargs, match):
@@ -129,7 +129,7 @@ def small_pair(sample_path):
 
 #: a fast configuration for 4 mm test pairs
 FAST = {"feature_spacing_mm": 4.0, "grid_spacing_mm": [8.0, 4.0], "search_half_width_mm": [24.0, 4.0], "search_step_mm": [4.0, 4.0],
-        "adam_levels_mm": [4.0], "adam_iterations": [20], "adam_learning_rates": [0.3]}
+        "refine_levels_mm": [4.0], "refine_iterations": [20], "refine_learning_rates": [0.3]}
 
 
 @pytest.mark.parametrize("inverse_consistent", [True, False])

@@ -10,7 +10,7 @@ from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats, tre
 from DeepLungRegLib.simulation import simulate_breathing
 from DeepLungRegLib.transforms import affine_to_field, resample_to_spacing, sample_field_at_points, warp_image
 
-FAST = {"levels_mm": [8.0, 4.0], "iterations": [60, 40], "learning_rates": [1.0, 0.5]}
+FAST = {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [60, 40], "refine_learning_rates": [1.0, 0.5]}
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +68,10 @@ def test_cancel_stops_the_method(small_pair, device):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(method="nope"), "unknown method"),
-    (dict(config={"levels_mm": [100.0], "iterations": [5], "learning_rates": [1.0]}), "levels_mm must be between"),
-    (dict(config={"levels_mm": [4.0], "iterations": [5, 5], "learning_rates": [1.0]}), "equal length"),
+    (dict(config={"refine_levels_mm": [100.0], "refine_iterations": [5], "refine_learning_rates": [1.0]}), "refine_levels_mm must be between"),
+    (dict(config={"refine_levels_mm": [4.0], "refine_iterations": [5, 5], "refine_learning_rates": [1.0]}), "equal length"),
     (dict(config={"bogus": 1}), "unknown option"),
-    (dict(config={"iterations": "many"}), "iterations must be a number or a list of numbers"),
+    (dict(config={"refine_iterations": "many"}), "refine_iterations must be a number or a list of numbers"),
     (dict(config={"regularisation": float("nan")}), "regularisation"),
     (dict(config={"precision": "float16"}, device="cpu"), "not allowed on the CPU"),
 ])
@@ -85,8 +85,8 @@ def test_register_rejects_bad_options(small_pair, kwargs, match):
 def test_a_number_for_a_per_level_option_means_one_level():
     from DeepLungRegLib.methods.adam import AdamConfig
 
-    cfg = AdamConfig.from_dict({"levels_mm": 4, "iterations": 20, "learning_rates": 0.5})
-    assert (cfg.levels_mm, cfg.iterations, cfg.learning_rates) == ((4,), (20,), (0.5,))
+    cfg = AdamConfig.from_dict({"refine_levels_mm": 4, "refine_iterations": 20, "refine_learning_rates": 0.5})
+    assert (cfg.refine_levels_mm, cfg.refine_iterations, cfg.refine_learning_rates) == ((4,), (20,), (0.5,))
 
 
 def test_register_rejects_bad_images_and_masks(small_pair):
