@@ -66,6 +66,6 @@ def run_adam(fixed, moving, fixed_mask, moving_mask, config: AdamConfig, ctx: Ru
         current = torch.zeros((1, *fr.shape, 3), device=dev, dtype=dt)
     refinement = Refinement.of(config, residual=False, label="adam")
     current, current_geom, level_losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, fr, ctx, (0.2, 1.0))
-    diag["levels"] = level_losses
+    diag["levels"] = level_losses  # the one per-level list of every method (records of stage "refine")
     diag["working_region"] = fr.to_dict()
     return GridField(current.detach().float(), current_geom), diag

@@ -440,6 +440,6 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
     refinement = Refinement.of(config, residual=True, label="refine")
     if config.refine and refinement.enabled:
         current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, cg, ctx, (0.6, 1.0))
-        diag["refine_levels"] = losses
+        diag["levels"] = losses
     diag["working_region"] = fr.to_dict()
     return GridField(current.detach().float(), current_geom), diag

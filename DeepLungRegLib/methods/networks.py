@@ -149,7 +149,7 @@ def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mas
         fr = region_geometry(fixed, fixed_mask, config.margin_mm)
         mr = region_geometry(moving, moving_mask, config.margin_mm)
         current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, grid, ctx, (0.3, 1.0))
-        diag["finetune_levels"] = losses
+        diag["levels"] = losses
     return GridField(current.detach().float(), current_geom), diag
 
 

@@ -91,7 +91,9 @@ class Refinement:
             current: ``(1, Z, Y, X, 3)`` initial field (mm, LPS) on ``current_geom``.
 
         Returns:
-            ``(field (1, Z, Y, X, 3), its geometry, per-level losses)``.
+            ``(field (1, Z, Y, X, 3), its geometry, per-level records)``: each record
+            ``{"stage": "refine", "level_mm", "grid", "similarity", "regulariser"}``, the entries a method
+            adds to its diagnostics' one per-level list, ``"levels"``.
         """
         return _optimise(self, fixed, moving, fixed_mask, fr, mr, current, current_geom, ctx, progress_span)
 
@@ -141,6 +143,6 @@ def _optimise(r: Refinement, fixed, moving, fixed_mask, fr, mr, current, current
             if r.residual:
                 current = init + current
         current_geom = lv.fixed_geom
-        level_losses.append({"level_mm": sp, "grid": list(lv.fixed_geom.size), "similarity": float(sim.detach()),
-                             "regulariser": float(reg.detach())})
+        level_losses.append({"stage": "refine", "level_mm": sp, "grid": list(lv.fixed_geom.size),
+                             "similarity": float(sim.detach()), "regulariser": float(reg.detach())})
     return current, current_geom, level_losses

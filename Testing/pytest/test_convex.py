@@ -141,8 +141,10 @@ def test_convex_recovers_large_motion_on_a_small_pair(small_pair, inverse_consis
     after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
     assert before > 10 and after < 0.3 * before
     assert res.field.shape == (*p.fixed.geometry.shape, 3)
-    levels = res.diagnostics["levels"]
-    assert [lv["displacements"] for lv in levels] == [13 ** 3, 3 ** 3] and levels[0]["control_points"] > 50
+    levels = res.diagnostics["levels"]  # one per-level list: the discrete levels, then the refinement's
+    assert [lv["stage"] for lv in levels] == ["convex", "convex", "refine"]
+    assert [lv["displacements"] for lv in levels[:2]] == [13 ** 3, 3 ** 3] and levels[0]["control_points"] > 50
+    assert levels[2]["level_mm"] == 4.0 and np.isfinite(levels[2]["similarity"])
     assert {"cost_volume_8mm", "convex_8mm", "convex_4mm"} <= set(res.timings)
     assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
 

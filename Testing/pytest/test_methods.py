@@ -37,6 +37,7 @@ def test_adam_lowers_tre_without_folding(small_pair, device):
     assert res.field.shape == (*p.fixed.geometry.shape, 3) and res.field.dtype == np.float32
     assert stages and stages[-1] == 1.0 and all(0 <= f <= 1 for f in stages)
     assert res.timings["total"] > 0 and "peak_rss_mb" in res.diagnostics
+    assert [(lv["stage"], lv["level_mm"]) for lv in res.diagnostics["levels"]] == [("refine", 8.0), ("refine", 4.0)]
     assert res.diagnostics["device"].startswith(device) and (("peak_gpu_mb" in res.diagnostics) == device.startswith("cuda"))
 
 
@@ -121,3 +122,17 @@ def test_every_option_of_every_method_has_its_whole_help_text():
     assert helps["refine_iterations"].startswith("Adam iterations") and helps["convex_smoothing_passes"]
     helps = {o["name"]: o["help"] for o in method_settings("embed")}
     assert helps["features"].endswith("the refinement always uses MIND-SSC.")
+
+
+def test_every_method_writes_its_per_level_records_under_one_key():
+    """Per-level records go to ``diagnostics["levels"]`` (their ``stage`` says whose: ``convex``, ``refine``);
+    no method writes them under a key of its own."""
+    import re
+    from pathlib import Path
+
+    import DeepLungRegLib.methods as methods
+
+    sources = {p.name: p.read_text() for p in Path(methods.__file__).parent.glob("*.py")}
+    keys = {m.group(1) for text in sources.values() for m in re.finditer(r"""diag\w*\[\s*["'](\w*levels?\w*)["']\s*\]""", text)}
+    assert keys == {"levels"}, keys
+    assert '"stage": "refine"' in sources["refine.py"] and '"stage": "convex"' in sources["convex.py"]

@@ -244,6 +244,7 @@ def test_a_network_method_runs_with_given_weights_and_its_refinement_improves_it
     t0 = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
     t1 = tre(p.fixed_landmarks, p.moving_landmarks, tuned.field, tuned.geometry).mean()
     assert t1 < 0.7 * t0
+    assert "levels" not in res.diagnostics and [lv["stage"] for lv in tuned.diagnostics["levels"]] == ["refine"]
     with pytest.raises(DeepLungRegError, match="holds weights of 'mlvirnet'"):
         register(p.fixed, p.moving, "lindef", config=base, device="cpu")
     with pytest.raises(DeepLungRegError, match="does not exist"):
