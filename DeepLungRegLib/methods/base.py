@@ -71,7 +71,7 @@ def parse_options(items: list[str] | str | None, owner: str = "register") -> dic
 
 
 def method_settings(method: str) -> list[dict]:
-    """The options of ``method``: ``[{"name", "default", "type", "help", "range", "choices", "aliases"}]`` for GUIs and ``methods -v``."""
+    """The options of ``method``: ``[{"name", "default", "type", "help", "range", "choices"}]`` for GUIs and ``methods -v``."""
     return get_method(method).config_cls.settings()
 
 
@@ -136,7 +136,7 @@ class MethodSpec:
     run: Callable[..., tuple[np.ndarray, dict]]
 
     def make_config(self, config: MethodConfig | dict | None) -> MethodConfig:
-        """The method's validated config from a dict of options (old names accepted), ``None`` (the
+        """The method's validated config from a dict of options (a saved dict's old names read, with a warning), ``None`` (the
         defaults) or a config of its own class; anything else is refused."""
         if config is None or isinstance(config, dict):
             return self.config_cls.from_dict(config)
