@@ -935,7 +935,7 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
 class DeepLungRegTest(ScriptedLoadableModuleTest):
     """Runs inside Slicer: simulate a breathing pair from the bundled CT, register it, check the outputs."""
 
-    FAST = {"levels_mm": [8.0, 4.0], "iterations": [50, 30], "learning_rates": [1.0, 0.5]}
+    FAST = {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [50, 30], "refine_learning_rates": [1.0, 0.5]}
 
     def setUp(self):
         slicer.mrmlScene.Clear()

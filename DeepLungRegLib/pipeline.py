@@ -18,7 +18,7 @@ from .device import resolve_device, resolve_dtype
 from .errors import DeepLungRegError
 from .evaluation import hu_ventilation, jacobian_ventilation, lung_map_stats, summarise_ventilation
 from .io.fields import write_field
-from .io.images import Image, read_image, write_image
+from .io.images import Image, looks_like_ct, read_image, write_image
 from .io.landmarks import check_pairing, read_landmarks, write_landmarks
 from .io.outputs import MANIFEST_FILE, MANIFEST_KEY, RECORD_KEY, OutputFolder
 from .io.runs import JOB_KEY, METRICS_FILE, RunFolder, write_metrics
@@ -42,12 +42,6 @@ OUTPUT_FILES = ("displacement.nii.gz", *IMAGE_OUTPUTS.values(), METRICS_FILE, "r
 REPORT_FIGURES = ("overlay.png", "checkerboard.png", "grid.png", "jacobian.png", "tre.png")
 #: Every file a run may write: all of them count for the overwrite check.
 ALL_OUTPUT_FILES = OUTPUT_FILES + REPORT_FIGURES
-
-
-def looks_like_ct(image: Image) -> bool:
-    """True when the image holds air in Hounsfield units (1st percentile below -500, on a subsample)."""
-    a = image.array[::2, ::2, ::2]
-    return float(np.percentile(a, 1)) < -500
 
 
 def warped_dtype(moving: Image) -> np.dtype:

@@ -15,7 +15,7 @@ import torch
 from ..device import precision_scope, resolve_device, resolve_dtype
 from ..errors import DeepLungRegError, RegistrationCancelled
 from ..geometry import Geometry
-from ..io.images import Image
+from ..io.images import Image, looks_like_ct
 from ..memory import peak_rss_mb
 from ..options import DEFAULT_METHOD, Options, option
 from ..transforms.fields import field_to_grid
@@ -71,7 +71,7 @@ def parse_options(items: list[str] | str | None, owner: str = "register") -> dic
 
 
 def method_settings(method: str) -> list[dict]:
-    """The options of ``method``: ``[{"name", "default", "type", "help", "range", "choices", "aliases"}]`` for GUIs and ``methods -v``."""
+    """The options of ``method``: ``[{"name", "default", "type", "help", "range", "choices"}]`` for GUIs and ``methods -v``."""
     return get_method(method).config_cls.settings()
 
 
@@ -136,7 +136,7 @@ class MethodSpec:
     run: Callable[..., tuple[np.ndarray, dict]]
 
     def make_config(self, config: MethodConfig | dict | None) -> MethodConfig:
-        """The method's validated config from a dict of options (old names accepted), ``None`` (the
+        """The method's validated config from a dict of options (a saved dict's old names read, with a warning), ``None`` (the
         defaults) or a config of its own class; anything else is refused."""
         if config is None or isinstance(config, dict):
             return self.config_cls.from_dict(config)
@@ -190,14 +190,10 @@ def check_image(img: Image, what: str) -> None:
 MASK_WARNING_FRACTION = 0.85
 
 
-def _holds_hu_air(img: Image) -> bool:
-    return float(np.percentile(np.asarray(img.array)[::2, ::2, ::2], 1)) < -500
-
-
 def _check_intensities(fixed: Image, moving: Image) -> None:
     """Warn when one image is a CT in Hounsfield units and the other holds no air in HU (often a CT
     stored with an offset, e.g. uint16 = HU + 1024, whose reader ignored the rescale intercept)."""
-    f, m = _holds_hu_air(fixed), _holds_hu_air(moving)
+    f, m = looks_like_ct(fixed), looks_like_ct(moving)
     if f != m:
         other = "moving" if f else "fixed"
         log.warning("the %s image holds no air in Hounsfield units (nothing below -500) while the %s image does; if it "

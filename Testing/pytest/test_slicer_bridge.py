@@ -190,7 +190,7 @@ def test_table_round_trip(bridge, hs):
 
 
 # ------------------------------------------------------------- the workflow
-FAST = {"levels_mm": [8.0, 4.0], "iterations": [50, 30], "learning_rates": [1.0, 0.5]}
+FAST = {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [50, 30], "refine_learning_rates": [1.0, 0.5]}
 
 
 @pytest.fixture(scope="module")
@@ -461,7 +461,7 @@ def test_a_registration_in_a_background_process_and_a_cancelled_one(small_pair, 
     n_after = hs.scene.GetNumberOfNodes()
     assert n_after > n_nodes
 
-    slow = {"levels_mm": [8.0, 4.0], "iterations": [400, 400], "learning_rates": [0.5, 0.25], "affine_init": False}
+    slow = {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [400, 400], "refine_learning_rates": [0.5, 0.25], "affine_init": False}
     run2 = BackgroundRegistration(hs.scene, fixed, moving, "adam", fixed_mask=fmask, moving_mask=None, device="cpu",
                                   options=slow, workdir=tmp_path, show=False)
     deadline = time.time() + 180

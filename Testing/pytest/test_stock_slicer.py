@@ -232,7 +232,7 @@ def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair,
     assert any("stderr" in text and "deeplungreg: error: worker: the report needs matplotlib" in text for text in logged), logged
 
     # a second run, cancelled while it registers: neither the launcher nor its child Python is left
-    slow = {"levels_mm": [8.0, 4.0], "iterations": [400, 400], "learning_rates": [0.5, 0.25], "affine_init": False}
+    slow = {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [400, 400], "refine_learning_rates": [0.5, 0.25], "affine_init": False}
     n_nodes = hs.scene.GetNumberOfNodes()
     run2 = BackgroundRegistration(hs.scene, fixed, moving, "adam", fixed_mask=fmask, moving_mask=None, device="cpu",
                                   options=slow, workdir=work, show=False, python=str(stock_python))
