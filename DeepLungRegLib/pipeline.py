@@ -20,6 +20,7 @@ from .io.fields import write_field
 from .io.images import Image, read_image, write_image
 from .io.landmarks import check_points, read_landmarks
 from .io.outputs import MANIFEST_FILE, MANIFEST_KEY, RECORD_KEY, OutputFolder
+from .io.roles import image_files
 from .methods import MethodConfig, RegistrationResult, get_method, register
 from .methods.base import check_image, mask_on_image
 from .metrics import jacobian_determinant, jacobian_stats, tre, tre_summary
@@ -30,10 +31,10 @@ from .transforms.warp import warp_image
 log = logging.getLogger(__name__)
 
 
-#: The image outputs (the names ``_run_job`` emits and :class:`RegistrationOutputs` holds) and their files:
-#: a new image output is a line here, its computation in ``_run_job`` and its field in ``RegistrationOutputs``.
-IMAGE_OUTPUTS = {"warped": "warped.nii.gz", "jacobian": "jacobian.nii.gz", "ventilation": "ventilation.nii.gz",
-                 "ventilation_hu": "ventilation_hu.nii.gz"}
+#: The image outputs (the names ``_run_job`` emits and :class:`RegistrationOutputs` holds) and their files, from
+#: the table of output roles (:mod:`.io.roles`): a new image output is a row there, its computation in
+#: ``_run_job`` and its field in ``RegistrationOutputs``.
+IMAGE_OUTPUTS = image_files()
 #: The image and data files ``register`` writes into its output folder.
 OUTPUT_FILES = ("displacement.nii.gz", *IMAGE_OUTPUTS.values(), "metrics.json", "report.html")
 #: The report's figures (``tre.png`` only with landmarks).
