@@ -21,9 +21,10 @@ from .io.fields import write_field
 from .io.images import Image, looks_like_ct, read_image, write_image
 from .io.landmarks import check_pairing, read_landmarks, write_landmarks
 from .io.outputs import MANIFEST_FILE, MANIFEST_KEY, RECORD_KEY, OutputFolder
+from .io.roles import ROLES, image_files
 from .io.runs import JOB_KEY, METRICS_FILE, RunFolder, write_metrics
 from .methods import MethodConfig, RegistrationResult, check_pair, get_method, register
-from .methods.base import check_images, mask_on_image
+from .methods.base import check_images
 from .metrics import jacobian_determinant, jacobian_stats, tre, tre_summary
 from .options import DEFAULT_METHOD
 from .segmentation import lung_mask, split_lungs
@@ -32,12 +33,12 @@ from .transforms.warp import warp_image
 log = logging.getLogger(__name__)
 
 
-#: The image outputs (the names ``_run_job`` emits and :class:`RegistrationOutputs` holds) and their files:
-#: a new image output is a line here, its computation in ``_run_job`` and its field in ``RegistrationOutputs``.
-IMAGE_OUTPUTS = {"warped": "warped.nii.gz", "jacobian": "jacobian.nii.gz", "ventilation": "ventilation.nii.gz",
-                 "ventilation_hu": "ventilation_hu.nii.gz"}
+#: The image outputs (the names ``_run_job`` emits and :class:`RegistrationOutputs` holds) and their files, from
+#: the table of output roles (:mod:`.io.roles`): a new image output is a row there, its computation in
+#: ``_run_job`` and its field in ``RegistrationOutputs``.
+IMAGE_OUTPUTS = image_files()
 #: The image and data files ``register`` writes into its output folder.
-OUTPUT_FILES = ("displacement.nii.gz", *IMAGE_OUTPUTS.values(), METRICS_FILE, "report.html")
+OUTPUT_FILES = (ROLES["transform"].file, *IMAGE_OUTPUTS.values(), METRICS_FILE, "report.html")
 #: The report's figures (``tre.png`` only with landmarks).
 REPORT_FIGURES = ("overlay.png", "checkerboard.png", "grid.png", "jacobian.png", "tre.png")
 #: Every file a run may write: all of them count for the overwrite check.
@@ -409,7 +410,7 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
             elif name == "field":
                 if progress:
                     progress("writing the field", 0.91)
-                write_field(value, g, folder.path("displacement.nii.gz"))
+                write_field(value, g, folder.path(ROLES["transform"].file))
                 if report:
                     state["slices"].add("field", value)
             else:
@@ -448,7 +449,7 @@ def read_outputs(folder: str | Path | RunFolder) -> RegistrationOutputs:
 
     run = folder if isinstance(folder, RunFolder) else RunFolder.read(folder, owner="register")
     metrics = run.metrics
-    field, geometry = read_field(run.path / "displacement.nii.gz")
+    field, geometry = read_field(run.path / ROLES["transform"].file)
     result = RegistrationResult(field, geometry, run.method, metrics.get("config", {}), metrics.get("timings_s", {}),
                                 metrics.get("diagnostics", {}))
     images = {name: (read_image(run.path / f, what=f"{name} output") if (run.path / f).is_file() else None)

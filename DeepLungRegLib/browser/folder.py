@@ -16,13 +16,14 @@ import numpy as np
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
 from ..io.images import read_image
+from ..io.roles import ROLES, maps
 from ..io.runs import METRICS_FILE, RunFolder, check_metrics  # noqa: F401  (check_metrics: the check of what the page reads)
-from ..pipeline import IMAGE_OUTPUTS, RegistrationJob, RegistrationOutputs, read_outputs
+from ..pipeline import RegistrationJob, RegistrationOutputs, read_outputs
 
 #: Files the page cannot do without.
-REQUIRED_FILES = (METRICS_FILE, "displacement.nii.gz", IMAGE_OUTPUTS["warped"])
-#: Views shown only when their file or data is there.
-OPTIONAL_VIEWS = {name: IMAGE_OUTPUTS[name] for name in ("jacobian", "ventilation", "ventilation_hu")}
+REQUIRED_FILES = (METRICS_FILE, ROLES["transform"].file, ROLES["warped"].file)
+#: Views shown only when their file or data is there: the maps of the table of output roles.
+OPTIONAL_VIEWS = {role.name: role.file for role in maps()}
 
 
 @dataclass

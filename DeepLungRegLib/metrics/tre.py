@@ -30,8 +30,10 @@ class TRESummary:
         return f"{self.mean:.2f} ± {self.std:.2f} mm (median {self.median:.2f}, 95th {self.p95:.2f}, max {self.max:.2f}, n={self.n})"
 
 
-def tre(fixed_points: np.ndarray, moving_points: np.ndarray, field: np.ndarray | None = None, geometry: Geometry | None = None) -> np.ndarray:
-    """Per-landmark error ``|p + u(p) - q|`` in mm.
+def tre_vectors(fixed_points: np.ndarray, moving_points: np.ndarray, field: np.ndarray | None = None,
+                geometry: Geometry | None = None) -> np.ndarray:
+    """Per-landmark error vectors ``p + u(p) - q`` in mm (LPS): where the registration maps each fixed
+    point, minus its moving point.
 
     Args:
         fixed_points: ``(N, 3)`` LPS mm landmarks ``p`` in the fixed image.
@@ -40,7 +42,7 @@ def tre(fixed_points: np.ndarray, moving_points: np.ndarray, field: np.ndarray |
         geometry: the fixed grid of ``field``.
 
     Returns:
-        ``(N,)`` errors in mm.
+        ``(N, 3)`` error vectors in mm.
     """
     check_pairing(fixed_points, moving_points, "tre")
     p = np.asarray(fixed_points, dtype=float)
@@ -49,7 +51,16 @@ def tre(fixed_points: np.ndarray, moving_points: np.ndarray, field: np.ndarray |
         if geometry is None:
             raise DeepLungRegError("tre: a field needs its geometry")
         p = p + sample_field_at_points(field, geometry, p)
-    return np.linalg.norm(p - q, axis=1)
+    return p - q
+
+
+def tre(fixed_points: np.ndarray, moving_points: np.ndarray, field: np.ndarray | None = None, geometry: Geometry | None = None) -> np.ndarray:
+    """Per-landmark error ``|p + u(p) - q|`` in mm (the lengths of :func:`tre_vectors`, same arguments).
+
+    Returns:
+        ``(N,)`` errors in mm.
+    """
+    return np.linalg.norm(tre_vectors(fixed_points, moving_points, field, geometry), axis=1)
 
 
 def tre_summary(errors: np.ndarray) -> TRESummary:
