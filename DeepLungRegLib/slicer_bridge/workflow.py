@@ -35,6 +35,7 @@ from ..errors import DeepLungRegError
 from ..evaluation.review import LandmarkReview
 from ..geometry.grid import ras_to_lps
 from ..io.roles import ROLES, maps, node_classes
+from ..io.landmarks import check_pairing
 from ..pipeline import DEFAULT_METHOD, RegistrationJob, RegistrationOutputs, compute_outputs, summary_lines
 from .grid import grid_spacing_mm, jump_to_point, show_deformation_grid
 from .nodes import (
@@ -212,9 +213,8 @@ def job_from_nodes(nodes: RegistrationNodes, method: str = DEFAULT_METHOD, *, op
     nodes.check()
     fl = None if nodes.fixed_landmarks is None else landmarks_from_markups(nodes.fixed_landmarks)
     ml = None if nodes.moving_landmarks is None else landmarks_from_markups(nodes.moving_landmarks)
-    if fl is not None and ml is not None and fl.shape != ml.shape:
-        raise DeepLungRegError(f"register: {nodes.fixed_landmarks.GetName()!r} has {len(fl)} points but "
-                               f"{nodes.moving_landmarks.GetName()!r} has {len(ml)}; landmarks must correspond one to one")
+    check_pairing(fl, ml, "register", tuple(repr(n.GetName()) if n is not None else what for n, what in
+                                          ((nodes.fixed_landmarks, "fixed landmarks"), (nodes.moving_landmarks, "moving landmarks"))))
     labels = None if fl is None else markups_labels(nodes.fixed_landmarks)
 
     def mask(spec, segments, image_node):
