@@ -5,6 +5,7 @@ instead."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,13 +106,56 @@ def on_cuda(device: str) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that take the ``device`` fixture are marked ``device`` (``pytest -m device`` runs just those);
+    """Tests that take the ``device`` fixture are marked ``device`` (``pytest -m device`` runs just those),
+    and tests that take the ``slicer_core`` fixture, directly or through another fixture, ``slicer``;
     tests marked ``cuda`` (CUDA against the CPU) run only where torch sees a GPU."""
     import torch
 
     skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU (marked cuda)")
     for item in items:
-        if "device" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "device" in fixtures:
             item.add_marker(pytest.mark.device)
+        if "slicer_core" in fixtures:
+            item.add_marker(pytest.mark.slicer)
         if skip is not None and item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+# ------------------------------------------------------------------ --check-modules (make test-fast)
+LIBRARY = ROOT / "DeepLungRegLib"
+
+
+def library_modules() -> dict[str, Path]:
+    """Every module of the library by its dotted name (a package by its own name)."""
+    modules = {}
+    for path in sorted(LIBRARY.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def pytest_addoption(parser):
+    parser.addoption("--check-modules", action="store_true",
+                     help="fail the session unless every DeepLungRegLib module was imported by the tests that ran "
+                          "(make test-fast uses it to show that the fast set still reaches every module)")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not session.config.getoption("--check-modules", default=False) or session.testscollected == 0:
+        return
+    loaded = {name for name, module in list(sys.modules.items())
+              if name.startswith("DeepLungRegLib") and getattr(module, "__file__", None)}
+    wrong = sorted(name for name in loaded if not Path(sys.modules[name].__file__).resolve().is_relative_to(LIBRARY))
+    missing = sorted(set(library_modules()) - loaded)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    write = reporter.write_line if reporter else (lambda line, **markup: print(line))
+    if wrong:
+        write(f"--check-modules: DeepLungRegLib was imported from outside {LIBRARY}: {', '.join(wrong)}", red=True)
+    if missing:
+        write(f"--check-modules: {len(missing)} library module(s) no test of this session imported: {', '.join(missing)}",
+              red=True)
+    else:
+        write(f"--check-modules: all {len(library_modules())} DeepLungRegLib modules were imported by this session's tests")
+    if (wrong or missing) and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

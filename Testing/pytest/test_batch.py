@@ -17,6 +17,7 @@ from DeepLungRegLib.cli import main
 from DeepLungRegLib.errors import DeepLungRegError
 
 distributed = pytest.importorskip("distributed", reason="deeplungreg batch needs Dask distributed (pip install '.[batch]')")
+pytestmark = pytest.mark.dask
 
 #: a fast affine registration: the batch machinery is under test, not the method
 FAST = {"levels_mm": [8.0], "iterations": [30]}
@@ -138,6 +139,7 @@ def test_a_failing_pair_is_recorded_and_the_others_go_on(tmp_path, pair, client)
     assert [(r["status"], r["registered_in_this_run"]) for r in retried] == [("ok", False), ("ok", True)]
 
 
+@pytest.mark.slow
 def test_a_pair_whose_worker_is_killed_still_completes(tmp_path, pair, client):
     path = _cohort(tmp_path, pair, ["victim"])
     out = tmp_path / "out"

@@ -223,6 +223,7 @@ def _wait_for(condition, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+@pytest.mark.browser
 def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
     """Serve a registration output, load the page in headless chromium: three non-blank views; "worst"
     moves them to the worst landmark; flag it with a comment, export, and find the files."""
