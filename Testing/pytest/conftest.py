@@ -135,27 +135,80 @@ def library_modules() -> dict[str, Path]:
     return modules
 
 
+def _has_functions(path: Path) -> bool:
+    import ast
+
+    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(ast.parse(path.read_text())))
+
+
+class ModuleCheck:
+    """Which library modules the tests that ran exercised: a module counts once one of its functions (or
+    methods) has run during the tests' setup, call or teardown, in this process; a module without any
+    function counts once it is imported. A profile hook (Python calls only, not line tracing) records the
+    first call per file from the end of collection, and takes itself off once every module has been seen."""
+
+    def __init__(self):
+        self.modules = library_modules()
+        self.by_file = {str(path): name for name, path in self.modules.items() if _has_functions(path)}
+        self.seen: set[str] = set()
+
+    def _profile(self, frame, event, arg):
+        if event == "call":
+            name = self.by_file.get(frame.f_code.co_filename)
+            if name is not None and frame.f_code.co_name != "<module>":
+                self.seen.add(name)
+                del self.by_file[frame.f_code.co_filename]
+                if not self.by_file:
+                    self.stop()
+
+    def start(self):
+        import threading
+
+        threading.setprofile(self._profile)
+        sys.setprofile(self._profile)
+
+    def stop(self):
+        import threading
+
+        sys.setprofile(None)
+        threading.setprofile(None)
+
+    def missing(self) -> list[str]:
+        imported = {name for name in self.modules if name in sys.modules}
+        plain = {name for name, path in self.modules.items() if str(path) not in self.by_file and name not in self.seen}
+        return sorted(set(self.modules) - self.seen - (plain & imported))
+
+
 def pytest_addoption(parser):
     parser.addoption("--check-modules", action="store_true",
-                     help="fail the session unless every DeepLungRegLib module was imported by the tests that ran "
-                          "(make test-fast uses it to show that the fast set still reaches every module)")
+                     help="fail the session unless the tests that ran exercised every DeepLungRegLib module (one of its "
+                          "functions ran in this process); make test-fast uses it")
+
+
+def pytest_collection_finish(session):
+    if session.config.getoption("--check-modules", default=False):
+        session.config._module_check = ModuleCheck()
+        session.config._module_check.start()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if not session.config.getoption("--check-modules", default=False) or session.testscollected == 0:
+    check = getattr(session.config, "_module_check", None)
+    if check is None or session.testscollected == 0:
         return
-    loaded = {name for name, module in list(sys.modules.items())
-              if name.startswith("DeepLungRegLib") and getattr(module, "__file__", None)}
-    wrong = sorted(name for name in loaded if not Path(sys.modules[name].__file__).resolve().is_relative_to(LIBRARY))
-    missing = sorted(set(library_modules()) - loaded)
+    check.stop()
+    wrong = sorted(name for name in check.modules if name in sys.modules and getattr(sys.modules[name], "__file__", None)
+                   and not Path(sys.modules[name].__file__).resolve().is_relative_to(LIBRARY))
+    missing = check.missing()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter:
+        reporter.ensure_newline()
     write = reporter.write_line if reporter else (lambda line, **markup: print(line))
     if wrong:
         write(f"--check-modules: DeepLungRegLib was imported from outside {LIBRARY}: {', '.join(wrong)}", red=True)
     if missing:
-        write(f"--check-modules: {len(missing)} library module(s) no test of this session imported: {', '.join(missing)}",
-              red=True)
+        write(f"--check-modules: {len(missing)} of {len(check.modules)} DeepLungRegLib modules were not exercised by the "
+              f"tests that ran: {', '.join(missing)}", red=True)
     else:
-        write(f"--check-modules: all {len(library_modules())} DeepLungRegLib modules were imported by this session's tests")
+        write(f"--check-modules: the tests that ran exercised all {len(check.modules)} DeepLungRegLib modules")
     if (wrong or missing) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

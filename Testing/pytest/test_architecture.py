@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "DeepLungRegLib"
 #: Lowest first: a package may import only those before it (and itself).
@@ -41,6 +43,7 @@ def test_no_import_runs_upwards():
     assert not upward, upward
 
 
+@pytest.mark.slow
 def test_running_a_network_method_does_not_import_the_training_package():
     code = ("import sys; from DeepLungRegLib.methods import available_methods, get_method; "
             "import DeepLungRegLib.networks as n; assert set(n.network_names()) <= set(available_methods()); "

@@ -48,6 +48,7 @@ def test_4_batch_refuses_before_any_work_a_cohort_whose_outputs_would_land_on_a_
     assert listing(out) == before
 
 
+@pytest.mark.slow
 @pytest.mark.dask
 def test_15_batch_is_quiet_without_verbose(tmp_path, cohort):
     pytest.importorskip("distributed", reason="deeplungreg batch needs Dask distributed (pip install '.[batch]')")

@@ -18,6 +18,7 @@ from helpers_inputs import cut, one_line, one_line_error, pair_dir, register_arg
 from helpers_outputs import listing
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="sends SIGTERM")
 def test_sigterm_ends_with_a_message_and_leaves_nothing(pair_dir, tmp_path):
     out = tmp_path / "out"
@@ -37,6 +38,7 @@ def test_sigterm_ends_with_a_message_and_leaves_nothing(pair_dir, tmp_path):
 
 
 # ------------------------------------------------------ the smaller mistakes
+@pytest.mark.slow
 def test_a_tiny_image_gives_one_line(tmp_path):
     g = Geometry((3, 3, 3), (1.0, 1.0, 1.0))
     arr = np.random.default_rng(0).normal(-500, 300, g.shape).astype(np.int16)
@@ -44,11 +46,13 @@ def test_a_tiny_image_gives_one_line(tmp_path):
     one_line_error(run_cli("register", tmp_path / "tiny.nii.gz", tmp_path / "tiny.nii.gz", "-o", tmp_path / "o", "-q"), "too small")
 
 
+@pytest.mark.slow
 def test_simulate_refuses_a_zero_spacing(sample_path, tmp_path):
     one_line_error(run_cli("simulate", sample_path, "-o", tmp_path / "p", "--spacing", "0"), "--spacing must be between")
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow
 def test_whole_number_options_refuse_fractions(pair_dir, tmp_path):
     one_line_error(run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", tmp_path / "o",
                            "--method", "adam", "-O", "iterations=2.5"), "iterations must be a whole number")
@@ -81,6 +85,7 @@ def test_cli_simulate_with_a_negative_seed(tmp_path, capsys):
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_the_demo_refuses_a_foreign_output_before_any_work(tmp_path):
     """deeplungreg demo -o OUT where OUT holds a user's report.html: one line, at once (before the simulation), OUT as it was."""
     out = tmp_path / "out"

@@ -47,6 +47,7 @@ def test_rank_candidates_orders_by_weighted_mean_rank():
     assert np.argmax(rank_candidates(s, failed)) == 2
 
 
+@pytest.mark.slow
 def test_tune_writes_a_config_that_register_accepts(small_pair, tmp_path, capsys):
     res = tune("convex", [small_pair], {"regularisation": [1.0, 4.0]}, base=FAST, names=["small"], device="cpu")
     assert len(res.rows) == 2 and {r["regularisation"] for r in res.rows} == {1.0, 4.0}

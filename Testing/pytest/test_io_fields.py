@@ -14,6 +14,7 @@ from DeepLungRegLib.simulation import read_pair
 from helpers_inputs import cut, one_line_error, pair_dir, run_cli
 
 
+@pytest.mark.slow
 def test_damaged_fields_are_refused_by_evaluate_and_tre(pair_dir, tmp_path):
     pair = read_pair(pair_dir)
     field = pair.field.copy()

@@ -23,6 +23,7 @@ def _nifti(tmp_path: Path, name: str, array: np.ndarray, compress: bool) -> Path
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 def test_a_truncated_nifti_is_refused_in_one_line(tmp_path, suffix):
     arr = np.random.default_rng(0).normal(-500, 200, (20, 24, 28)).astype(np.int16)

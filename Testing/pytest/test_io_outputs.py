@@ -27,6 +27,7 @@ from helpers_outputs import AFFINE, NoCluster, listing, tiny_pair
 
 
 # --------------------------------------------------------------- safe outputs
+@pytest.mark.slow
 def test_a_users_file_of_an_output_name_is_never_overwritten(pair_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -36,6 +37,7 @@ def test_a_users_file_of_an_output_name_is_never_overwritten(pair_dir, tmp_path)
     assert (out / "overlay.png").read_text() == "my own picture" and sorted(p.name for p in out.iterdir()) == ["overlay.png"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_leaves_nothing(pair_dir, tmp_path):
     pair = read_pair(pair_dir)
     out = tmp_path / "out"
@@ -57,6 +59,7 @@ def test_an_interrupted_run_leaves_nothing(pair_dir, tmp_path):
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and len(list(tmp_path.iterdir())) == 1
 
 
+@pytest.mark.slow
 def test_overwrite_removes_the_earlier_runs_own_files_and_only_those(pair_dir, tmp_path):
     out = tmp_path / "out"
     lm = ["--fixed-landmarks", pair_dir / "fixed_landmarks.csv", "--moving-landmarks", pair_dir / "moving_landmarks.csv"]
@@ -73,6 +76,7 @@ def test_overwrite_removes_the_earlier_runs_own_files_and_only_those(pair_dir, t
     assert names - {"notes.txt"} == set(json.loads((out / "metrics.json").read_text())["output_files"])
 
 
+@pytest.mark.slow
 def test_an_output_folder_that_cannot_be_created_fails_before_registering(pair_dir, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
@@ -293,6 +297,7 @@ def test_13_a_full_disk_gives_one_line_and_leaves_the_folder_as_it_was(tmp_path,
     assert not (tmp_path / "new").exists()  # the folders this run made are gone again
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="ulimit -f (RLIMIT_FSIZE) is POSIX")
 def test_13_ulimit_f_gives_one_line_instead_of_a_traceback(tmp_path):
     import resource

@@ -26,6 +26,7 @@ class _Evil:
         return (open, (self.target, "w"))
 
 
+@pytest.mark.slow
 def test_a_weights_file_that_would_run_code_is_refused(pair_dir, tmp_path):
     marker = tmp_path / "pwned.txt"
     evil = _Evil()

@@ -5,9 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from helpers_inputs import FAST_CFG, pair_dir
 
 
+@pytest.mark.slow
 def test_the_library_imports_and_registers_where_resource_does_not_exist(pair_dir):
     """As on Windows: ``import resource`` fails. Peak memory then comes from the portable call."""
     code = f"""

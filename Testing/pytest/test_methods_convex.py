@@ -123,6 +123,7 @@ def test_convex_config_rejects_absurd_values(kwargs, match):
         ConvexConfig.from_dict(kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("inverse_consistent", [True, False])
 def test_convex_recovers_large_motion_on_a_small_pair(small_pair, inverse_consistent, device):
     p = small_pair

@@ -8,6 +8,7 @@ import torch
 from DeepLungRegLib.device import precision_scope
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mlvirnet", "labeldriven"])
 def test_batch_norm_uses_each_inputs_own_statistics_at_inference_and_old_weights_still_load(method, device):
     from DeepLungRegLib.training import NetworkConfig, build_network, load_network_state

@@ -52,6 +52,7 @@ def test_labeldriven_streams_share_their_weights():
     assert names and not any("moving" in n or "fixed" in n for n in names)  # one encoder, used for both images
 
 
+@pytest.mark.slow
 def test_a_few_training_steps_lower_the_labeldriven_loss_in_2d():
     """The paper's 2D case: a disc (label) moved by a few pixels."""
     torch.manual_seed(0)

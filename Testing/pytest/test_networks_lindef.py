@@ -86,6 +86,7 @@ def test_affine_positions_turn_about_the_grid_centre():
     assert torch.allclose(pos[0, :, 2, 2, 4], torch.tensor([2.0, 0.0, 2.0]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("similarity", ["mse", "ncc", "ngf"])
 def test_a_few_training_steps_lower_the_lindef_loss(similarity):
     torch.manual_seed(0)

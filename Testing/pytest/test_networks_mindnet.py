@@ -38,6 +38,7 @@ def test_feature_weights_errors(tmp_path):
         EmbedConfig.from_dict({"features": "sift"})
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped DeepLungRegLib/data/weights/mindnet.pt")
 def test_the_shipped_feature_net_predicts_mind_ssc(ct3):
     """The shipped network's descriptors are close to MIND-SSC on the bundled sample (derived from

@@ -67,6 +67,7 @@ def test_coarse_jitter_scales_the_frozen_coarser_field_before_the_level_that_tra
         net(f, m, coarse_jitter=1.0)
 
 
+@pytest.mark.slow
 def test_a_few_training_steps_lower_the_mlvirnet_loss():
     torch.manual_seed(0)
     g = identity_grid((16, 16, 16))[0] / 15 * 2 - 1

@@ -16,6 +16,7 @@ from helpers_inputs import FAST_CFG, pair_dir, register_args, tiny
 
 
 # ------------------------------------------------------------------ float images
+@pytest.mark.slow
 def test_a_float32_moving_image_registers_and_keeps_float_output(pair_dir, tmp_path):
     """Float NIfTI is what most pipelines write; it used to crash after the whole registration."""
     moving = read_image(pair_dir / "moving.nii.gz")
@@ -29,6 +30,7 @@ def test_a_float32_moving_image_registers_and_keeps_float_output(pair_dir, tmp_p
     assert read_image(tmp_path / "int" / "warped.nii.gz").array.dtype == moving.array.dtype
 
 
+@pytest.mark.slow
 def test_landmarks_far_outside_the_image_and_an_all_ones_mask_are_warned_about(pair_dir, tmp_path, caplog):
     pair = read_pair(pair_dir)
     far = pair.fixed_landmarks.copy()

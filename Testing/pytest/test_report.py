@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from DeepLungRegLib.simulation import read_pair
 
 from helpers_inputs import pair_dir
 
 
+@pytest.mark.slow
 def test_the_report_shows_the_same_slices_however_the_fixed_image_is_stored(pair_dir):
     """Axial slices stay axial (superior up, left on the right) for a fixed image stored RAS or with permuted axes."""
     from DeepLungRegLib.report import ReportSlices

@@ -22,6 +22,7 @@ def feature_run(ct3, tmp_path_factory):
     return out, res
 
 
+@pytest.mark.slow
 def test_a_tiny_feature_training_run_lowers_the_loss_and_writes_everything(feature_run):
     out, res = feature_run
     for name in ("checkpoint.pt", "log.csv", "log.json", "loss.png"):
@@ -34,6 +35,7 @@ def test_a_tiny_feature_training_run_lowers_the_loss_and_writes_everything(featu
     assert res["validation_mse"] == val[-1] and res["mind_noise_mse"] > 0
 
 
+@pytest.mark.slow
 def test_feature_training_refuses_to_overwrite_and_resumes(feature_run, ct3):
     out, _ = feature_run
     with pytest.raises(DeepLungRegError, match="exists"):
@@ -44,6 +46,7 @@ def test_feature_training_refuses_to_overwrite_and_resumes(feature_run, ct3):
         train_feature_net([("demo", ct3)], out, steps=90, spacing_mm=3.0, crop=24, base=8, resume=True)
 
 
+@pytest.mark.slow
 def test_exported_feature_weights_load_and_run_in_embed(feature_run, ct3, tmp_path, device):
     out, _ = feature_run
     w = export_feature_net(out / "checkpoint.pt", tmp_path / "mindnet.pt", "test")
