@@ -201,7 +201,7 @@ def pytest_sessionfinish(session, exitstatus):
     missing = check.missing()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter:
-        reporter.ensure_newline()
+        reporter.write("\n")
     write = reporter.write_line if reporter else (lambda line, **markup: print(line))
     if wrong:
         write(f"--check-modules: DeepLungRegLib was imported from outside {LIBRARY}: {', '.join(wrong)}", red=True)

@@ -46,6 +46,7 @@ def _need_review_extra() -> None:
         pytest.skip(msg)
 
 
+@pytest.mark.slow
 def test_the_page_reports_a_failed_export_in_one_line(registered, tmp_path, slicer_core):
     """Export from the page into a folder where it cannot write: the page's message is the one line
     (before: the exception escaped the button's handler and the page showed nothing)."""
@@ -175,6 +176,7 @@ async def _session(url: str, origin: str | None, secret: str | None) -> dict:
         return {"hello": hello, "state": state}
 
 
+@pytest.mark.slow
 def test_the_review_server_answers_only_its_own_page(registered, tmp_path):
     """A page from another origin, a script without an Origin, and a client without the token (or with
     wslink's default one) are refused; the page's own origin with the printed token is answered.

@@ -13,6 +13,7 @@ from DeepLungRegLib import DeepLungRegError
 from helpers_slicer import hs, small_pair
 
 
+@pytest.mark.slow
 def test_a_registration_in_a_background_process_and_a_cancelled_one(small_pair, slicer_core, tmp_path):
     """The Slicer module's path: the work runs in a worker process with progress as JSON lines; the scene is
     written only when it has finished, and a cancelled run leaves no node and no file behind."""

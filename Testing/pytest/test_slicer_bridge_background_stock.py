@@ -73,6 +73,7 @@ def small_pair(sample_path):
     return simulate_breathing(ct, amplitude="small", seed=3)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process groups from /proc (Linux)")
 def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair, slicer_core, stock_python, tmp_path, caplog):
     """The module's Apply path on what a stock Slicer has: the worker completes through a launcher that runs
@@ -131,6 +132,7 @@ def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair,
     assert hs.scene.GetNumberOfNodes() == n_nodes and not list(work.iterdir())
 
 
+@pytest.mark.slow
 def test_report_on_request_is_kept_in_a_new_folder(small_pair, slicer_core, tmp_path):
     """With a report folder (and matplotlib in the worker's Python), the run's outputs and report go into a new
     subfolder of it, which is kept; the scene gets the same nodes as without."""

@@ -171,6 +171,7 @@ def test_table_round_trip(bridge, hs):
         bridge.table_node_from_columns(hs.scene, {"a": [1], "b": [1, 2]}, "bad")
 
 
+@pytest.mark.slow
 def test_lung_masks_from_a_segmentation_node_by_segment_name(small_pair, slicer_core):
     """A Segmentation node (as Lung CT Segmenter or TotalSegmentator make) gives the job its mask: the chosen
     segments, united, on the image's grid (here the segmentation's own grid is coarser and shifted)."""

@@ -32,3 +32,17 @@ def test_the_sample_data_pair_registers_through_the_node_path(bridge):
     assert res.metrics["jacobian"]["folding_percent"] == 0.0
     cols = bridge.columns_from_table_node(res.tre_table)
     assert len(cols["TRE after (mm)"]) == n and cols["Landmark"][:2] == ["L1", "L2"]
+
+
+def test_the_sample_pair_loads_with_slicers_readers_and_is_found_by_its_names(bridge):
+    """The loading half of the test above, without the registration (so that `make test-fast` reaches sample.py)."""
+    from DeepLungRegLib.data import SAMPLE_PAIR
+    from DeepLungRegLib.slicer_bridge.sample import SAMPLE_ROLES, load_sample_pair, sample_pair_nodes
+
+    hs = bridge.new_scene()
+    assert sample_pair_nodes(hs.scene) is None
+    loaded = load_sample_pair(hs.scene)
+    assert list(loaded) == list(SAMPLE_ROLES) and sample_pair_nodes(hs.scene) == loaded
+    assert [n.GetName() for n in loaded.values()] == [node for _, node, _ in SAMPLE_PAIR]
+    assert loaded["fixed"].GetImageData().GetDimensions() == loaded["moving"].GetImageData().GetDimensions()
+    assert loaded["fixed_landmarks"].GetNumberOfControlPoints() == loaded["moving_landmarks"].GetNumberOfControlPoints() >= 50

@@ -12,6 +12,10 @@ from DeepLungRegLib.transforms import sample_field_at_points
 from helpers_slicer import bridge, hs, small_pair
 
 
+#: every test here takes `registered` (a registration through register_nodes, minutes on 2 cores): not in `make test-fast`
+pytestmark = pytest.mark.slow
+
+
 # ------------------------------------------------------------- the workflow
 FAST = {"levels_mm": [8.0, 4.0], "iterations": [50, 30], "learning_rates": [1.0, 0.5]}
 
