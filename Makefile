@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo test bench bench-quick clean
+.PHONY: setup demo test test-fast bench bench-quick clean
 
 # torch first (the CPU or CUDA build you choose), then the library.
 $(VENV)/.torch:
@@ -30,6 +30,11 @@ demo: $(VENV)/.demo
 
 test: setup
 	$(BIN)/python -m pytest -q -ra Testing/pytest
+
+# The quick tests: everything not marked slow (under 2 minutes on 2 cores). --check-modules fails the run
+# unless the tests that ran exercised every DeepLungRegLib module (ran one of its functions).
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m "not slow" --check-modules Testing/pytest
 
 # Every method and the baselines (ConvexAdam default and best setting, elastix) on small and
 # large pairs simulated from two real CTs in ../shared/data with a seed not used for tuning,

@@ -105,7 +105,7 @@ def torchLoadError() -> Optional[str]:
     return None
 
 #: The registered methods, for the method combo box. Listed here because the parameter node is
-#: declared at import, before torch may be installed; Testing/pytest/test_slicer_static.py checks
+#: declared at import, before torch may be installed; Testing/pytest/test_module_static.py checks
 #: that this matches DeepLungRegLib.methods.available_methods() and Resources/MethodTable.json.
 METHOD_CHOICES = ["adam", "affine", "convex", "embed", "labeldriven", "lindef", "mlvirnet"]
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]

@@ -3,9 +3,10 @@
 The Slicer module and its background worker (``deeplungreg worker``, run by Slicer's ``PythonSlicer``)
 may import, at module level, only the standard library and these top-level names. Anything else
 (matplotlib, tqdm, Dask, trame, ...) is imported inside the function that needs it, off that path.
-``Testing/pytest/test_stock_slicer.py`` walks the module-level imports of everything the module
-and the worker import from DeepLungRegLib and checks them against this list, and runs the
-background path on a Python that has only torch, numpy, scipy and SimpleITK.
+``Testing/pytest/test_module_stock_slicer.py`` walks the module-level imports of everything the module
+and the worker import from DeepLungRegLib and checks them against this list, and
+``Testing/pytest/test_slicer_bridge_background_stock.py`` runs the background path on a Python that
+has only torch, numpy, scipy and SimpleITK.
 """
 
 from __future__ import annotations

@@ -49,9 +49,10 @@ else
   if python3 -c "import pytest_timeout" 2>/dev/null; then TIMEOUT_OPT="--timeout=150"; fi
   DEEPLUNGREG_TEST_DEVICE=cuda timeout -k 10 "$PYTEST_S" python3 -m pytest -v --tb=short -rfEs -p no:cacheprovider --durations=12 $TIMEOUT_OPT \
     -m "cuda or device" \
-    Testing/pytest/test_cuda.py Testing/pytest/test_methods.py Testing/pytest/test_convex.py Testing/pytest/test_embed.py \
-    Testing/pytest/test_transforms.py Testing/pytest/test_networks.py Testing/pytest/test_features.py \
-    Testing/pytest/test_feature_cnn.py -s 2>&1 | tee "$OUT/pytest.log"
+    Testing/pytest/test_device.py Testing/pytest/test_methods.py Testing/pytest/test_methods_convex.py \
+    Testing/pytest/test_evaluation_tuning.py Testing/pytest/test_methods_embed.py Testing/pytest/test_transforms.py \
+    Testing/pytest/test_networks*.py Testing/pytest/test_losses.py Testing/pytest/test_features_mind.py \
+    Testing/pytest/test_ops_filters.py Testing/pytest/test_keypoints_foerstner.py Testing/pytest/test_training_features.py -s 2>&1 | tee "$OUT/pytest.log"
   echo "== pytest exit ${PIPESTATUS[0]} after ${SECONDS}s"
 fi
 

@@ -6,7 +6,7 @@ The module shows the methods and their settings when it opens, before PyTorch is
 the methods imports torch), so it reads them from DeepLungReg/Resources/MethodTable.json, which this
 script writes from ``DeepLungRegLib.methods`` (each option's default, range, choices and help as
 declared with ``DeepLungRegLib.options.option``). Run it after changing a method's options;
-Testing/pytest/test_slicer_static.py fails while the file and the declarations differ. ``--check``
+Testing/pytest/test_module_static.py fails while the file and the declarations differ. ``--check``
 only compares and exits with 1 when they differ.
 """
 

@@ -2,7 +2,7 @@
 # A Python with only what the Slicer module's registration path may use in a stock Slicer:
 # torch (Slicer's PyTorch extension), numpy, scipy and SimpleITK (bundled with Slicer), and a
 # launcher beside it that runs that Python as a child process, as Slicer's PythonSlicer does.
-# Testing/pytest/test_stock_slicer.py runs the module's background path with it; .ci/run builds it.
+# Testing/pytest/test_slicer_bridge_background_stock.py runs the module's background path with it; .ci/run builds it.
 #
 #   scripts/make_stock_python.sh [FOLDER]     (default: build/stock-python, ignored by git)
 set -euo pipefail

@@ -1,4 +1,4 @@
-"""Print the storage-invariance table that Testing/pytest/test_invariance.py asserts.
+"""Print the storage-invariance table that Testing/pytest/test_methods_invariance.py asserts.
 
 One simulated pair (the bundled sample at 4 mm, small motion, seed 3), its moving
 and, separately, its fixed image re-stored as users store scans; for every case
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "Testing" / "pytest"))
 
-import test_invariance as t  # noqa: E402  (the matrix, its configs and tolerances)
+import test_methods_invariance as t  # noqa: E402  (the matrix, its configs and tolerances)
 
 from DeepLungRegLib import read_image  # noqa: E402
 from DeepLungRegLib.metrics import tre  # noqa: E402

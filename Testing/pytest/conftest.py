@@ -5,6 +5,7 @@ instead."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,13 +106,109 @@ def on_cuda(device: str) -> bool:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests that take the ``device`` fixture are marked ``device`` (``pytest -m device`` runs just those);
+    """Tests that take the ``device`` fixture are marked ``device`` (``pytest -m device`` runs just those),
+    and tests that take the ``slicer_core`` fixture, directly or through another fixture, ``slicer``;
     tests marked ``cuda`` (CUDA against the CPU) run only where torch sees a GPU."""
     import torch
 
     skip = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU (marked cuda)")
     for item in items:
-        if "device" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "device" in fixtures:
             item.add_marker(pytest.mark.device)
+        if "slicer_core" in fixtures:
+            item.add_marker(pytest.mark.slicer)
         if skip is not None and item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+# ------------------------------------------------------------------ --check-modules (make test-fast)
+LIBRARY = ROOT / "DeepLungRegLib"
+
+
+def library_modules() -> dict[str, Path]:
+    """Every module of the library by its dotted name (a package by its own name)."""
+    modules = {}
+    for path in sorted(LIBRARY.rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _has_functions(path: Path) -> bool:
+    import ast
+
+    return any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(ast.parse(path.read_text())))
+
+
+class ModuleCheck:
+    """Which library modules the tests that ran exercised: a module counts once one of its functions (or
+    methods) has run during the tests' setup, call or teardown, in this process; a module without any
+    function counts once it is imported. A profile hook (Python calls only, not line tracing) records the
+    first call per file from the end of collection, and takes itself off once every module has been seen."""
+
+    def __init__(self):
+        self.modules = library_modules()
+        self.by_file = {str(path): name for name, path in self.modules.items() if _has_functions(path)}
+        self.seen: set[str] = set()
+
+    def _profile(self, frame, event, arg):
+        if event == "call":
+            name = self.by_file.get(frame.f_code.co_filename)
+            if name is not None and frame.f_code.co_name != "<module>":
+                self.seen.add(name)
+                del self.by_file[frame.f_code.co_filename]
+                if not self.by_file:
+                    self.stop()
+
+    def start(self):
+        import threading
+
+        threading.setprofile(self._profile)
+        sys.setprofile(self._profile)
+
+    def stop(self):
+        import threading
+
+        sys.setprofile(None)
+        threading.setprofile(None)
+
+    def missing(self) -> list[str]:
+        imported = {name for name in self.modules if name in sys.modules}
+        plain = {name for name, path in self.modules.items() if str(path) not in self.by_file and name not in self.seen}
+        return sorted(set(self.modules) - self.seen - (plain & imported))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--check-modules", action="store_true",
+                     help="fail the session unless the tests that ran exercised every DeepLungRegLib module (one of its "
+                          "functions ran in this process); make test-fast uses it")
+
+
+def pytest_collection_finish(session):
+    if session.config.getoption("--check-modules", default=False):
+        session.config._module_check = ModuleCheck()
+        session.config._module_check.start()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    check = getattr(session.config, "_module_check", None)
+    if check is None or session.testscollected == 0:
+        return
+    check.stop()
+    wrong = sorted(name for name in check.modules if name in sys.modules and getattr(sys.modules[name], "__file__", None)
+                   and not Path(sys.modules[name].__file__).resolve().is_relative_to(LIBRARY))
+    missing = check.missing()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter:
+        reporter.write("\n")
+    write = reporter.write_line if reporter else (lambda line, **markup: print(line))
+    if wrong:
+        write(f"--check-modules: DeepLungRegLib was imported from outside {LIBRARY}: {', '.join(wrong)}", red=True)
+    if missing:
+        write(f"--check-modules: {len(missing)} of {len(check.modules)} DeepLungRegLib modules were not exercised by the "
+              f"tests that ran: {', '.join(missing)}", red=True)
+    else:
+        write(f"--check-modules: the tests that ran exercised all {len(check.modules)} DeepLungRegLib modules")
+    if (wrong or missing) and session.exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "DeepLungRegLib"
 #: Lowest first: a package may import only those before it (and itself).
@@ -41,6 +43,7 @@ def test_no_import_runs_upwards():
     assert not upward, upward
 
 
+@pytest.mark.slow
 def test_running_a_network_method_does_not_import_the_training_package():
     code = ("import sys; from DeepLungRegLib.methods import available_methods, get_method; "
             "import DeepLungRegLib.networks as n; assert set(n.network_names()) <= set(available_methods()); "
@@ -141,3 +144,23 @@ def test_grid_sample_only_in_transforms():
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in LIB.rglob("*.py") if p.relative_to(LIB).parts[0] != "transforms"
             for i, line in enumerate(p.read_text().splitlines(), 1) if "grid_sample(" in line]
     assert not hits, hits
+
+
+# ------------------------------------------------------------------- portable
+UNIX_ONLY = {"resource", "fcntl", "termios", "tty", "pty", "pwd", "grp", "posix", "crypt", "syslog", "spwd", "nis", "curses",
+             "readline", "posixpath"}
+
+
+def test_no_unix_only_module_is_imported_anywhere_in_the_library():
+    import ast
+
+    offenders = []
+    for path in [*(ROOT / "DeepLungRegLib").rglob("*.py"), *(ROOT / "DeepLungReg").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.split(".")[0] in UNIX_ONLY]
+    assert not offenders, offenders

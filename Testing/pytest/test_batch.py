@@ -17,6 +17,7 @@ from DeepLungRegLib.cli import main
 from DeepLungRegLib.errors import DeepLungRegError
 
 distributed = pytest.importorskip("distributed", reason="deeplungreg batch needs Dask distributed (pip install '.[batch]')")
+pytestmark = pytest.mark.dask
 
 #: a fast affine registration: the batch machinery is under test, not the method
 FAST = {"levels_mm": [8.0], "iterations": [30]}
@@ -59,6 +60,7 @@ def client():
     cluster.close()
 
 
+@pytest.mark.slow
 def test_a_bad_cohort_is_refused_at_once_with_line_numbers(tmp_path, pair):
     path = _cohort(tmp_path, pair, ["a", "b"], extra_rows=[
         ["a", "pair/fixed.nii.gz", "pair/moving.nii.gz", "", "", "", ""],          # line 4: repeats line 2
@@ -96,6 +98,7 @@ def test_cluster_plan_gives_one_worker_per_gpu_and_gpu_tasks_only_to_gpu_workers
         cluster_plan("cuda", None, cores=4, cuda_devices=0)
 
 
+@pytest.mark.slow
 def test_a_cohort_registers_resumes_and_reruns_only_what_is_missing(tmp_path, pair, client):
     path = _cohort(tmp_path, pair, ["case1", "case2", "case3"])
     out = tmp_path / "out"
@@ -123,6 +126,7 @@ def test_a_cohort_registers_resumes_and_reruns_only_what_is_missing(tmp_path, pa
     assert all(r["status"] == "ok" for r in third) and (out / "case3" / "warped.nii.gz").is_file()
 
 
+@pytest.mark.slow
 def test_a_failing_pair_is_recorded_and_the_others_go_on(tmp_path, pair, client):
     path = _cohort(tmp_path, pair, ["good"], extra_rows=[["bad", "broken.nii.gz", "pair/moving.nii.gz", "", "", "", ""]])
     data = (tmp_path / "pair" / "fixed.nii.gz").read_bytes()
@@ -138,6 +142,7 @@ def test_a_failing_pair_is_recorded_and_the_others_go_on(tmp_path, pair, client)
     assert [(r["status"], r["registered_in_this_run"]) for r in retried] == [("ok", False), ("ok", True)]
 
 
+@pytest.mark.slow
 def test_a_pair_whose_worker_is_killed_still_completes(tmp_path, pair, client):
     path = _cohort(tmp_path, pair, ["victim"])
     out = tmp_path / "out"
@@ -161,6 +166,7 @@ def test_a_pair_whose_worker_is_killed_still_completes(tmp_path, pair, client):
     assert not (out / "victim" / ".deeplungreg-lock").exists()  # and its lock was taken over, then released
 
 
+@pytest.mark.slow
 def test_the_batch_command_runs_a_local_cluster(tmp_path, pair, capsys):
     path = _cohort(tmp_path, pair, ["one"])
     args = ["batch", str(path), "-o", str(tmp_path / "out"), "--method", "affine", "--workers", "1", "-q",

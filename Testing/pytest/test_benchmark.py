@@ -97,6 +97,7 @@ def test_copd_landmarks_read(shared_data):
     assert a.shape == (300, 3) and 20 < np.linalg.norm(a - b, axis=1).mean() < 35  # COPD motion is large
 
 
+@pytest.mark.slow
 def test_benchmark_command_end_to_end(tmp_path, sample_path, capsys):
     out = tmp_path / "bench"
     rc = cli(["benchmark", "--methods", "affine", "--simulated", str(sample_path), "--amplitudes", "small,large",
@@ -189,6 +190,7 @@ def test_benchmark_refuses_bad_variants_before_running(tmp_path):
         run_benchmark(spec, ["nomethod:refine_iterations=1"], tmp_path / "out", check_baselines=False)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_both_directions_and_reports_each(tmp_path, sample_path, capsys):
     """The same simulated pair with the CT fixed and the other way round (the simulated exhale fixed):
     one table per direction, and the seconds of each stage."""

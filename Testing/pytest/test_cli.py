@@ -26,6 +26,7 @@ def pair_dir(sample_path, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_simulate_writes_the_pair(pair_dir):
     for name in ("fixed.nii.gz", "moving.nii.gz", "fixed_mask.nii.gz", "moving_mask.nii.gz", "ground_truth_field.nii.gz",
                  "fixed_landmarks.csv", "moving_landmarks.csv", "simulation.json"):
@@ -34,6 +35,7 @@ def test_simulate_writes_the_pair(pair_dir):
     assert info["min_jacobian"] > 0 and 6.5 < info["mean_lung_displacement_mm"] < 9.5
 
 
+@pytest.mark.slow
 def test_simulate_reverse_writes_the_exhale_as_the_fixed_image(pair_dir, sample_path, tmp_path):
     out = tmp_path / "reversed"
     assert main(["simulate", str(sample_path), "-o", str(out), "--spacing", "4", "--seed", "2", "--reverse", "-q"]) == 0
@@ -45,6 +47,7 @@ def test_simulate_reverse_writes_the_exhale_as_the_fixed_image(pair_dir, sample_
     assert np.linalg.norm(moved - rev.moving_landmarks, axis=1).mean() < 0.1
 
 
+@pytest.mark.slow
 def test_register_evaluate_tre(pair_dir, tmp_path, capsys):
     out = tmp_path / "reg"
     args = ["register", str(pair_dir / "fixed.nii.gz"), str(pair_dir / "moving.nii.gz"), "-o", str(out),
@@ -84,6 +87,7 @@ def test_register_evaluate_tre(pair_dir, tmp_path, capsys):
     (["simulate", "{pair}/fixed_landmarks.csv", "-o", "{tmp}/p"], "cannot read"),
     (["evaluate", "{tmp}", "{pair}/ground_truth_field.nii.gz"], "not a simulated pair"),
 ])
+@pytest.mark.slow
 def test_bad_input_gives_one_line_error(pair_dir, tmp_path, args, match):
     r = run_cli(*[a.format(tmp=tmp_path, pair=pair_dir) for a in args])
     assert r.returncode == 2, r.stderr
@@ -97,6 +101,7 @@ def test_methods_command(capsys):
     assert "adam" in out and "affine" in out
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
     """The README's main job: TRE must fall by at least 80 % with < 0.1 % folding."""
     assert main(["demo", "-o", str(tmp_path / "demo"), "--device", "cpu", "-q"]) == 0
@@ -107,6 +112,7 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "TRE reduced by" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_config_file_is_read_and_checked(pair_dir, tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text('{"config": {"refine_levels_mm": [8], "refine_iterations": [5], "refine_learning_rates": [1.0], "affine_init": false}}')
@@ -120,6 +126,7 @@ def test_config_file_is_read_and_checked(pair_dir, tmp_path):
     assert r.returncode == 2 and "JSON object" in r.stderr
 
 
+@pytest.mark.slow
 def test_simulate_refuses_to_overwrite_a_pair(pair_dir, sample_path):
     r = run_cli("simulate", sample_path, "-o", pair_dir, "-q")
     assert r.returncode == 2 and "already holds a pair" in r.stderr and len(r.stderr.strip().splitlines()) == 1

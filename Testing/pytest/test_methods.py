@@ -25,6 +25,7 @@ def test_registry_lists_methods():
     assert all(isinstance(d, str) and d for d in m.values())
 
 
+@pytest.mark.slow
 def test_adam_lowers_tre_without_folding(small_pair, device):
     p = small_pair
     stages = []
@@ -41,6 +42,7 @@ def test_adam_lowers_tre_without_folding(small_pair, device):
     assert res.diagnostics["device"].startswith(device) and (("peak_gpu_mb" in res.diagnostics) == device.startswith("cuda"))
 
 
+@pytest.mark.slow
 def test_affine_recovers_a_known_affine(small_pair, device):
     fixed, mask = small_pair.fixed, small_pair.fixed_mask
     g = fixed.geometry

@@ -74,6 +74,7 @@ def test_world_to_voxel_inverts_voxel_to_world_on_an_oblique_grid(oblique):
     assert back.shape == d.shape and torch.allclose(back, d, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_simulated_network_pair_carries_the_true_displacement(demo_ct):
     sim = simulate_breathing(demo_ct, amplitude="large", seed=3)
     pair = from_simulated(sim, 8.0, (32, 32, 32))
@@ -104,6 +105,7 @@ def test_augment_anatomy_mirrors_left_right_about_the_centre_on_an_oblique_grid(
     assert out.geometry == oblique and (out.array[~inside] != 0).any()
 
 
+@pytest.mark.slow
 def test_a_pool_with_an_amplitude_range_simulates_mean_displacements_inside_it(demo_ct):
     pool = SimulatedPairPool([("demo", demo_ct, None)], 8.0, (32, 32, 32), size=3, seed=1,
                              amplitude_range_mm=(5.0, 15.0), sim_spacing_mm=4.0)
@@ -115,6 +117,7 @@ def test_a_pool_with_an_amplitude_range_simulates_mean_displacements_inside_it(d
         SimulatedPairPool([("demo", demo_ct, None)], 8.0, (32, 32, 32), amplitude_range_mm=(15.0, 5.0))
 
 
+@pytest.mark.slow
 def test_a_pool_can_make_reversed_pairs_whose_fixed_image_is_the_exhale(demo_ct):
     pool = SimulatedPairPool([("demo", demo_ct, None)], 8.0, (32, 32, 32), size=2, seed=2, reverse_fraction=1.0, sim_spacing_mm=4.0)
     for p in pool.pairs:
@@ -128,6 +131,7 @@ def test_a_pool_can_make_reversed_pairs_whose_fixed_image_is_the_exhale(demo_ct)
         SimulatedPairPool([("demo", demo_ct, None)], 8.0, (32, 32, 32), reverse_fraction=1.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", NETWORKS)
 def test_the_supervision_term_adds_the_end_point_error_to_the_paper_loss(method, demo_ct):
     pair = from_simulated(simulate_breathing(demo_ct, amplitude="small", seed=5), 8.0, (32, 32, 32))
@@ -157,6 +161,7 @@ def trained(demo_ct, tmp_path_factory):
     return cfg, out, res
 
 
+@pytest.mark.slow
 def test_a_tiny_training_run_writes_everything_and_can_be_resumed(trained, demo_ct):
     cfg, out, res = trained
     for name in ("checkpoint.pt", "log.csv", "log.json", "loss.png"):
@@ -191,6 +196,7 @@ def test_mlvirnet_level_steps_give_each_level_its_own_share():
         level_schedule(NetworkConfig(method="lindef"), 6, (3, 3))
 
 
+@pytest.mark.slow
 def test_training_can_start_from_trained_weights_and_keep_each_levels_own(trained, demo_ct, tmp_path):
     cfg, out, _ = trained
     init = load_checkpoint(out / "checkpoint.pt")["model"]
@@ -226,6 +232,7 @@ def small_pair(demo_ct):
     return simulate_breathing(demo_ct, amplitude="small", seed=4)
 
 
+@pytest.mark.slow
 def test_a_network_method_runs_with_given_weights_and_its_refinement_improves_it(trained, small_pair, tmp_path):
     _, out, _ = trained
     p = small_pair
@@ -303,6 +310,7 @@ def test_direction_auto_keeps_the_prediction_whose_warp_matches_and_reverse_inve
         register(Image(blob[0, 0].numpy(), oblique), Image(blob[0, 0].numpy(), oblique), "mlvirnet", config={"direction": "both"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", NETWORKS)
 def test_the_shipped_weights_load_and_improve_tre_on_a_small_pair(method, small_pair):
     path = WEIGHTS_DIR / f"{method}.pt"
@@ -319,6 +327,7 @@ def test_the_shipped_weights_load_and_improve_tre_on_a_small_pair(method, small_
     assert res.diagnostics["direction"] == "forward"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", NETWORKS)
 def test_the_shipped_weights_register_a_pair_the_other_way_round(method, small_pair):
     """The networks learnt the inhale as the fixed image; direction=auto runs them the other way and inverts."""
@@ -331,6 +340,7 @@ def test_the_shipped_weights_register_a_pair_the_other_way_round(method, small_p
     assert after < 0.8 * before < tre(p.fixed_landmarks, p.moving_landmarks, forward.field, forward.geometry).mean()
 
 
+@pytest.mark.slow
 def test_the_loss_weight_search_script_ranks_its_candidates(sample_path, tmp_path):
     import importlib.util
     from pathlib import Path

@@ -108,6 +108,7 @@ def small_pair(sample_path):
     return simulate_breathing(ct, amplitude="large", seed=5)
 
 
+@pytest.mark.slow
 def test_embed_recovers_large_motion_on_a_small_pair(small_pair, device):
     p = small_pair
     cfg = {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 800, "refine_levels_mm": [4.0], "refine_iterations": [30],
@@ -142,6 +143,7 @@ def test_torch_jacobian_of_an_affine_field_is_its_determinant(oblique, device):
     assert float(folding_penalty(flip, m)) == pytest.approx(1.1 ** 2)
 
 
+@pytest.mark.slow
 def test_a_saved_pca_basis_reloads_and_reproduces_the_fit(small_pair, tmp_path, device):
     """A basis fitted on a pair and written with pca_basis_out, then loaded for the same pair,
     gives the same field; bad basis files are refused with their name."""

@@ -1,7 +1,5 @@
-"""The Slicer module's path on what a stock Slicer has (issue 27).
+"""Tests of DeepLungRegLib/slicer_bridge/background.py on what a stock Slicer has (issue 27).
 
-* Every DeepLungRegLib module that the Slicer module and its worker import (transitively) imports at
-  module level only the standard library and :data:`DeepLungRegLib.slicer_python.SLICER_PACKAGES`.
 * The module's background path (BackgroundRegistration on slicer-core nodes) runs a worker on a Python
   that has only torch, numpy, scipy and SimpleITK, started through a launcher that runs that Python as a
   child process, as Slicer's ``PythonSlicer`` does; a cancelled run leaves no process of its group.
@@ -12,144 +10,25 @@
 
 from __future__ import annotations
 
-import ast
 import logging
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from DeepLungRegLib import DeepLungRegError, read_image
-from DeepLungRegLib.slicer_python import SLICER_PACKAGES, available_in_slicer
-from DeepLungRegLib.transforms import resample_to_spacing
 from conftest import pair_nodes
+from DeepLungRegLib import DeepLungRegError, read_image
+from DeepLungRegLib.transforms import resample_to_spacing
+
+from helpers_slicer import hs
+
 
 ROOT = Path(__file__).resolve().parents[2]
-LIB = ROOT / "DeepLungRegLib"
-MODULE = ROOT / "DeepLungReg" / "DeepLungReg.py"
+
+
 STOCK_DIR = Path(os.environ.get("DEEPLUNGREG_STOCK_PYTHON_DIR") or ROOT / "build" / "stock-python")
-
-
-# ----------------------------------------------------------------- the imports on the module's path
-def _module_file(name: str) -> Path | None:
-    """The file of DeepLungRegLib module ``name`` (dotted), or None when it is not one of ours."""
-    parts = name.split(".")
-    if parts[0] != "DeepLungRegLib":
-        return None
-    base = ROOT.joinpath(*parts)
-    for candidate in (base / "__init__.py", base.with_suffix(".py")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _resolve(node: ast.ImportFrom, current: str, is_package: bool) -> str:
-    if not node.level:
-        return node.module or ""
-    package = current.split(".") if is_package else current.split(".")[:-1]
-    package = package[: len(package) - (node.level - 1)]
-    return ".".join(package + ([node.module] if node.module else []))
-
-
-def _imports(tree: ast.AST, current: str, is_package: bool, module_level: bool) -> list[tuple[str, int]]:
-    """The modules imported in ``tree`` (``module_level``: not inside functions, nor under ``if TYPE_CHECKING``),
-    with their lines; ``from pkg import name`` also yields ``pkg.name`` (a submodule when it is one)."""
-    found: list[tuple[str, int]] = []
-
-    def visit(node: ast.AST) -> None:
-        if module_level and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            return
-        if module_level and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                found.extend((".".join(parts[: i + 1]), node.lineno) for i in range(len(parts)))
-        elif isinstance(node, ast.ImportFrom):
-            base = _resolve(node, current, is_package)
-            if base == "__future__":
-                return
-            parts = base.split(".")
-            found.extend((".".join(parts[: i + 1]), node.lineno) for i in range(len(parts)))
-            found.extend((f"{base}.{alias.name}", node.lineno) for alias in node.names
-                         if _module_file(f"{base}.{alias.name}") is not None)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    return found
-
-
-def _function_imports(path: Path, module: str, function: str) -> list[str]:
-    tree = ast.parse(path.read_text())
-    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
-    return [name for name, _ in _imports(fn, module, False, module_level=False)]
-
-
-def slicer_path_roots() -> list[str]:
-    """What the Slicer module imports from DeepLungRegLib (anywhere in the file), and what ``deeplungreg worker`` runs."""
-    module_tree = ast.parse(MODULE.read_text())
-    roots = {name for name, _ in _imports(module_tree, "DeepLungReg", False, module_level=False)
-             if name.startswith("DeepLungRegLib")}
-    roots |= {"DeepLungRegLib.cli", "DeepLungRegLib.slicer_bridge.background"}
-    roots |= set(_function_imports(LIB / "cli.py", "DeepLungRegLib.cli", "cmd_worker"))
-    return sorted(r for r in roots if r.startswith("DeepLungRegLib"))
-
-
-def outside_imports(roots: list[str]) -> tuple[set[str], list[str]]:
-    """Walk the module-level imports from ``roots`` through DeepLungRegLib; returns the modules visited and
-    ``"module:line imports name"`` for every import that a stock Slicer lacks."""
-    seen: set[str] = set()
-    bad: list[str] = []
-    todo = list(roots)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        path = _module_file(name)
-        if path is None:
-            continue
-        tree = ast.parse(path.read_text(), filename=str(path))
-        for imported, line in _imports(tree, name, path.name == "__init__.py", module_level=True):
-            if imported.startswith("DeepLungRegLib"):
-                if _module_file(imported) is not None:
-                    todo.append(imported)
-            elif not available_in_slicer(imported):
-                bad.append(f"{path.relative_to(ROOT)}:{line} imports {imported}")
-    return seen, sorted(set(bad))
-
-
-def test_the_module_path_imports_only_what_slicer_bundles():
-    """Everything the module and its worker import from the library, transitively, imports at module level only
-    the standard library and what Slicer 5.8-5.12 bundle (one list: DeepLungRegLib.slicer_python)."""
-    roots = slicer_path_roots()
-    assert "DeepLungRegLib.pipeline" in roots and "DeepLungRegLib.slicer_bridge.background" in roots
-    seen, bad = outside_imports(roots)
-    # the walk reaches the registration itself (not only the front modules)
-    for module in ("DeepLungRegLib.pipeline", "DeepLungRegLib.methods.convex", "DeepLungRegLib.slicer_bridge.workflow",
-                   "DeepLungRegLib.io.outputs", "DeepLungRegLib.segmentation.lung_mask"):
-        assert module in seen, module
-    assert not bad, "imports at module level that a stock Slicer lacks:\n" + "\n".join(bad)
-    # the Slicer module's own module-level imports likewise
-    module_level = {name for name, _ in _imports(ast.parse(MODULE.read_text()), "DeepLungReg", False, module_level=True)}
-    assert all(available_in_slicer(name) for name in module_level), sorted(n for n in module_level if not available_in_slicer(n))
-
-
-def test_the_walk_catches_an_import_outside_the_list(tmp_path, monkeypatch):
-    """The check itself: a module-level matplotlib/tqdm import on the path is reported, one inside a function is not."""
-    assert not available_in_slicer("matplotlib.pyplot") and not available_in_slicer("tqdm")
-    assert {"numpy", "scipy", "SimpleITK", "torch", "vtk"} <= SLICER_PACKAGES and available_in_slicer("json")
-    source = "import numpy\nimport matplotlib.pyplot as plt\n\ndef f():\n    from tqdm import tqdm\n"
-    tree = ast.parse(source)
-    names = [n for n, _ in _imports(tree, "DeepLungRegLib.x", False, module_level=True)]
-    assert "matplotlib" in names and "tqdm" not in names
 
 
 # ----------------------------------------------------------------- the stock Python and its launcher
@@ -194,6 +73,7 @@ def small_pair(sample_path):
     return simulate_breathing(ct, amplitude="small", seed=3)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads process groups from /proc (Linux)")
 def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair, slicer_core, stock_python, tmp_path, caplog):
     """The module's Apply path on what a stock Slicer has: the worker completes through a launcher that runs
@@ -253,6 +133,7 @@ def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair,
     assert hs.scene.GetNumberOfNodes() == n_nodes and not list(work.iterdir())
 
 
+@pytest.mark.slow
 def test_report_on_request_is_kept_in_a_new_folder(small_pair, slicer_core, tmp_path):
     """With a report folder (and matplotlib in the worker's Python), the run's outputs and report go into a new
     subfolder of it, which is kept; the scene gets the same nodes as without."""
@@ -325,32 +206,3 @@ def test_cancel_on_windows_kills_the_tree_without_a_window(monkeypatch, tmp_path
     assert [c for c, _ in calls] == [["taskkill", "/T", "/F", "/PID", "4321"]]
     assert calls[0][1]["creationflags"] & background.CREATE_NO_WINDOW
     assert run.state == "cancelled" and not run.folder.exists()
-
-
-def test_progress_without_tqdm(monkeypatch, capsys):
-    """The CLI's progress bar is optional: without tqdm (Slicer's Python) progress callbacks do nothing."""
-    import builtins
-
-    from DeepLungRegLib.cli import _Progress
-
-    real_import = builtins.__import__
-
-    def no_tqdm(name, *args, **kwargs):
-        if name == "tqdm" or name.startswith("tqdm."):
-            raise ImportError("No module named 'tqdm'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_tqdm)
-    with _Progress("register") as bar:
-        bar("registering", 0.5)
-    assert bar.bar is None and capsys.readouterr().err == ""
-
-
-def test_worker_is_hidden_from_help(capsys):
-    from DeepLungRegLib.cli import build_parser, main
-
-    help_text = build_parser().format_help()
-    assert "register" in help_text and "worker" not in help_text.replace("workers", "")
-    with pytest.raises(SystemExit) as exc:
-        main(["worker", "--help"])
-    assert exc.value.code == 0 and "request" in capsys.readouterr().out

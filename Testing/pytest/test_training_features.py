@@ -1,4 +1,4 @@
-"""embed's feature CNN (paper 000): shapes, training, export, loading, and its use in embed."""
+"""Tests of DeepLungRegLib/training/features.py: training and exporting the feature CNN."""
 
 import numpy as np
 import pytest
@@ -6,29 +6,12 @@ import torch
 
 from DeepLungRegLib import DeepLungRegError
 from DeepLungRegLib.methods import register
-from DeepLungRegLib.features import mind_ssc
-from DeepLungRegLib.networks.mindnet import DEFAULT_WEIGHTS, MindNet, load_feature_net
-from DeepLungRegLib.training.features import export_feature_net, train_feature_net
-from DeepLungRegLib.io.images import read_image
-from DeepLungRegLib.features.intensity import normalise_ct
 from DeepLungRegLib.metrics import tre
+from DeepLungRegLib.networks.mindnet import MindNet, load_feature_net
 from DeepLungRegLib.simulation import simulate_breathing
-from DeepLungRegLib.transforms import resample_to_spacing
+from DeepLungRegLib.training.features import export_feature_net, train_feature_net
 
-
-@pytest.mark.parametrize("shape", [(16, 16, 16), (13, 18, 21)])
-def test_mindnet_keeps_the_grid_and_gives_descriptors_in_0_1(shape):
-    torch.manual_seed(0)
-    out = MindNet(base=4)(torch.rand(1, 1, *shape))
-    assert out.shape == (1, 12, *shape)
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-    with pytest.raises(DeepLungRegError, match="must be"):
-        MindNet(base=4)(torch.rand(1, 2, *shape))
-
-
-@pytest.fixture(scope="module")
-def ct3(sample_path):
-    return resample_to_spacing(read_image(sample_path), 3.0, fill=-1024.0)
+from helpers_features import ct3
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +22,7 @@ def feature_run(ct3, tmp_path_factory):
     return out, res
 
 
+@pytest.mark.slow
 def test_a_tiny_feature_training_run_lowers_the_loss_and_writes_everything(feature_run):
     out, res = feature_run
     for name in ("checkpoint.pt", "log.csv", "log.json", "loss.png"):
@@ -51,6 +35,7 @@ def test_a_tiny_feature_training_run_lowers_the_loss_and_writes_everything(featu
     assert res["validation_mse"] == val[-1] and res["mind_noise_mse"] > 0
 
 
+@pytest.mark.slow
 def test_feature_training_refuses_to_overwrite_and_resumes(feature_run, ct3):
     out, _ = feature_run
     with pytest.raises(DeepLungRegError, match="exists"):
@@ -61,6 +46,7 @@ def test_feature_training_refuses_to_overwrite_and_resumes(feature_run, ct3):
         train_feature_net([("demo", ct3)], out, steps=90, spacing_mm=3.0, crop=24, base=8, resume=True)
 
 
+@pytest.mark.slow
 def test_exported_feature_weights_load_and_run_in_embed(feature_run, ct3, tmp_path, device):
     out, _ = feature_run
     w = export_feature_net(out / "checkpoint.pt", tmp_path / "mindnet.pt", "test")
@@ -76,33 +62,3 @@ def test_exported_feature_weights_load_and_run_in_embed(feature_run, ct3, tmp_pa
     before = tre(p.fixed_landmarks, p.moving_landmarks).mean()
     after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
     assert after < before  # even a 40-step network's features carry the motion
-
-
-def test_feature_weights_errors(tmp_path):
-    with pytest.raises(DeepLungRegError, match="--resume needs"):
-        train_feature_net([("x", None)], tmp_path / "fresh", steps=2, resume=True)
-    with pytest.raises(DeepLungRegError, match="do not exist"):
-        load_feature_net(tmp_path / "none.pt")
-    bad = tmp_path / "bad.pt"
-    torch.save({"something": 1}, bad)
-    with pytest.raises(DeepLungRegError, match="not a DeepLungReg feature network"):
-        load_feature_net(bad)
-    with pytest.raises(DeepLungRegError, match="features must be"):
-        from DeepLungRegLib.methods.embed import EmbedConfig
-
-        EmbedConfig.from_dict({"features": "sift"})
-
-
-@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="no shipped DeepLungRegLib/data/weights/mindnet.pt")
-def test_the_shipped_feature_net_predicts_mind_ssc(ct3):
-    """The shipped network's descriptors are close to MIND-SSC on the bundled sample (derived from
-    popi00, one of its training CTs: a check of the shipped file, not a held-out score; the held-out
-    score is in docs/benchmark.md)."""
-    net = load_feature_net()
-    img = resample_to_spacing(ct3, 2.0, fill=-1024.0)
-    t = torch.as_tensor(normalise_ct(img.array))[None, None]
-    target = mind_ssc(t, 1, 2)
-    with torch.no_grad():
-        pred = net(t)
-    mse = float((pred - target).pow(2).mean())
-    assert mse < 0.5 * float((target - target.mean((2, 3, 4), keepdim=True)).pow(2).mean())

@@ -41,6 +41,7 @@ def test_refuses_image_without_air():
     ("pyradiomics/lung1_image.nrrd", 2000, 3800),
     ("elastix-lung/3DCT_lung_baseline_small.mha", 1500, 4500),
 ])
+@pytest.mark.slow
 def test_real_ct_masks(shared_data, rel, lo_ml, hi_ml):
     ct = read_image(shared_data / rel)
     mask = lung_mask(ct)

@@ -14,6 +14,7 @@ def sample_ct(sample_path):
     return read_image(sample_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amplitude, lo, hi, max_lo, max_hi", [("small", 7.0, 9.0, 14.0, 28.0), ("large", 18.0, 23.0, 30.0, 55.0)])
 def test_amplitude_presets_and_invertibility(sample_ct, amplitude, lo, hi, max_lo, max_hi):
     pair = simulate_breathing(sample_ct, amplitude=amplitude, seed=4)
@@ -27,6 +28,7 @@ def test_amplitude_presets_and_invertibility(sample_ct, amplitude, lo, hi, max_l
     assert info["inverse_residual_mm"] < 0.05
 
 
+@pytest.mark.slow
 def test_a_numeric_amplitude_sets_the_mean_lung_displacement(sample_ct):
     pair = simulate_breathing(sample_ct, amplitude=12.5, seed=4)
     assert pair.info["amplitude"] == 12.5
@@ -45,6 +47,7 @@ def test_an_absurd_numeric_amplitude_is_refused(sample_ct, amplitude):
         simulate_breathing(sample_ct, amplitude=amplitude)
 
 
+@pytest.mark.slow
 def test_the_reversed_pair_swaps_the_images_and_inverts_the_field(sample_ct):
     pair = simulate_breathing(sample_ct, amplitude="small", seed=7, noise_hu=0.0)
     rev = pair.reversed()
@@ -60,6 +63,7 @@ def test_the_reversed_pair_swaps_the_images_and_inverts_the_field(sample_ct):
         dataclasses.replace(pair, inverse_field=None).reversed()
 
 
+@pytest.mark.slow
 def test_motion_is_realistic(sample_ct):
     pair = simulate_breathing(sample_ct, amplitude="small", seed=5)
     g, u, lung = pair.fixed.geometry, pair.field, pair.fixed_mask.array
@@ -79,6 +83,7 @@ def test_motion_is_realistic(sample_ct):
     assert np.linalg.norm(u[far], axis=-1).mean() < 0.25 * np.linalg.norm(u[lung], axis=-1).mean()
 
 
+@pytest.mark.slow
 def test_ground_truth_maps_moving_back_to_fixed(sample_ct):
     pair = simulate_breathing(sample_ct, amplitude="small", seed=6, noise_hu=0.0)
     warped = warp_image(pair.moving.with_array(pair.moving.array.astype(np.float32)), pair.field, pair.fixed.geometry, fill=-1024).array
@@ -94,6 +99,7 @@ def test_ground_truth_maps_moving_back_to_fixed(sample_ct):
     assert np.allclose(q, p + sample_field_at_points(pair.field, pair.fixed.geometry, p), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_same_seed_same_pair_and_round_trip(sample_ct, tmp_path):
     a = simulate_breathing(sample_ct, amplitude="small", seed=7)
     b = simulate_breathing(sample_ct, amplitude="small", seed=7)
@@ -116,6 +122,7 @@ def test_bad_simulation_input(sample_ct, tmp_path):
         read_pair(tmp_path)
 
 
+@pytest.mark.slow
 def test_anatomy_brought_in_from_outside_the_ct_repeats_the_border(sample_ct):
     # exhale samples the inhale below the lowest slice; that region repeats the border, not a slab of air
     pair = simulate_breathing(sample_ct, amplitude="large", seed=3, noise_hu=0.0)

@@ -3,23 +3,25 @@ on a small simulated pair, and a tiny tuning run whose config ``register --confi
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from DeepLungRegLib import DeepLungRegError, read_image
-from DeepLungRegLib.cli import main
-from DeepLungRegLib.evaluation.tuning import candidate_grid, rank_candidates, tune, write_tune_result
+from DeepLungRegLib import DeepLungRegError
 from DeepLungRegLib.methods import register
 from DeepLungRegLib.methods.convex import (
-    ConvexConfig, cell_features, control_geometry, coupled_convex, dense_costs, make_inverse_consistent, sliding_cell_features,
+    ConvexConfig,
+    cell_features,
+    control_geometry,
+    coupled_convex,
+    dense_costs,
+    make_inverse_consistent,
+    sliding_cell_features,
 )
 from DeepLungRegLib.methods.embed import displacement_offsets
 from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats, tre
-from DeepLungRegLib.simulation import simulate_breathing, write_pair
-from DeepLungRegLib.transforms import resample_to_spacing
+
+from helpers_convex import FAST, small_pair
 
 
 @pytest.mark.parametrize("stride", [1, 2, 3])
@@ -121,17 +123,7 @@ def test_convex_config_rejects_absurd_values(kwargs, match):
         ConvexConfig.from_dict(kwargs)
 
 
-@pytest.fixture(scope="module")
-def small_pair(sample_path):
-    ct = resample_to_spacing(read_image(sample_path), 4.0, fill=-1024.0)
-    return simulate_breathing(ct, amplitude="large", seed=5)
-
-
-#: a fast configuration for 4 mm test pairs
-FAST = {"feature_spacing_mm": 4.0, "grid_spacing_mm": [8.0, 4.0], "search_half_width_mm": [24.0, 4.0], "search_step_mm": [4.0, 4.0],
-        "refine_levels_mm": [4.0], "refine_iterations": [20], "refine_learning_rates": [0.3]}
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("inverse_consistent", [True, False])
 def test_convex_recovers_large_motion_on_a_small_pair(small_pair, inverse_consistent, device):
     p = small_pair
@@ -147,69 +139,3 @@ def test_convex_recovers_large_motion_on_a_small_pair(small_pair, inverse_consis
     assert levels[2]["level_mm"] == 4.0 and np.isfinite(levels[2]["similarity"])
     assert {"cost_volume_8mm", "convex_8mm", "convex_4mm"} <= set(res.timings)
     assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
-
-
-def test_candidate_grid_defaults_first_subset_and_errors():
-    c = candidate_grid("convex")
-    d = ConvexConfig()
-    assert len(c) == 12 and c[0] == {"convex_smoothing_passes": d.convex_smoothing_passes, "regularisation": d.regularisation,
-                                      "refine_levels_mm": d.refine_levels_mm}  # the defaults come first
-    assert len({json.dumps(x, sort_keys=True) for x in c}) == 12
-    sub = candidate_grid("convex", {"regularisation": [0.25, 0.5, 1.0, 2.0, 4.0]}, max_candidates=3, seed=1)
-    assert len(sub) == 3 and sub[0] == {"regularisation": 1.0}
-    with pytest.raises(DeepLungRegError, match="no option 'nonsense'"):
-        candidate_grid("convex", {"nonsense": [1, 2]})
-    with pytest.raises(DeepLungRegError, match="regularisation"):
-        candidate_grid("convex", {"regularisation": [1.0, -5.0]})
-    with pytest.raises(DeepLungRegError, match="non-empty list"):
-        candidate_grid("convex", {"regularisation": []})
-    with pytest.raises(DeepLungRegError, match="no default search grid"):
-        candidate_grid("affine")
-
-
-def test_rank_candidates_orders_by_weighted_mean_rank():
-    # 3 candidates, 2 pairs, criteria (TRE mean, TRE p95, SD log J)
-    s = np.array([[[1.0, 2.0, 0.1], [1.0, 2.0, 0.1]],
-                  [[2.0, 3.0, 0.05], [2.0, 3.0, 0.05]],
-                  [[0.5, 1.0, 0.2], [0.5, 1.0, 0.2]]])
-    failed = np.zeros((3, 2), bool)
-    r = rank_candidates(s, failed)
-    assert np.argsort(r).tolist() == [2, 0, 1]
-    assert r[2] == pytest.approx((1 + 1 + 0.5 * 3) / 2.5)
-    failed[2] = True  # a folding or failing candidate ranks last
-    assert np.argmax(rank_candidates(s, failed)) == 2
-
-
-def test_tune_writes_a_config_that_register_accepts(small_pair, tmp_path, capsys):
-    res = tune("convex", [small_pair], {"regularisation": [1.0, 4.0]}, base=FAST, names=["small"], device="cpu")
-    assert len(res.rows) == 2 and {r["regularisation"] for r in res.rows} == {1.0, 4.0}
-    assert res.ranking[0]["mean_rank"] <= res.ranking[1]["mean_rank"]
-    assert res.config["regularisation"] == res.best["regularisation"] and res.config["feature_spacing_mm"] == 4.0
-    files = write_tune_result(res, tmp_path / "tuned.json")
-    assert [f.name for f in files] == ["tuned.json", "tuned_tuning.md", "tuned_tuning.json"]
-    assert "| rank | regularisation |" in files[1].read_text()
-    with pytest.raises(DeepLungRegError, match="exists"):
-        write_tune_result(res, tmp_path / "tuned.json")
-    # the CLI reads it back
-    pairdir = write_pair(small_pair, tmp_path / "pair")
-    out = tmp_path / "reg"
-    rc = main(["register", str(pairdir / "fixed.nii.gz"), str(pairdir / "moving.nii.gz"), "-o", str(out), "--method", "convex",
-               "--config", str(tmp_path / "tuned.json"), "--fixed-mask", str(pairdir / "fixed_mask.nii.gz"),
-               "--moving-mask", str(pairdir / "moving_mask.nii.gz"), "-q"])
-    assert rc == 0
-    used = json.loads((out / "metrics.json").read_text())
-    assert used["config"]["regularisation"] == res.best["regularisation"]
-    # a config written for another method is refused, with the reason
-    rc = main(["register", str(pairdir / "fixed.nii.gz"), str(pairdir / "moving.nii.gz"), "-o", str(tmp_path / "reg2"),
-               "--method", "adam", "--config", str(tmp_path / "tuned.json"), "-q"])
-    assert rc == 2 and "holds options of method 'convex'" in capsys.readouterr().err
-
-
-def test_tune_cli_errors(tmp_path, capsys):
-    assert main(["tune", str(tmp_path / "nowhere"), "-o", str(tmp_path / "c.json"), "-q"]) == 2
-    assert "not a folder" in capsys.readouterr().err
-    assert main(["tune", str(tmp_path), "-o", str(tmp_path / "c.txt"), "-q"]) == 2
-    assert "must end in .json" in capsys.readouterr().err
-    (tmp_path / "c.json").write_text("{}")
-    assert main(["tune", str(tmp_path), "-o", str(tmp_path / "c.json"), "-q"]) == 2
-    assert "exists" in capsys.readouterr().err

@@ -1,8 +1,6 @@
-"""A run deletes or overwrites only what a run of ours wrote (issue 28: cases 3-6, 10-13, 15).
+"""Tests of DeepLungRegLib/io/outputs.py: a run deletes or overwrites only what a run of ours wrote.
 
-Most cases are checked on :class:`OutputFolder` itself (fast); one end-to-end run each for
-``ulimit -f`` and for ``batch``'s quiet output, on a tiny synthetic pair.
-"""
+Most cases are checked on :class:`OutputFolder` itself (fast); others through the command line on a small simulated pair."""
 
 from __future__ import annotations
 
@@ -12,18 +10,88 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from DeepLungRegLib import DeepLungRegError, Geometry, Image, write_image
+from DeepLungRegLib import DeepLungRegError
+from DeepLungRegLib.cli import main
 from DeepLungRegLib.io import outputs
-from DeepLungRegLib.io.outputs import LOCK_FILE, MANIFEST_FILE, MANIFEST_KEY, RECORD_KEY, OutputFolder, file_record
+from DeepLungRegLib.io.outputs import LOCK_FILE, MANIFEST_FILE, MANIFEST_KEY, OutputFolder, RECORD_KEY, file_record
+from DeepLungRegLib.pipeline import ALL_OUTPUT_FILES, RegistrationJob, run_registration
+from DeepLungRegLib.simulation import read_pair
+
+from helpers_inputs import FAST_CFG, one_line_error, pair_dir, register_args, run_cli
+from helpers_outputs import AFFINE, NoCluster, listing, tiny_pair
+
+
+# --------------------------------------------------------------- safe outputs
+@pytest.mark.slow
+def test_a_users_file_of_an_output_name_is_never_overwritten(pair_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "overlay.png").write_text("my own picture")
+    r = run_cli(*register_args(pair_dir, out))
+    one_line_error(r, "already holds results")
+    assert (out / "overlay.png").read_text() == "my own picture" and sorted(p.name for p in out.iterdir()) == ["overlay.png"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_leaves_nothing(pair_dir, tmp_path):
+    pair = read_pair(pair_dir)
+    out = tmp_path / "out"
+
+    def stop(stage, fraction):
+        if fraction > 0.5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_registration(RegistrationJob(pair.fixed, pair.moving, "adam", config=FAST_CFG, fixed_mask=pair.fixed_mask,
+                                         moving_mask=pair.moving_mask, device="cpu"), out, progress=stop)
+    assert not out.exists() and not list(tmp_path.iterdir())  # no half set, no staging folder
+    # the same into a folder that holds other files: they stay, nothing is added
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    with pytest.raises(KeyboardInterrupt):
+        run_registration(RegistrationJob(pair.fixed, pair.moving, "adam", config=FAST_CFG, fixed_mask=pair.fixed_mask,
+                                         moving_mask=pair.moving_mask, device="cpu"), out, progress=stop)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_overwrite_removes_the_earlier_runs_own_files_and_only_those(pair_dir, tmp_path):
+    out = tmp_path / "out"
+    lm = ["--fixed-landmarks", pair_dir / "fixed_landmarks.csv", "--moving-landmarks", pair_dir / "moving_landmarks.csv"]
+    assert main(register_args(pair_dir, out, *lm)) == 0
+    first = json.loads((out / "metrics.json").read_text())["output_files"]
+    assert "tre.png" in first and "ventilation_hu.nii.gz" in first
+    assert set(first) == {p.name for p in out.iterdir()} and set(first) <= set(ALL_OUTPUT_FILES)
+    (out / "notes.txt").write_text("mine")
+    # a rerun without landmarks and without masks' HU ventilation: tre.png must not survive as a stale file
+    args = register_args(pair_dir, out, "--overwrite")
+    assert main(args) == 0
+    names = {p.name for p in out.iterdir()}
+    assert "tre.png" not in names and "notes.txt" in names and (out / "notes.txt").read_text() == "mine"
+    assert names - {"notes.txt"} == set(json.loads((out / "metrics.json").read_text())["output_files"])
+
+
+@pytest.mark.slow
+def test_an_output_folder_that_cannot_be_created_fails_before_registering(pair_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    t0 = time.perf_counter()
+    r = run_cli(*register_args(pair_dir, blocker / "out"))
+    one_line_error(r, "is a file")
+    r = run_cli(*register_args(pair_dir, blocker))
+    one_line_error(r, "is a file")
+    assert time.perf_counter() - t0 < 60 and blocker.read_text() == "x"
+
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
 NAMES = ("warped.nii.gz", "report.html", "tre.png", MANIFEST_FILE)
-AFFINE = {"levels_mm": [8.0], "iterations": [30]}
 
 
 def fake_run(out, *, overwrite=False, inputs=(), text="new", names=("warped.nii.gz", "report.html")) -> list[Path]:
@@ -36,24 +104,8 @@ def fake_run(out, *, overwrite=False, inputs=(), text="new", names=("warped.nii.
         return folder.commit()
 
 
-def listing(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (hidden ones too) with its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def leftovers(folder: Path) -> list[str]:
     return [str(p) for p in folder.rglob("*") if p.name.startswith(".deeplungreg-")]
-
-
-def tiny_pair(folder: Path, n: int = 32) -> tuple[Path, Path]:
-    """A blob and the same blob shifted by two voxels, 4 mm voxels."""
-    z, y, x = np.mgrid[:n, :n, :n].astype(np.float32)
-    g = Geometry((n, n, n), (4.0, 4.0, 4.0), (0.0, 0.0, 0.0))
-    c = n / 2
-    fixed = (1000 * np.exp(-((x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2) / 60)).astype(np.int16)
-    moving = (1000 * np.exp(-((x - c - 2) ** 2 + (y - c) ** 2 + (z - c) ** 2) / 60)).astype(np.int16)
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_image(Image(fixed, g), folder / "fixed.nii.gz"), write_image(Image(moving, g), folder / "moving.nii.gz")
 
 
 # ------------------------------------------------------------------ 3: --overwrite deletes what a manifest lists
@@ -84,44 +136,6 @@ def test_3_overwrite_replaces_only_outputs_that_still_match_their_record(tmp_pat
     before = listing(out)
     with pytest.raises(DeepLungRegError, match="report.html was not written by a run of ours, or was changed since"):
         fake_run(out, overwrite=True, text="third")
-    assert listing(out) == before
-
-
-# ------------------------------------------------------------------ 4: batch overwrites a user's files
-@pytest.fixture
-def cohort(tmp_path):
-    fixed, moving = tiny_pair(tmp_path / "pair")
-    path = tmp_path / "cohort.csv"
-    path.write_text(f"id,fixed,moving,fixed_mask,moving_mask\ncase1,{fixed},{moving},none,none\n")
-    return path
-
-
-class NoCluster:
-    """A client that must not be used: a refusal comes before any work."""
-
-    def __getattr__(self, name):
-        raise AssertionError(f"the cluster was used ({name}) although the cohort had to be refused first")
-
-
-@pytest.mark.parametrize("where", ["report.html in OUTDIR/<id>", "results.csv in OUTDIR", "results.md in OUTDIR",
-                                   "the cohort file is OUTDIR/results.csv"])
-def test_4_batch_refuses_before_any_work_a_cohort_whose_outputs_would_land_on_a_users_file(tmp_path, cohort, where):
-    from DeepLungRegLib.batch import run_cohort
-
-    out = tmp_path / "out"
-    (out / "case1").mkdir(parents=True)
-    if where.startswith("report.html"):
-        (out / "case1" / "report.html").write_text("my report")
-    elif where.startswith("results"):
-        (out / where.split()[0]).write_text("my table")
-    else:
-        cohort = Path(cohort.replace(out / "results.csv"))
-    before = listing(out)
-    with pytest.raises(DeepLungRegError) as e:
-        run_cohort(cohort, out, method="affine", options=AFFINE, client=NoCluster())
-    msg = str(e.value)
-    assert "\n" not in msg and "nothing was run" in msg
-    assert ("is an input" in msg) if where.startswith("the cohort") else ("not written by a run of ours" in msg)
     assert listing(out) == before
 
 
@@ -283,6 +297,7 @@ def test_13_a_full_disk_gives_one_line_and_leaves_the_folder_as_it_was(tmp_path,
     assert not (tmp_path / "new").exists()  # the folders this run made are gone again
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="ulimit -f (RLIMIT_FSIZE) is POSIX")
 def test_13_ulimit_f_gives_one_line_instead_of_a_traceback(tmp_path):
     import resource
@@ -338,80 +353,3 @@ def test_15_an_unreadable_lock_is_respected_while_fresh_and_taken_over_once_old(
     monkeypatch.setattr(outputs, "_UNREADABLE_LOCK_S", 0.0)  # ... or a leftover, once old
     fake_run(out)
     assert not leftovers(tmp_path)
-
-
-def test_15_batch_is_quiet_without_verbose(tmp_path, cohort):
-    pytest.importorskip("distributed", reason="deeplungreg batch needs Dask distributed (pip install '.[batch]')")
-    r = subprocess.run([sys.executable, "-m", "DeepLungRegLib.cli", "batch", str(cohort), "-o", str(tmp_path / "out"),
-                        "--method", "affine", "--workers", "1", "--device", "cpu", "-q", "-O", "levels_mm=[8]",
-                        "-O", "iterations=[30]"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    noise = [ln for ln in r.stderr.splitlines() if "INFO" in ln or "Traceback" in ln or "distributed" in ln or "Error" in ln]
-    assert noise == [], r.stderr[-2000:]  # a method's own warning (no lung mask here) may stay
-    assert "1 registered, 0 failed" in r.stdout and (tmp_path / "out" / "case1" / "warped.nii.gz").is_file()
-
-
-def _tiny_pair():
-    from DeepLungRegLib.simulation.breathing import SimulatedPair
-
-    g = Geometry((12, 10, 8), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0), np.eye(3).ravel())
-    img = Image(np.arange(12 * 10 * 8, dtype=np.int16).reshape(8, 10, 12), g)
-    mask = Image(np.ones((8, 10, 12), bool), g)
-    pts = np.array([[4.0, 4.0, 4.0], [8.0, 6.0, 4.0]])
-    return SimulatedPair(img, img, mask, mask, np.zeros((8, 10, 12, 3), np.float32), pts, pts, {"amplitude": "small"})
-
-
-def test_a_simulated_pair_replaces_only_its_own_earlier_files(tmp_path):
-    """simulate --overwrite and the demo's pair folder: an earlier pair of ours is replaced; a user's file with a
-    pair name (or one of ours changed since) is refused in one line and left as it was, even with overwrite."""
-    from DeepLungRegLib.simulation import read_pair, write_pair
-
-    pair, out = _tiny_pair(), tmp_path / "pair"
-    write_pair(pair, out)
-    info = json.loads((out / "simulation.json").read_text())
-    assert set(info[RECORD_KEY]) == {"fixed.nii.gz", "moving.nii.gz", "fixed_mask.nii.gz", "moving_mask.nii.gz",
-                                     "ground_truth_field.nii.gz", "fixed_landmarks.csv", "moving_landmarks.csv"}
-    assert RECORD_KEY not in read_pair(out).info
-    with pytest.raises(DeepLungRegError, match="already holds a pair"):
-        write_pair(pair, out)
-    write_pair(pair, out, overwrite=True)  # our own, unchanged: replaced
-    (out / "fixed_landmarks.csv").write_text("x,y,z\n1,2,3\n")  # the user edits one
-    before = listing(tmp_path)
-    with pytest.raises(DeepLungRegError, match="was not written by a run of ours"):
-        write_pair(pair, out, overwrite=True)
-    assert listing(tmp_path) == before
-    user = tmp_path / "mine"  # a user's folder that happens to hold a fixed.nii.gz
-    user.mkdir()
-    (user / "fixed.nii.gz").write_bytes(b"the user's scan")
-    with pytest.raises(DeepLungRegError, match="was not written by a run of ours"):
-        write_pair(pair, user, overwrite=True)
-    assert (user / "fixed.nii.gz").read_bytes() == b"the user's scan" and sorted(os.listdir(user)) == ["fixed.nii.gz"]
-
-
-def test_a_simulated_pair_never_replaces_the_ct_it_is_made_from(tmp_path):
-    """simulate CT -o OUT --overwrite with CT = OUT/fixed.nii.gz (an earlier pair's fixed image, or the user's CT
-    under that name): refused in one line before any work, the CT left as it was."""
-    from DeepLungRegLib.simulation import write_pair
-    from DeepLungRegLib.simulation.breathing import check_pair_outdir
-
-    pair, out = _tiny_pair(), tmp_path / "pair"
-    write_pair(pair, out)
-    ct = out / "fixed.nii.gz"
-    before = ct.read_bytes()
-    for call in (lambda: check_pair_outdir(out, True, [ct]), lambda: write_pair(pair, out, overwrite=True, source=str(ct))):
-        with pytest.raises(DeepLungRegError, match="is the input"):
-            call()
-    assert ct.read_bytes() == before
-
-
-def test_the_demo_refuses_a_foreign_output_before_any_work(tmp_path):
-    """deeplungreg demo -o OUT where OUT holds a user's report.html: one line, at once (before the simulation), OUT as it was."""
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "report.html").write_text("my notes")
-    before = listing(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "DeepLungRegLib.cli", "demo", "-o", str(out), "-q"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=300)
-    assert r.returncode == 2 and "was not written by a run of ours" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "simulated exhale" not in r.stdout and listing(tmp_path) == before

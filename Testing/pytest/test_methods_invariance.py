@@ -34,6 +34,9 @@ from DeepLungRegLib.simulation.storage import STORAGES as KINDS, stored_as
 from DeepLungRegLib.transforms import resample_to_spacing
 
 
+#: every case registers a pair (20-50 s each on 2 cores): the full suite runs them, `make test-fast` does not
+pytestmark = pytest.mark.slow
+
 SPACING = 4.0
 TOL = {"exact": 0.02, "resampled": 0.6}
 CONFIGS = {

@@ -79,6 +79,7 @@ def _copy(out: Path, dest: Path) -> Path:
 
 
 # --------------------------------------------------------------------- the folder
+@pytest.mark.slow
 def test_a_registration_output_opens_with_its_views_and_landmarks(registered):
     folder = ReviewFolder.open(registered["out"])
     assert folder.views == {"jacobian": True, "ventilation": True, "ventilation_hu": True, "landmarks": True}
@@ -95,6 +96,7 @@ def test_a_registration_output_opens_with_its_views_and_landmarks(registered):
     assert np.allclose(again, [p["after"] for p in metrics["tre_per_landmark"]], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_what_is_not_a_registration_output_gets_one_line_naming_what_is_missing(registered, tmp_path):
     out = registered["out"]
     cases = []
@@ -130,6 +132,7 @@ def _other_grid(pair: Path, tmp_path: Path) -> Path:
     return write_image(resample_to_spacing(read_image(pair / "fixed.nii.gz"), 7.0), tmp_path / "coarser.nii.gz")
 
 
+@pytest.mark.slow
 def test_absent_views_are_hidden_not_broken(registered, tmp_path, slicer_core):
     """No ventilation file: no ventilation overlay; no landmarks: no review panel. The page still builds."""
     _need_review_extra()
@@ -149,6 +152,7 @@ def test_absent_views_are_hidden_not_broken(registered, tmp_path, slicer_core):
     assert page.state.legend["title"] == "Jacobian determinant" and page.state.legend["gradient"].startswith("linear-gradient")
 
 
+@pytest.mark.slow
 def test_the_page_opens_on_the_whole_fixed_volume_with_the_grid_on_it(registered, slicer_core):
     """The first look: once the page gives a view its size, the view shows the whole fixed volume, and again
     after a resize; the deformation grid is drawn in each view over the volume only; the current landmark
@@ -223,6 +227,8 @@ def _wait_for(condition, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
     """Serve a registration output, load the page in headless chromium: three non-blank views; "worst"
     moves them to the worst landmark; flag it with a comment, export, and find the files."""

@@ -130,6 +130,7 @@ def test_tf32_is_float32_and_the_cpu_flags_stay_as_they_are():
     assert ConvexConfig.from_dict({"precision": "tf32"}).precision == "tf32"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lindef", "mlvirnet"])
 def test_the_network_runs_under_autocast_and_its_field_stays_float32(pair, device, method):
     """``precision`` bfloat16 runs only the network under autocast (here on the CPU, whose autocast

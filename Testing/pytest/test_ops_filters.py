@@ -1,0 +1,23 @@
+"""Tests of DeepLungRegLib/ops/filters.py."""
+
+import pytest
+import torch
+
+from DeepLungRegLib.ops.filters import box_mean3d
+
+
+@pytest.mark.parametrize("before,after", [(1, 1), (2, 2), (0, 3), (0, 1), (0, 0)])
+def test_box_mean_equals_replicate_padded_average_pool(before, after):
+    x = torch.rand(2, 3, 7, 9, 11, dtype=torch.float64, requires_grad=True)
+    k = before + after + 1
+    ref = torch.nn.functional.avg_pool3d(torch.nn.functional.pad(x, (before, after) * 3, mode="replicate"), k, stride=1)
+    out = box_mean3d(x, before, after)
+    assert out.shape == x.shape
+    assert torch.allclose(out, ref, atol=1e-12)
+    w = torch.rand_like(ref)
+    g, = torch.autograd.grad((out * w).sum(), x)
+    g_ref, = torch.autograd.grad((ref * w).sum(), x)
+    assert torch.allclose(g, g_ref, atol=1e-12)
+    # a constant stays constant, to the ends
+    c = torch.full((1, 1, 4, 5, 6), 2.5)
+    assert torch.allclose(box_mean3d(c, before, after), c)
