@@ -128,10 +128,15 @@ def python_executable() -> str:
     return sys.executable
 
 
-def child_environment(threads: int | None = None) -> dict:
-    """The child's environment: this one, with the library's folder first on ``PYTHONPATH`` and, with
-    ``threads``, the numeric libraries' thread counts set to it."""
+def child_environment(threads: int | None = None, changes: dict[str, str | None] | None = None) -> dict:
+    """The child's environment: this one with ``changes`` (``None`` removes a variable), the library's folder
+    first on ``PYTHONPATH`` and, with ``threads``, the numeric libraries' thread counts set to it."""
     env = dict(os.environ)
+    for key, value in (changes or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
     env["PYTHONPATH"] = os.pathsep.join([LIBRARY_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     if threads:
         env.update(dict.fromkeys(THREAD_VARIABLES, str(int(threads))))
@@ -147,6 +152,7 @@ class WorkerProcess:
         module: the child's module (``python -m module request.json``).
         python: the Python that runs it (default :func:`python_executable`).
         threads: torch's threads in the child, also set as ``OMP_NUM_THREADS`` etc. (``None``: as inherited).
+        env: changes to the child's environment (``None`` removes a variable), see :func:`child_environment`.
         exit_with_parent: the child ends (removing what it staged) when this process dies, killed or not
             (it watches its stdin, a pipe from here). Off for a launcher that may not pass stdin on.
         log_reported_errors: log the child's stderr when it reported an ``{"error"}`` too (a crash is always logged).
@@ -162,7 +168,8 @@ class WorkerProcess:
     """
 
     def __init__(self, request: dict, folder: str | Path, *, module: str = REGISTER_MODULE, python: str | None = None,
-                 threads: int | None = None, exit_with_parent: bool = False, log_reported_errors: bool = True):
+                 threads: int | None = None, env: dict[str, str | None] | None = None, exit_with_parent: bool = False,
+                 log_reported_errors: bool = True):
         self.folder, self.module = Path(folder), module
         self.state, self.stage, self.fraction = "running", "starting", 0.0
         self.error: str | None = None
@@ -179,7 +186,7 @@ class WorkerProcess:
         self._process = subprocess.Popen(
             [python or python_executable(), "-m", module, str(path)], stdin=subprocess.PIPE if exit_with_parent else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-            env=child_environment(threads), cwd=str(self.folder), **popen_kwargs())
+            env=child_environment(threads, env), cwd=str(self.folder), **popen_kwargs())
         self.pid = self._process.pid
         self._lines: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
