@@ -30,9 +30,10 @@ also hold ``"threads"`` (torch's threads; the parent sets ``OMP_NUM_THREADS`` an
 
 Only the standard library is imported here at module level: it runs on Slicer's own Python.
 
->>> w = WorkerProcess({"job": job.save(folder), "output": str(out)}, folder)
+>>> job = {"fixed": "inhale.nii.gz", "moving": "exhale.nii.gz", "method": "adam"}
+>>> w = WorkerProcess({"job": job, "output": "out", "report": True}, folder)
 >>> w.wait(progress=print)
-{'done': '...', 'peak_rss_mb': 812.4}
+{'done': 'out', 'peak_rss_mb': 812.4}
 """
 
 from __future__ import annotations

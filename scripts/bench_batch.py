@@ -56,7 +56,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="run the three configurations this many times, in turn")
     ap.add_argument("-o", "--output", default="bench-output/batch")
     args = ap.parse_args()
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's start and stop messages
+    import distributed  # noqa: F401 - its import sets its loggers to INFO: quiet its start and stop messages after it
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     out = Path(args.output)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
