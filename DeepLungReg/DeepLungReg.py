@@ -5,8 +5,8 @@ Four classes, as in Slicer's Extension Wizard template:
 * :class:`DeepLungReg`: module metadata;
 * :class:`DeepLungRegWidget`: binds the ``.ui`` to a typed parameter node and
   forwards Apply / Cancel / view buttons to the Logic (nothing else);
-* :class:`DeepLungRegLogic`: the work, with an explicit-argument API for the
-  Python console (``DeepLungRegLogic().register(fixed, moving, method="convex")``);
+* :class:`DeepLungRegLogic`: the work, with an API for the Python console
+  (``DeepLungRegLogic().register(RegistrationNodes(fixed, moving), method="convex")``);
 * :class:`DeepLungRegTest`: builds its own simulated pair and checks the result.
 
 The MRML work itself lives in ``DeepLungRegLib.slicer_bridge`` so that it is
@@ -110,21 +110,6 @@ def torchLoadError() -> Optional[str]:
 METHOD_CHOICES = ["adam", "affine", "convex", "embed", "labeldriven", "lindef", "mlvirnet"]
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
 
-#: Output roles and the parameter-node fields that may name them.
-OUTPUT_PARAMETERS = {
-    "transform": "outputTransform",
-    "warped": "outputWarped",
-    "jacobian": "outputJacobian",
-    "ventilation": "outputVentilation",
-    "ventilation_hu": "outputVentilationHU",
-}
-#: The overlays the Results buttons show over the fixed volume: button -> output role.
-OVERLAY_BUTTONS = {
-    "showWarpedButton": "warped",
-    "showJacobianButton": "jacobian",
-    "showVentilationButton": "ventilation",
-    "showVentilationHUButton": "ventilation_hu",
-}
 #: Parameters that the widget writes itself, each from the widget named here (the parameter node
 #: wrapper binds no table of editors and no segment selector).
 PARAMETERS_SET_IN_CODE = {
@@ -219,6 +204,16 @@ def storedMethodOptions(text: str) -> dict:
     return {method: dict(values) for method, values in data.items() if isinstance(values, dict)}
 
 
+def outputRoles() -> tuple:
+    """The output roles (``DeepLungRegLib.io.roles.OUTPUT_ROLES``): for each, the parameter-node field that may
+    name its node (the Outputs selectors) and the Results button that shows it. Read at the point of use (the
+    table needs no torch); the parameter node and the .ui declare those fields and widgets at import, and
+    Testing/pytest/test_output_roles.py checks that they match the table."""
+    from DeepLungRegLib.io.roles import OUTPUT_ROLES
+
+    return OUTPUT_ROLES
+
+
 def segmentList(text: str) -> Optional[list]:
     """The lung segments kept in the parameter node (a JSON list of segment IDs; older scenes: names
     separated by commas); ``None`` (every segment named like a lung) when there are none."""
@@ -247,7 +242,7 @@ class DeepLungReg(ScriptedLoadableModule):
             "Registers lung CT (and MRI), above all inhale-to-exhale pairs with large motion. Choose a fixed and a "
             "moving volume and a method, press Apply, and review the warped overlay, the deformation grid, the "
             "Jacobian and ventilation maps and, with landmarks, the per-landmark target registration error. "
-            "The same library runs from the Python console (DeepLungRegLogic().register(...)) and the "
+            "The same library runs from the Python console (DeepLungRegLogic().register(RegistrationNodes(...))) and the "
             "'deeplungreg' command line. See the <a href=\"{url}\">user's guide</a>.").format(url=README_URL)
         self.parent.acknowledgementText = _(
             "Methods after Heinrich et al. (MIND-SSC, discrete displacement search, displacement embeddings, "
@@ -332,7 +327,7 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cancelRequested = False
         self._lastResult = None
         self._review = None
-        self._reviewObservedNode = None
+        self._reviewScene = None
         self._settingEditors = {}
         self._invalidSettings = {}
 
@@ -353,12 +348,13 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for side in ("fixed", "moving"):
             getattr(self.ui, f"{side}MaskSegmentsSelector").connect(
                 "segmentSelectionChanged(QStringList)", lambda ids, side=side: self.onSegmentsChosen(side, ids))
-        for name, role in OVERLAY_BUTTONS.items():
-            getattr(self.ui, name).connect("clicked(bool)", lambda checked=False, role=role: self.onShow(role))
+        for role in outputRoles():
+            if role.button:
+                getattr(self.ui, role.button).connect("clicked(bool)", lambda checked=False, role=role.name: self.onShow(role))
         self.ui.jumpToWorstButton.connect("clicked(bool)", self.onJumpToWorst)
         self.ui.previousLandmarkButton.connect("clicked(bool)", lambda: self.onReviewStep(-1))
         self.ui.nextLandmarkButton.connect("clicked(bool)", lambda: self.onReviewStep(1))
-        self.ui.reviewOrderComboBox.connect("currentIndexChanged(int)", lambda i: self._updateReviewGui())
+        self.ui.reviewOrderComboBox.connect("currentIndexChanged(int)", lambda i: self.onReviewOrderChanged())
         self.ui.acceptLandmarkButton.connect("clicked(bool)", lambda: self.onReviewMark("accepted"))
         self.ui.flagLandmarkButton.connect("clicked(bool)", lambda: self.onReviewMark("flagged"))
         self.ui.correctPointsCheckBox.connect("toggled(bool)", self.onCorrectPointsToggled)
@@ -370,7 +366,7 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
-        self._review = None
+        self._setReview(None)
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -582,11 +578,11 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         r = self._lastResult
         self.ui.resultsLabel.text = r["summary"] if r else _("No results yet.")
         self.ui.treTableView.setMRMLTableNode(self._result("tre_table"))
-        for name, role in OVERLAY_BUTTONS.items():
-            getattr(self.ui, name).enabled = self._result(role) is not None
+        for role in outputRoles():
+            if role.button:
+                getattr(self.ui, role.button).enabled = self._result(role.name) is not None
         self.ui.jumpToWorstButton.enabled = self._result("landmarks") is not None
-        self._setReview(self.logic.startReview(r, self._parameterNode.fixedLandmarks)
-                        if r and self._result("landmarks") is not None else None)
+        self._setReview(r.get("review") if r else None)
         if r:
             self.ui.statusLabel.text = _("Done.") if r["metrics"]["jacobian"]["folding_percent"] == 0 else \
                 _("Done, but the deformation folds: see the warning above.")
@@ -600,19 +596,19 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ------------------------------------------------------------ landmark review
     def _setReview(self, review) -> None:
-        """Bind a review (``DeepLungRegLib.slicer_bridge.review.LandmarkReview``) or ``None`` to the panel."""
-        if self._reviewObservedNode is not None:
-            self.removeObserver(self._reviewObservedNode, self._reviewObservedNode.PointEndInteractionEvent,
-                                self.onReviewPointDragged)
-            self._reviewObservedNode = None
-        self._review = review
+        """Bind a review (``DeepLungRegLib.evaluation.review.LandmarkReview``: the registration's own, or one
+        opened from a file) or ``None`` to the panel, through its controller (``ReviewController``, shared with
+        the review page); the scene follows it (``DeepLungRegLib.slicer_bridge.review.ReviewScene``)."""
+        if self._reviewScene is not None:
+            self._reviewScene.close()
+        self._reviewScene = self._review = None
         self.ui.correctPointsCheckBox.checked = False
-        warped = self._result("landmarks")
-        if review is not None and warped is not None:
-            self._reviewObservedNode = warped
-            self.addObserver(warped, warped.PointEndInteractionEvent, self.onReviewPointDragged)
-            review.show(slicer.mrmlScene, warped, self._result("tre_table"))
-            self.logic.centreOnLandmark(review, review.order(self._reviewOrder())[0])
+        if review is not None and self._lastResult and self._result("landmarks") is not None:
+            self._reviewScene = self.logic.startReview(self._lastResult, review)
+            self._review = self._reviewScene.controller
+            self._review.order = self._reviewOrder()
+            self._review.observe(lambda event: self._updateReviewGui())
+            self._review.select(review.order(self._reviewOrder())[0])
         self._updateReviewGui()
 
     def _reviewOrder(self) -> str:
@@ -628,33 +624,25 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.currentLandmarkLabel.text = _("Register with fixed and moving landmarks to review them.")
             self.ui.reviewSummaryLabel.text = ""
             return
-        self.ui.currentLandmarkLabel.text = r.describe(by=self._reviewOrder())
-        self.ui.reviewCommentLineEdit.text = r.comment[r.current]
+        self.ui.currentLandmarkLabel.text = r.describe()
+        self.ui.reviewCommentLineEdit.text = r.comment()
         self.ui.reviewSummaryLabel.text = r.summary_text()
 
+    def onReviewOrderChanged(self) -> None:
+        if self._review is not None:
+            self._review.set_order(self._reviewOrder())
+        else:
+            self._updateReviewGui()
+
     def onReviewStep(self, offset: int) -> None:
-        self._review.step(offset, self._reviewOrder())
-        self.logic.centreOnLandmark(self._review)
-        self._updateReviewGui()
+        self._review.step(offset)
 
     def onReviewMark(self, status: str) -> None:
         self._review.mark(status, self.ui.reviewCommentLineEdit.text)
-        self._showReview()
-        self.onReviewStep(1)
 
     def onCorrectPointsToggled(self, checked: bool) -> None:
         if self._review is not None:
-            self._showReview()
-
-    def onReviewPointDragged(self, caller=None, event=None) -> None:
-        """A warped landmark was dragged: take the new moving point, recompute its TRE and the summary."""
-        if self._review.take_drop(self._result("landmarks")) is not None:
-            self._showReview()
-
-    def _showReview(self) -> None:
-        self._review.show(slicer.mrmlScene, self._result("landmarks"), self._result("tre_table"),
-                          editable=self.ui.correctPointsCheckBox.checked)
-        self._updateReviewGui()
+            self._review.set_editable(checked)
 
     def onExportReview(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("DeepLungReg: the review was not exported.")):
@@ -666,7 +654,7 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               _("Review table (review.csv);;CSV (*.csv)"))
         if path:
             with slicer.util.tryWithErrorDisplay(_("DeepLungReg: the review was not opened.")):
-                self._setReview(self.logic.loadReview(path, self._result("transform")))
+                self._setReview(self.logic.loadReview(path, self._lastResult))
 
 
 # ------------------------------------------------------------------------- logic
@@ -766,24 +754,20 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         return method_settings(method)
 
     # -------------------------------------------------------------------- the work
-    def register(self, fixedVolumeNode, movingVolumeNode, method: str = "convex", *, fixedMask="auto",
-                 movingMask="auto", fixedLandmarks=None, movingLandmarks=None, device: str = "auto",
-                 outputs: Optional[dict] = None, progress=None, cancel=None, show: bool = True,
-                 fixedMaskSegments=None, movingMaskSegments=None, background: bool = False, reportFolder=None,
-                 **options) -> dict:
-        """Register ``movingVolumeNode`` to ``fixedVolumeNode``.
+    def register(self, nodes, method: str = "convex", *, device: str = "auto", progress=None, cancel=None,
+                 show: bool = True, background: bool = False, reportFolder=None, **options) -> Optional[dict]:
+        """Register the chosen nodes::
+
+            from DeepLungRegLib.slicer_bridge import RegistrationNodes
+            out = logic.register(RegistrationNodes(fixed, moving, fixed_landmarks=f, moving_landmarks=m), "convex")
 
         Args:
-            fixedVolumeNode, movingVolumeNode: scalar volume nodes.
+            nodes: a ``DeepLungRegLib.slicer_bridge.RegistrationNodes``: the fixed and moving volume nodes,
+                masks (labelmap or segmentation nodes, ``"auto"`` or ``None``) and their lung segments,
+                landmark point lists, and output nodes by role (others are created, or replaced when an
+                earlier DeepLungReg run on this pair made them).
             method: a name from :meth:`methods`.
-            fixedMask, movingMask: labelmap volume nodes, segmentation nodes, ``"auto"`` or ``None``.
-            fixedMaskSegments, movingMaskSegments: with a segmentation node, the names of its lung
-                segments (default: every segment whose name contains "lung").
-            fixedLandmarks, movingLandmarks: corresponding markups point lists, or ``None``.
             device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-            outputs: nodes to write into, by role (``"transform"``, ``"warped"``,
-                ``"jacobian"``, ``"ventilation"``, ``"ventilation_hu"``); others are created, or replaced
-                when an earlier DeepLungReg run on this pair made them.
             progress: ``progress(stage, fraction)``; cancel: returns True to stop.
             show: show the warped overlay and the deformation grid.
             background: run the work in a separate process (:meth:`startRegistration`) and wait for
@@ -793,8 +777,8 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
             **options: method settings (see :meth:`methodSettings`), e.g. ``regularisation=2``.
 
         Returns:
-            ``{"nodes": {role: node}, "metrics": dict, "summary": str, "worstLandmark": int | None}``
-            or ``None`` when cancelled.
+            ``{"nodes": {role: node}, "metrics": dict, "summary": str, "worstLandmark": int | None,
+            "review": LandmarkReview | None}`` or ``None`` when cancelled.
         """
         self.ensureDependencies()
         from DeepLungRegLib.errors import RegistrationCancelled
@@ -802,33 +786,24 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
 
         try:
             if background:
-                run = self.startRegistration(
-                    fixedVolumeNode, movingVolumeNode, method, fixedMask=fixedMask, movingMask=movingMask,
-                    fixedLandmarks=fixedLandmarks, movingLandmarks=movingLandmarks, device=device, outputs=outputs,
-                    show=show, fixedMaskSegments=fixedMaskSegments, movingMaskSegments=movingMaskSegments,
-                    reportFolder=reportFolder, **options)
+                run = self.startRegistration(nodes, method, device=device, show=show, reportFolder=reportFolder, **options)
                 result = run.wait(progress=progress, cancel=cancel, idle=slicer.app.processEvents)
             else:
                 if reportFolder:
                     raise ValueError("DeepLungReg: reportFolder needs background=True (the report is written by the worker)")
-                result = register_nodes(
-                    slicer.mrmlScene, fixedVolumeNode, movingVolumeNode, method, fixed_mask=fixedMask,
-                    moving_mask=movingMask, fixed_landmarks=fixedLandmarks, moving_landmarks=movingLandmarks,
-                    device=device, options=options, outputs=outputs, progress=progress, cancel=cancel, show=show,
-                    fixed_mask_segments=fixedMaskSegments, moving_mask_segments=movingMaskSegments)
+                result = register_nodes(slicer.mrmlScene, nodes, method, device=device, options=options, progress=progress,
+                                        cancel=cancel, show=show)
         except RegistrationCancelled:
             logging.info("DeepLungReg: registration cancelled")
             return None
         logging.info("DeepLungReg: %s", result.summary.replace("\n", "; "))
         if show:
-            self.fitSliceViews(fixedVolumeNode)
+            self.fitSliceViews(nodes.fixed)
         return {"nodes": result.nodes(), "metrics": result.metrics, "summary": result.summary,
-                "worstLandmark": result.worst_landmark}
+                "worstLandmark": result.worst_landmark, "review": result.review}
 
-    def startRegistration(self, fixedVolumeNode, movingVolumeNode, method: str = "convex", *, fixedMask="auto",
-                          movingMask="auto", fixedLandmarks=None, movingLandmarks=None, device: str = "auto",
-                          outputs: Optional[dict] = None, show: bool = True, fixedMaskSegments=None,
-                          movingMaskSegments=None, reportFolder=None, **options):
+    def startRegistration(self, nodes, method: str = "convex", *, device: str = "auto", show: bool = True,
+                          reportFolder=None, **options):
         """Start :meth:`register`'s work in a separate process and return its handle
         (``DeepLungRegLib.slicer_bridge.background.BackgroundRegistration``): call its ``poll()``
         from a timer for progress, ``cancel()`` to stop it, ``finish()`` once it is done to get
@@ -837,23 +812,29 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         self.ensureDependencies()
         from DeepLungRegLib.slicer_bridge.background import BackgroundRegistration
 
-        return BackgroundRegistration(
-            slicer.mrmlScene, fixedVolumeNode, movingVolumeNode, method, fixed_mask=fixedMask, moving_mask=movingMask,
-            fixed_landmarks=fixedLandmarks, moving_landmarks=movingLandmarks, device=device, options=options,
-            outputs=outputs, fixed_mask_segments=fixedMaskSegments, moving_mask_segments=movingMaskSegments, show=show,
-            report_folder=reportFolder or None)
+        return BackgroundRegistration(slicer.mrmlScene, nodes, method, options=options, device=device, show=show,
+                                      report_folder=reportFolder or None)
+
+    @staticmethod
+    def nodesFromParameterNode(parameterNode):
+        """The GUI's choice of nodes as a ``DeepLungRegLib.slicer_bridge.RegistrationNodes`` (output nodes from the
+        parameter-node fields of the output roles)."""
+        from DeepLungRegLib.slicer_bridge import RegistrationNodes
+
+        p = parameterNode
+        auto = "auto" if p.autoMasks else None
+        outputs = {role.name: getattr(p, role.parameter) for role in outputRoles() if role.parameter and getattr(p, role.parameter)}
+        return RegistrationNodes(p.fixedVolume, p.movingVolume, fixed_mask=p.fixedMask or auto, moving_mask=p.movingMask or auto,
+                                 fixed_mask_segments=segmentList(p.fixedMaskSegments),
+                                 moving_mask_segments=segmentList(p.movingMaskSegments), fixed_landmarks=p.fixedLandmarks,
+                                 moving_landmarks=p.movingLandmarks, outputs=outputs)
 
     def registerFromParameterNode(self, parameterNode, progress=None, cancel=None) -> Optional[dict]:
         """Run :meth:`register` with the GUI's settings, in a separate process (Slicer stays responsive, and
         running out of memory ends the worker, not Slicer); writes created outputs back into the parameter node."""
         p = parameterNode
-        auto = "auto" if p.autoMasks else None
-        outputs = {role: getattr(p, field) for role, field in OUTPUT_PARAMETERS.items() if getattr(p, field)}
-        result = self.register(
-            p.fixedVolume, p.movingVolume, p.method, fixedMask=p.fixedMask or auto, movingMask=p.movingMask or auto,
-            fixedLandmarks=p.fixedLandmarks, movingLandmarks=p.movingLandmarks, device=p.device, outputs=outputs,
-            progress=progress, cancel=cancel, background=True, fixedMaskSegments=segmentList(p.fixedMaskSegments),
-            movingMaskSegments=segmentList(p.movingMaskSegments), **storedMethodOptions(p.methodOptions).get(p.method, {}))
+        result = self.register(self.nodesFromParameterNode(p), p.method, device=p.device, progress=progress, cancel=cancel,
+                               background=True, **storedMethodOptions(p.methodOptions).get(p.method, {}))
         if result is not None:
             # The output selectors keep the user's choice ("Create new" stays so): a re-run
             # finds DeepLungReg's earlier outputs for this pair by their node references.
@@ -894,31 +875,32 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------- review
     @staticmethod
-    def startReview(result: dict, fixedLandmarks):
-        """A landmark review (``DeepLungRegLib.slicer_bridge.review.LandmarkReview``) of a :meth:`register`
-        result made with landmarks: step with ``next()``/``previous()``, ``accept``/``flag`` with a comment,
-        ``sync_from_markups(moving_node=result["nodes"]["landmarks"])`` after dragging a warped point,
-        ``show(slicer.mrmlScene, ...)`` to refresh labels and table, ``export(folder)``."""
-        from DeepLungRegLib.slicer_bridge.review import LandmarkReview
+    def startReview(result: dict, review=None):
+        """The landmark review of a :meth:`register` result made with landmarks, in the scene: returns a
+        ``DeepLungRegLib.slicer_bridge.review.ReviewScene`` whose ``controller`` steps (``next()``,
+        ``previous()``, ``select(i)``, ``worst()``), marks (``mark("flagged", comment)``, then on to the next)
+        and exports (``export(folder)``); the views, the warped landmarks and the TRE table follow it, and a
+        warped landmark dragged in a view is taken as a correction. ``review``: another review of this
+        registration (:meth:`loadReview`); default: the result's own (no field is read back from the transform)."""
+        from DeepLungRegLib.evaluation.review import ReviewController
+        from DeepLungRegLib.slicer_bridge.review import ReviewScene
 
         nodes = result["nodes"]
-        if nodes.get("landmarks") is None or fixedLandmarks is None:
+        review = review if review is not None else result.get("review")
+        if nodes.get("landmarks") is None or review is None:
             raise ValueError("startReview: the registration was made without landmarks")
-        return LandmarkReview.from_nodes(nodes["transform"], fixedLandmarks, nodes["landmarks"])
+        return ReviewScene(slicer.mrmlScene, ReviewController(review), nodes["landmarks"], nodes.get("tre_table"))
 
     @staticmethod
-    def loadReview(reviewCsvPath: str, transformNode):
-        """Open a review saved by ``export`` again, against the registration in ``transformNode``."""
-        from DeepLungRegLib.slicer_bridge import field_from_grid_transform_node
-        from DeepLungRegLib.slicer_bridge.review import LandmarkReview
+    def loadReview(reviewCsvPath: str, result: dict):
+        """Open a review saved by ``export`` again, against the registration of a :meth:`register` result
+        (its field in memory); pass it to :meth:`startReview` to show it."""
+        from DeepLungRegLib.evaluation.review import LandmarkReview
 
-        field, geometry = field_from_grid_transform_node(transformNode)
-        return LandmarkReview.load(reviewCsvPath, field, geometry)
-
-    @staticmethod
-    def centreOnLandmark(review, index: Optional[int] = None):
-        """Centre the slice views on a review's landmark (default: its current one); returns it (LPS)."""
-        return review.centre(slicer.mrmlScene, index)
+        if result is None or result.get("review") is None:
+            raise ValueError("loadReview: open a review against a registration made with landmarks")
+        own = result["review"]
+        return LandmarkReview.load(reviewCsvPath, own.field, own.geometry)
 
     @staticmethod
     def jumpToWorstLandmark(landmarksNode):
@@ -935,7 +917,7 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
 class DeepLungRegTest(ScriptedLoadableModuleTest):
     """Runs inside Slicer: simulate a breathing pair from the bundled CT, register it, check the outputs."""
 
-    FAST = {"levels_mm": [8.0, 4.0], "iterations": [50, 30], "learning_rates": [1.0, 0.5]}
+    FAST = {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [50, 30], "refine_learning_rates": [1.0, 0.5]}
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -958,7 +940,7 @@ class DeepLungRegTest(ScriptedLoadableModuleTest):
         DeepLungRegLogic.ensureDependencies(askConfirmation=False)
         from DeepLungRegLib import read_image
         from DeepLungRegLib.simulation import simulate_breathing
-        from DeepLungRegLib.slicer_bridge import markups_from_landmarks, volume_node_from_image
+        from DeepLungRegLib.slicer_bridge import RegistrationNodes, markups_from_landmarks, volume_node_from_image
         from DeepLungRegLib.transforms import resample_to_spacing
 
         ct = resample_to_spacing(read_image(self._samplePath()), 4.0, fill=-1024.0)
@@ -972,7 +954,8 @@ class DeepLungRegTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Registering")
         logic = DeepLungRegLogic()
-        out = logic.register(fixed, moving, "adam", fixedMask=fmask, fixedLandmarks=fl, movingLandmarks=ml, **self.FAST)
+        out = logic.register(RegistrationNodes(fixed, moving, fixed_mask=fmask, fixed_landmarks=fl, moving_landmarks=ml),
+                             "adam", **self.FAST)
         m = out["metrics"]
         self.assertLess(m["tre_after"]["mean"], 0.5 * m["tre_before"]["mean"])
         self.assertEqual(m["jacobian"]["folding_percent"], 0.0)
@@ -982,19 +965,18 @@ class DeepLungRegTest(ScriptedLoadableModuleTest):
         self.assertEqual(out["nodes"]["tre_table"].GetNumberOfRows(), 50)
 
         self.delayDisplay("Reviewing the landmarks")
-        review = logic.startReview(out, fl)
-        worst = review.order("tre")[0]
-        logic.centreOnLandmark(review, worst)
-        review.flag("checked", index=worst)
+        controller = logic.startReview(out).controller
+        worst = controller.worst()
+        controller.mark("flagged", "checked")
         with tempfile.TemporaryDirectory() as folder:
-            written = review.export(folder)
+            written = controller.export(folder)
             self.assertEqual(len(written), 5)
-            again = logic.loadReview(os.path.join(folder, "review.csv"), out["nodes"]["transform"])
+            again = logic.loadReview(os.path.join(folder, "review.csv"), out)
             self.assertEqual(again.status[worst], "flagged")
 
         self.delayDisplay("Re-running replaces only DeepLungReg's own outputs")
         count = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
-        again = logic.register(fixed, moving, "affine", fixedMask=fmask)
+        again = logic.register(RegistrationNodes(fixed, moving, fixed_mask=fmask), "affine")
         self.assertEqual(again["nodes"]["warped"].GetID(), out["nodes"]["warped"].GetID())
         self.assertEqual(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"), count)
         logic.jumpToWorstLandmark(out["nodes"]["landmarks"])

@@ -55,17 +55,35 @@ class _Progress:
         return False
 
 
-def _parse_options(pairs: list[str] | None, config_file: str | None, method: str | None = None) -> dict:
+def _parse_options(pairs: list[str] | None, config_file: str | None, method: str, command: str = "register") -> dict:
+    """The method options of a command: ``--config``'s file, then ``-O``'s. A saved file's old option names
+    are read as the new ones (with a ``DeprecationWarning``); ``-O`` takes the current names only."""
+    from .methods import get_method
     from .methods.base import parse_options
     from .options import read_config_json
 
-    cfg: dict = read_config_json(config_file, "register") if config_file else {}
-    if config_file and method:
+    options = get_method(method).config_cls
+    cfg: dict = options.current_names(read_config_json(config_file, command)) if config_file else {}
+    if config_file:
         written_for = json.loads(Path(config_file).read_text()).get("method")
         if written_for and written_for != method:
-            raise DeepLungRegError(f"register: {config_file} holds options of method {written_for!r}, not {method!r}; pass --method {written_for}")
-    cfg.update(parse_options(pairs))
+            raise DeepLungRegError(f"{command}: {config_file} holds options of method {written_for!r}, not {method!r}; pass --method {written_for}")
+    typed = parse_options(pairs, command)
+    options.refuse_old_names(typed, command, "-O {name}=VALUE")
+    cfg.update(typed)
     return cfg
+
+
+class _Removed(argparse.Action):
+    """A flag of an earlier version: hidden from ``--help`` and refused in one line that names its replacement."""
+
+    def __init__(self, option_strings, dest, use: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.use = use
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        command = parser.prog.split()[-1]
+        parser.exit(2, f"deeplungreg: error: {command}: {option_string} is no longer an option; use {self.use}\n")
 
 
 def numbers(command: str, text: str, kind: type, what: str) -> tuple:
@@ -83,22 +101,8 @@ def cmd_methods(args) -> int:
         print(f"{name:10s} {desc}")
         if args.options or args.verbose:
             for opt in method_settings(name):
-                old = f" (old name: {', '.join(opt['aliases'])})" if opt["aliases"] else ""
-                print(f"           {opt['name']} = {json.dumps(opt['default'])}  {opt['help']}{old}")
+                print(f"           {opt['name']} = {json.dumps(opt['default'])}  {opt['help']}")
     return 0
-
-
-def _method_options(args) -> dict:
-    """The method options of ``register``: ``--config``, then ``-O``, then ``--finetune``."""
-    cfg = _parse_options(args.option, args.config, args.method)
-    if args.finetune is not None:
-        from .networks import network_names
-
-        if args.method not in network_names():
-            raise DeepLungRegError(f"register: --finetune is for the network methods ({', '.join(network_names())}), not {args.method!r}")
-        cfg.pop("finetune", None)
-        cfg["refine_iterations"] = args.finetune
-    return cfg
 
 
 def cmd_register(args) -> int:
@@ -107,7 +111,7 @@ def cmd_register(args) -> int:
     job = RegistrationJob.from_files(
         args.fixed, args.moving, method=args.method, fixed_mask=args.fixed_mask, moving_mask=args.moving_mask,
         fixed_landmarks=args.fixed_landmarks, moving_landmarks=args.moving_landmarks, spacing=args.spacing,
-        options=_method_options(args), device=args.device)
+        options=_parse_options(args.option, args.config, args.method), device=args.device)
     with _Progress(f"register ({args.method})", not args.quiet) as bar:
         metrics = run_registration(job, args.output, overwrite=args.overwrite, progress=bar)
     print("\n".join(summary_lines(metrics)))
@@ -124,7 +128,7 @@ def cmd_batch(args) -> int:
         except ImportError:
             pass  # run_cohort says how to install it
         logging.getLogger("distributed").setLevel(logging.WARNING)
-    options = _parse_options(args.option, args.config, args.method)
+    options = _parse_options(args.option, args.config, args.method, "batch")
     with _Progress(f"batch ({args.method})", not args.quiet) as bar:
         shown = {"dashboard": False}
 
@@ -200,13 +204,12 @@ def cmd_evaluate(args) -> int:
 
 def cmd_tre(args) -> int:
     from .io.fields import read_field
-    from .io.landmarks import read_landmarks
+    from .io.landmarks import check_pairing, read_landmarks
     from .metrics import tre, tre_summary
 
     fp = read_landmarks(args.fixed_points, spacing=args.spacing)
     mp = read_landmarks(args.moving_points, spacing=args.spacing)
-    if fp.shape != mp.shape:
-        raise DeepLungRegError(f"tre: {args.fixed_points} has {len(fp)} points but {args.moving_points} has {len(mp)}")
+    check_pairing(fp, mp, "tre", (str(args.fixed_points), str(args.moving_points)))
     out = {"before": tre_summary(tre(fp, mp)).to_dict()}
     if args.field:
         field, geom = read_field(args.field)
@@ -313,7 +316,7 @@ def cmd_tune(args) -> int:
     grid = {}
     for k, v in parse_options(args.grid, "tune").items():
         grid[k] = v if isinstance(v, list) else [v]
-    base = _parse_options(args.option, args.config, args.method)
+    base = _parse_options(args.option, args.config, args.method, "tune")
     pairs = [read_pair(p) for p in args.pairs]
     names = [Path(p).resolve().name for p in args.pairs]
 
@@ -409,7 +412,7 @@ def _args_register(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("--config", help="JSON file with method options")
     s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="method option, e.g. -O regularisation=2")
-    s.add_argument("--finetune", type=int, metavar="N", help="network methods: N Adam iterations of instance optimisation after the network")
+    s.add_argument("--finetune", action=_Removed, use="-O refine_iterations=N")  # version 1's, for the network methods
     s.add_argument("--overwrite", action="store_true", help="replace earlier results in the output folder")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -495,7 +498,7 @@ def _args_demo(s: argparse.ArgumentParser) -> None:
 
 def _args_benchmark(s: argparse.ArgumentParser) -> None:
     s.add_argument("--methods", default="all",
-                   help="comma-separated registered methods, or 'all' (default); a variant with options is NAME:OPT=V[:OPT=V], e.g. mlvirnet:finetune=30")
+                   help="comma-separated registered methods, or 'all' (default); a variant with options is NAME:OPT=V[:OPT=V], e.g. mlvirnet:refine_iterations=30")
     s.add_argument("--baselines", default="", help="comma-separated: convexadam (its default setting), convexadam-best (lung masks, grid 4, half-width 6), elastix (pip install 'DeepLungRegLib[bench]')")
     src = s.add_argument_group("pairs (exactly one)")
     src.add_argument("--simulated", nargs="+", metavar="CT", help="simulate pairs from these CT files")

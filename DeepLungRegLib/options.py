@@ -3,15 +3,21 @@
 An option set is a frozen dataclass deriving from :class:`Options`; its fields are declared with
 :func:`option`. Shared sets (instance optimisation, MIND-SSC, working region) are mixins that a
 method's config lists among its bases, so an option means the same, with the same range, in every
-method that has it. Old option names stay readable (``ALIASES``), so configs saved by earlier
-versions load unchanged.
+method that has it. Each option has one name. The names of earlier versions (``ALIASES``) are read
+only from what those versions saved (config files, ``metrics.json``, dicts), each with a
+``DeprecationWarning`` naming the new name; the command line refuses them (:meth:`Options.refuse_old_names`).
 
+>>> import warnings
 >>> @dataclass(frozen=True)
 ... class Smoothing(Options):
 ...     sigma_mm: float = option(2.0, 0.0, 20.0, "Gaussian sigma.")
 ...     ALIASES: ClassVar[dict] = {"sigma": "sigma_mm"}
->>> Smoothing.from_dict({"sigma": 3}).sigma_mm
+>>> with warnings.catch_warnings(record=True) as caught:
+...     warnings.simplefilter("always")
+...     Smoothing.from_dict({"sigma": 3}).sigma_mm
 3.0
+>>> print(caught[0].message)
+Smoothing: option 'sigma' is now called 'sigma_mm'; the old name is read only from files saved by earlier versions
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import dataclasses
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -63,8 +70,9 @@ def _merged(cls: type, attr: str) -> list:
 
 @dataclass(frozen=True)
 class Options:
-    """Base of every option set. ``ALIASES`` maps old names to fields; ``EQUAL_LENGTH`` names
-    tuples of options that give one value per level; ``NONEMPTY`` options need one value at least."""
+    """Base of every option set. ``ALIASES`` maps the names of earlier versions to fields (read from
+    saved files only); ``EQUAL_LENGTH`` names tuples of options that give one value per level;
+    ``NONEMPTY`` options need one value at least."""
 
     ALIASES: ClassVar[dict[str, str]] = {}
     EQUAL_LENGTH: ClassVar[tuple[tuple[str, ...], ...]] = ()
@@ -73,23 +81,40 @@ class Options:
     # ------------------------------------------------------------------ names
     @classmethod
     def aliases(cls) -> dict[str, str]:
+        """``{old name: option}``: the names of earlier versions, for reading what they saved."""
         out: dict[str, str] = {}
         for d in _merged(cls, "ALIASES"):
             out.update(d)
-        return out
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {old: new for old, new in out.items() if old not in names}
 
     @classmethod
-    def canonical(cls, name: str) -> str | None:
-        """The field an option name (or an old alias) stands for; None when the set has no such option."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        name = name if name in names else cls.aliases().get(name, name)
-        return name if name in names else None
+    def refuse_old_names(cls, names, owner: str, how: str = "{name}=VALUE") -> None:
+        """Refuse the old names among ``names`` (typed by a user: ``-O``, a benchmark variant, a tune grid),
+        in one line that names the new one (``how`` shows its use: ``"-O {name}=N"``)."""
+        old = cls.aliases()
+        for name in names:
+            if name in old:
+                raise DeepLungRegError(f"{owner}: option {name!r} is now called {old[name]!r}; use {how.format(name=old[name])}")
 
-    def __getattr__(self, name: str):  # only called when normal lookup fails: the old names read on
-        target = type(self).aliases().get(name)
-        if target is None:
-            raise AttributeError(f"{type(self).__name__} has no option {name!r}")
-        return getattr(self, target)
+    @classmethod
+    def current_names(cls, values: dict | None, stacklevel: int = 2) -> dict:
+        """``values`` with the old option names replaced by the new ones, for reading what an earlier version
+        saved; each old name gives a ``DeprecationWarning`` that names the new one. Other names stay as given."""
+        owner = cls.__name__
+        old = cls.aliases()
+        out: dict = {}
+        given: dict = {}
+        for k, v in dict(values or {}).items():
+            name = old.get(k, k)
+            if name != k:
+                warnings.warn(f"{owner}: option {k!r} is now called {name!r}; the old name is read only from files saved "
+                              "by earlier versions", DeprecationWarning, stacklevel=stacklevel + 1)
+            if name in out:
+                raise DeepLungRegError(f"{owner}: {name} is given twice (as {given[name]!r} and as its old name {k!r})"
+                                       if name != k else f"{owner}: {name} is given twice (also as its old name {given[name]!r})")
+            out[name], given[name] = v, k
+        return out
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
@@ -119,20 +144,14 @@ class Options:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict | None):
-        """The option set from ``{name: value}`` (old names accepted), type-checked and validated."""
+    def from_dict(cls, values: dict | None, stacklevel: int = 2):
+        """The option set from ``{name: value}``, type-checked and validated. An old name (a dict or file
+        saved by an earlier version) is read as its new one, with a ``DeprecationWarning``
+        (``stacklevel`` as :func:`warnings.warn`'s, counted from the caller of this method)."""
         owner = cls.__name__
         fields = {f.name: f for f in dataclasses.fields(cls)}
-        out: dict = {}
-        unknown = []
-        for k, v in dict(values or {}).items():
-            name = cls.canonical(k)
-            if name is None:
-                unknown.append(k)
-                continue
-            if name in out:
-                raise DeepLungRegError(f"{owner}: {name} is given twice (also as its old name {k!r})")
-            out[name] = v
+        out = cls.current_names(values, stacklevel + 1)
+        unknown = [k for k in out if k not in fields]
         if unknown:
             raise DeepLungRegError(f"{owner}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(fields))}")
         for k, v in list(out.items()):
@@ -155,7 +174,7 @@ class Options:
     # ------------------------------------------------------------------ documentation
     @classmethod
     def settings(cls) -> list[dict]:
-        """``[{"name", "default", "type", "help", "range", "choices", "aliases"}]``, for GUIs and ``methods --options``.
+        """``[{"name", "default", "type", "help", "range", "choices"}]``, for GUIs and ``methods --options``.
 
         The help is the option's own (:func:`option`), unless a class's docstring describes it in
         its ``Attributes:`` list (the most derived class wins)."""
@@ -163,9 +182,6 @@ class Options:
         for k in reversed(cls.__mro__):
             if isinstance(k, type) and issubclass(k, Options) and "__doc__" in vars(k):
                 helps.update({n: h for n, h in _docstring_entries(k.__doc__ or "").items() if n in helps})
-        back: dict[str, list[str]] = {}
-        for old, new in cls.aliases().items():
-            back.setdefault(new, []).append(old)
         # the set's own options first, then the shared groups
         inherited = {f.name for k in cls.__mro__[1:] if dataclasses.is_dataclass(k) for f in dataclasses.fields(k)}
         ordered = sorted(dataclasses.fields(cls), key=lambda f: f.name in inherited)
@@ -176,8 +192,7 @@ class Options:
             out.append({"name": f.name, "default": list(default) if isinstance(default, tuple) else default,
                         "type": str(f.type), "help": helps.get(f.name, ""),
                         "range": None if lo is None else [lo, hi],
-                        "choices": list(f.metadata["choices"]) if f.metadata.get("choices") else None,
-                        "aliases": sorted(back.get(f.name, []))})
+                        "choices": list(f.metadata["choices"]) if f.metadata.get("choices") else None})
         return out
 
 

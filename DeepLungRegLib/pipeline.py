@@ -4,10 +4,11 @@ Jacobian and ventilation maps, metrics and the HTML report."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
+import dataclasses
+import json
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,11 +18,13 @@ from .device import resolve_device, resolve_dtype
 from .errors import DeepLungRegError
 from .evaluation import hu_ventilation, jacobian_ventilation, lung_map_stats, summarise_ventilation
 from .io.fields import write_field
-from .io.images import Image, read_image, write_image
-from .io.landmarks import check_points, read_landmarks
+from .io.images import Image, looks_like_ct, read_image, write_image
+from .io.landmarks import check_pairing, read_landmarks, write_landmarks
 from .io.outputs import MANIFEST_FILE, MANIFEST_KEY, RECORD_KEY, OutputFolder
-from .methods import MethodConfig, RegistrationResult, get_method, register
-from .methods.base import check_image, mask_on_image
+from .io.roles import ROLES, image_files
+from .io.runs import JOB_KEY, METRICS_FILE, RunFolder, write_metrics
+from .methods import MethodConfig, RegistrationResult, check_pair, get_method, register
+from .methods.base import check_images
 from .metrics import jacobian_determinant, jacobian_stats, tre, tre_summary
 from .options import DEFAULT_METHOD
 from .segmentation import lung_mask, split_lungs
@@ -30,22 +33,16 @@ from .transforms.warp import warp_image
 log = logging.getLogger(__name__)
 
 
-#: The image outputs (the names ``_run_job`` emits and :class:`RegistrationOutputs` holds) and their files:
-#: a new image output is a line here, its computation in ``_run_job`` and its field in ``RegistrationOutputs``.
-IMAGE_OUTPUTS = {"warped": "warped.nii.gz", "jacobian": "jacobian.nii.gz", "ventilation": "ventilation.nii.gz",
-                 "ventilation_hu": "ventilation_hu.nii.gz"}
+#: The image outputs (the names ``_run_job`` emits and :class:`RegistrationOutputs` holds) and their files, from
+#: the table of output roles (:mod:`.io.roles`): a new image output is a row there, its computation in
+#: ``_run_job`` and its field in ``RegistrationOutputs``.
+IMAGE_OUTPUTS = image_files()
 #: The image and data files ``register`` writes into its output folder.
-OUTPUT_FILES = ("displacement.nii.gz", *IMAGE_OUTPUTS.values(), "metrics.json", "report.html")
+OUTPUT_FILES = (ROLES["transform"].file, *IMAGE_OUTPUTS.values(), METRICS_FILE, "report.html")
 #: The report's figures (``tre.png`` only with landmarks).
 REPORT_FIGURES = ("overlay.png", "checkerboard.png", "grid.png", "jacobian.png", "tre.png")
 #: Every file a run may write: all of them count for the overwrite check.
 ALL_OUTPUT_FILES = OUTPUT_FILES + REPORT_FIGURES
-
-
-def looks_like_ct(image: Image) -> bool:
-    """True when the image holds air in Hounsfield units (1st percentile below -500, on a subsample)."""
-    a = image.array[::2, ::2, ::2]
-    return float(np.percentile(a, 1)) < -500
 
 
 def warped_dtype(moving: Image) -> np.dtype:
@@ -55,22 +52,19 @@ def warped_dtype(moving: Image) -> np.dtype:
 
 
 def resolve_mask(spec: str | Image | None, image: Image, what: str) -> Image | None:
-    """A mask from a file, ``"auto"`` (automatic lung mask) or ``None``/``"none"``, as bool on ``image``'s grid
-    (a mask stored on another grid of the same scan is resampled onto it)."""
+    """A mask from a file, ``"auto"`` (automatic lung mask, on ``image``'s grid) or ``None``/``"none"``
+    (:func:`~DeepLungRegLib.methods.check_pair` then puts a given mask onto its image's grid, once)."""
     if spec is None or (isinstance(spec, str) and spec.lower() == "none"):
         return None
     if isinstance(spec, Image):
-        mask = spec
-    elif spec == "auto":
+        return spec
+    if spec == "auto":
         try:
             return lung_mask(image)
         except DeepLungRegError as exc:
             log.warning("automatic %s failed (%s); registering without it", what, exc)
             return None
-    else:
-        mask = read_image(spec, what=f"{what} {spec}")
-    # register() checks the coverage (and warns once)
-    return mask_on_image(mask, image, f"{what} {spec}" if isinstance(spec, str) else what, check_coverage=False)
+    return read_image(spec, what=f"{what} {spec}")
 
 
 @dataclass
@@ -117,14 +111,8 @@ def landmarks_outside(points: np.ndarray, geometry, margin_mm: float = LANDMARK_
 
 def _check_landmarks(fixed_landmarks, moving_landmarks, fixed: Image | None = None, moving: Image | None = None) -> None:
     """Both sets or neither, of one length; warn about points far outside their image."""
-    if (fixed_landmarks is None) != (moving_landmarks is None):
-        raise DeepLungRegError("register: give both fixed and moving landmarks, or neither")
-    if fixed_landmarks is None:
+    if not check_pairing(fixed_landmarks, moving_landmarks):
         return
-    if np.shape(fixed_landmarks) != np.shape(moving_landmarks):
-        raise DeepLungRegError(f"register: {len(fixed_landmarks)} fixed landmarks but {len(moving_landmarks)} moving landmarks")
-    check_points(fixed_landmarks, "fixed landmark")
-    check_points(moving_landmarks, "moving landmark")
     for points, image, what in ((fixed_landmarks, fixed, "fixed"), (moving_landmarks, moving, "moving")):
         if image is None:
             continue
@@ -134,13 +122,24 @@ def _check_landmarks(fixed_landmarks, moving_landmarks, fixed: Image | None = No
                         "this image (DIR-Lab voxel files need --spacing)?", n, len(points), what, LANDMARK_MARGIN_MM, what)
 
 
+#: The fields of a job's JSON form (:meth:`RegistrationJob.to_json`) and what each holds.
+JOB_FIELDS = {"fixed": "a file path (text)", "moving": "a file path (text)", "method": "a method's name (text)",
+              "options": "an object of the method's options", "device": "text: auto, cpu or cuda",
+              "fixed_mask": "auto, none or a file path", "moving_mask": "auto, none or a file path",
+              "fixed_landmarks": "a file path or null", "moving_landmarks": "a file path or null",
+              "landmark_labels": "a list of names or null", "landmark_spacing": "3 numbers (mm) or null"}
+_JOB_TYPES = {"options": dict, "landmark_labels": list, "landmark_spacing": list}
+
+
 @dataclass
 class RegistrationJob:
     """One registration, checked once when it is made: the method and its options, both images
-    and the landmarks (both sets or neither, one length; points far outside their image are
-    reported). Build it from files (:meth:`from_files`, the CLI), from MRML nodes
-    (:func:`DeepLungRegLib.slicer_bridge.job_from_nodes`) or from images, then compute it in memory
-    (:func:`compute_outputs`) or into an output folder (:func:`run_registration`).
+    (:func:`~DeepLungRegLib.methods.base.check_images`) and the landmarks (both sets or neither, one
+    length; points far outside their image are reported). Build it from files (:meth:`from_files`,
+    the CLI), from its JSON form (:meth:`from_json`: the worker's request, a cohort row, ``metrics.json``),
+    from MRML nodes (:func:`DeepLungRegLib.slicer_bridge.job_from_nodes`) or from images, then
+    compute it in memory (:func:`compute_outputs`) or into an output folder (:func:`run_registration`);
+    :meth:`to_json` and :meth:`save` give its JSON form.
 
     Attributes:
         fixed, moving: the images.
@@ -149,8 +148,12 @@ class RegistrationJob:
             lung mask), a mask file, or ``None``/``"none"``.
         fixed_landmarks, moving_landmarks: ``(N, 3)`` LPS mm, row ``n`` of both the same point, or ``None``.
         landmark_labels: a name per landmark (``None``: ``P-1``, ``P-2``, ...).
-        config: the method's options: a dict (old option names accepted) becomes the method's typed config.
+        config: the method's options: a dict becomes the method's typed config.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        sources: the files the images and landmarks were read from (``fixed``, ``moving``,
+            ``fixed_landmarks``, ``moving_landmarks``, ``landmark_spacing``), or ``None`` for a job made in memory.
+        checked: ``False`` skips the checks, for a job that was checked where it was made (the
+            Slicer module's worker reads the module's own copies of a job checked in Slicer).
     """
 
     fixed: Image
@@ -164,23 +167,26 @@ class RegistrationJob:
     config: MethodConfig | dict | None = None
     device: str = "auto"
     sources: dict | None = None
+    check: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, check: bool = True) -> None:
         self.config = get_method(self.method).make_config(self.config)
-        resolve_dtype(self.config.precision, resolve_device(self.device))  # a device this machine lacks: now, not after the masks
-        check_image(self.fixed, "fixed image")
-        check_image(self.moving, "moving image")
-        _check_landmarks(self.fixed_landmarks, self.moving_landmarks, self.fixed, self.moving)
         if self.fixed_landmarks is not None:
             n = len(self.fixed_landmarks)
             self.landmark_labels = [lab or f"P-{i + 1}" for i, lab in enumerate(list(self.landmark_labels or [""] * n))]
-            if len(self.landmark_labels) != n:
-                raise DeepLungRegError(f"register: {len(self.landmark_labels)} landmark labels for {n} landmarks")
+        if not check:
+            return
+        resolve_dtype(self.config.precision, resolve_device(self.device))  # a device this machine lacks: now, not after the masks
+        check_images(self.fixed, self.moving)
+        _check_landmarks(self.fixed_landmarks, self.moving_landmarks, self.fixed, self.moving)
+        if self.fixed_landmarks is not None and len(self.landmark_labels) != len(self.fixed_landmarks):
+            raise DeepLungRegError(f"register: {len(self.landmark_labels)} landmark labels for {len(self.fixed_landmarks)} landmarks")
 
     @classmethod
     def from_files(cls, fixed: str | Path, moving: str | Path, *, method: str = DEFAULT_METHOD, fixed_mask: str | None = "auto",
                    moving_mask: str | None = "auto", fixed_landmarks: str | None = None, moving_landmarks: str | None = None,
-                   spacing=None, options: dict | None = None, device: str = "auto") -> "RegistrationJob":
+                   spacing=None, options: dict | None = None, device: str = "auto", landmark_labels: list[str] | None = None,
+                   check: bool = True) -> "RegistrationJob":
         """The job of ``deeplungreg register``: images, masks and landmark files by path
         (``spacing``: the voxel spacing of DIR-Lab landmark files)."""
         fixed_img = read_image(fixed, what=f"fixed image {fixed}")
@@ -189,7 +195,88 @@ class RegistrationJob:
         ml = None if moving_landmarks is None else read_landmarks(moving_landmarks, spacing=spacing, geometry=moving_img.geometry)
         sources = {"fixed": fixed, "moving": moving, "fixed_landmarks": fixed_landmarks, "moving_landmarks": moving_landmarks}
         sources = {k: str(Path(v).resolve()) for k, v in sources.items() if v is not None}
-        return cls(fixed_img, moving_img, method, fixed_mask, moving_mask, fl, ml, None, options, device, sources)
+        if spacing is not None:
+            sources["landmark_spacing"] = [float(v) for v in np.broadcast_to(np.asarray(spacing, float), (3,))]
+        masks = [m if not isinstance(m, Path) else str(m) for m in (fixed_mask, moving_mask)]
+        return cls(fixed_img, moving_img, method, masks[0], masks[1], fl, ml, landmark_labels, options, device, sources, check)
+
+    def to_json(self, *, require_files: bool = True) -> dict:
+        """The job's JSON form (the fields of :data:`JOB_FIELDS`): its files by path, the method, its options
+        and the device. An image, mask or landmark set held only in memory has no path: it is an error
+        (use :meth:`save`), or ``null`` with ``require_files=False`` (what ``metrics.json`` records)."""
+        src = self.sources or {}
+        out: dict = {"fixed": src.get("fixed"), "moving": src.get("moving"), "method": self.method,
+                     "options": json.loads(json.dumps(self.config.to_dict())), "device": self.device}  # tuples as lists
+        for key, mask in (("fixed_mask", self.fixed_mask), ("moving_mask", self.moving_mask)):
+            out[key] = "none" if mask is None else str(mask) if isinstance(mask, (str, Path)) else src.get(key)
+        has_landmarks = self.fixed_landmarks is not None
+        out["fixed_landmarks"] = src.get("fixed_landmarks") if has_landmarks else None
+        out["moving_landmarks"] = src.get("moving_landmarks") if has_landmarks else None
+        out["landmark_labels"] = list(self.landmark_labels) if has_landmarks else None
+        out["landmark_spacing"] = src.get("landmark_spacing") if has_landmarks else None
+        missing = [k for k in ("fixed", "moving", "fixed_mask", "moving_mask") if out[k] is None] + \
+                  ([k for k in ("fixed_landmarks", "moving_landmarks") if out[k] is None] if has_landmarks else [])
+        if missing and require_files:
+            raise DeepLungRegError(f"register: the job's {', '.join(missing)} exist only in memory; save() writes them as files")
+        return out
+
+    def save(self, folder: str | Path) -> dict:
+        """Write what the job holds only in memory (images, mask images, landmarks) into ``folder`` (which must
+        exist) and return the job's JSON form with those files (:meth:`from_json` reads it back)."""
+        folder = Path(folder)
+        src = dict(self.sources or {})
+        for key, image in (("fixed", self.fixed), ("moving", self.moving)):
+            if key not in src:
+                src[key] = str(write_image(image, folder / f"{key}.nrrd"))
+        for key, mask in (("fixed_mask", self.fixed_mask), ("moving_mask", self.moving_mask)):
+            if isinstance(mask, Image) and key not in src:
+                src[key] = str(write_image(mask.with_array(np.asarray(mask.array > 0, dtype=np.uint8)), folder / f"{key}.nrrd"))
+        if self.fixed_landmarks is not None:
+            for key, points in (("fixed_landmarks", self.fixed_landmarks), ("moving_landmarks", self.moving_landmarks)):
+                if key not in src:
+                    src[key] = str(write_landmarks(points, folder / f"{key}.csv"))
+                    src.pop("landmark_spacing", None)  # written in LPS mm
+        return dataclasses.replace(self, sources=src, check=False).to_json()
+
+    @classmethod
+    def from_json(cls, data: dict, *, base: str | Path | None = None, what: str = "job", check: bool = True) -> "RegistrationJob":
+        """A job from its JSON form (:meth:`to_json`): every field checked for its type first (one line that
+        names it), relative paths taken from ``base``, then the files read and the job checked (``check=False``:
+        not checked again, for a job checked where it was written)."""
+        check_job_json(data, what)
+        root = Path(base) if base is not None else None
+
+        def path(value):
+            if value is None or value in ("auto", "none"):
+                return value
+            p = Path(value).expanduser()
+            return str(root / p if root is not None and not p.is_absolute() else p)
+
+        return cls.from_files(
+            path(data["fixed"]), path(data["moving"]), method=data.get("method") or DEFAULT_METHOD,
+            fixed_mask=path(data.get("fixed_mask") or "auto"), moving_mask=path(data.get("moving_mask") or "auto"),
+            fixed_landmarks=path(data.get("fixed_landmarks")), moving_landmarks=path(data.get("moving_landmarks")),
+            spacing=data.get("landmark_spacing"), options=data.get("options") or {}, device=data.get("device") or "auto",
+            landmark_labels=data.get("landmark_labels"), check=check)
+
+
+def check_job_json(data, what: str = "job") -> None:
+    """Refuse, in one line that names the field, a job's JSON form that is not an object, lacks an image,
+    holds an unknown field or a field of the wrong type (before any file is read)."""
+    if not isinstance(data, dict):
+        raise DeepLungRegError(f"{what}: a job is a JSON object ({{...}}), got {json.dumps(data)[:40]}")
+    unknown = sorted(set(data) - set(JOB_FIELDS))
+    if unknown:
+        raise DeepLungRegError(f"{what}: unknown field(s) {', '.join(map(repr, unknown))}; a job has {', '.join(JOB_FIELDS)}")
+    for key in ("fixed", "moving"):
+        if not data.get(key):
+            raise DeepLungRegError(f"{what}: the job names no {key} image (field {key!r})")
+    for key, should in JOB_FIELDS.items():
+        value = data.get(key)
+        if value is not None and not isinstance(value, _JOB_TYPES.get(key, str)):
+            raise DeepLungRegError(f"{what}: the job's {key!r} must be {should}, got {json.dumps(value)[:40]}")
+    if (data.get("fixed_landmarks") is None) != (data.get("moving_landmarks") is None):
+        raise DeepLungRegError(f"{what}: give both fixed_landmarks and moving_landmarks, or neither")
 
 
 def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress, cancel, keep_field: bool,
@@ -207,13 +294,16 @@ def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress
     t0 = time.perf_counter()
     report = progress or (lambda stage, fraction: None)
     report("lung masks", 0.0)
-    fm = resolve_mask(job.fixed_mask, fixed, "fixed mask")
-    mm = resolve_mask(job.moving_mask, moving, "moving mask")
+    names = [f"{w} mask {m}" if isinstance(m, (str, Path)) else f"{w} mask" for w, m in (("fixed", job.fixed_mask), ("moving", job.moving_mask))]
+    # the images and options were checked when the job was made: only the masks are checked here, once
+    pair = check_pair(fixed, moving, method, fixed_mask=resolve_mask(job.fixed_mask, fixed, "fixed mask"),
+                      moving_mask=resolve_mask(job.moving_mask, moving, "moving mask"), config=job.config,
+                      images_checked=True, mask_names=(names[0], names[1]))
+    fm, mm = pair.fixed_mask, pair.moving_mask
     emit("masks", (fm, mm))
     t_masks = time.perf_counter() - t0
     # the registration takes the progress bar to 90 %, the outputs the rest
-    result = register(fixed, moving, method, fixed_mask=fm, moving_mask=mm, config=job.config, device=job.device,
-                      progress=lambda stage, fraction: report(stage, 0.9 * fraction), cancel=cancel)
+    result = register(pair, device=job.device, progress=lambda stage, fraction: report(stage, 0.9 * fraction), cancel=cancel)
     t1 = time.perf_counter()
     g = fixed.geometry
     field = result.field
@@ -280,27 +370,6 @@ def compute_outputs(job: RegistrationJob, *, progress: Callable[[str, float], No
                                metrics=metrics, **{name: kept.get(name) for name in IMAGE_OUTPUTS})
 
 
-def _non_finite(value, where: str = "") -> str | None:
-    """The path (``tre_after.max``, ``diagnostics.loss[3]``) of the first non-finite float in ``value``."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return where or "(the value itself)"
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
-    for key, item in items:
-        found = _non_finite(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key))
-        if found:
-            return found
-    return None
-
-
-def metrics_json(metrics: dict) -> str:
-    """``metrics`` as JSON text, refusing NaN and Infinity (which JSON does not have) with the field's name."""
-    try:
-        return json.dumps(metrics, indent=2, allow_nan=False)
-    except ValueError as exc:
-        raise DeepLungRegError(f"register: metrics.json would hold a non-finite number in {_non_finite(metrics)}; "
-                               "it is not written (please report this with the inputs)") from exc
-
-
 def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: bool = False,
                      progress: Callable[[str, float], None] | None = None, cancel: Callable[[], bool] | None = None,
                      extra_metrics: dict | None = None, report: bool = True) -> dict:
@@ -341,7 +410,7 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
             elif name == "field":
                 if progress:
                     progress("writing the field", 0.91)
-                write_field(value, g, folder.path("displacement.nii.gz"))
+                write_field(value, g, folder.path(ROLES["transform"].file))
                 if report:
                     state["slices"].add("field", value)
             else:
@@ -355,8 +424,7 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
 
         t1 = time.perf_counter()
         result, fm, mm, tb, ta, metrics = _run_job(job, emit, progress, cancel, keep_field=False)
-        if job.sources:
-            metrics["inputs"] = dict(job.sources)  # what 'deeplungreg review' shows the outputs over
+        metrics[JOB_KEY] = job.to_json(require_files=False)  # what 'deeplungreg review' shows the outputs over
         metrics.update(extra_metrics or {})
         if report:
             if progress:
@@ -366,29 +434,27 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
                                                 - metrics["timings_s"]["masks"], 3)
         metrics[MANIFEST_KEY] = sorted(folder.written() + [MANIFEST_FILE])
         metrics[RECORD_KEY] = folder.records()  # what a later --overwrite may remove: these files, unchanged
-        folder.path("metrics.json").write_text(metrics_json(metrics))
+        write_metrics(folder.path(METRICS_FILE), metrics)
         folder.commit()
     if progress:
         progress("done", 1.0)
     return metrics
 
 
-def read_outputs(folder: str | Path) -> RegistrationOutputs:
+def read_outputs(folder: str | Path | RunFolder) -> RegistrationOutputs:
     """The outputs :func:`run_registration` wrote into ``folder``, back in memory (the
     field, the warped image and the maps, TRE per landmark and the metrics; no masks, which are not
     written, and no resampled image)."""
     from .io.fields import read_field
 
-    folder = Path(folder)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    field, geometry = read_field(folder / "displacement.nii.gz")
-    result = RegistrationResult(field, geometry, metrics["method"], metrics.get("config", {}), metrics.get("timings_s", {}),
+    run = folder if isinstance(folder, RunFolder) else RunFolder.read(folder, owner="register")
+    metrics = run.metrics
+    field, geometry = read_field(run.path / ROLES["transform"].file)
+    result = RegistrationResult(field, geometry, run.method, metrics.get("config", {}), metrics.get("timings_s", {}),
                                 metrics.get("diagnostics", {}))
-    images = {name: (read_image(folder / f, what=f"{name} output") if (folder / f).is_file() else None)
+    images = {name: (read_image(run.path / f, what=f"{name} output") if (run.path / f).is_file() else None)
               for name, f in IMAGE_OUTPUTS.items()}
-    per = metrics.get("tre_per_landmark")
-    tb = None if per is None else np.array([p["before"] for p in per])
-    ta = None if per is None else np.array([p["after"] for p in per])
+    tb, ta = run.tre if run.tre is not None else (None, None)
     return RegistrationOutputs(result=result, resampled=None, fixed_mask=None, moving_mask=None, tre_before=tb, tre_after=ta,
                                metrics=metrics, **images)
 

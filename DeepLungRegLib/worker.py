@@ -465,7 +465,7 @@ def register_request(request: dict, progress: Callable[[str, float], None]) -> d
     import dataclasses
     import importlib.util
 
-    from .pipeline import run_registration
+    from .pipeline import RegistrationJob, run_registration
 
     for key in ("job", "output"):
         if key not in request:
@@ -475,52 +475,14 @@ def register_request(request: dict, progress: Callable[[str, float], None]) -> d
     if report and importlib.util.find_spec("matplotlib") is None:
         raise DeepLungRegError("worker: the report needs matplotlib, which this Python lacks; install it "
                                "(in Slicer: slicer.util.pip_install('matplotlib')) or register without a report folder")
-    job = _job_from_json(request["job"])
-    if request.get("private_inputs"):  # the caller's private copies, deleted after the run: not the outputs' sources
-        job = dataclasses.replace(job, sources=None)
+    private = bool(request.get("private_inputs"))
+    # a caller's private copies were written from a job checked where it was made: not checked again
+    job = RegistrationJob.from_json(request["job"], what="worker", check=not private)
+    if private:  # deleted after the run: not the outputs' sources
+        job = dataclasses.replace(job, sources=None, check=False)
     run_registration(job, request["output"], overwrite=bool(request.get("overwrite", False)), report=report, progress=progress,
                      extra_metrics=request.get("extra_metrics"))
     return {"done": str(request["output"])}
-
-
-# ---------------------------------------------------------------------- the job's JSON form (until RegistrationJob has it)
-def _job_to_json(job, folder: Path) -> dict:
-    """The job with its images, masks and landmarks written as files into ``folder``."""
-    from .io.images import Image, write_image
-    from .io.landmarks import write_landmarks
-
-    d = {"fixed": str(write_image(job.fixed, folder / "fixed.nrrd")), "moving": str(write_image(job.moving, folder / "moving.nrrd")),
-         "method": job.method, "options": job.config.to_dict(), "device": job.device}
-    for key, mask in (("fixed_mask", job.fixed_mask), ("moving_mask", job.moving_mask)):
-        d[key] = str(write_image(mask.with_array(mask.array.astype("uint8")), folder / f"{key}.nrrd")) if isinstance(mask, Image) \
-            else str(mask or "none")
-    d["fixed_landmarks"] = d["moving_landmarks"] = d["landmark_labels"] = None
-    if job.fixed_landmarks is not None:
-        d["fixed_landmarks"] = str(write_landmarks(job.fixed_landmarks, folder / "fixed_landmarks.csv"))
-        d["moving_landmarks"] = str(write_landmarks(job.moving_landmarks, folder / "moving_landmarks.csv"))
-        d["landmark_labels"] = list(job.landmark_labels)
-    return d
-
-
-def _job_from_json(d: dict):
-    """The job of :func:`_job_to_json`'s dict (its files read and checked)."""
-    import dataclasses
-
-    from .options import DEFAULT_METHOD
-    from .pipeline import RegistrationJob
-
-    _check_kinds(d, {**dict.fromkeys(("fixed", "moving", "method", "device", "fixed_mask", "moving_mask", "fixed_landmarks",
-                                      "moving_landmarks"), str), "options": dict, "landmark_labels": list}, "the job's")
-    for key in ("fixed", "moving"):
-        if key not in d:
-            raise DeepLungRegError(f"worker: the job lacks {key!r}")
-    job = RegistrationJob.from_files(d["fixed"], d["moving"], method=d.get("method") or DEFAULT_METHOD,
-                                     fixed_mask=d.get("fixed_mask", "auto"), moving_mask=d.get("moving_mask", "auto"),
-                                     fixed_landmarks=d.get("fixed_landmarks"), moving_landmarks=d.get("moving_landmarks"),
-                                     options=d.get("options") or {}, device=d.get("device") or "auto")
-    if d.get("landmark_labels") and job.fixed_landmarks is not None:
-        job = dataclasses.replace(job, landmark_labels=list(d["landmark_labels"]))
-    return job
 
 
 if __name__ == "__main__":

@@ -440,7 +440,7 @@ def quick_configs() -> dict:
                    "search_step_mm": [4.0, 4.0], "refine_levels_mm": [4.0], "refine_iterations": [20], "refine_learning_rates": [0.3]},
         "embed": {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 800, "refine_levels_mm": [4.0],
                   "refine_iterations": [30], "refine_learning_rates": [0.3]},
-        "adam": {"levels_mm": [8.0, 4.0], "iterations": [60, 40], "learning_rates": [1.0, 0.5]},
+        "adam": {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [60, 40], "refine_learning_rates": [1.0, 0.5]},
     }
 
 

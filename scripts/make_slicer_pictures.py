@@ -39,10 +39,11 @@ def main() -> int:
 
     from DeepLungRegLib import read_image
     from DeepLungRegLib.simulation import simulate_breathing
-    from DeepLungRegLib.slicer_bridge import markups_from_landmarks, new_scene, volume_node_from_image
+    from DeepLungRegLib.evaluation.review import ReviewController
+    from DeepLungRegLib.slicer_bridge import RegistrationNodes, markups_from_landmarks, new_scene, volume_node_from_image
     from DeepLungRegLib.slicer_bridge.grid import set_grid_visible
     from DeepLungRegLib.slicer_bridge.render import montage, render_slice_view, write_png
-    from DeepLungRegLib.slicer_bridge.review import LandmarkReview
+    from DeepLungRegLib.slicer_bridge.review import ReviewScene
     from DeepLungRegLib.slicer_bridge.workflow import jump_to_landmark, register_nodes, show_overlay
     from DeepLungRegLib.transforms import resample_to_spacing
 
@@ -62,8 +63,8 @@ def main() -> int:
     ml = markups_from_landmarks(hs.scene, pair.moving_landmarks[:n], "exhale landmarks", labels=[""] * n)
     for node in (fl, ml):
         node.GetDisplayNode().SetVisibility(False)
-    res = register_nodes(hs.scene, fixed, moving, "adam", fixed_mask=fmask, moving_mask="auto",
-                         fixed_landmarks=fl, moving_landmarks=ml, device="auto")
+    res = register_nodes(hs.scene, RegistrationNodes(fixed, moving, fixed_mask=fmask, moving_mask="auto",
+                                                     fixed_landmarks=fl, moving_landmarks=ml), "adam", device="auto")
     print(res.summary)
     size = (args.size, args.size)
     centre = pair.fixed.geometry.index_to_world([[s / 2 for s in pair.fixed.geometry.size]])[0]
@@ -83,10 +84,11 @@ def main() -> int:
     print(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
 
     # The review: what the module's "Landmark review" panel shows at the worst landmark.
-    review = LandmarkReview.from_nodes(res.transform, fl, res.landmarks)
-    worst = review.order("tre")[0]
-    review.flag("vessel branch: warped point one slice off", index=worst)
-    review.show(hs.scene, res.landmarks, res.tre_table)
+    review = ReviewController(res.review)  # the registration's own review, as the panel drives it
+    scene_review = ReviewScene(hs.scene, review, res.landmarks, res.tre_table)
+    worst = review.worst()
+    res.review.flag("vessel branch: warped point one slice off", index=worst)
+    scene_review.show()
     fl.GetDisplayNode().SetVisibility(True)
     fl.GetDisplayNode().SetSelectedColor(1.0, 0.85, 0.1)
     fl.GetDisplayNode().SetTextScale(0)
@@ -94,10 +96,10 @@ def main() -> int:
     fl.GetDisplayNode().SetGlyphScale(5.0)
     res.landmarks.GetDisplayNode().SetGlyphScale(2.5)
     res.landmarks.GetDisplayNode().SetTextScale(2.0)
-    point = review.centre(hs.scene, worst)
+    point = scene_review.centre()
     views = [render_slice_view(hs, view, size=size, centre_lps=point) for view in ("Red", "Yellow", "Green")]
     out = write_png(montage(views), args.review_output)
-    print(review.describe(worst))
+    print(review.describe())
     print(review.summary_text())
     print(f"wrote {out} in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -41,6 +41,13 @@ class CohortRow:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def job(self, method: str, options: dict | None = None, device: str = "auto") -> dict:
+        """The pair as a job's JSON form (:meth:`DeepLungRegLib.pipeline.RegistrationJob.to_json`), with the cohort's
+        method, options and device: what a batch task registers (``RegistrationJob.from_json``)."""
+        return {"fixed": self.fixed, "moving": self.moving, "method": method, "options": dict(options or {}), "device": device,
+                "fixed_mask": self.fixed_mask, "moving_mask": self.moving_mask, "fixed_landmarks": self.fixed_landmarks,
+                "moving_landmarks": self.moving_landmarks, "landmark_labels": None, "landmark_spacing": None}
+
 
 def read_cohort(path: str | Path) -> list[CohortRow]:
     """The rows of a cohort CSV file; every bad row is reported at once, with its line number."""

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.outputs import MANIFEST_KEY, RECORD_KEY, file_record, read_records, replace_file
+from ..io.outputs import RECORD_KEY, file_record, read_records, replace_file
+from ..io.runs import RunFolder
 
 #: The columns of ``results.csv``, in order.
 RESULT_COLUMNS = (
@@ -28,19 +29,10 @@ BATCH_KEY = "batch"
 
 
 def complete_metrics(folder: Path) -> dict | None:
-    """The pair's ``metrics.json`` when its folder holds every file that file lists (a whole
-    ``register`` output), else ``None``."""
-    path = folder / "metrics.json"
-    if not path.is_file():
-        return None
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    files = metrics.get(MANIFEST_KEY) if isinstance(metrics, dict) else None
-    if not files or not all((folder / name).is_file() for name in files):
-        return None
-    return metrics
+    """The pair's ``metrics.json`` when its folder holds a whole ``register`` output
+    (:meth:`~DeepLungRegLib.io.runs.RunFolder.find`), else ``None``."""
+    run = RunFolder.find(folder)
+    return None if run is None else run.metrics
 
 
 def result_row(pair_id: str, metrics: dict, *, now: bool) -> dict:

@@ -11,19 +11,17 @@ as failed and the others go on.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import stat
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DeepLungRegError
-from ..io.outputs import (_STAGING_PREFIX, FolderLock, MANIFEST_FILE, check_output_path, clean_leftovers, read_records, replace_file,
-                          replace_problems)
+from ..io.outputs import _STAGING_PREFIX, FolderLock, MANIFEST_FILE, check_output_path, clean_leftovers, read_records, replace_problems
+from ..io.runs import RunFolder
 from ..options import DEFAULT_METHOD
 from ..worker import WorkerProcess
 from .cohort import CohortRow, cohort_rows, read_cohort
@@ -89,10 +87,7 @@ def register_pair(row: CohortRow, outdir: str, method: str, options: dict, devic
         if torch.cuda.device_count() > 1:
             device = f"cuda:{_worker_index() % torch.cuda.device_count()}"  # one GPU per worker
     folder = Path(outdir) / row.id
-    job = {"fixed": row.fixed, "moving": row.moving, "method": method, "options": dict(options), "device": device,
-           "fixed_mask": row.fixed_mask, "moving_mask": row.moving_mask, "fixed_landmarks": row.fixed_landmarks,
-           "moving_landmarks": row.moving_landmarks, "landmark_labels": None}
-    request = {"job": job, "output": str(folder), "report": True, "overwrite": True,
+    request = {"job": row.job(method, options, device), "output": str(folder), "report": True, "overwrite": True,
                "extra_metrics": {BATCH_KEY: {"id": row.id, "worker": worker}}}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="deeplungreg-pair-") as tmp:
@@ -102,11 +97,10 @@ def register_pair(row: CohortRow, outdir: str, method: str, options: dict, devic
             proc.wait(interval=0.2)
         except DeepLungRegError as exc:
             return failed_row(row.id, str(exc), now=True, seconds=time.perf_counter() - t0, worker=worker)
-    metrics = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    run = RunFolder.read(folder, "batch")
     # the time is known only now: add it to the pair's own record, so that a later run can rebuild the row
-    metrics[BATCH_KEY]["seconds"] = round(time.perf_counter() - t0, 1)
-    _rewrite_metrics(folder / MANIFEST_FILE, metrics)
-    return result_row(row.id, metrics, now=True)
+    run.update(**{BATCH_KEY: {**run.metrics[BATCH_KEY], "seconds": round(time.perf_counter() - t0, 1)}})
+    return result_row(row.id, run.metrics, now=True)
 
 
 def _nanny_environment_undone() -> dict[str, None]:
@@ -140,15 +134,6 @@ def _task_threads(threads: int | dict) -> int:
     if isinstance(threads, dict) and threads.get(address):
         return int(threads[address])
     return max(1, (os.cpu_count() or 1) // max(1, slots))
-
-
-def _rewrite_metrics(path: Path, metrics: dict) -> None:
-    """Replace the pair's ``metrics.json`` at once, with the same mode, so that a kill never leaves half
-    a record (its ``output_records`` decide what a rerun may replace)."""
-    from ..pipeline import metrics_json
-
-    text = metrics_json(metrics)
-    replace_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), mode=stat.S_IMODE(os.stat(path).st_mode))
 
 
 def _worker_name() -> str:

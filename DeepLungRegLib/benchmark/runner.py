@@ -134,7 +134,7 @@ def _flatten(pair: str, method: str, r: dict, direction: str = "") -> dict:
 
 
 def method_variant(label: str) -> tuple[str, dict]:
-    """``"mlvirnet:finetune=30:finetune_level_mm=3"`` -> ``("mlvirnet", {"finetune": 30, "finetune_level_mm": 3})``."""
+    """``"mlvirnet:refine_iterations=30:refine_levels_mm=3"`` -> ``("mlvirnet", {"refine_iterations": 30, "refine_levels_mm": 3})``."""
     from ..methods.base import parse_options
 
     name, _, rest = label.partition(":")
@@ -147,7 +147,7 @@ def _file_safe(label: str) -> str:
 
 
 def split_methods(text: str) -> list[str]:
-    """Split ``--methods`` at commas outside brackets (``convex:adam_levels_mm=[3,2],adam``)."""
+    """Split ``--methods`` at commas outside brackets (``convex:refine_levels_mm=[3,2],adam``)."""
     out, depth, cur = [], 0, ""
     for ch in text:
         depth += ch in "[{("
@@ -190,6 +190,7 @@ def run_benchmark(
                 raise DeepLungRegError(f"benchmark: the baseline {name} takes no options ({m})")
             from ..methods import get_method
 
+            get_method(name).config_cls.refuse_old_names(opts, "benchmark", f"{name}:{{name}}=VALUE")
             get_method(name).config_cls.from_dict(opts)
     say = progress or (lambda msg: None)
     checks = {}

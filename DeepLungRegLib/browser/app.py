@@ -3,7 +3,12 @@
 The page is built from Slicer's own MRML classes: a trame-slicer application holds an MRML scene and
 three slice views rendered on the server (remote-controlled areas); the registration's outputs become
 the same nodes as in the Slicer module (:func:`~DeepLungRegLib.slicer_bridge.workflow.write_nodes`),
-and the landmark review is the module's (:class:`~DeepLungRegLib.slicer_bridge.review.LandmarkReview`).
+and the landmark review is the module's: the registration's own
+:class:`~DeepLungRegLib.evaluation.review.LandmarkReview`, driven by the same
+:class:`~DeepLungRegLib.evaluation.review.ReviewController` and drawn by the same
+:class:`~DeepLungRegLib.slicer_bridge.review.ReviewScene`; this page is an adapter that calls the controller
+from its buttons and refreshes its panel on the controller's events. The overlay menu lists the output
+roles of :mod:`DeepLungRegLib.io.roles` that the folder has.
 
 Needs the ``review`` extra: ``pip install 'DeepLungRegLib[review]'``.
 
@@ -29,11 +34,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import DeepLungRegError
+from ..io.roles import overlays
 from .folder import ReviewFolder
 
-#: What the overlay menu offers, by node role, with its label.
-OVERLAYS = {"warped": "Warped moving image", "jacobian": "Jacobian determinant", "ventilation": "Ventilation (J - 1)",
-            "ventilation_hu": "HU ventilation"}
+#: What the overlay menu offers, by node role, with its label (from the table of output roles).
+OVERLAYS = overlays()
 
 
 def missing_dependencies() -> list[str]:
@@ -50,7 +55,8 @@ class ReviewPage:
     Attributes:
         folder: the checked folder.
         server: the trame server (``server.start(...)`` serves the page).
-        review: the landmark review, or ``None`` without landmarks.
+        review: the landmark review (the registration's own), or ``None`` without landmarks.
+        controller: its :class:`~DeepLungRegLib.evaluation.review.ReviewController`, or ``None``.
         nodes: the Slicer bridge's :class:`~DeepLungRegLib.slicer_bridge.workflow.NodeRegistration`.
         startup_s: seconds from the start to the page being ready to serve.
     """
@@ -64,7 +70,9 @@ class ReviewPage:
 
         from ..pipeline import looks_like_ct
         from ..slicer_bridge import volume_node_from_image
-        from ..slicer_bridge.review import LandmarkReview
+        from ..evaluation.review import ReviewController
+        from ..slicer_bridge import RegistrationNodes
+        from ..slicer_bridge.review import ReviewScene
         from ..slicer_bridge.workflow import write_nodes
 
         t0 = time.perf_counter()
@@ -90,18 +98,21 @@ class ReviewPage:
             if display is not None and looks_like_ct(image):  # the lung window
                 display.AutoWindowLevelOff()
                 display.SetWindowLevel(1400, -500)
-        self.nodes = write_nodes(scene, job, out, self.fixed_node, self.moving_node)
-        self.review = None
-        if self.nodes.landmarks is not None:
-            self.review = LandmarkReview.from_nodes(self.nodes.transform, self._fixed_landmarks_node(job), self.nodes.landmarks)
-            self.nodes.landmarks.AddObserver(self.nodes.landmarks.PointEndInteractionEvent, self._on_point_dragged)
+        self.nodes = write_nodes(scene, job, out, RegistrationNodes(self.fixed_node, self.moving_node))
+        self.review = self.nodes.review
+        self.controller = self.review_scene = None
+        if self.review is not None:
+            self._fixed_landmarks_node(job)
+            self.controller = ReviewController(self.review)
+            self.review_scene = ReviewScene(scene, self.controller, self.nodes.landmarks, self.nodes.tre_table)
+            self.controller.observe(lambda event: self._refresh())
         self._fitted: dict[str, tuple[int, int]] = {}
         for view in self.app.view_manager.get_slice_views():  # fit each view to the fixed volume once the page has given it its size
             view.interactor().AddObserver("WindowResizeEvent", lambda *_, v=view: self._fit(v))
         self._init_state()
         self._build_ui()
-        if self.review is not None:
-            self.show_landmark(self.review.order("tre")[0])
+        if self.controller is not None:
+            self.controller.worst()
         self.startup_s = time.perf_counter() - t0
 
     def _fixed_landmarks_node(self, job):
@@ -142,6 +153,7 @@ class ReviewPage:
         s.change("overlay", "opacity")(self._on_overlay)
         s.change("show_grid")(self._on_grid)
         s.change("editable")(self._on_editable)
+        s.change("order")(self._on_order)
 
     def _on_overlay(self, overlay: str = "warped", opacity: float = 0.5, **_) -> None:
         from ..slicer_bridge.workflow import show_overlay
@@ -178,8 +190,8 @@ class ReviewPage:
             return
         self._fitted[view.get_view_node_id()] = (width, height)
         fit_slice_view(self.app.app_logic.GetSliceLogic(view.get_view_node()), self.fixed_node, (width, height))
-        if self.review is not None:
-            self.review.centre(self.app.scene)
+        if self.review_scene is not None:
+            self.review_scene.centre()
 
     def _on_grid(self, show_grid: bool = True, **_) -> None:
         from ..slicer_bridge.grid import set_grid_visible
@@ -187,31 +199,32 @@ class ReviewPage:
         set_grid_visible(self.app.scene, self.nodes.transform, bool(show_grid))
 
     def _on_editable(self, editable: bool = False, **_) -> None:
-        if self.review is not None:
-            self._show_review()
+        if self.controller is not None:
+            self.controller.set_editable(bool(editable))
 
-    # ------------------------------------------------------------------ review actions
+    def _on_order(self, order: str = "tre", **_) -> None:
+        if self.controller is not None and order != self.controller.order:
+            self.controller.set_order(order)
+
+    # ------------------------------------------------------------------ review actions (the controller's)
     def show_landmark(self, index: int) -> None:
         """Make landmark ``index`` the current one and centre the three views on it."""
-        self.review.centre(self.app.scene, int(index))
-        self._refresh()
+        self.controller.select(int(index))
 
     def worst(self) -> None:
-        self.show_landmark(self.review.order("tre")[0])
+        self.controller.worst()
 
     def step(self, offset: int) -> None:
-        self.review.step(int(offset), self.state.order)
-        self.show_landmark(self.review.current)
+        self.controller.order = self.state.order
+        self.controller.step(int(offset))
 
     def mark(self, status: str) -> None:
-        self.review.mark(status, self.state.comment)
-        self._show_review()
-        self.step(1)
+        self.controller.mark(status, self.state.comment)
 
     def export(self) -> list[Path]:
         """Write the review into the output folder (never over the registration's files)."""
         try:
-            written = self.review.export(self.folder.path, overwrite=bool(self.state.overwrite))
+            written = self.controller.export(self.folder.path, overwrite=bool(self.state.overwrite))
         except (DeepLungRegError, OSError) as exc:  # one line on the page, whatever stopped the export
             self.state.message = str(exc) if isinstance(exc, DeepLungRegError) else f"review: cannot export into {self.folder.path}: {exc}"
             self.state.flush()
@@ -220,23 +233,13 @@ class ReviewPage:
         self.state.flush()
         return written
 
-    def _on_point_dragged(self, caller=None, event=None) -> None:
-        if self.review.take_drop(self.nodes.landmarks) is not None:
-            self._show_review()
-
-    def _show_review(self) -> None:
-        self.review.show(self.app.scene, self.nodes.landmarks, self.nodes.tre_table, editable=bool(self.state.editable))
-        self._refresh()
-
     def _refresh(self) -> None:
-        r, s = self.review, self.state
-        tre, before = r.tre(), r.tre_before()
-        s.current_index = r.current
-        s.current = r.describe(by=s.order)
-        s.comment = r.comment[r.current]
-        s.review_summary = r.summary_text()
-        s.rows = [{"index": i, "label": r.labels[i], "before": f"{before[i]:.2f}", "after": f"{tre[i]:.2f}", "status": r.status[i],
-                   "comment": r.comment[i]} for i in r.order(s.order)]
+        c, s = self.controller, self.state
+        s.current_index = c.current
+        s.current = c.describe()
+        s.comment = c.comment()
+        s.review_summary = c.summary_text()
+        s.rows = c.rows()
         s.flush()
 
     # ------------------------------------------------------------------ page

@@ -61,8 +61,9 @@ def candidate_grid(method: str, grid: dict[str, list] | None = None, max_candida
     if not grid:
         raise DeepLungRegError(f"tune: method {method!r} has no default search grid; give one with --grid NAME=[V1,V2,...]")
     names = {f.name for f in dataclasses.fields(spec.config_cls)}
+    spec.config_cls.refuse_old_names(grid, "tune", "--grid {name}=[V1,V2,...]")
     for k, values in grid.items():
-        if spec.config_cls.canonical(k) is None:
+        if k not in names:
             raise DeepLungRegError(f"tune: {method} has no option {k!r}; known: {', '.join(sorted(names))}")
         if not isinstance(values, (list, tuple)) or len(values) == 0:
             raise DeepLungRegError(f"tune: the grid of {k!r} must be a non-empty list of values, got {values!r}")
@@ -71,7 +72,7 @@ def candidate_grid(method: str, grid: dict[str, list] | None = None, max_candida
     keys = list(grid)
     combos = [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
     defaults = spec.config_cls().to_dict()
-    default_combo = {k: defaults[spec.config_cls.canonical(k)] for k in keys}
+    default_combo = {k: defaults[k] for k in keys}
 
     def same(a: dict, b: dict) -> bool:
         return json.dumps(a, sort_keys=True, default=list) == json.dumps(b, sort_keys=True, default=list)

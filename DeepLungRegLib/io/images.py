@@ -44,6 +44,16 @@ class Image:
         return Image(np.asarray(array), self.geometry)
 
 
+#: A CT in Hounsfield units holds air: its 1st percentile lies below this (air is -1000 HU, lung about -850).
+HU_AIR_BELOW = -500.0
+
+
+def looks_like_ct(image: Image) -> bool:
+    """True when ``image`` holds air in Hounsfield units (1st percentile below :data:`HU_AIR_BELOW`, on every
+    second voxel along each axis): a CT in HU, not an MRI nor a CT stored with an offset (uint16 = HU + 1024)."""
+    return float(np.percentile(np.asarray(image.array)[::2, ::2, ::2], 1)) < HU_AIR_BELOW
+
+
 def _suffix(path: Path) -> str:
     name = path.name.lower()
     for s in (".nii.gz", ".mrk.json"):

@@ -191,6 +191,28 @@ def check_points(points: np.ndarray, what: str, owner: str = "register") -> None
                                f"NaN, infinite or beyond ±{MAX_COORD_MM:g} mm ({int(bad.sum())} such points)")
 
 
+def check_pairing(fixed, moving, owner: str = "register", names: tuple[str, str] = ("fixed landmarks", "moving landmarks")) -> int:
+    """The one check that two landmark sets correspond: both or neither, each ``(N, 3)`` with the same ``N > 0``,
+    every coordinate finite (:func:`check_points`). ``names`` name the two sets (files or point lists) in the
+    one-line error. Returns ``N`` (0 for neither)."""
+    if (fixed is None) != (moving is None):
+        raise DeepLungRegError(f"{owner}: give both {names[0]} and {names[1]}, or neither")
+    if fixed is None:
+        return 0
+    p, q = np.asarray(fixed, dtype=float), np.asarray(moving, dtype=float)
+    for pts, name in ((p, names[0]), (q, names[1])):
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            raise DeepLungRegError(f"{owner}: {name} must be N points of 3 coordinates, got an array of shape {pts.shape}")
+    if len(p) != len(q):
+        raise DeepLungRegError(f"{owner}: {names[0]} has {len(p)} points but {names[1]} has {len(q)}; "
+                               "landmarks must correspond one to one")
+    if len(p) == 0:
+        raise DeepLungRegError(f"{owner}: {names[0]} holds no points")
+    check_points(p, names[0].removesuffix("s"), owner)
+    check_points(q, names[1].removesuffix("s"), owner)
+    return len(p)
+
+
 def write_landmarks(
     points: np.ndarray,
     path: str | os.PathLike,

@@ -5,9 +5,9 @@
 """
 
 from .base import (
-    MethodConfig, RegistrationResult, available_methods, get_method, method_settings, parse_options, register,
+    CheckedPair, MethodConfig, RegistrationResult, available_methods, check_pair, get_method, method_settings, parse_options, register,
     register_method,
 )
 from . import adam, affine, convex, embed, networks  # noqa: E402,F401  (the built-in methods register themselves)
 
-__all__ = ["MethodConfig", "RegistrationResult", "available_methods", "get_method", "method_settings", "parse_options", "register", "register_method"]
+__all__ = ["CheckedPair", "check_pair", "MethodConfig", "RegistrationResult", "available_methods", "get_method", "method_settings", "parse_options", "register", "register_method"]

@@ -45,7 +45,7 @@ class AdamConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
     folding_weight: float = redefault(RefineOptions, "folding_weight", 0.0)
     affine_init: bool = True
 
-    #: the names of version 1 (saved configs and ``-O`` options keep working)
+    #: the names of version 1, read only from what it saved (configs, metrics.json), with a DeprecationWarning
     ALIASES: ClassVar[dict] = {"levels_mm": "refine_levels_mm", "iterations": "refine_iterations",
                                "learning_rates": "refine_learning_rates", "smoothing_passes": "refine_smoothing_passes"}
     NONEMPTY: ClassVar[tuple] = ("refine_levels_mm",)
@@ -66,6 +66,6 @@ def run_adam(fixed, moving, fixed_mask, moving_mask, config: AdamConfig, ctx: Ru
         current = torch.zeros((1, *fr.shape, 3), device=dev, dtype=dt)
     refinement = Refinement.of(config, residual=False, label="adam")
     current, current_geom, level_losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, fr, ctx, (0.2, 1.0))
-    diag["levels"] = level_losses
+    diag["levels"] = level_losses  # the one per-level list of every method (records of stage "refine")
     diag["working_region"] = fr.to_dict()
     return GridField(current.detach().float(), current_geom), diag

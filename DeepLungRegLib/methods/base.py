@@ -15,7 +15,7 @@ import torch
 from ..device import precision_scope, resolve_device, resolve_dtype
 from ..errors import DeepLungRegError, RegistrationCancelled
 from ..geometry import Geometry
-from ..io.images import Image
+from ..io.images import Image, looks_like_ct
 from ..memory import peak_rss_mb
 from ..options import DEFAULT_METHOD, Options, option
 from ..transforms.fields import field_to_grid
@@ -71,7 +71,7 @@ def parse_options(items: list[str] | str | None, owner: str = "register") -> dic
 
 
 def method_settings(method: str) -> list[dict]:
-    """The options of ``method``: ``[{"name", "default", "type", "help", "range", "choices", "aliases"}]`` for GUIs and ``methods -v``."""
+    """The options of ``method``: ``[{"name", "default", "type", "help", "range", "choices"}]`` for GUIs and ``methods -v``."""
     return get_method(method).config_cls.settings()
 
 
@@ -136,7 +136,7 @@ class MethodSpec:
     run: Callable[..., tuple[np.ndarray, dict]]
 
     def make_config(self, config: MethodConfig | dict | None) -> MethodConfig:
-        """The method's validated config from a dict of options (old names accepted), ``None`` (the
+        """The method's validated config from a dict of options (a saved dict's old names read, with a warning), ``None`` (the
         defaults) or a config of its own class; anything else is refused."""
         if config is None or isinstance(config, dict):
             return self.config_cls.from_dict(config)
@@ -190,14 +190,10 @@ def check_image(img: Image, what: str) -> None:
 MASK_WARNING_FRACTION = 0.85
 
 
-def _holds_hu_air(img: Image) -> bool:
-    return float(np.percentile(np.asarray(img.array)[::2, ::2, ::2], 1)) < -500
-
-
 def _check_intensities(fixed: Image, moving: Image) -> None:
     """Warn when one image is a CT in Hounsfield units and the other holds no air in HU (often a CT
     stored with an offset, e.g. uint16 = HU + 1024, whose reader ignored the rescale intercept)."""
-    f, m = _holds_hu_air(fixed), _holds_hu_air(moving)
+    f, m = looks_like_ct(fixed), looks_like_ct(moving)
     if f != m:
         other = "moving" if f else "fixed"
         log.warning("the %s image holds no air in Hounsfield units (nothing below -500) while the %s image does; if it "
@@ -310,9 +306,50 @@ class AffineField:
         return affine_to_field(self.matrix, geometry)
 
 
+@dataclass(frozen=True)
+class CheckedPair:
+    """Two images, their masks on their own grids and the method's typed config, checked once
+    (made by :func:`check_pair`; :func:`register` and :func:`DeepLungRegLib.pipeline.RegistrationJob`
+    pass one on instead of checking again).
+
+    Attributes:
+        fixed, moving: scalar 3D images, finite and not constant.
+        method: a registered method's name.
+        config: that method's validated config.
+        fixed_mask, moving_mask: bool masks on ``fixed``'s and ``moving``'s grids, or ``None``.
+    """
+
+    fixed: Image
+    moving: Image
+    method: str
+    config: MethodConfig
+    fixed_mask: Image | None = None
+    moving_mask: Image | None = None
+
+
+def check_images(fixed: Image, moving: Image) -> None:
+    """Refuse an image that cannot be registered (one line each); warn about HU offsets and geometry."""
+    check_image(fixed, "fixed image")
+    check_image(moving, "moving image")
+    _check_intensities(fixed, moving)
+    check_geometry(fixed, moving)
+
+
+def check_pair(fixed: Image, moving: Image, method: str = DEFAULT_METHOD, *, fixed_mask: Image | None = None,
+               moving_mask: Image | None = None, config: MethodConfig | dict | None = None,
+               images_checked: bool = False, mask_names: tuple[str, str] = ("fixed mask", "moving mask")) -> CheckedPair:
+    """Check a pair once: the images (unless ``images_checked``: a job checked them when it was made),
+    the masks (resampled onto their images' grids; ``mask_names`` in messages) and the method's options."""
+    spec = get_method(method)
+    if not images_checked:
+        check_images(fixed, moving)
+    return CheckedPair(fixed, moving, method, spec.make_config(config), mask_on_image(fixed_mask, fixed, mask_names[0]),
+                       mask_on_image(moving_mask, moving, mask_names[1]))
+
+
 def register(
-    fixed: Image,
-    moving: Image,
+    fixed: Image | CheckedPair,
+    moving: Image | None = None,
     method: str = DEFAULT_METHOD,
     *,
     fixed_mask: Image | None = None,
@@ -325,7 +362,9 @@ def register(
     """Register ``moving`` to ``fixed`` with a registered method.
 
     Args:
-        fixed, moving: scalar 3D images (CT in HU for the lung methods).
+        fixed, moving: scalar 3D images (CT in HU for the lung methods); or ``fixed`` a
+            :class:`CheckedPair` (images, masks, method and config checked once already) and the
+            following arguments but ``device``, ``progress`` and ``cancel`` left out.
         method: a name from :func:`available_methods`.
         fixed_mask, moving_mask: optional lung masks on the images' grids.
         config: the method's config (or a dict of its options).
@@ -337,14 +376,15 @@ def register(
     Returns:
         The :class:`RegistrationResult` with the field on the fixed grid.
     """
-    spec = get_method(method)
-    check_image(fixed, "fixed image")
-    check_image(moving, "moving image")
-    _check_intensities(fixed, moving)
-    check_geometry(fixed, moving)
-    fixed_mask = mask_on_image(fixed_mask, fixed, "fixed mask")
-    moving_mask = mask_on_image(moving_mask, moving, "moving mask")
-    config = spec.make_config(config)
+    if isinstance(fixed, CheckedPair):
+        if moving is not None or fixed_mask is not None or moving_mask is not None or config is not None:
+            raise DeepLungRegError("register: a checked pair carries its images, masks and options; pass nothing else but "
+                                   "device, progress and cancel")
+        pair = fixed
+    else:
+        pair = check_pair(fixed, moving, method, fixed_mask=fixed_mask, moving_mask=moving_mask, config=config)
+    fixed, moving, method, config = pair.fixed, pair.moving, pair.method, pair.config
+    fixed_mask, moving_mask, spec = pair.fixed_mask, pair.moving_mask, get_method(pair.method)
     dev = resolve_device(device)
     dtype = resolve_dtype(config.precision, dev)
     if isinstance(cancel, threading.Event):

@@ -80,7 +80,7 @@ class ConvexConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
     max_chunk_elements: int = option(2 ** 26, 2 ** 16, 2 ** 32,
                                      "gathered feature values per chunk of the cost volume (memory vs speed; 2^26 floats = 256 MB).")
 
-    #: the names of version 1 (saved configs and ``-O`` options keep working)
+    #: the names of version 1, read only from what it saved (configs, metrics.json), with a DeprecationWarning
     ALIASES: ClassVar[dict] = {"adam_levels_mm": "refine_levels_mm", "adam_iterations": "refine_iterations",
                                "adam_learning_rates": "refine_learning_rates", "adam_smoothing_passes": "refine_smoothing_passes",
                                "smoothing_passes": "convex_smoothing_passes"}
@@ -313,7 +313,7 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
             d_fine = resample_field(d.permute(0, 2, 3, 4, 1).to(dt), cg, fg)  # (1, Z, Y, X, 3)
             # compose: the level matched fixed x to warped-moving x + d, i.e. to x + d + u(x + d)
             u = d_fine + (sampler(u.permute(0, 4, 1, 2, 3), d_fine, fill=None).permute(0, 2, 3, 4, 1) if li > 0 else 0)
-        diag["levels"].append({"grid_mm": gmm, "control_points": int(len(points)), "displacements": int(len(offsets)),
+        diag["levels"].append({"stage": "convex", "grid_mm": gmm, "control_points": int(len(points)), "displacements": int(len(offsets)),
                                "half_width_mm": float(radius * step * sp), "step_mm": float(step * sp),
                                "mean_displacement_mm": round(float(d_fine.norm(dim=-1).mean()), 3)})
     with ctx.stage("compose_affine"), torch.no_grad():
@@ -325,6 +325,6 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
     refinement = Refinement.of(config, residual=True, label="adam")
     if refinement.enabled:
         current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, fg, ctx, (0.6, 1.0))
-        diag["adam_levels"] = losses
+        diag["levels"] += losses  # after the discrete levels, those of stage "refine"
     diag["working_region"] = fr.to_dict()
     return GridField(current.detach().float(), current_geom), diag

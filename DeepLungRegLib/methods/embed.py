@@ -94,7 +94,7 @@ class EmbedConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
     refine: bool = option(True, help="refine with the instance optimisation (\"embed+io\").")
     chunk: int = option(128, 1, 4096, "keypoints per chunk of the discrete search (memory vs speed).")
 
-    #: the names of version 1 (saved configs and ``-O`` options keep working)
+    #: the names of version 1, read only from what it saved (configs, metrics.json), with a DeprecationWarning
     ALIASES: ClassVar[dict] = {"smoothing_passes": "refine_smoothing_passes"}
 
     def validate(self) -> None:
@@ -440,6 +440,6 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
     refinement = Refinement.of(config, residual=True, label="refine")
     if config.refine and refinement.enabled:
         current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, cg, ctx, (0.6, 1.0))
-        diag["refine_levels"] = losses
+        diag["levels"] = losses
     diag["working_region"] = fr.to_dict()
     return GridField(current.detach().float(), current_geom), diag

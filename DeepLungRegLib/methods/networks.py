@@ -2,7 +2,7 @@
 
 Each runs its network on a fixed-size grid centred on the fixed lung (both directions by
 default), turns the voxel displacement into a world field, and optionally refines it by
-instance optimisation (``finetune``, the talk's network + instance optimisation). Weights
+instance optimisation (``refine_iterations``, the talk's network + instance optimisation). Weights
 come from ``deeplungreg train``; the shipped ones are in ``DeepLungRegLib/data/weights/<name>.pt``.
 A new network registers itself in its own file; nothing here names one.
 """
@@ -41,7 +41,7 @@ class NetworkMethodConfig(RefineOptions, MindOptions, RegionOptions, MethodConfi
 
     Attributes:
         refine_iterations: Adam iterations of instance optimisation on the predicted field, per level
-            (0: the network alone; ``finetune=30`` sets it).
+            (0: the network alone; ``-O refine_iterations=30`` adds 30 on one level).
         regularisation: diffusion weight of the instance optimisation (on the update).
     """
 
@@ -56,7 +56,7 @@ class NetworkMethodConfig(RefineOptions, MindOptions, RegionOptions, MethodConfi
     refine_iterations: tuple[int, ...] = redefault(RefineOptions, "refine_iterations", (0,))
     mask_dilation_mm: float = redefault(RegionOptions, "mask_dilation_mm", 4.0)
 
-    #: the names of version 1 (saved configs, ``-O`` options and benchmark variants such as ``mlvirnet:finetune=30``)
+    #: the names of version 1, read only from what it saved (configs, metrics.json), with a DeprecationWarning
     ALIASES: ClassVar[dict] = {"finetune": "refine_iterations", "finetune_level_mm": "refine_levels_mm",
                                "finetune_learning_rate": "refine_learning_rates", "smoothing_passes": "refine_smoothing_passes"}
 
@@ -144,12 +144,12 @@ def run_network(method: str, fixed: Image, moving: Image, fixed_mask, moving_mas
             "network_grid": grid.to_dict(), "network_seconds": round(t_net, 3), **direction,
             "trained_steps": int(ck.get("step", 0)), "training_data": ck.get("training_data"), "validation": ck.get("validation")}
     current_geom = grid
-    refinement = Refinement.of(config, residual=True, label="finetune")
+    refinement = Refinement.of(config, residual=True, label="refine")
     if refinement.enabled:
         fr = region_geometry(fixed, fixed_mask, config.margin_mm)
         mr = region_geometry(moving, moving_mask, config.margin_mm)
         current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, grid, ctx, (0.3, 1.0))
-        diag["finetune_levels"] = losses
+        diag["levels"] = losses
     return GridField(current.detach().float(), current_geom), diag
 
 

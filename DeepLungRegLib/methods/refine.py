@@ -1,7 +1,7 @@
 """Instance optimisation: the dense Adam refinement of a displacement grid (talk 003).
 
 One typed component serves every method that refines a field: ``adam`` (its whole method),
-``convex`` and ``embed`` (after their discrete stages) and the network methods (``finetune``).
+``convex`` and ``embed`` (after their discrete stages) and the network methods (after the network).
 Its options (:class:`RefineOptions`) are one group that each of those configs lists among its
 bases, so they have the same names and ranges everywhere.
 """
@@ -44,10 +44,10 @@ class Refinement:
     regulariser, box-smoothed inside the loss (a B-spline-like parametrisation).
 
     Attributes:
-        levels_mm, iterations, learning_rates: one entry per level.
+        refine_levels_mm, refine_iterations, refine_learning_rates: one entry per level.
         regularisation: diffusion weight.
         folding_weight: weight of :func:`~DeepLungRegLib.losses.folding_penalty` on the whole field.
-        smoothing_passes: box passes of the grid.
+        refine_smoothing_passes: box passes of the grid.
         mind_radius, mind_dilation: MIND-SSC of the features.
         mask_dilation_mm: dilation of the fixed lung that weights the similarity.
         residual: optimise a smoothed update on top of the (unsmoothed) initial field and
@@ -57,12 +57,12 @@ class Refinement:
         label: the progress label.
     """
 
-    levels_mm: tuple[float, ...]
-    iterations: tuple[int, ...]
-    learning_rates: tuple[float, ...]
+    refine_levels_mm: tuple[float, ...]
+    refine_iterations: tuple[int, ...]
+    refine_learning_rates: tuple[float, ...]
     regularisation: float = 1.0
     folding_weight: float = 0.0
-    smoothing_passes: int = 2
+    refine_smoothing_passes: int = 2
     mind_radius: int = 1
     mind_dilation: int = 2
     mask_dilation_mm: float = 10.0
@@ -80,7 +80,7 @@ class Refinement:
     @property
     def enabled(self) -> bool:
         """True when there is a level with iterations to run."""
-        return any(int(n) > 0 for n in self.iterations[:len(self.levels_mm)])
+        return any(int(n) > 0 for n in self.refine_iterations[:len(self.refine_levels_mm)])
 
     def run(self, fixed: Image, moving: Image, fixed_mask: Image | None, fr: Geometry, mr: Geometry, current: torch.Tensor,
             current_geom: Geometry, ctx: RunContext, progress_span: tuple[float, float] = (0.2, 1.0)):
@@ -91,7 +91,9 @@ class Refinement:
             current: ``(1, Z, Y, X, 3)`` initial field (mm, LPS) on ``current_geom``.
 
         Returns:
-            ``(field (1, Z, Y, X, 3), its geometry, per-level losses)``.
+            ``(field (1, Z, Y, X, 3), its geometry, per-level records)``: each record
+            ``{"stage": "refine", "level_mm", "grid", "similarity", "regulariser"}``, the entries a method
+            adds to its diagnostics' one per-level list, ``"levels"``.
         """
         return _optimise(self, fixed, moving, fixed_mask, fr, mr, current, current_geom, ctx, progress_span)
 
@@ -100,8 +102,8 @@ def _optimise(r: Refinement, fixed, moving, fixed_mask, fr, mr, current, current
     dev, dt = ctx.device, ctx.dtype
     lo, hi = progress_span
     level_losses = []
-    n = len(r.levels_mm)
-    for li, (sp, iters, lr) in enumerate(zip(r.levels_mm, r.iterations, r.learning_rates)):
+    n = len(r.refine_levels_mm)
+    for li, (sp, iters, lr) in enumerate(zip(r.refine_levels_mm, r.refine_iterations, r.refine_learning_rates)):
         with ctx.stage(f"features_{sp:g}mm"):
             lv = make_level(fixed, moving, fr, mr, fixed_mask, sp, r.mind_radius, r.mind_dilation, r.mask_dilation_mm, dev, dt)
             init = resample_field(current, current_geom, lv.fixed_geom)
@@ -119,7 +121,7 @@ def _optimise(r: Refinement, fixed, moving, fixed_mask, fr, mr, current, current
             for it in range(int(iters)):
                 ctx.check_cancel()
                 opt.zero_grad()
-                update = smooth3(disp, r.smoothing_passes).permute(0, 2, 3, 4, 1)
+                update = smooth3(disp, r.refine_smoothing_passes).permute(0, 2, 3, 4, 1)
                 field = init + update if r.residual else update
                 sim = (fixed_pts - lv.sampler.sample_points(lv.moving_feat, index, field.reshape(1, -1, 3)[:, index])).pow(2).mean()
                 reg = diffusion(update if r.residual else field, spacing_zyx)
@@ -137,10 +139,10 @@ def _optimise(r: Refinement, fixed, moving, fixed_mask, fr, mr, current, current
                 if it % 5 == 0:
                     ctx.progress(f"{r.label} {sp:g} mm", lo + (hi - lo) * (li + it / max(iters, 1)) / n)
         with torch.no_grad():
-            current = smooth3(disp, r.smoothing_passes).permute(0, 2, 3, 4, 1).detach()
+            current = smooth3(disp, r.refine_smoothing_passes).permute(0, 2, 3, 4, 1).detach()
             if r.residual:
                 current = init + current
         current_geom = lv.fixed_geom
-        level_losses.append({"level_mm": sp, "grid": list(lv.fixed_geom.size), "similarity": float(sim.detach()),
-                             "regulariser": float(reg.detach())})
+        level_losses.append({"stage": "refine", "level_mm": sp, "grid": list(lv.fixed_geom.size),
+                             "similarity": float(sim.detach()), "regulariser": float(reg.detach())})
     return current, current_geom, level_losses

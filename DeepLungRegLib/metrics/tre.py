@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import DeepLungRegError
+from ..io.landmarks import check_pairing
 from ..geometry import Geometry
 from ..transforms.warp import sample_field_at_points
 
@@ -29,8 +30,10 @@ class TRESummary:
         return f"{self.mean:.2f} ± {self.std:.2f} mm (median {self.median:.2f}, 95th {self.p95:.2f}, max {self.max:.2f}, n={self.n})"
 
 
-def tre(fixed_points: np.ndarray, moving_points: np.ndarray, field: np.ndarray | None = None, geometry: Geometry | None = None) -> np.ndarray:
-    """Per-landmark error ``|p + u(p) - q|`` in mm.
+def tre_vectors(fixed_points: np.ndarray, moving_points: np.ndarray, field: np.ndarray | None = None,
+                geometry: Geometry | None = None) -> np.ndarray:
+    """Per-landmark error vectors ``p + u(p) - q`` in mm (LPS): where the registration maps each fixed
+    point, minus its moving point.
 
     Args:
         fixed_points: ``(N, 3)`` LPS mm landmarks ``p`` in the fixed image.
@@ -39,19 +42,25 @@ def tre(fixed_points: np.ndarray, moving_points: np.ndarray, field: np.ndarray |
         geometry: the fixed grid of ``field``.
 
     Returns:
-        ``(N,)`` errors in mm.
+        ``(N, 3)`` error vectors in mm.
     """
+    check_pairing(fixed_points, moving_points, "tre")
     p = np.asarray(fixed_points, dtype=float)
     q = np.asarray(moving_points, dtype=float)
-    if p.ndim != 2 or p.shape[1] != 3 or q.shape != p.shape:
-        raise DeepLungRegError(f"tre: fixed and moving landmarks must both be (N, 3) with the same N, got {p.shape} and {q.shape}")
-    if len(p) == 0:
-        raise DeepLungRegError("tre: no landmarks given")
     if field is not None:
         if geometry is None:
             raise DeepLungRegError("tre: a field needs its geometry")
         p = p + sample_field_at_points(field, geometry, p)
-    return np.linalg.norm(p - q, axis=1)
+    return p - q
+
+
+def tre(fixed_points: np.ndarray, moving_points: np.ndarray, field: np.ndarray | None = None, geometry: Geometry | None = None) -> np.ndarray:
+    """Per-landmark error ``|p + u(p) - q|`` in mm (the lengths of :func:`tre_vectors`, same arguments).
+
+    Returns:
+        ``(N,)`` errors in mm.
+    """
+    return np.linalg.norm(tre_vectors(fixed_points, moving_points, field, geometry), axis=1)
 
 
 def tre_summary(errors: np.ndarray) -> TRESummary:

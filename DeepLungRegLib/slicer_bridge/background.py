@@ -17,7 +17,7 @@ With ``report_folder``, it also writes ``deeplungreg register``'s report (which 
 Slicer's Python) into a new subfolder of that folder, which is kept. When the worker fails, its
 whole stderr goes to the log (``logging``, Slicer's log inside Slicer), and :attr:`error` is one line.
 
->>> run = BackgroundRegistration(scene, fixed_node, moving_node, "embed")
+>>> run = BackgroundRegistration(scene, RegistrationNodes(fixed_node, moving_node), "embed")
 >>> result = run.wait(progress=print)   # or: poll() from a timer, then finish()
 """
 
@@ -32,8 +32,9 @@ from typing import Callable
 
 from ..errors import DeepLungRegError
 from ..pipeline import DEFAULT_METHOD, read_outputs
-from ..worker import WorkerProcess, _job_to_json
-from .workflow import NodeRegistration, _checked_outputs, input_nodes, job_from_nodes, write_nodes
+from ..worker import WorkerProcess
+from .selection import RegistrationNodes
+from .workflow import NodeRegistration, job_from_nodes, write_nodes
 
 
 def _run_folder_name(fixed_node, moving_node, method: str) -> str:
@@ -45,7 +46,8 @@ def _run_folder_name(fixed_node, moving_node, method: str) -> str:
 
 
 class BackgroundRegistration:
-    """One registration of two volume nodes in a worker process (arguments as :func:`.workflow.register_nodes`).
+    """One registration of the chosen nodes (a :class:`~.selection.RegistrationNodes`) in a worker process
+    (arguments as :func:`.workflow.register_nodes`).
 
     Attributes:
         state: ``"running"``, ``"done"``, ``"failed"`` or ``"cancelled"``.
@@ -57,21 +59,17 @@ class BackgroundRegistration:
             also the id of the process group that :meth:`cancel` ends.
     """
 
-    def __init__(self, scene, fixed_node, moving_node, method: str = DEFAULT_METHOD, *, fixed_mask="auto", moving_mask="auto",
-                 fixed_landmarks=None, moving_landmarks=None, device: str = "auto", options: dict | None = None,
-                 outputs: dict | None = None, fixed_mask_segments=None, moving_mask_segments=None, show: bool = True,
-                 workdir: str | Path | None = None, python: str | None = None, report_folder: str | Path | None = None):
-        self.scene, self.fixed_node, self.moving_node, self.show = scene, fixed_node, moving_node, show
-        self.job = job_from_nodes(fixed_node, moving_node, method, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                                  fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, options=options,
-                                  device=device, fixed_mask_segments=fixed_mask_segments, moving_mask_segments=moving_mask_segments)
-        self.inputs = input_nodes(fixed_node, moving_node, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks)
-        self.outputs = _checked_outputs(outputs, self.inputs)
+    def __init__(self, scene, nodes: RegistrationNodes, method: str = DEFAULT_METHOD, *, options: dict | None = None,
+                 device: str = "auto", show: bool = True, workdir: str | Path | None = None, python: str | None = None,
+                 report_folder: str | Path | None = None):
+        self.scene, self.nodes, self.show = scene, nodes, show
+        self.fixed_node, self.moving_node = nodes.fixed, nodes.moving
+        self.job = job_from_nodes(nodes, method, options=options, device=device)
         self.report_folder = None if report_folder is None else \
-            Path(report_folder).expanduser().resolve() / _run_folder_name(fixed_node, moving_node, method)
+            Path(report_folder).expanduser().resolve() / _run_folder_name(nodes.fixed, nodes.moving, method)
         self.folder = Path(tempfile.mkdtemp(prefix="DeepLungReg-", dir=workdir))
         try:
-            request = {"job": _job_to_json(self.job, self.folder), "output": str(self._outdir), "report": self.report_folder is not None,
+            request = {"job": self.job.save(self.folder), "output": str(self._outdir), "report": self.report_folder is not None,
                        "overwrite": self.report_folder is None, "private_inputs": True}
             self.worker = WorkerProcess(request, self.folder, python=python)
         except BaseException:
@@ -117,8 +115,7 @@ class BackgroundRegistration:
             raise DeepLungRegError(f"register: the registration {self.state}" + (f": {self.error}" if self.error else ""))
         try:
             out = read_outputs(self._outdir)
-            return write_nodes(self.scene, self.job, out, self.fixed_node, self.moving_node, outputs=self.outputs,
-                               inputs=self.inputs, show=self.show)
+            return write_nodes(self.scene, self.job, out, self.nodes, show=self.show)
         finally:
             self._cleanup()
 

@@ -1,7 +1,7 @@
 """The registration job on MRML nodes: what the Slicer module's Apply does.
 
 :func:`job_from_nodes` makes a :class:`~DeepLungRegLib.pipeline.RegistrationJob` of the
-input nodes; :func:`register_nodes` computes it
+input nodes (a :class:`~.selection.RegistrationNodes`); :func:`register_nodes` computes it
 (:func:`DeepLungRegLib.pipeline.compute_outputs`) and writes the results into
 output nodes that it tags as its own, so that a re-run replaces only them:
 
@@ -14,7 +14,11 @@ output nodes that it tags as its own, so that a re-run replaces only them:
   landmarks placed under the transform, labelled and coloured by their error.
 
 User nodes are never written unless passed explicitly as outputs, and input
-nodes never: passing an input as an output is an error.
+nodes never: passing an input as an output is an error. The roles, their node classes and node
+names come from the one table of output roles (:mod:`DeepLungRegLib.io.roles`).
+
+The result (:class:`NodeRegistration`) carries the landmark review built from the field in memory,
+so nothing reads the field back out of the transform node.
 """
 
 from __future__ import annotations
@@ -28,14 +32,18 @@ import numpy as np
 import slicer
 
 from ..errors import DeepLungRegError
-from ..geometry.grid import lps_to_ras, ras_to_lps
+from ..evaluation.review import LandmarkReview
+from ..geometry.grid import ras_to_lps
+from ..io.roles import ROLES, maps, node_classes
+from ..io.landmarks import check_pairing
 from ..pipeline import DEFAULT_METHOD, RegistrationJob, RegistrationOutputs, compute_outputs, summary_lines
 from .grid import grid_spacing_mm, jump_to_point, show_deformation_grid
 from .nodes import (
     grid_transform_node_from_field, image_from_volume_node, landmarks_from_markups, mask_from_segmentation,
     markups_labels, volume_node_from_image,
 )
-from .review import LandmarkReview
+from .review import show_review
+from .selection import RegistrationNodes
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +53,8 @@ ROLE_ATTRIBUTE = "DeepLungReg.Role"
 METRICS_ATTRIBUTE = "DeepLungReg.Metrics"
 #: Node reference roles pointing from each output to the inputs it came from.
 FIXED_REFERENCE, MOVING_REFERENCE = "DeepLungRegFixed", "DeepLungRegMoving"
-#: Output roles and their node classes.
-OUTPUT_CLASSES = {
-    "transform": "vtkMRMLGridTransformNode",
-    "warped": "vtkMRMLScalarVolumeNode",
-    "jacobian": "vtkMRMLScalarVolumeNode",
-    "ventilation": "vtkMRMLScalarVolumeNode",
-    "ventilation_hu": "vtkMRMLScalarVolumeNode",
-    "landmarks": "vtkMRMLMarkupsFiducialNode",
-    "tre_table": "vtkMRMLTableNode",
-}
-#: The maps (roles of :class:`RegistrationOutputs` images) and their node names.
-MAP_NAMES = {"jacobian": "Jacobian", "ventilation": "ventilation", "ventilation_hu": "HU ventilation"}
+#: Output roles and their node classes (from :mod:`DeepLungRegLib.io.roles`).
+OUTPUT_CLASSES = node_classes()
 #: Name of the shared diverging colour table.
 DIVERGING_COLOR_NAME = "DeepLungReg Diverging"
 
@@ -66,36 +64,33 @@ class NodeRegistration:
     """What :func:`register_nodes` created or updated.
 
     Attributes:
-        transform: ``vtkMRMLGridTransformNode`` (fixed -> moving, resampling direction).
-        warped: the moving volume warped onto the fixed grid.
-        jacobian, ventilation: scalar volumes on the fixed grid.
-        landmarks: the moving landmarks under ``transform`` (``None`` without landmarks).
-        tre_table: per-landmark TRE table (``None`` without landmarks).
+        by_role: the output nodes by role (:data:`DeepLungRegLib.io.roles.OUTPUT_ROLES`); a role whose output
+            the run lacks (landmarks without landmarks, HU ventilation without CT and a lung mask) is absent.
+            Each is also an attribute: ``transform`` (``vtkMRMLGridTransformNode``, fixed -> moving, resampling
+            direction), ``warped``, ``jacobian``, ``ventilation``, ``ventilation_hu``, ``landmarks`` (the moving
+            landmarks under ``transform``), ``tre_table``; ``None`` when absent.
         metrics: the metrics dict (also in the transform's ``DeepLungReg.Metrics`` attribute).
         summary: a few human-readable lines, with a warning when the field folds.
         worst_landmark: index of the landmark with the largest TRE after registration.
         outputs: the in-memory library outputs.
-        ventilation_hu: the HU-based specific ventilation on the fixed grid (``None`` unless both
-            images are CT and there is a fixed lung mask).
+        review: the landmark review of this registration (on the field in memory), ``None`` without landmarks.
     """
 
-    transform: object
-    warped: object
-    jacobian: object
-    ventilation: object
-    landmarks: object | None
-    tre_table: object | None
+    by_role: dict
     metrics: dict
     summary: str
     worst_landmark: int | None = None
     outputs: RegistrationOutputs | None = field(default=None, repr=False)
-    ventilation_hu: object | None = None
+    review: LandmarkReview | None = field(default=None, repr=False)
+
+    def __getattr__(self, name: str):
+        if name in ROLES:
+            return self.__dict__.get("by_role", {}).get(name)
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
 
     def nodes(self) -> dict[str, object]:
         """The created nodes by role (``None`` roles left out)."""
-        d = {"transform": self.transform, "warped": self.warped, "jacobian": self.jacobian,
-             "ventilation": self.ventilation, "ventilation_hu": self.ventilation_hu, "landmarks": self.landmarks, "tre_table": self.tre_table}
-        return {k: v for k, v in d.items() if v is not None}
+        return {k: v for k, v in self.by_role.items() if v is not None}
 
 
 # ----------------------------------------------------------- output nodes
@@ -111,35 +106,11 @@ def find_output(scene, role: str, fixed_node, moving_node):
     return None
 
 
-def input_nodes(fixed_node, moving_node, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks) -> list:
-    """The user's nodes a registration reads (masks given as ``"auto"``/``None`` are not nodes): never an output."""
-    nodes = [fixed_node, moving_node, fixed_landmarks, moving_landmarks]
-    return nodes + [m for m in (fixed_mask, moving_mask) if not (m is None or isinstance(m, str))]
-
-
-def _checked_outputs(outputs: dict | None, inputs: list) -> dict:
-    """The output nodes the user chose, by role, checked before any work: known roles, the right
-    node classes, and none of them an input."""
-    outputs = dict(outputs or {})
-    unknown = sorted(set(outputs) - set(OUTPUT_CLASSES))
-    if unknown:
-        raise DeepLungRegError(f"register: unknown output role(s) {', '.join(unknown)}; known: {', '.join(OUTPUT_CLASSES)}")
-    input_ids = {n.GetID() for n in inputs if n is not None}
-    for role, given in outputs.items():
-        if given is None:
-            continue
-        if given.GetID() in input_ids:
-            raise DeepLungRegError(f"register: the {role} output {given.GetName()!r} is one of the inputs; "
-                                   "choose another node or 'Create new'")
-        if not given.IsA(OUTPUT_CLASSES[role]):
-            raise DeepLungRegError(f"register: the {role} output {given.GetName()!r} is a {given.GetClassName()}, "
-                                   f"not a {OUTPUT_CLASSES[role]}")
-    return outputs
-
-
-def _output_node(scene, role: str, name: str, fixed_node, moving_node, given):
-    """The node to write ``role`` into: the one given (see :func:`_checked_outputs`), an earlier own output, or a new one."""
-    node = given if given is not None else find_output(scene, role, fixed_node, moving_node)
+def _output_node(scene, role: str, name: str, nodes: RegistrationNodes):
+    """The node to write ``role`` into: the one the user gave (see :meth:`RegistrationNodes.check`), an earlier
+    own output, or a new one."""
+    fixed_node, moving_node = nodes.fixed, nodes.moving
+    node = nodes.output(role) or find_output(scene, role, fixed_node, moving_node)
     if node is None:
         node = scene.AddNewNodeByClass(OUTPUT_CLASSES[role], scene.GenerateUniqueName(name))
     node.SetAttribute(ROLE_ATTRIBUTE, role)
@@ -207,7 +178,7 @@ def show_overlay(scene, background_node, foreground_node, opacity: float = 0.5) 
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorLegendDisplayNode")):
         legend = scene.GetNthNodeByClass(i, "vtkMRMLColorLegendDisplayNode")
         owner = legend.GetDisplayableNode()
-        if owner is not None and owner.GetAttribute(ROLE_ATTRIBUTE) in MAP_NAMES:
+        if owner is not None and owner.GetAttribute(ROLE_ATTRIBUTE) in {r.name for r in maps()}:
             legend.SetVisibility(foreground_node is not None and owner.GetID() == foreground_node.GetID())
 
 
@@ -229,31 +200,22 @@ def summary_text(metrics: dict) -> str:
 
 
 # ------------------------------------------------------------------- job
-def job_from_nodes(fixed_node, moving_node, method: str = DEFAULT_METHOD, *, fixed_mask="auto", moving_mask="auto",
-                   fixed_landmarks=None, moving_landmarks=None, options: dict | None = None, device: str = "auto",
-                   fixed_mask_segments=None, moving_mask_segments=None) -> RegistrationJob:
-    """The :class:`~DeepLungRegLib.pipeline.RegistrationJob` of two volume nodes (checked as any job is).
+def job_from_nodes(nodes: RegistrationNodes, method: str = DEFAULT_METHOD, *, options: dict | None = None,
+                   device: str = "auto") -> RegistrationJob:
+    """The :class:`~DeepLungRegLib.pipeline.RegistrationJob` of the chosen nodes (checked as any job is).
 
     Args:
-        fixed_node, moving_node: scalar volume nodes (a linear parent transform is honoured).
-        fixed_mask, moving_mask: a (labelmap) volume node on any grid of its scan, a segmentation node
-            (e.g. from Lung CT Segmenter or TotalSegmentator), ``"auto"`` or ``None``.
-        fixed_mask_segments, moving_mask_segments: with a segmentation node, the names (or IDs) of the
-            lung segments; ``None``: every segment whose name contains "lung".
-        fixed_landmarks, moving_landmarks: markups point lists with corresponding points (same
-            count and order), or ``None``.
+        nodes: the input and output nodes (:class:`~.selection.RegistrationNodes`).
+        method: a registered method.
         options: method options (see ``deeplungreg methods --options``).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
     """
-    if fixed_node is None or moving_node is None:
-        raise DeepLungRegError("register: choose both a fixed and a moving volume")
-    if fixed_node.GetID() == moving_node.GetID():
-        raise DeepLungRegError("register: the fixed and the moving volume are the same node")
-    fl = None if fixed_landmarks is None else landmarks_from_markups(fixed_landmarks)
-    ml = None if moving_landmarks is None else landmarks_from_markups(moving_landmarks)
-    if fl is not None and ml is not None and fl.shape != ml.shape:
-        raise DeepLungRegError(f"register: {fixed_landmarks.GetName()!r} has {len(fl)} points but "
-                               f"{moving_landmarks.GetName()!r} has {len(ml)}; landmarks must correspond one to one")
-    labels = None if fl is None else markups_labels(fixed_landmarks)
+    nodes.check()
+    fl = None if nodes.fixed_landmarks is None else landmarks_from_markups(nodes.fixed_landmarks)
+    ml = None if nodes.moving_landmarks is None else landmarks_from_markups(nodes.moving_landmarks)
+    check_pairing(fl, ml, "register", tuple(repr(n.GetName()) if n is not None else what for n, what in
+                                          ((nodes.fixed_landmarks, "fixed landmarks"), (nodes.moving_landmarks, "moving landmarks"))))
+    labels = None if fl is None else markups_labels(nodes.fixed_landmarks)
 
     def mask(spec, segments, image_node):
         if spec is None or isinstance(spec, str):
@@ -262,60 +224,59 @@ def job_from_nodes(fixed_node, moving_node, method: str = DEFAULT_METHOD, *, fix
             return mask_from_segmentation(spec, image_node, segments)
         return image_from_volume_node(spec)
 
-    return RegistrationJob(image_from_volume_node(fixed_node), image_from_volume_node(moving_node), method,
-                           mask(fixed_mask, fixed_mask_segments, fixed_node), mask(moving_mask, moving_mask_segments, moving_node),
+    return RegistrationJob(image_from_volume_node(nodes.fixed), image_from_volume_node(nodes.moving), method,
+                           mask(nodes.fixed_mask, nodes.fixed_mask_segments, nodes.fixed),
+                           mask(nodes.moving_mask, nodes.moving_mask_segments, nodes.moving),
                            fl, ml, labels, options, device)
 
 
-def register_nodes(scene, fixed_node, moving_node, method: str = DEFAULT_METHOD, *, fixed_mask="auto", moving_mask="auto",
-                   fixed_landmarks=None, moving_landmarks=None, device: str = "auto", options: dict | None = None,
-                   outputs: dict | None = None, progress: Callable[[str, float], None] | None = None,
-                   cancel: Callable[[], bool] | None = None, show: bool = True, fixed_mask_segments=None,
-                   moving_mask_segments=None) -> NodeRegistration:
-    """Register two volume nodes (see :func:`job_from_nodes`) and write the results into output nodes.
+def register_nodes(scene, nodes: RegistrationNodes, method: str = DEFAULT_METHOD, *, options: dict | None = None,
+                   device: str = "auto", progress: Callable[[str, float], None] | None = None,
+                   cancel: Callable[[], bool] | None = None, show: bool = True) -> NodeRegistration:
+    """Register the chosen volume nodes (see :func:`job_from_nodes`) and write the results into output nodes.
+
+    >>> res = register_nodes(slicer.mrmlScene, RegistrationNodes(fixed, moving), method="embed")
 
     Args:
         scene: the MRML scene (``slicer.mrmlScene`` in Slicer).
+        nodes: the inputs, and output nodes by role (:class:`~.selection.RegistrationNodes`).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        outputs: output nodes chosen by the user, by role (``"transform"``,
-            ``"warped"``, ``"jacobian"``, ``"ventilation"``, ``"ventilation_hu"``, ``"landmarks"``,
-            ``"tre_table"``); others are found among this pair's earlier
-            outputs or created.
         progress: ``progress(stage, fraction)``.
         cancel: returns True to stop (raises :class:`~DeepLungRegLib.errors.RegistrationCancelled`).
         show: show the warped overlay, the deformation grid and fit the slice views.
     """
-    job = job_from_nodes(fixed_node, moving_node, method, fixed_mask=fixed_mask, moving_mask=moving_mask,
-                         fixed_landmarks=fixed_landmarks, moving_landmarks=moving_landmarks, options=options, device=device,
-                         fixed_mask_segments=fixed_mask_segments, moving_mask_segments=moving_mask_segments)
-    inputs = input_nodes(fixed_node, moving_node, fixed_mask, moving_mask, fixed_landmarks, moving_landmarks)
-    outputs = _checked_outputs(outputs, inputs)
+    job = job_from_nodes(nodes, method, options=options, device=device)
     out = compute_outputs(job, progress=progress, cancel=cancel)
-    return write_nodes(scene, job, out, fixed_node, moving_node, outputs=outputs, inputs=inputs, show=show)
+    return write_nodes(scene, job, out, nodes, show=show)
 
 
-def write_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, fixed_node, moving_node, *, outputs: dict | None = None,
-                inputs: list | None = None, show: bool = True) -> NodeRegistration:
-    """Write a job's outputs (computed here, or read back from a worker's folder) into output nodes."""
-    outputs = _checked_outputs(outputs, inputs or [fixed_node, moving_node])
+def write_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, nodes: RegistrationNodes, *,
+                show: bool = True) -> NodeRegistration:
+    """Write a job's outputs (computed here, or read back from a worker's folder) into output nodes, one per
+    role of :data:`DeepLungRegLib.io.roles.OUTPUT_ROLES` that the outputs have."""
+    nodes.check()
+    fixed_node, moving_node = nodes.fixed, nodes.moving
     base = f"{moving_node.GetName()}-to-{fixed_node.GetName()}"
 
-    def node_for(role: str, name: str):
-        return _output_node(scene, role, f"{base} {name}", fixed_node, moving_node, outputs.get(role))
+    def node_for(role: str):
+        return _output_node(scene, role, f"{base} {ROLES[role].node_name}", nodes)
 
-    transform = _transform_node(node_for("transform", "transform"), scene, job, out, show)
-    warped = volume_node_from_image(scene, out.warped, "", node=node_for("warped", "warped"))
-    _copy_display(moving_node, warped)
-    jac, vent, vent_hu = _map_nodes(scene, out, *(node_for(role, name) if getattr(out, role) is not None else None
-                                                  for role, name in MAP_NAMES.items()))
-    lm_node = table = worst = None
+    made = {"transform": _transform_node(node_for("transform"), scene, job, out, show)}
+    made["warped"] = volume_node_from_image(scene, out.warped, "", node=node_for("warped"))
+    _copy_display(moving_node, made["warped"])
+    for role in maps():
+        image = getattr(out, role.name)
+        if image is not None:
+            made[role.name] = _map_node(scene, out, image, node_for(role.name), role.centre, role.legend)
+    review = worst = None
     if job.fixed_landmarks is not None:
-        table, lm_node, worst = _landmark_nodes(scene, job, out, transform, node_for("tre_table", "TRE"),
-                                                node_for("landmarks", "warped landmarks"))
+        review = LandmarkReview(job.fixed_landmarks, job.moving_landmarks, out.result.field, job.fixed.geometry,
+                                job.landmark_labels)
+        made["tre_table"], made["landmarks"], worst = _landmark_nodes(scene, review, made["transform"], node_for("tre_table"),
+                                                                      node_for("landmarks"))
     if show:
-        show_overlay(scene, fixed_node, warped, 0.5)
-    return NodeRegistration(transform, warped, jac, vent, lm_node, table, out.metrics, summary_text(out.metrics), worst, out,
-                            vent_hu)
+        show_overlay(scene, fixed_node, made["warped"], 0.5)
+    return NodeRegistration(made, out.metrics, summary_text(out.metrics), worst, out, review)
 
 
 def _transform_node(node, scene, job: RegistrationJob, out: RegistrationOutputs, show: bool):
@@ -346,28 +307,21 @@ def _copy_display(source_node, node) -> None:
             d.SetAndObserveColorNodeID(sd.GetColorNodeID())
 
 
-def _map_nodes(scene, out: RegistrationOutputs, jacobian_node, ventilation_node, ventilation_hu_node):
-    """The Jacobian, ventilation and HU ventilation volumes, in diverging colours centred on no change
-    (``None`` for a map that ``out`` lacks, e.g. read back from a folder without it)."""
-    nodes = []
-    for image, node, centre, title in ((out.jacobian, jacobian_node, 1.0, "Jacobian"), (out.ventilation, ventilation_node, 0.0, "J - 1"),
-                                       (out.ventilation_hu, ventilation_hu_node, 0.0, "HU ventilation")):
-        if image is None:
-            nodes.append(None)
-            continue
-        lung = out.fixed_mask.array if out.fixed_mask is not None else np.ones(image.array.shape, bool)
-        nodes.append(volume_node_from_image(scene, image, "", node=node))
-        _show_map(scene, nodes[-1], centre, _half_width(image.array[lung], centre, 0.25), title)
-    return tuple(nodes)
+def _map_node(scene, out: RegistrationOutputs, image, node, centre: float, title: str):
+    """A map volume in diverging colours centred on ``centre`` (its role's value of no change), windowed on the
+    values inside the fixed lung mask, with a colour legend titled ``title``."""
+    lung = out.fixed_mask.array if out.fixed_mask is not None else np.ones(image.array.shape, bool)
+    node = volume_node_from_image(scene, image, "", node=node)
+    _show_map(scene, node, centre, _half_width(image.array[lung], centre, 0.25), title)
+    return node
 
 
-def _landmark_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, transform, table_node, markups_node):
+def _landmark_nodes(scene, review: LandmarkReview, transform, table_node, markups_node):
     """The TRE table and the moving landmarks under the transform, labelled and coloured by their error
-    (the starting point of a :class:`~.review.LandmarkReview`); returns ``(table, markups, index of the worst landmark)``."""
-    review = LandmarkReview(job.fixed_landmarks, job.moving_landmarks, out.result.field, job.fixed.geometry,
-                            job.landmark_labels)
-    worst = review.goto(review.order("tre")[0])  # the first look: the worst landmark is the current one
-    table = review.show(scene, markups_node, table_node)
+    (the review's first look: the worst landmark is the current one); returns ``(table, markups, index of the
+    worst landmark)``."""
+    worst = review.goto(review.order("tre")[0])
+    table = show_review(scene, review, markups_node, table_node)
     markups_node.SetAndObserveTransformNodeID(transform.GetID())
     markups_node.SetAttribute("DeepLungReg.WorstLandmark", str(worst))
     return table, markups_node, worst

@@ -21,7 +21,7 @@ distributed = pytest.importorskip("distributed", reason="deeplungreg batch needs
 #: a fast affine registration: the batch machinery is under test, not the method
 FAST = {"levels_mm": [8.0], "iterations": [30]}
 #: long enough (tens of seconds) to kill its worker while it runs
-SLOW = {"levels_mm": [8.0, 4.0], "iterations": [150, 150], "learning_rates": [0.5, 0.25], "affine_init": False}
+SLOW = {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [150, 150], "refine_learning_rates": [0.5, 0.25], "affine_init": False}
 
 
 @pytest.fixture(scope="module")

@@ -168,15 +168,15 @@ def test_peak_rss_is_the_workers_own():
 def test_method_variants_and_their_splitting():
     from DeepLungRegLib.benchmark.runner import method_variant, split_methods
 
-    assert split_methods("adam, convex:adam_levels_mm=[3,2.5]:regularisation=0.5,mlvirnet:finetune=30") == [
-        "adam", "convex:adam_levels_mm=[3,2.5]:regularisation=0.5", "mlvirnet:finetune=30"]
-    assert method_variant("convex:adam_levels_mm=[3,2.5]:regularisation=0.5") == (
-        "convex", {"adam_levels_mm": [3, 2.5], "regularisation": 0.5})
+    assert split_methods("adam, convex:refine_levels_mm=[3,2.5]:regularisation=0.5,mlvirnet:refine_iterations=30") == [
+        "adam", "convex:refine_levels_mm=[3,2.5]:regularisation=0.5", "mlvirnet:refine_iterations=30"]
+    assert method_variant("convex:refine_levels_mm=[3,2.5]:regularisation=0.5") == (
+        "convex", {"refine_levels_mm": [3, 2.5], "regularisation": 0.5})
     assert method_variant("adam") == ("adam", {})
     # a variant naming a weights file still gives one flat file name per run
     from DeepLungRegLib.benchmark.runner import _file_safe
 
-    assert _file_safe("mlvirnet:weights=/runs/a b/w.pt:finetune=30") == "mlvirnet_weights=_runs_a_b_w.pt_finetune=30"
+    assert _file_safe("mlvirnet:weights=/runs/a b/w.pt:refine_iterations=30") == "mlvirnet_weights=_runs_a_b_w.pt_refine_iterations=30"
 
 
 def test_benchmark_refuses_bad_variants_before_running(tmp_path):
@@ -186,7 +186,7 @@ def test_benchmark_refuses_bad_variants_before_running(tmp_path):
     with pytest.raises(DeepLungRegError, match="unknown option"):
         run_benchmark(spec, ["convex:nonsense=1"], tmp_path / "out", check_baselines=False)
     with pytest.raises(DeepLungRegError, match="unknown method"):
-        run_benchmark(spec, ["nomethod:finetune=1"], tmp_path / "out", check_baselines=False)
+        run_benchmark(spec, ["nomethod:refine_iterations=1"], tmp_path / "out", check_baselines=False)
 
 
 def test_benchmark_runs_both_directions_and_reports_each(tmp_path, sample_path, capsys):

@@ -109,9 +109,9 @@ def test_what_is_not_a_registration_output_gets_one_line_naming_what_is_missing(
     cases.append((no_field, "lacks displacement.nii.gz, which the page needs"))
     old = _copy(out, tmp_path / "old")
     m = json.loads((old / "metrics.json").read_text())
-    del m["inputs"]
+    del m["job"]
     (old / "metrics.json").write_text(json.dumps(m))
-    cases.append((old, "does not name the fixed image (an output of an older version); pass --fixed FILE"))
+    cases.append((old, "does not name the fixed image (a run of the Slicer module, or of an older version); pass --fixed FILE"))
     for folder, words in cases:
         with pytest.raises(DeepLungRegError, match=words.replace("(", r"\(").replace(")", r"\)")) as err:
             ReviewFolder.open(folder)

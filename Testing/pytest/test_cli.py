@@ -12,7 +12,7 @@ from DeepLungRegLib.pipeline import OUTPUT_FILES
 from DeepLungRegLib.simulation import read_pair
 from DeepLungRegLib.transforms import sample_field_at_points
 
-FAST = ["--method", "adam", "-O", "levels_mm=[8,4]", "-O", "iterations=[60,40]", "-O", "learning_rates=[1,0.5]"]  # adam's options
+FAST = ["--method", "adam", "-O", "refine_levels_mm=[8,4]", "-O", "refine_iterations=[60,40]", "-O", "refine_learning_rates=[1,0.5]"]  # adam's options
 
 
 def run_cli(*args):
@@ -77,7 +77,7 @@ def test_register_evaluate_tre(pair_dir, tmp_path, capsys):
 @pytest.mark.parametrize("args, match", [
     (["register", "missing_fixed.nii.gz", "missing_moving.nii.gz", "-o", "{tmp}/o"], "does not exist"),
     (["register", "{pair}/fixed.nii.gz", "{pair}/moving.nii.gz", "-o", "{tmp}/o", "--method", "nope"], "unknown method"),
-    (["register", "{pair}/fixed.nii.gz", "{pair}/moving.nii.gz", "-o", "{tmp}/o", "--method", "adam", "-O", "iterations=[-3,2,2]"], "iterations must be between"),
+    (["register", "{pair}/fixed.nii.gz", "{pair}/moving.nii.gz", "-o", "{tmp}/o", "--method", "adam", "-O", "refine_iterations=[-3,2,2]"], "refine_iterations must be between"),
     (["register", "{pair}/fixed.nii.gz", "{pair}/moving.nii.gz", "-o", "{tmp}/o", "--fixed-landmarks", "{pair}/fixed_landmarks.csv"], "both"),
     (["register", "{pair}/fixed.nii.gz", "{pair}/moving.nii.gz", "-o", "{tmp}/o", "--device", "tpu"], "unknown device"),
     (["tre", "{pair}/fixed_landmarks.csv", "{tmp}/none.txt"], "does not exist"),
@@ -109,12 +109,12 @@ def test_demo_end_to_end(tmp_path, capsys):
 
 def test_config_file_is_read_and_checked(pair_dir, tmp_path):
     cfg = tmp_path / "cfg.json"
-    cfg.write_text('{"config": {"levels_mm": [8], "iterations": [5], "learning_rates": [1.0], "affine_init": false}}')
+    cfg.write_text('{"config": {"refine_levels_mm": [8], "refine_iterations": [5], "refine_learning_rates": [1.0], "affine_init": false}}')
     out = tmp_path / "o"
     r = run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", out, "--config", cfg, "-q", "--method", "adam",
                 "--fixed-mask", pair_dir / "fixed_mask.nii.gz", "--moving-mask", pair_dir / "moving_mask.nii.gz")
     assert r.returncode == 0, r.stderr
-    assert json.loads((out / "metrics.json").read_text())["config"]["refine_iterations"] == [5]  # the old name, read as an alias
+    assert json.loads((out / "metrics.json").read_text())["config"]["refine_iterations"] == [5]
     cfg.write_text("[1, 2]")
     r = run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", tmp_path / "p", "--config", cfg)
     assert r.returncode == 2 and "JSON object" in r.stderr

@@ -113,7 +113,7 @@ def test_inverse_consistency_of_opposite_translations_is_kept_and_errors_shrink(
     ({"search_half_width_mm": [60.0, 6.0], "search_step_mm": [2.0, 2.0]}, "too many"),
     ({"coupling": []}, "at least one"),
     ({"grid_spacing_mm": [1.0, 4.0]}, "grid_spacing_mm"),
-    ({"adam_levels_mm": [3.0], "adam_iterations": [1, 2]}, "equal length"),
+    ({"refine_levels_mm": [3.0], "refine_iterations": [1, 2]}, "equal length"),
     ({"temperature": 0.0}, "temperature"),
 ])
 def test_convex_config_rejects_absurd_values(kwargs, match):
@@ -129,7 +129,7 @@ def small_pair(sample_path):
 
 #: a fast configuration for 4 mm test pairs
 FAST = {"feature_spacing_mm": 4.0, "grid_spacing_mm": [8.0, 4.0], "search_half_width_mm": [24.0, 4.0], "search_step_mm": [4.0, 4.0],
-        "adam_levels_mm": [4.0], "adam_iterations": [20], "adam_learning_rates": [0.3]}
+        "refine_levels_mm": [4.0], "refine_iterations": [20], "refine_learning_rates": [0.3]}
 
 
 @pytest.mark.parametrize("inverse_consistent", [True, False])
@@ -141,8 +141,10 @@ def test_convex_recovers_large_motion_on_a_small_pair(small_pair, inverse_consis
     after = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
     assert before > 10 and after < 0.3 * before
     assert res.field.shape == (*p.fixed.geometry.shape, 3)
-    levels = res.diagnostics["levels"]
-    assert [lv["displacements"] for lv in levels] == [13 ** 3, 3 ** 3] and levels[0]["control_points"] > 50
+    levels = res.diagnostics["levels"]  # one per-level list: the discrete levels, then the refinement's
+    assert [lv["stage"] for lv in levels] == ["convex", "convex", "refine"]
+    assert [lv["displacements"] for lv in levels[:2]] == [13 ** 3, 3 ** 3] and levels[0]["control_points"] > 50
+    assert levels[2]["level_mm"] == 4.0 and np.isfinite(levels[2]["similarity"])
     assert {"cost_volume_8mm", "convex_8mm", "convex_4mm"} <= set(res.timings)
     assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
 

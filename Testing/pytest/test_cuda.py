@@ -22,7 +22,7 @@ from DeepLungRegLib.transforms import resample_to_spacing
 #: fast settings for 4 mm pairs (those of the methods' own tests)
 FAST = {
     "affine": {},
-    "adam": {"levels_mm": [8.0, 4.0], "iterations": [60, 40], "learning_rates": [1.0, 0.5]},
+    "adam": {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [60, 40], "refine_learning_rates": [1.0, 0.5]},
     "convex": {"feature_spacing_mm": 4.0, "grid_spacing_mm": [8.0, 4.0], "search_half_width_mm": [24.0, 4.0],
                "search_step_mm": [4.0, 4.0], "refine_levels_mm": [4.0], "refine_iterations": [20], "refine_learning_rates": [0.3]},
     "embed": {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 800, "refine_levels_mm": [4.0],

@@ -121,6 +121,7 @@ def test_embed_recovers_large_motion_on_a_small_pair(small_pair, device):
     # the second pass: 12 mm wide on 4 mm features, i.e. +-2 voxels
     assert d["second_pass_displacements"] == 5 ** 3 and "second_pass_cost_volume" in res.timings
     assert d["densify_spacing_mm"] == 8.0
+    assert [(lv["stage"], lv["level_mm"]) for lv in d["levels"]] == [("refine", 4.0)]
     from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats
 
     assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1

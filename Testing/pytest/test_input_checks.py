@@ -142,7 +142,7 @@ def test_a_markups_point_without_three_numbers_is_refused(tmp_path):
 
 
 def test_metrics_json_refuses_non_finite_values_naming_the_field():
-    from DeepLungRegLib.pipeline import metrics_json
+    from DeepLungRegLib.io.runs import metrics_json
 
     assert json.loads(metrics_json({"tre_after": {"max": 1.5}})) == {"tre_after": {"max": 1.5}}
     with pytest.raises(DeepLungRegError, match=r"non-finite number in tre_per_landmark\[1\]\.after"):
@@ -233,7 +233,7 @@ def test_cli_simulate_with_a_negative_seed(tmp_path, capsys):
     one_line(capsys, code, "simulate: the seed must be a whole number >= 0, got -1")
 
 
-@pytest.mark.parametrize("field, value, says", [("fixed", 5, "'fixed' must be text, got 5"), ("options", "fast", "'options' must be an object"),
+@pytest.mark.parametrize("field, value, says", [("fixed", 5, "'fixed' must be a file path (text), got 5"), ("options", "fast", "'options' must be an object"),
                                                 ("landmark_labels", 3, "'landmark_labels' must be a list")])
 def test_cli_worker_request_field_of_the_wrong_type(tmp_path, capsys, field, value, says):
     """A traceback, and no {"error"} line for the Slicer module to show."""

@@ -185,3 +185,28 @@ def test_streamed_nifti_is_byte_for_byte_what_itk_writes(tmp_path, oblique, dire
         write_field(f, g, tmp_path / "ours.nii.gz")
         back, gb = read_field(tmp_path / "ours.nii.gz")
         assert np.array_equal(back, f) and gb.same_as(g, tol=1e-6)
+
+
+def test_looks_like_ct_is_one_test_of_hounsfield_air_for_every_caller(caplog):
+    """A CT in HU holds air (1st percentile below -500); the same CT stored as uint16 = HU + 1024 and an MRI do not.
+    The pipeline (warp fill, HU ventilation) and register()'s intensity warning ask this one function."""
+    import logging
+
+    from DeepLungRegLib import pipeline
+    from DeepLungRegLib.io.images import looks_like_ct
+    from DeepLungRegLib.methods import base
+
+    rng = np.random.default_rng(0)
+    g = Geometry((16, 16, 16), (2.0, 2.0, 2.0))
+    hu = np.where(rng.random(g.shape) < 0.3, -1000.0, rng.normal(40.0, 30.0, g.shape)).astype(np.float32)
+    ct, offset = Image(hu.astype(np.int16), g), Image((hu + 1024).astype(np.uint16), g)
+    mri = Image(rng.uniform(0, 800, g.shape).astype(np.float32), g)
+    assert looks_like_ct(ct) and not looks_like_ct(offset) and not looks_like_ct(mri)
+    assert pipeline.looks_like_ct is looks_like_ct and not hasattr(base, "_holds_hu_air")
+    with caplog.at_level(logging.WARNING, logger=base.__name__):
+        base._check_intensities(ct, offset)
+    assert "moving image holds no air in Hounsfield units" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=base.__name__):
+        base._check_intensities(ct, ct)
+    assert not caplog.text

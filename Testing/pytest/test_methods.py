@@ -10,7 +10,7 @@ from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats, tre
 from DeepLungRegLib.simulation import simulate_breathing
 from DeepLungRegLib.transforms import affine_to_field, resample_to_spacing, sample_field_at_points, warp_image
 
-FAST = {"levels_mm": [8.0, 4.0], "iterations": [60, 40], "learning_rates": [1.0, 0.5]}
+FAST = {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [60, 40], "refine_learning_rates": [1.0, 0.5]}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,7 @@ def test_adam_lowers_tre_without_folding(small_pair, device):
     assert res.field.shape == (*p.fixed.geometry.shape, 3) and res.field.dtype == np.float32
     assert stages and stages[-1] == 1.0 and all(0 <= f <= 1 for f in stages)
     assert res.timings["total"] > 0 and "peak_rss_mb" in res.diagnostics
+    assert [(lv["stage"], lv["level_mm"]) for lv in res.diagnostics["levels"]] == [("refine", 8.0), ("refine", 4.0)]
     assert res.diagnostics["device"].startswith(device) and (("peak_gpu_mb" in res.diagnostics) == device.startswith("cuda"))
 
 
@@ -68,10 +69,10 @@ def test_cancel_stops_the_method(small_pair, device):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(method="nope"), "unknown method"),
-    (dict(config={"levels_mm": [100.0], "iterations": [5], "learning_rates": [1.0]}), "levels_mm must be between"),
-    (dict(config={"levels_mm": [4.0], "iterations": [5, 5], "learning_rates": [1.0]}), "equal length"),
+    (dict(config={"refine_levels_mm": [100.0], "refine_iterations": [5], "refine_learning_rates": [1.0]}), "refine_levels_mm must be between"),
+    (dict(config={"refine_levels_mm": [4.0], "refine_iterations": [5, 5], "refine_learning_rates": [1.0]}), "equal length"),
     (dict(config={"bogus": 1}), "unknown option"),
-    (dict(config={"iterations": "many"}), "iterations must be a number or a list of numbers"),
+    (dict(config={"refine_iterations": "many"}), "refine_iterations must be a number or a list of numbers"),
     (dict(config={"regularisation": float("nan")}), "regularisation"),
     (dict(config={"precision": "float16"}, device="cpu"), "not allowed on the CPU"),
 ])
@@ -85,8 +86,8 @@ def test_register_rejects_bad_options(small_pair, kwargs, match):
 def test_a_number_for_a_per_level_option_means_one_level():
     from DeepLungRegLib.methods.adam import AdamConfig
 
-    cfg = AdamConfig.from_dict({"levels_mm": 4, "iterations": 20, "learning_rates": 0.5})
-    assert (cfg.levels_mm, cfg.iterations, cfg.learning_rates) == ((4,), (20,), (0.5,))
+    cfg = AdamConfig.from_dict({"refine_levels_mm": 4, "refine_iterations": 20, "refine_learning_rates": 0.5})
+    assert (cfg.refine_levels_mm, cfg.refine_iterations, cfg.refine_learning_rates) == ((4,), (20,), (0.5,))
 
 
 def test_register_rejects_bad_images_and_masks(small_pair):
@@ -121,3 +122,17 @@ def test_every_option_of_every_method_has_its_whole_help_text():
     assert helps["refine_iterations"].startswith("Adam iterations") and helps["convex_smoothing_passes"]
     helps = {o["name"]: o["help"] for o in method_settings("embed")}
     assert helps["features"].endswith("the refinement always uses MIND-SSC.")
+
+
+def test_every_method_writes_its_per_level_records_under_one_key():
+    """Per-level records go to ``diagnostics["levels"]`` (their ``stage`` says whose: ``convex``, ``refine``);
+    no method writes them under a key of its own."""
+    import re
+    from pathlib import Path
+
+    import DeepLungRegLib.methods as methods
+
+    sources = {p.name: p.read_text() for p in Path(methods.__file__).parent.glob("*.py")}
+    keys = {m.group(1) for text in sources.values() for m in re.finditer(r"""diag\w*\[\s*["'](\w*levels?\w*)["']\s*\]""", text)}
+    assert keys == {"levels"}, keys
+    assert '"stage": "refine"' in sources["refine.py"] and '"stage": "convex"' in sources["convex.py"]

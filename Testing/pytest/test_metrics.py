@@ -23,7 +23,7 @@ def test_tre_summary_values():
 
 
 def test_tre_rejects_mismatch():
-    with pytest.raises(DeepLungRegError, match="same N"):
+    with pytest.raises(DeepLungRegError, match="fixed landmarks has 3 points but moving landmarks has 4; landmarks must correspond one to one"):
         tre(np.zeros((3, 3)), np.zeros((4, 3)))
 
 

@@ -22,8 +22,8 @@ from DeepLungRegLib.pipeline import ALL_OUTPUT_FILES, RegistrationJob, run_regis
 from DeepLungRegLib.simulation import read_pair
 
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--method", "adam", "-O", "levels_mm=[8]", "-O", "iterations=[20]", "-O", "learning_rates=[1]", "-O", "affine_init=false"]
-FAST_CFG = {"levels_mm": [8.0], "iterations": [20], "learning_rates": [1.0], "affine_init": False}  # adam's options
+FAST = ["--method", "adam", "-O", "refine_levels_mm=[8]", "-O", "refine_iterations=[20]", "-O", "refine_learning_rates=[1]", "-O", "affine_init=false"]
+FAST_CFG = {"refine_levels_mm": [8.0], "refine_iterations": [20], "refine_learning_rates": [1.0], "affine_init": False}  # adam's options
 
 
 def run_cli(*args, **kw):

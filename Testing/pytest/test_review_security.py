@@ -81,10 +81,11 @@ def _set(path: str, value):
 MISTYPED = {  # field named in the line: the change
     "text where a number is": ("tre_after.mean", _set("tre_after.mean", "1.4")),
     "text in a list of numbers": ("fixed_grid.spacing", _set("fixed_grid.spacing", ["6", "6", "6"])),
-    "a list where an object is": ("inputs", lambda m: m.__setitem__("inputs", list(m["inputs"].values()))),
+    "a list where an object is": ("job", lambda m: m.__setitem__("job", list(m["job"].values()))),
+    "an older folder's inputs as a list": ("inputs", lambda m: (m.pop("job"), m.__setitem__("inputs", ["f.nii.gz", "m.nii.gz"]))),
     "an object where a list is": ("tre_per_landmark", _set("tre_per_landmark", {"P-1": {"before": 1.0, "after": 1.0}})),
     "null where an object is": ("jacobian", _set("jacobian", None)),
-    "a number where text is": ("inputs.fixed", _set("inputs.fixed", 7)),
+    "a number where text is": ("job.fixed", _set("job.fixed", 7)),
     "a point of two numbers": ("landmarks.fixed_lps", _set("landmarks.fixed_lps.0", [1.0, 2.0])),
     "an object where names are": ("landmarks.labels", _set("landmarks.labels", {"P-1": 0})),
     "text where points are": ("landmarks.fixed_lps", _set("landmarks.fixed_lps", "1,2,3")),

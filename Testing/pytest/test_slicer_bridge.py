@@ -190,7 +190,7 @@ def test_table_round_trip(bridge, hs):
 
 
 # ------------------------------------------------------------- the workflow
-FAST = {"levels_mm": [8.0, 4.0], "iterations": [50, 30], "learning_rates": [1.0, 0.5]}
+FAST = {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [50, 30], "refine_learning_rates": [1.0, 0.5]}
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,8 @@ def test_lung_masks_from_a_segmentation_node_by_segment_name(small_pair, slicer_
     with pytest.raises(DeepLungRegError, match="no segment 'heart'.*'right lung', 'left lung', 'body'"):
         b.mask_from_segmentation(seg, fixed, ["heart"])
     # the job takes it as any mask; on the moving image's grid the segmentation is resampled
-    job = job_from_nodes(fixed, moving, "affine", fixed_mask=seg, moving_mask=seg, moving_mask_segments=["right lung"])
+    job = job_from_nodes(b.RegistrationNodes(fixed, moving, fixed_mask=seg, moving_mask=seg, moving_mask_segments=["right lung"]),
+                         "affine")
     assert np.array_equal(job.fixed_mask.array, lung) and job.moving_mask.geometry.same_as(p.moving.geometry, tol=1e-4)
     assert 0 < job.moving_mask.array.sum() < lung.sum()
     assert hs.scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 1  # no temporary node left behind
@@ -253,8 +254,9 @@ def registered(small_pair, slicer_core):
     ml = b.markups_from_landmarks(hs.scene, p.moving_landmarks[:n], "M")
     before = b.image_from_volume_node(moving).array.copy()
     stages = []
-    res = register_nodes(hs.scene, fixed, moving, "adam", fixed_mask=fmask, moving_mask="auto", fixed_landmarks=fl,
-                         moving_landmarks=ml, device="cpu", options=FAST, progress=lambda s, f: stages.append(f))
+    res = register_nodes(hs.scene, b.RegistrationNodes(fixed, moving, fixed_mask=fmask, moving_mask="auto", fixed_landmarks=fl,
+                                                       moving_landmarks=ml), "adam", device="cpu", options=FAST,
+                         progress=lambda s, f: stages.append(f))
     return dict(hs=hs, fixed=fixed, moving=moving, fmask=fmask, fl=fl, ml=ml, res=res, before=before, stages=stages, pair=p)
 
 
@@ -373,8 +375,8 @@ def test_register_nodes_rerun_replaces_only_its_outputs(registered, bridge):
 
     hs, r = registered["hs"], registered["res"]
     n_volumes = hs.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
-    r2 = register_nodes(hs.scene, registered["fixed"], registered["moving"], "affine", fixed_mask=registered["fmask"],
-                        moving_mask=None, device="cpu", show=False)
+    r2 = register_nodes(hs.scene, bridge.RegistrationNodes(registered["fixed"], registered["moving"], fixed_mask=registered["fmask"],
+                                                           moving_mask=None), "affine", device="cpu", show=False)
     assert r2.transform is r.transform and r2.warped is r.warped and r2.jacobian is r.jacobian
     assert hs.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == n_volumes
     assert r2.transform.GetAttribute("DeepLungReg.Method") == "affine"
@@ -383,15 +385,16 @@ def test_register_nodes_rerun_replaces_only_its_outputs(registered, bridge):
     assert registered["moving"].GetTransformNodeID() is None
     # An input given as an output is refused, as is a mismatched landmark pair.
     with pytest.raises(DeepLungRegError, match="is one of the inputs"):
-        register_nodes(hs.scene, registered["fixed"], registered["moving"], "affine", outputs={"warped": registered["moving"]})
+        register_nodes(hs.scene, bridge.RegistrationNodes(registered["fixed"], registered["moving"],
+                                                          outputs={"warped": registered["moving"]}), "affine")
     short = bridge.markups_from_landmarks(hs.scene, registered["pair"].moving_landmarks[:3], "short")
     with pytest.raises(DeepLungRegError, match="correspond one to one"):
-        register_nodes(hs.scene, registered["fixed"], registered["moving"], "affine", fixed_landmarks=registered["fl"],
-                       moving_landmarks=short)
+        register_nodes(hs.scene, bridge.RegistrationNodes(registered["fixed"], registered["moving"], fixed_landmarks=registered["fl"],
+                                                          moving_landmarks=short), "affine")
     with pytest.raises(DeepLungRegError, match="same node"):
-        register_nodes(hs.scene, registered["fixed"], registered["fixed"], "affine")
+        register_nodes(hs.scene, bridge.RegistrationNodes(registered["fixed"], registered["fixed"]), "affine")
     with pytest.raises(DeepLungRegError, match="unknown method"):
-        register_nodes(hs.scene, registered["fixed"], registered["moving"], "nope")
+        register_nodes(hs.scene, bridge.RegistrationNodes(registered["fixed"], registered["moving"]), "nope")
 
 
 def test_slice_view_pictures_are_non_trivial(registered, bridge, tmp_path):
@@ -446,8 +449,9 @@ def test_a_registration_in_a_background_process_and_a_cancelled_one(small_pair, 
     n_nodes = hs.scene.GetNumberOfNodes()
 
     stages = []
-    run = BackgroundRegistration(hs.scene, fixed, moving, "affine", fixed_mask=fmask, moving_mask=None, fixed_landmarks=fl,
-                                 moving_landmarks=ml, device="cpu", options={"levels_mm": [8.0], "iterations": [40]},
+    run = BackgroundRegistration(hs.scene, b.RegistrationNodes(fixed, moving, fixed_mask=fmask, moving_mask=None, fixed_landmarks=fl,
+                                                     moving_landmarks=ml), "affine", device="cpu",
+                                 options={"levels_mm": [8.0], "iterations": [40]},
                                  workdir=tmp_path, show=False)
     res = run.wait(progress=lambda s, f: stages.append(f))
     assert run.state == "done" and stages and max(stages) >= 0.99 and stages == sorted(stages)
@@ -461,9 +465,9 @@ def test_a_registration_in_a_background_process_and_a_cancelled_one(small_pair, 
     n_after = hs.scene.GetNumberOfNodes()
     assert n_after > n_nodes
 
-    slow = {"levels_mm": [8.0, 4.0], "iterations": [400, 400], "learning_rates": [0.5, 0.25], "affine_init": False}
-    run2 = BackgroundRegistration(hs.scene, fixed, moving, "adam", fixed_mask=fmask, moving_mask=None, device="cpu",
-                                  options=slow, workdir=tmp_path, show=False)
+    slow = {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [400, 400], "refine_learning_rates": [0.5, 0.25], "affine_init": False}
+    run2 = BackgroundRegistration(hs.scene, b.RegistrationNodes(fixed, moving, fixed_mask=fmask, moving_mask=None), "adam",
+                                  device="cpu", options=slow, workdir=tmp_path, show=False)
     deadline = time.time() + 180
     while run2.poll() == "running" and run2.fraction < 0.2 and time.time() < deadline:
         time.sleep(0.2)
@@ -479,7 +483,7 @@ def test_a_registration_in_a_background_process_and_a_cancelled_one(small_pair, 
 def test_landmark_review_step_flag_correct_export_and_reopen(registered, bridge, tmp_path):
     """A clinician's review: worst landmark first, accept/flag with comments, a point dragged by a known
     offset gives the known TRE, the reviewed landmarks and table are exported and re-opened."""
-    from DeepLungRegLib.slicer_bridge.review import REVIEW_FILES, LandmarkReview
+    from DeepLungRegLib.slicer_bridge.review import REVIEW_FILES, LandmarkReview, centre_on, points_from_markups
 
     hs, res = registered["hs"], registered["res"]
     fixed_pts = bridge.landmarks_from_markups(registered["fl"])
@@ -494,7 +498,7 @@ def test_landmark_review_step_flag_correct_export_and_reopen(registered, bridge,
     assert order[0] == int(np.argmax(tre)) and review.order("index") == list(range(len(tre)))
     review.goto(order[0])
     assert review.next() == order[1] and review.previous() == order[0] and review.previous() == order[-1]
-    assert np.allclose(review.centre(hs.scene, order[0]), fixed_pts[order[0]])
+    assert np.allclose(centre_on(hs.scene, review, order[0]), fixed_pts[order[0]])
     review.accept("fine", index=order[1])
     review.flag("  misses the   vessel ", index=order[0])
     assert review.status[order[0]] == "flagged" and review.comment[order[0]] == "misses the vessel"
@@ -503,7 +507,7 @@ def test_landmark_review_step_flag_correct_export_and_reopen(registered, bridge,
     target = fixed_pts[i] + sample_field_at_points(res.outputs.result.field, res.outputs.result.geometry, fixed_pts[i:i + 1])[0]
     moving_node.SetNthControlPointPosition(i, *lps_to_ras(target[None])[0])
     before = review.summary()
-    assert review.sync_from_markups(moving_node=moving_node) == [i]
+    assert review.take_points(**points_from_markups(review, moving_node=moving_node)) == [i]
     after = review.summary()
     assert review.tre()[i] < 1e-3 and after["corrected"] == 1
     assert after["mean"] == pytest.approx(before["mean"] - tre[i] / len(tre), abs=1e-4)
@@ -525,36 +529,91 @@ def read_landmarks_file(path):
 
 
 def test_review_in_the_scene_drag_the_warped_point_onto_the_fixed_point(registered, bridge):
-    """The module's review: built from the scene's nodes, it shows the warped landmarks unlocked; dragging
-    a warped point (in the fixed image's world) onto its fixed point makes that landmark's TRE zero, and
-    the table and labels follow."""
-    from DeepLungRegLib.slicer_bridge.review import LandmarkReview
+    """The module's review: the registration's own review, driven by the controller the Widget and the page share
+    and drawn by ReviewScene; the warped landmarks are unlocked while correcting; dragging a warped point (in the
+    fixed image's world) onto its fixed point makes that landmark's TRE zero, and the table and labels follow."""
+    from DeepLungRegLib.evaluation.review import ReviewController
+    from DeepLungRegLib.slicer_bridge.review import ReviewScene, show_review
 
     r, hs, fl = registered["res"], registered["hs"], registered["fl"]
-    review = LandmarkReview.from_nodes(r.transform, fl, r.landmarks)
+    review = r.review
     tre = review.tre()
-    field, geometry = bridge.field_from_grid_transform_node(r.transform)  # an earlier test may have re-run into it
+    field, geometry = r.outputs.result.field, r.outputs.result.geometry
     fixed_pts, moving_pts = registered["pair"].fixed_landmarks[:40], registered["pair"].moving_landmarks[:40]
     expect = np.linalg.norm(fixed_pts + sample_field_at_points(field, geometry, fixed_pts) - moving_pts, axis=1)
     assert np.allclose(tre, expect, atol=1e-3) and review.labels[0] == "L0"
+    assert review.field is field  # the registration's own field, not a copy read back from the transform
+    bridge.grid_transform_node_from_field(hs.scene, field, geometry, "", node=r.transform)  # an earlier test re-ran into it
     i = review.order("tre")[0]
     assert review.describe(i).startswith(f"L{i}: 1 of 40 worst first, TRE {tre[i]:.2f} mm")
     assert review.summary_text().startswith(f"40 landmarks: TRE mean {tre.mean():.2f} mm")
+    controller = ReviewController(review)
+    events = []
+    controller.observe(events.append)
+    scene_review = ReviewScene(hs.scene, controller, r.landmarks, r.tre_table)
     try:
-        review.show(hs.scene, r.landmarks, r.tre_table, editable=True)
+        controller.set_editable(True)
         assert not r.landmarks.GetNthControlPointLocked(i)
+        assert controller.select(i) == i and events[-1] == "current"
         fixed_ras = np.zeros(3)
         fl.GetNthControlPointPositionWorld(i, fixed_ras)
         r.landmarks.SetNthControlPointPositionWorld(i, *fixed_ras)  # what dragging in a slice view does
-        assert review.take_drop(r.landmarks) == i and review.current == i
+        r.landmarks.InvokeEvent(r.landmarks.PointEndInteractionEvent)  # ... and dropping it
+        assert controller.current == i and events[-1] == "points"
         assert review.tre()[i] < 0.05 and review.corrected()[i]
-        review.flag("checked by hand", index=i)
-        review.show(hs.scene, r.landmarks, r.tre_table, editable=True)
+        after = controller.mark("flagged", "checked by hand")
+        assert after == review.order("tre")[(review.order("tre").index(i) + 1) % 40]
         cols = bridge.columns_from_table_node(r.tre_table)
         assert float(cols["TRE after (mm)"][i]) < 0.05 and cols["Status"][i] == "flagged"
-        assert cols["Comment"][i] == "checked by hand" and r.landmarks.GetNthControlPointLabel(i).startswith(f"L{i}: 0.0 mm")
+        assert cols["Comment"][i] == "checked by hand" and r.landmarks.GetNthControlPointDescription(i).startswith(f"L{i}: 0.0 mm")
+        assert r.landmarks.GetNthControlPointLabel(after).startswith(f"L{after}: ")  # the labels follow the current one
     finally:  # leave the module's shared scene as the registration made it
-        LandmarkReview(fixed_pts, moving_pts, field, geometry, review.labels).show(hs.scene, r.landmarks, r.tre_table)
+        scene_review.close()
+        review.moving[:] = review.original_moving
+        review.status[:] = ["unreviewed"] * 40
+        review.comment[:] = [""] * 40
+        show_review(hs.scene, review, r.landmarks, r.tre_table)
+    n = len(events)
+    controller.next()  # closed: the scene no longer follows
+    assert len(events) == n + 1
+
+
+def test_the_review_path_never_reads_the_field_back_from_the_transform(small_pair, bridge, monkeypatch, tmp_path):
+    """The result carries its review, made from the field in memory: registering with landmarks, reviewing in the
+    scene (step, drag, mark), exporting and opening the review again never read the field out of the transform
+    node (a float64 copy of it would be ~3.8 GB on a 512x512x600 CT)."""
+    from DeepLungRegLib.evaluation.review import LandmarkReview, ReviewController
+    from DeepLungRegLib.slicer_bridge import nodes as bridge_nodes
+    from DeepLungRegLib.slicer_bridge.review import ReviewScene
+    from DeepLungRegLib.slicer_bridge.workflow import register_nodes
+
+    def no_read_back(*args, **kwargs):
+        raise AssertionError("the review read the displacement field back out of the transform node")
+
+    monkeypatch.setattr(bridge_nodes, "field_from_grid_transform_node", no_read_back)
+    monkeypatch.setattr(bridge, "field_from_grid_transform_node", no_read_back)
+    hs = bridge.new_scene()
+    fixed, moving, fmask, fl, ml = pair_nodes(bridge, hs.scene, small_pair, n=12)
+    res = register_nodes(hs.scene, bridge.RegistrationNodes(fixed, moving, fixed_mask=fmask, moving_mask=None, fixed_landmarks=fl,
+                                                            moving_landmarks=ml), "affine", device="cpu",
+                         options={"levels_mm": [8.0], "iterations": [20]}, show=False)
+    review = res.review
+    assert isinstance(review, LandmarkReview) and review.field is res.outputs.result.field
+    assert np.allclose(review.tre(), res.outputs.tre_after, atol=1e-4) and review.current == res.worst_landmark
+    controller = ReviewController(review)
+    scene_review = ReviewScene(hs.scene, controller, res.landmarks, res.tre_table)
+    controller.worst()
+    controller.set_editable(True)
+    j = controller.current
+    target = ras_to_lps(np.array([[0.0, 0.0, 0.0]]))[0]
+    res.landmarks.SetNthControlPointPosition(j, *lps_to_ras(target[None])[0])
+    res.landmarks.InvokeEvent(res.landmarks.PointEndInteractionEvent)
+    assert np.allclose(review.moving[j], target) and review.corrected()[j]
+    controller.mark("accepted", "ok")
+    written = controller.export(tmp_path)
+    again = LandmarkReview.load(tmp_path / "review.csv", review.field, review.geometry)
+    assert len(written) == 5 and again.status[j] == "accepted" and np.allclose(again.tre(), review.tre(), atol=1e-3)
+    scene_review.close()
 
 
 @pytest.mark.slow
@@ -574,8 +633,9 @@ def test_the_sample_data_pair_registers_through_the_node_path(bridge):
     assert nodes == loaded and [n.GetName() for n in nodes.values()] == [node for _, node, _ in SAMPLE_PAIR]
     n = nodes["fixed_landmarks"].GetNumberOfControlPoints()
     assert n == nodes["moving_landmarks"].GetNumberOfControlPoints() >= 50
-    res = register_nodes(hs.scene, nodes["fixed"], nodes["moving"], DEFAULT_METHOD, fixed_landmarks=nodes["fixed_landmarks"],
-                         moving_landmarks=nodes["moving_landmarks"], device="cpu", show=False)
+    res = register_nodes(hs.scene, bridge.RegistrationNodes(nodes["fixed"], nodes["moving"], fixed_landmarks=nodes["fixed_landmarks"],
+                                                            moving_landmarks=nodes["moving_landmarks"]), DEFAULT_METHOD,
+                         device="cpu", show=False)
     before, after = res.metrics["tre_before"]["mean"], res.metrics["tre_after"]["mean"]
     print(f"\nsample pair, {DEFAULT_METHOD}: TRE {before:.2f} mm before, {after:.2f} mm after")
     assert before > 5.0 and after < 0.15 * before

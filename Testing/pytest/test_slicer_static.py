@@ -102,7 +102,8 @@ def test_module_has_the_four_classes_and_imports_no_library_at_load(module_ast):
     logic = classes["DeepLungRegLogic"]
     register = next(f for f in logic.body if isinstance(f, ast.FunctionDef) and f.name == "register")
     args = [a.arg for a in register.args.args]
-    assert args[:4] == ["self", "fixedVolumeNode", "movingVolumeNode", "method"] and register.args.kwarg is not None
+    # one RegistrationNodes (DeepLungRegLib.slicer_bridge) of inputs and outputs, the method, and method settings as keywords
+    assert args[:3] == ["self", "nodes", "method"] and register.args.kwarg is not None
 
 
 def test_module_cmake_lists_every_module_file():

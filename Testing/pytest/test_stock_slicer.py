@@ -100,7 +100,6 @@ def slicer_path_roots() -> list[str]:
     roots |= {"DeepLungRegLib.cli", "DeepLungRegLib.slicer_bridge.background", "DeepLungRegLib.worker"}
     roots |= set(_function_imports(LIB / "cli.py", "DeepLungRegLib.cli", "cmd_worker"))
     roots |= set(_function_imports(LIB / "worker.py", "DeepLungRegLib.worker", "register_request"))
-    roots |= set(_function_imports(LIB / "worker.py", "DeepLungRegLib.worker", "_job_from_json"))
     return sorted(r for r in roots if r.startswith("DeepLungRegLib"))
 
 
@@ -210,8 +209,9 @@ def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair,
     work = tmp_path / "work"
     work.mkdir()
 
-    run = BackgroundRegistration(hs.scene, fixed, moving, "affine", fixed_mask=fmask, moving_mask="auto", fixed_landmarks=fl,
-                                 moving_landmarks=ml, device="cpu", options={"levels_mm": [8.0], "iterations": [40]},
+    run = BackgroundRegistration(hs.scene, b.RegistrationNodes(fixed, moving, fixed_mask=fmask, moving_mask="auto", fixed_landmarks=fl,
+                                                     moving_landmarks=ml), "affine", device="cpu",
+                                 options={"levels_mm": [8.0], "iterations": [40]},
                                  workdir=work, show=False, python=str(stock_python))
     res = run.wait()
     assert run.state == "done", run.error
@@ -224,7 +224,7 @@ def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair,
 
     # the report on request needs matplotlib: on a stock Python, one clear line in the GUI, the whole stderr in the log
     caplog.set_level(logging.ERROR, logger="DeepLungRegLib.worker")
-    bad = BackgroundRegistration(hs.scene, fixed, moving, "affine", fixed_mask=fmask, moving_mask=None, device="cpu",
+    bad = BackgroundRegistration(hs.scene, b.RegistrationNodes(fixed, moving, fixed_mask=fmask, moving_mask=None), "affine", device="cpu",
                                  options={"levels_mm": [8.0], "iterations": [5]}, workdir=work, show=False,
                                  python=str(stock_python), report_folder=tmp_path / "reports")
     with pytest.raises(DeepLungRegError, match="report needs matplotlib") as err:
@@ -234,10 +234,10 @@ def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair,
     assert any("stderr" in text and "deeplungreg: error: worker: the report needs matplotlib" in text for text in logged), logged
 
     # a second run, cancelled while it registers: neither the launcher nor its child Python is left
-    slow = {"levels_mm": [8.0, 4.0], "iterations": [400, 400], "learning_rates": [0.5, 0.25], "affine_init": False}
+    slow = {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [400, 400], "refine_learning_rates": [0.5, 0.25], "affine_init": False}
     n_nodes = hs.scene.GetNumberOfNodes()
-    run2 = BackgroundRegistration(hs.scene, fixed, moving, "adam", fixed_mask=fmask, moving_mask=None, device="cpu",
-                                  options=slow, workdir=work, show=False, python=str(stock_python))
+    run2 = BackgroundRegistration(hs.scene, b.RegistrationNodes(fixed, moving, fixed_mask=fmask, moving_mask=None), "adam",
+                                  device="cpu", options=slow, workdir=work, show=False, python=str(stock_python))
     deadline = time.monotonic() + 300
     while run2.poll() == "running" and run2.fraction < 0.2 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -267,7 +267,7 @@ def test_report_on_request_is_kept_in_a_new_folder(small_pair, slicer_core, tmp_
     reports = tmp_path / "my reports"
     reports.mkdir()
     (reports / "notes.txt").write_text("the user's own file")
-    run = BackgroundRegistration(hs.scene, fixed, moving, "affine", fixed_mask="none", moving_mask="none", device="cpu",
+    run = BackgroundRegistration(hs.scene, b.RegistrationNodes(fixed, moving, fixed_mask="none", moving_mask="none"), "affine", device="cpu",
                                  options={"levels_mm": [8.0], "iterations": [20]}, workdir=tmp_path, show=False,
                                  report_folder=reports)
     res = run.wait()

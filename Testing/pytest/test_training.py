@@ -1,5 +1,5 @@
 """Training the network methods and running them: the network grid and its geometry, a tiny
-training run with its outputs and resume, the methods with trained weights and ``finetune``,
+training run with its outputs and resume, the methods with trained weights and their refinement,
 and the shipped weights."""
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ def small_pair(demo_ct):
     return simulate_breathing(demo_ct, amplitude="small", seed=4)
 
 
-def test_a_network_method_runs_with_given_weights_and_finetune_improves_it(trained, small_pair, tmp_path):
+def test_a_network_method_runs_with_given_weights_and_its_refinement_improves_it(trained, small_pair, tmp_path):
     _, out, _ = trained
     p = small_pair
     shipped = export_weights(out / "checkpoint.pt", tmp_path / "w.pt", "deeplungreg train ...")
@@ -240,10 +240,11 @@ def test_a_network_method_runs_with_given_weights_and_finetune_improves_it(train
     assert res.field.shape == (*p.fixed.geometry.shape, 3) and np.isfinite(res.field).all()
     assert res.diagnostics["trained_steps"] == steps and "network" in res.timings
     tuned = register(p.fixed, p.moving, "mlvirnet", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
-                     config={**base, "finetune": 30, "finetune_level_mm": 4.0, "finetune_learning_rate": 0.5}, device="cpu")
+                     config={**base, "refine_iterations": 30, "refine_levels_mm": 4.0, "refine_learning_rates": 0.5}, device="cpu")
     t0 = tre(p.fixed_landmarks, p.moving_landmarks, res.field, res.geometry).mean()
     t1 = tre(p.fixed_landmarks, p.moving_landmarks, tuned.field, tuned.geometry).mean()
     assert t1 < 0.7 * t0
+    assert "levels" not in res.diagnostics and [lv["stage"] for lv in tuned.diagnostics["levels"]] == ["refine"]
     with pytest.raises(DeepLungRegError, match="holds weights of 'mlvirnet'"):
         register(p.fixed, p.moving, "lindef", config=base, device="cpu")
     with pytest.raises(DeepLungRegError, match="does not exist"):
