@@ -149,49 +149,11 @@ def cmd_batch(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    """One registration request (JSON, written by :mod:`DeepLungRegLib.slicer_bridge.background`), with progress
-    as JSON lines on stdout: ``{"stage", "fraction"}`` while it runs, then ``{"done": OUTDIR}`` or ``{"error": TEXT}``.
+    """One registration request (JSON), with progress as JSON lines on stdout: the child side of
+    :class:`DeepLungRegLib.worker.WorkerProcess` (which starts ``python -m DeepLungRegLib.worker``, the same)."""
+    from .worker import register_request, run_request
 
-    It runs on Slicer's Python (torch, numpy, scipy, SimpleITK): it writes only what the module reads back,
-    and the report (matplotlib) only when the request asks for it (``"report": true``)."""
-    import dataclasses
-    import importlib.util
-
-    from .options import read_config_json
-    from .pipeline import RegistrationJob, run_registration
-
-    def say(**message) -> None:
-        print(json.dumps(message), flush=True)
-
-    try:
-        req = read_config_json(args.request, "worker")
-        kinds = {**dict.fromkeys(("fixed", "moving", "output", "method", "device", "fixed_mask", "moving_mask", "fixed_landmarks",
-                                  "moving_landmarks"), "text"), "options": "an object", "landmark_labels": "a list"}
-        for key, kind in kinds.items():  # a field of the wrong type: one line (and the error message), not a traceback
-            if req.get(key) is not None and not isinstance(req[key], {"text": str, "an object": dict, "a list": list}[kind]):
-                raise DeepLungRegError(f"worker: the request's {key!r} must be {kind}, got {json.dumps(req[key])[:40]}")
-        report = bool(req.get("report", False))
-        if report and importlib.util.find_spec("matplotlib") is None:
-            raise DeepLungRegError("worker: the report needs matplotlib, which this Python lacks; install it "
-                                   "(in Slicer: slicer.util.pip_install('matplotlib')) or register without a report folder")
-        job = RegistrationJob.from_files(
-            req["fixed"], req["moving"], method=req.get("method", DEFAULT_METHOD), fixed_mask=req.get("fixed_mask", "auto"),
-            moving_mask=req.get("moving_mask", "auto"), fixed_landmarks=req.get("fixed_landmarks"),
-            moving_landmarks=req.get("moving_landmarks"), options=req.get("options") or {}, device=req.get("device", "auto"))
-        if req.get("landmark_labels") and job.fixed_landmarks is not None:
-            job = dataclasses.replace(job, landmark_labels=list(req["landmark_labels"]))
-        # the inputs are the module's private copies, deleted after the run: not recorded as the outputs' sources
-        job = dataclasses.replace(job, sources=None)
-        run_registration(job, req["output"], overwrite=bool(req.get("overwrite", not report)), report=report,
-                         progress=lambda stage, f: say(stage=stage, fraction=round(f, 4)))
-    except KeyError as exc:
-        say(error=f"worker: the request lacks {exc}")
-        raise DeepLungRegError(f"worker: the request lacks {exc}") from exc
-    except DeepLungRegError as exc:
-        say(error=str(exc))
-        raise
-    say(done=str(req["output"]))
-    return 0
+    return run_request(register_request, args.request)
 
 
 def cmd_simulate(args) -> int:
@@ -494,7 +456,8 @@ def _args_review(s: argparse.ArgumentParser) -> None:
 
 
 def _args_worker(s: argparse.ArgumentParser) -> None:
-    s.add_argument("request", help="request.json: fixed, moving, method, options, device, masks, landmarks, output")
+    s.add_argument("request", help="request.json: the job (fixed, moving, method, options, device, masks, landmarks), output, "
+                   "report, overwrite")
 
 
 def _args_simulate(s: argparse.ArgumentParser) -> None:
@@ -636,7 +599,7 @@ COMMANDS = {
     "tune": ("search a method's options on simulated pairs and write the best config (rank-based)", cmd_tune, _args_tune),
     "train": ("train a network method on pairs simulated on the fly from CTs (and real pairs)", cmd_train, _args_train),
     "train-features": ("train embed's feature CNN (paper 000) to predict MIND-SSC from CT crops", cmd_train_features, _args_train_features),
-    "worker": ("run one registration request (JSON) with progress as JSON lines (the Slicer module's background process)",
+    "worker": ("run one registration request (JSON) with progress as JSON lines (DeepLungRegLib.worker's child process)",
                cmd_worker, _args_worker),
     "review": ("review a registration output in the browser: overlay, grid, maps and the landmark review "
                "(pip install 'DeepLungRegLib[review]')", cmd_review, _args_review),

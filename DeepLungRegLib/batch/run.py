@@ -1,10 +1,12 @@
 """Registering a cohort on Dask distributed: a local cluster or a scheduler's workers, resumably.
 
 Each pair is one task that runs :func:`DeepLungRegLib.pipeline.run_registration` into
-``OUTDIR/<id>/``. A pair whose folder already holds a whole ``register`` output is not run
-again, and a pair that failed in an earlier run only with ``retry_failed``. A task whose worker
-dies is rescheduled by Dask on another worker; a pair that fails twice is recorded as failed and
-the others go on.
+``OUTDIR/<id>/`` in a worker process of its own (:class:`DeepLungRegLib.worker.WorkerProcess`), with
+the threads it is meant to have; the Dask worker only waits on it. A pair whose folder already
+holds a whole ``register`` output is not run again, and a pair that failed in an earlier run only
+with ``retry_failed``. A task whose process crashes is retried once; a task whose Dask worker dies
+(its process then ends too) is rescheduled on another worker; a pair that fails twice is recorded
+as failed and the others go on.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -20,6 +23,7 @@ from ..errors import DeepLungRegError
 from ..io.outputs import _STAGING_PREFIX, FolderLock, MANIFEST_FILE, check_output_path, clean_leftovers, read_records, replace_problems
 from ..io.runs import RunFolder
 from ..options import DEFAULT_METHOD
+from ..worker import WorkerProcess
 from .cohort import CohortRow, cohort_rows, read_cohort
 from .results import (BATCH_KEY, BATCH_RECORD, RESULT_FILES, batch_records, complete_metrics, failed_row, read_results, result_row,
                       write_results)
@@ -65,32 +69,71 @@ def cluster_plan(device: str, workers: int | None, cores: int | None = None, cud
     return {"workers": n, "threads": max(1, cores // n), "worker_resources": None, "task_resources": None, "device": "cpu"}
 
 
-def register_pair(row: CohortRow, outdir: str, method: str, options: dict, device: str, threads: int) -> dict:
-    """One pair, on a worker: register into ``outdir/<id>/`` and return its ``results.csv`` row
-    (``threads``: torch threads, 0 for torch's default).
+def register_pair(row: CohortRow, outdir: str, method: str, options: dict, device: str, threads: int | dict) -> dict:
+    """One pair, on a worker: register into ``outdir/<id>/`` in a worker process of its own
+    (:class:`DeepLungRegLib.worker.WorkerProcess`, which this task waits on) and return its ``results.csv`` row.
 
-    A problem with the pair's inputs (a :class:`DeepLungRegError`) is its result, a failed row;
-    anything else (out of memory, a crash) is raised, so that Dask retries the pair once.
+    ``threads``: the threads of the registration, or a map from worker address to threads (:func:`_plan_for`),
+    given to the worker process explicitly (a Dask nanny sets ``OMP_NUM_THREADS=1`` in its
+    workers, which a child would inherit). The worker process ends with the Dask worker, killed or not.
+
+    A problem with the pair's inputs (the worker's ``{"error"}`` line) is its result, a failed row; anything
+    else (out of memory, a crash) is raised, so that Dask retries the pair once.
     """
-    import torch
-
-    from ..pipeline import RegistrationJob, run_registration
-
-    if threads > 0:
-        torch.set_num_threads(int(threads))
     worker = _worker_name()
-    if device == "cuda" and torch.cuda.device_count() > 1:
-        device = f"cuda:{_worker_index() % torch.cuda.device_count()}"  # one GPU per worker
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.device_count() > 1:
+            device = f"cuda:{_worker_index() % torch.cuda.device_count()}"  # one GPU per worker
+    folder = Path(outdir) / row.id
+    request = {"job": row.job(method, options, device), "output": str(folder), "report": True, "overwrite": True,
+               "extra_metrics": {BATCH_KEY: {"id": row.id, "worker": worker}}}
     t0 = time.perf_counter()
-    try:
-        job = RegistrationJob.from_json(row.job(method, options, device), what=f"batch: pair {row.id}")
-        folder = Path(outdir) / row.id
-        metrics = run_registration(job, folder, overwrite=True, extra_metrics={BATCH_KEY: {"id": row.id, "worker": worker}})
-    except DeepLungRegError as exc:
-        return failed_row(row.id, str(exc), now=True, seconds=time.perf_counter() - t0, worker=worker)
+    with tempfile.TemporaryDirectory(prefix="deeplungreg-pair-") as tmp:
+        proc = WorkerProcess(request, tmp, threads=_task_threads(threads), env=_nanny_environment_undone(), exit_with_parent=True,
+                             log_reported_errors=False)
+        try:
+            proc.wait(interval=0.2)
+        except DeepLungRegError as exc:
+            return failed_row(row.id, str(exc), now=True, seconds=time.perf_counter() - t0, worker=worker)
+    run = RunFolder.read(folder, "batch")
     # the time is known only now: add it to the pair's own record, so that a later run can rebuild the row
-    RunFolder(folder, metrics).update(**{BATCH_KEY: {**metrics[BATCH_KEY], "seconds": round(time.perf_counter() - t0, 1)}})
-    return result_row(row.id, metrics, now=True)
+    run.update(**{BATCH_KEY: {**run.metrics[BATCH_KEY], "seconds": round(time.perf_counter() - t0, 1)}})
+    return result_row(row.id, run.metrics, now=True)
+
+
+def _nanny_environment_undone() -> dict[str, None]:
+    """The variables that a Dask nanny set in this worker process (``distributed.nanny.pre-spawn-environ``), to be
+    removed from the registration's environment: besides the thread counts (which the registration gets
+    explicitly), ``MALLOC_TRIM_THRESHOLD_``, which turns off glibc's dynamic mmap threshold, so that every large
+    temporary tensor is mapped and zeroed afresh (a loop of 3D convolutions and grid samples ran 25-30 % slower
+    with it on this project's CPU)."""
+    try:
+        import dask
+
+        spawned = {**(dask.config.get("distributed.nanny.environ", default=None) or {}),
+                   **(dask.config.get("distributed.nanny.pre-spawn-environ", default=None) or {})}
+    except ImportError:
+        return {}
+    return {key: None for key, value in spawned.items() if os.environ.get(key) == str(value)}
+
+
+def _task_threads(threads: int | dict) -> int:
+    """The threads of this task's registration: ``threads``, or this worker's entry of a map by worker
+    address (a worker missing from it: its host's cores divided by its own task threads)."""
+    if isinstance(threads, int) and threads > 0:
+        return threads
+    try:
+        from distributed import get_worker
+
+        w = get_worker()
+        address, slots = w.address, int(w.state.nthreads)
+    except (ImportError, ValueError, AttributeError):
+        address, slots = None, 1
+    if isinstance(threads, dict) and threads.get(address):
+        return int(threads[address])
+    return max(1, (os.cpu_count() or 1) // max(1, slots))
 
 
 def _worker_name() -> str:
@@ -258,24 +301,31 @@ def _make_client(scheduler: str | None, device: str, workers: int | None):
 
 def _plan_for(client, device: str) -> dict:
     """What each task asks for on a running cluster: ``GPU=1`` where workers offer that resource
-    (or CUDA is asked for), and the threads of one registration (the local cores shared among the
-    workers; on remote workers torch's own default)."""
-    ws = list(client.scheduler_info(n_workers=-1).get("workers", {}).values())
+    (or CUDA is asked for), and the threads of one registration on each worker: its host's cores
+    shared among the task threads of the workers on that host."""
+    ws = client.scheduler_info(n_workers=-1).get("workers", {})
     if not ws:
         raise DeepLungRegError("batch: the Dask cluster has no workers")
-    gpu_workers = sum("GPU" in (w.get("resources") or {}) for w in ws)
+    gpu_workers = sum("GPU" in (w.get("resources") or {}) for w in ws.values())
     if device.startswith("cuda") and gpu_workers == 0:
         raise DeepLungRegError("batch: --device cuda needs workers that offer the Dask resource GPU "
                                "(start them with --resources GPU=1)")
     gpu = gpu_workers > 0 and device != "cpu"
-    local = _is_local(client)
-    return {"workers": len(ws), "threads": max(1, (os.cpu_count() or 1) // len(ws)) if local else 0,
+    return {"workers": len(ws), "threads": _threads_per_worker(client, ws),
             "task_resources": {"GPU": 1} if gpu else None, "device": "cuda" if gpu else "cpu"}
 
 
-def _is_local(client) -> bool:
-    addr = str(getattr(client.scheduler, "address", "") or "")
-    return "127.0.0.1" in addr or "localhost" in addr or addr.startswith("inproc")
+def _threads_per_worker(client, ws: dict) -> dict[str, int]:
+    """Worker address -> the threads of one registration there: its host's cores divided by the task
+    threads of all the workers on that host (so that the pairs running at once do not oversubscribe it)."""
+    try:
+        cores = client.run(os.cpu_count)
+    except Exception:  # noqa: BLE001 - a worker that cannot answer keeps the default
+        cores = {}
+    slots: dict[str, int] = {}
+    for w in ws.values():
+        slots[w.get("host", "")] = slots.get(w.get("host", ""), 0) + int(w.get("nthreads") or 1)
+    return {addr: max(1, int(cores.get(addr) or os.cpu_count() or 1) // max(1, slots[w.get("host", "")])) for addr, w in ws.items()}
 
 
 def _has_dashboard() -> bool:

@@ -21,8 +21,6 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -209,27 +207,13 @@ def run_benchmark(
     work = outdir / "runs"
     work.mkdir(exist_ok=True)
     rows, raw = [], {}
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     for spec in specs:
-        spec_path = work / f"{spec['name']}.json"
-        spec_path.write_text(json.dumps(spec))
         for method in methods:
-            out_path = work / f"{spec['name']}__{_file_safe(method)}.json"
+            folder = work / f"{spec['name']}__{_file_safe(method)}"
+            folder.mkdir(exist_ok=True)
             say(f"{method} on {spec['name']}")
             t0 = time.perf_counter()
-            try:
-                proc = subprocess.run([sys.executable, "-m", "DeepLungRegLib.benchmark.worker", str(spec_path.resolve()), method, device,
-                                       str(out_path.resolve())], capture_output=True, text=True, timeout=timeout_s, env=env,
-                                      cwd=work)
-                if proc.returncode != 0 or not out_path.exists():
-                    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-                    r = {"error": f"exit {proc.returncode}: {tail}"}
-                else:
-                    r = json.loads(out_path.read_text())
-            except subprocess.TimeoutExpired:
-                r = {"error": f"timed out after {timeout_s:.0f} s"}
+            r = _measure_in_process(spec, method, device, folder, timeout_s)
             raw[(spec["name"], method)] = r
             row = _flatten(spec["name"], method, r, spec.get("direction", ""))
             rows.append(row)
@@ -238,6 +222,23 @@ def run_benchmark(
             say(f"{method} on {spec['name']}: {msg} ({time.perf_counter() - t0:.0f} s)")
     write_results(rows, raw, outdir, checks)
     return rows
+
+
+def _measure_in_process(spec: dict, method: str, device: str, folder: Path, timeout_s: float) -> dict:
+    """One measurement in a worker process of its own (:mod:`.worker`): its result, or ``{"error": ONE LINE}``."""
+    from ..worker import WorkerCrashed, WorkerProcess
+
+    proc = WorkerProcess({"spec": spec, "method": method, "device": device}, folder, module="DeepLungRegLib.benchmark.worker",
+                         exit_with_parent=True, log_reported_errors=False)
+    try:
+        result = proc.wait(interval=0.2, timeout=timeout_s)
+    except TimeoutError:
+        return {"error": f"timed out after {timeout_s:.0f} s"}
+    except (DeepLungRegError, WorkerCrashed) as exc:
+        code = proc.returncode
+        return {"error": f"exit {code}: {exc}"}
+    result.pop("done", None)
+    return result
 
 
 # ------------------------------------------------------------------ outputs

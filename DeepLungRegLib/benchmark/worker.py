@@ -1,6 +1,10 @@
 """One benchmark measurement in its own process: one pair, one method.
 
-    python -m DeepLungRegLib.benchmark.worker SPEC.json METHOD DEVICE OUT.json
+    python -m DeepLungRegLib.benchmark.worker REQUEST.json
+
+The measurement request of the library's worker protocol (:mod:`DeepLungRegLib.worker`), started by
+:class:`DeepLungRegLib.worker.WorkerProcess`: ``{"spec": PAIR SPEC, "method": LABEL, "device": DEVICE}``;
+its ``{"done"}`` line carries the result row's fields.
 
 Running each method in a fresh process makes the peak memory that method's
 own, and a crash loses only that row. The pair is read (timed as IO), the lung
@@ -10,10 +14,9 @@ masks found where the pair has none (timed apart), the method or baseline run
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from pathlib import Path
+from typing import Callable
 
 
 def peak_rss_mb() -> float:
@@ -42,7 +45,7 @@ def load_pair(spec: dict):
     raise DeepLungRegError(f"benchmark: unknown pair kind {kind!r}")
 
 
-def measure(spec: dict, method: str, device: str = "auto") -> dict:
+def measure(spec: dict, method: str, device: str = "auto", progress: Callable[[str, float], None] | None = None) -> dict:
     """Run ``method`` (a registered method or a baseline) on the pair of ``spec`` and score it."""
     import torch
 
@@ -62,7 +65,8 @@ def measure(spec: dict, method: str, device: str = "auto") -> dict:
     t0 = time.perf_counter()
     name, options = method_variant(method)  # "method" or "method:option=value:..."
     if name in available_methods():
-        res = register(fixed, moving, name, fixed_mask=fmask, moving_mask=mmask, config=options or None, device=device)
+        res = register(fixed, moving, name, fixed_mask=fmask, moving_mask=mmask, config=options or None, device=device,
+                       progress=progress)
         field, diag = res.field, res.diagnostics
         stages = {k: round(v, 2) for k, v in res.timings.items() if k != "total"}
     else:
@@ -79,15 +83,20 @@ def measure(spec: dict, method: str, device: str = "auto") -> dict:
     return row
 
 
+def measure_request(request: dict, progress: Callable[[str, float], None]) -> dict:
+    """The measurement request: ``{"spec", "method", "device"}`` -> ``{"done": "measure", ...the row's fields}``."""
+    from ..errors import DeepLungRegError
+
+    spec, method = request.get("spec"), request.get("method")
+    if not isinstance(spec, dict) or not isinstance(method, str):
+        raise DeepLungRegError("benchmark: a measurement request needs a 'spec' object and a 'method' label")
+    return {"done": "measure", **measure(spec, method, str(request.get("device") or "auto"), progress)}
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 4:
-        print("usage: python -m DeepLungRegLib.benchmark.worker SPEC.json METHOD DEVICE OUT.json", file=sys.stderr)
-        return 2
-    spec = json.loads(Path(argv[0]).read_text())
-    row = measure(spec, argv[1], argv[2])
-    Path(argv[3]).write_text(json.dumps(row))
-    return 0
+    from ..worker import main as serve
+
+    return serve(sys.argv[1:] if argv is None else argv, measure_request)
 
 
 if __name__ == "__main__":

@@ -175,3 +175,15 @@ def test_the_batch_command_runs_a_local_cluster(tmp_path, pair, capsys):
     assert "1 registered, 0 failed (1 run this time)" in capsys.readouterr().out
     assert main(args) == 0
     assert "(0 run this time)" in capsys.readouterr().out
+
+
+def test_a_pairs_process_gets_its_threads_and_not_the_nannys_settings(client):
+    """A Dask nanny sets OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_ in its workers (which made a pair 2-3 times
+    slower there): a pair's process does not inherit them, and gets the host's cores shared among the workers."""
+    from DeepLungRegLib.batch.run import _nanny_environment_undone, _plan_for, _task_threads
+
+    for undone in client.run(_nanny_environment_undone).values():
+        assert {"OMP_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"} <= set(undone) and set(undone.values()) == {None}
+    plan = _plan_for(client, "cpu")
+    assert set(plan["threads"]) == set(client.scheduler_info()["workers"])
+    assert client.submit(_task_threads, plan["threads"], pure=False).result() == max(1, (os.cpu_count() or 1) // 2)

@@ -11,11 +11,11 @@ from DeepLungRegLib.cli import main
 from helpers_inputs import one_line
 
 
-@pytest.mark.parametrize("field, value, says", [("fixed", 5, "'fixed' must be text, got 5"), ("options", "fast", "'options' must be an object"),
+@pytest.mark.parametrize("field, value, says", [("fixed", 5, "'fixed' must be a file path (text), got 5"), ("options", "fast", "'options' must be an object"),
                                                 ("landmark_labels", 3, "'landmark_labels' must be a list")])
 def test_cli_worker_request_field_of_the_wrong_type(tmp_path, capsys, field, value, says):
     """A traceback, and no {"error"} line for the Slicer module to show."""
-    request = {"fixed": str(tmp_path / "f.nrrd"), "moving": str(tmp_path / "m.nrrd"), "output": str(tmp_path / "out"), field: value}
+    request = {"job": {"fixed": str(tmp_path / "f.nrrd"), "moving": str(tmp_path / "m.nrrd"), field: value}, "output": str(tmp_path / "out")}
     (tmp_path / "request.json").write_text(json.dumps(request))
     out = one_line(capsys, main(["worker", str(tmp_path / "request.json")]), says)
     assert says in json.loads(out.strip().splitlines()[-1])["error"]

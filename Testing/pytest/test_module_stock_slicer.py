@@ -82,8 +82,9 @@ def slicer_path_roots() -> list[str]:
     module_tree = ast.parse(MODULE.read_text())
     roots = {name for name, _ in _imports(module_tree, "DeepLungReg", False, module_level=False)
              if name.startswith("DeepLungRegLib")}
-    roots |= {"DeepLungRegLib.cli", "DeepLungRegLib.slicer_bridge.background"}
+    roots |= {"DeepLungRegLib.cli", "DeepLungRegLib.slicer_bridge.background", "DeepLungRegLib.worker"}
     roots |= set(_function_imports(LIB / "cli.py", "DeepLungRegLib.cli", "cmd_worker"))
+    roots |= set(_function_imports(LIB / "worker.py", "DeepLungRegLib.worker", "register_request"))
     return sorted(r for r in roots if r.startswith("DeepLungRegLib"))
 
 
@@ -115,7 +116,7 @@ def test_the_module_path_imports_only_what_slicer_bundles():
     """Everything the module and its worker import from the library, transitively, imports at module level only
     the standard library and what Slicer 5.8-5.12 bundle (one list: DeepLungRegLib.slicer_python)."""
     roots = slicer_path_roots()
-    assert "DeepLungRegLib.pipeline" in roots and "DeepLungRegLib.slicer_bridge.background" in roots
+    assert {"DeepLungRegLib.pipeline", "DeepLungRegLib.slicer_bridge.background", "DeepLungRegLib.worker"} <= set(roots)
     seen, bad = outside_imports(roots)
     # the walk reaches the registration itself (not only the front modules)
     for module in ("DeepLungRegLib.pipeline", "DeepLungRegLib.methods.convex", "DeepLungRegLib.slicer_bridge.workflow",

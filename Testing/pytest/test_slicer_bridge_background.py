@@ -51,7 +51,7 @@ def test_a_registration_in_a_background_process_and_a_cancelled_one(small_pair, 
         time.sleep(0.2)
     assert run2.state == "running" and run2.fraction >= 0.2
     run2.cancel()
-    assert run2.state == "cancelled" and run2._process.poll() is not None
+    assert run2.state == "cancelled" and run2.worker.returncode is not None
     assert hs.scene.GetNumberOfNodes() == n_after  # no output node of the cancelled run
     assert np.array_equal(b.image_from_volume_node(moving).array, before) and not list(tmp_path.iterdir())
     with pytest.raises(DeepLungRegError, match="cancelled"):

@@ -102,7 +102,7 @@ def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair,
     assert not list(work.iterdir())  # the private folder is gone
 
     # the report on request needs matplotlib: on a stock Python, one clear line in the GUI, the whole stderr in the log
-    caplog.set_level(logging.ERROR, logger="DeepLungRegLib.slicer_bridge.background")
+    caplog.set_level(logging.ERROR, logger="DeepLungRegLib.worker")
     bad = BackgroundRegistration(hs.scene, b.RegistrationNodes(fixed, moving, fixed_mask=fmask, moving_mask=None), "affine", device="cpu",
                                  options={"levels_mm": [8.0], "iterations": [5]}, workdir=work, show=False,
                                  python=str(stock_python), report_folder=tmp_path / "reports")
@@ -123,9 +123,9 @@ def test_background_path_on_a_stock_slicer_python_through_a_launcher(small_pair,
     assert run2.state == "running" and run2.fraction >= 0.2
     members = _group_members(run2.pid)
     assert run2.pid in members and len(members) >= 2, members  # the launcher and its child, the worker Python
-    assert any("DeepLungRegLib.cli worker" in cmd for pid, cmd in members.items() if pid != run2.pid), members
+    assert any("-m DeepLungRegLib.worker" in cmd for pid, cmd in members.items() if pid != run2.pid), members
     run2.cancel()
-    assert run2.state == "cancelled" and run2._process.returncode is not None
+    assert run2.state == "cancelled" and run2.worker.returncode is not None
     assert _group_members(run2.pid) == {}
     for pid in members:  # every one of them ended (or is a zombie waiting for its reaper)
         stat = Path(f"/proc/{pid}/stat")
@@ -161,27 +161,29 @@ def test_report_on_request_is_kept_in_a_new_folder(small_pair, slicer_core, tmp_
 
 # ----------------------------------------------------------------- Windows: start flags and tree kill
 def test_worker_start_flags_per_platform(monkeypatch):
-    from DeepLungRegLib.slicer_bridge import background
+    from DeepLungRegLib import worker
 
-    assert background.CREATE_NO_WINDOW == getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
-    assert background.CREATE_NEW_PROCESS_GROUP == getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
+    assert worker.CREATE_NO_WINDOW == getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
+    assert worker.CREATE_NEW_PROCESS_GROUP == getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x00000200)
     with monkeypatch.context() as m:
-        m.setattr(background.os, "name", "nt")
-        kw = background.worker_popen_kwargs()
+        m.setattr(worker.os, "name", "nt")
+        kw = worker.popen_kwargs()
     assert set(kw) == {"creationflags"}
-    assert kw["creationflags"] & background.CREATE_NO_WINDOW and kw["creationflags"] & background.CREATE_NEW_PROCESS_GROUP
+    assert kw["creationflags"] & worker.CREATE_NO_WINDOW and kw["creationflags"] & worker.CREATE_NEW_PROCESS_GROUP
     with monkeypatch.context() as m:
-        m.setattr(background.os, "name", "posix")
-        assert background.worker_popen_kwargs() == {"start_new_session": True}
-    assert background.kill_tree_command(4321) == ["taskkill", "/T", "/F", "/PID", "4321"]
+        m.setattr(worker.os, "name", "posix")
+        assert worker.popen_kwargs() == {"start_new_session": True}
+    assert worker.kill_tree_command(4321) == ["taskkill", "/T", "/F", "/PID", "4321"]
 
 
 def test_cancel_on_windows_kills_the_tree_without_a_window(monkeypatch, tmp_path):
-    """On Windows, cancel ends the worker's whole tree with taskkill /T /F, itself started without a console."""
-    from DeepLungRegLib.slicer_bridge import background
+    """On Windows, cancel ends the worker's whole tree with taskkill /T /F, itself started without a console;
+    the Slicer module's cancel also removes its private folder."""
+    from DeepLungRegLib import worker
+    from DeepLungRegLib.slicer_bridge.background import BackgroundRegistration
 
     class FakeProcess:
-        pid, returncode = 4321, None
+        pid, returncode, stdin = 4321, None, None
 
         def poll(self):
             return self.returncode
@@ -197,12 +199,14 @@ def test_cancel_on_windows_kills_the_tree_without_a_window(monkeypatch, tmp_path
         return subprocess.CompletedProcess(cmd, 0)
 
     proc = FakeProcess()
-    monkeypatch.setattr(background, "_on_windows", lambda: True)
-    monkeypatch.setattr(background.subprocess, "run", fake_run)
-    run = object.__new__(background.BackgroundRegistration)
-    run._process, run.pid, run.state, run.folder = proc, proc.pid, "running", tmp_path / "private"
+    monkeypatch.setattr(worker, "_on_windows", lambda: True)
+    monkeypatch.setattr(worker.subprocess, "run", fake_run)
+    w = object.__new__(worker.WorkerProcess)
+    w._process, w.pid, w.state = proc, proc.pid, "running"
+    run = object.__new__(BackgroundRegistration)
+    run.worker, run.folder = w, tmp_path / "private"
     run.folder.mkdir()
     run.cancel()
     assert [c for c, _ in calls] == [["taskkill", "/T", "/F", "/PID", "4321"]]
-    assert calls[0][1]["creationflags"] & background.CREATE_NO_WINDOW
+    assert calls[0][1]["creationflags"] & worker.CREATE_NO_WINDOW
     assert run.state == "cancelled" and not run.folder.exists()

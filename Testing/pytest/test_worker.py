@@ -1,0 +1,131 @@
+"""DeepLungRegLib.worker: the protocol of a request run out of process (progress, done, a refused input,
+a crash), the child's threads and environment, and a child that ends with its parent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from DeepLungRegLib.errors import DeepLungRegError
+from DeepLungRegLib.worker import WorkerCrashed, WorkerProcess, group_alive
+
+CHILD = '''
+import os, sys, time
+from pathlib import Path
+from DeepLungRegLib.errors import DeepLungRegError
+from DeepLungRegLib.worker import main
+
+def handler(request, progress):
+    kind = request["kind"]
+    if kind == "ok":
+        print("a library's own print")
+        for i in range(5):
+            progress("step", i / 4)
+        return {"done": "ok", "value": 3}
+    if kind == "refuse":
+        raise DeepLungRegError("test: a bad\\n   input")
+    if kind == "crash":
+        raise ValueError("boom")
+    if kind == "env":
+        import torch
+        return {"done": "env", "omp": os.environ.get("OMP_NUM_THREADS"), "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                "torch": torch.get_num_threads()}
+    try:  # "slow": until interrupted
+        for i in range(6000):
+            progress("slow", i / 6000)
+            time.sleep(0.05)
+    finally:
+        Path(request["marker"]).write_text("unwound")
+
+if __name__ == "__main__":
+    sys.exit(main(handler=handler))
+'''
+
+
+@pytest.fixture
+def child(tmp_path):
+    """A child module with a test handler, importable by the child through ``PYTHONPATH``."""
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "dlr_test_child.py").write_text(CHILD)
+    return {"module": "dlr_test_child", "env": {"PYTHONPATH": str(tmp_path / "mods")}}
+
+
+def _start(tmp_path, child, request, name, **kw):
+    folder = tmp_path / name
+    folder.mkdir()
+    return WorkerProcess(request, folder, module=child["module"], env=child["env"], **kw)
+
+
+def test_progress_then_done_with_the_result_fields(tmp_path, child):
+    w = _start(tmp_path, child, {"kind": "ok"}, "ok")
+    seen = []
+    result = w.wait(progress=lambda stage, f: seen.append((stage, f)), interval=0.02)
+    assert w.state == "done" and w.returncode == 0 and w.error is None
+    assert [f for _, f in seen] == [0.0, 0.25, 0.5, 0.75, 1.0] and {s for s, _ in seen} == {"step"}
+    assert result["done"] == "ok" and result["value"] == 3 and result["peak_rss_mb"] > 1.0
+    assert json.loads((tmp_path / "ok" / "request.json").read_text()) == {"kind": "ok"}
+
+
+def test_a_refused_input_is_one_line_and_a_crash_is_told_apart(tmp_path, child, caplog):
+    w = _start(tmp_path, child, {"kind": "refuse"}, "refuse")
+    with pytest.raises(DeepLungRegError, match=r"^test: a bad input$"):
+        w.wait(interval=0.02)
+    assert w.state == "failed" and w.reported and w.returncode == 2
+    crash = _start(tmp_path, child, {"kind": "crash"}, "crash")
+    with pytest.raises(WorkerCrashed, match=r"^ValueError: boom$"):
+        crash.wait(interval=0.02)
+    assert crash.state == "failed" and not crash.reported and crash.returncode == 1
+    # the whole stderr (the traceback) is in the log
+    assert any("Traceback" in r.getMessage() and "ValueError: boom" in r.getMessage() for r in caplog.records)
+
+
+def test_the_child_gets_the_threads_asked_for_and_the_environment_changes(tmp_path, child, monkeypatch):
+    """As in a Dask worker: OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_ set by its nanny; the child gets 2 threads
+    and no trim threshold."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    env = {**child["env"], "MALLOC_TRIM_THRESHOLD_": None}
+    w = WorkerProcess({"kind": "env"}, tmp_path, module=child["module"], env=env, threads=2)
+    result = w.wait(interval=0.05)
+    assert (result["omp"], result["trim"], result["torch"]) == ("2", None, 2)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="kills the parent with SIGKILL")
+def test_a_child_ends_and_unwinds_when_its_parent_is_killed(tmp_path, child):
+    """A batch pair's process when its Dask worker is killed: it sees its stdin close, unwinds (its ``finally``
+    runs) and ends; without ``exit_with_parent`` a child would run on as an orphan."""
+    marker = tmp_path / "unwound.txt"
+    (tmp_path / "w").mkdir()
+    parent = textwrap.dedent(f"""
+        import sys, time
+        from DeepLungRegLib.worker import WorkerProcess
+        w = WorkerProcess({{"kind": "slow", "marker": {str(marker)!r}}}, {str(tmp_path / "w")!r}, module={child["module"]!r},
+                          env={child["env"]!r}, exit_with_parent=True)
+        while w.poll() == "running" and w.fraction == 0.0:
+            time.sleep(0.05)
+        print(w.pid, flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        pid = int(proc.stdout.readline())
+        assert group_alive(pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while group_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not group_alive(pid)
+        assert marker.read_text() == "unwound"
+    finally:
+        proc.kill()
+        proc.wait()
