@@ -233,11 +233,12 @@ def cmd_demo(args) -> int:
         raise DeepLungRegError(f"demo: the bundled sample {sample} is missing; reinstall or pass --sample CT")
     out = Path(args.output)
     check_pair_outdir(out / "pair", True, [sample])  # an earlier demo's pair may go, nothing else (before the work)
-    from .io.outputs import MANIFEST_FILE, check_output_path, read_records, replace_problems
+    from .io.outputs import check_output_path, replace_problems
+    from .io.runs import RunFolder
     from .pipeline import ALL_OUTPUT_FILES
 
     if check_output_path(out, "demo").is_dir():  # and so may an earlier demo's registration outputs, nothing else
-        problems, _ = replace_problems(out, ALL_OUTPUT_FILES, overwrite=True, records=read_records(out / MANIFEST_FILE), inputs=[sample])
+        problems, _ = replace_problems(out, ALL_OUTPUT_FILES, overwrite=True, records=RunFolder.records_in(out), inputs=[sample])
         if problems:
             raise DeepLungRegError(f"demo: {problems[0]}")
     t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DeepLungRegError
-from ..io.outputs import _STAGING_PREFIX, FolderLock, MANIFEST_FILE, check_output_path, clean_leftovers, read_records, replace_problems
+from ..io.outputs import _STAGING_PREFIX, FolderLock, check_output_path, clean_leftovers, replace_problems
 from ..io.runs import RunFolder
 from ..options import DEFAULT_METHOD
 from ..worker import Spare, WorkerProcess
@@ -256,7 +256,7 @@ def check_cohort_outputs(cohort: list[CohortRow], out: Path, cohort_file: str | 
             problems.append(str(exc).removeprefix("batch: "))
             continue
         if folder.is_dir():
-            found, _ = replace_problems(folder, ALL_OUTPUT_FILES, overwrite=True, records=read_records(folder / MANIFEST_FILE),
+            found, _ = replace_problems(folder, ALL_OUTPUT_FILES, overwrite=True, records=RunFolder.records_in(folder),
                                         inputs=inputs(row))
             problems += found
     if problems:

@@ -222,6 +222,12 @@ class RunFolder:
         """Size and SHA-256 of each file the run wrote (what a later ``--overwrite`` may replace)."""
         return read_records(self.metrics_path, RECORD_KEY)
 
+    @staticmethod
+    def records_in(folder: str | os.PathLike) -> dict[str, dict] | None:
+        """:attr:`records` of whatever ``metrics.json`` of ours ``folder`` holds (``None``: none, or not ours), without
+        the checks of :meth:`read`: what decides, before a run, which files a rerun may replace."""
+        return read_records(Path(folder) / METRICS_FILE, RECORD_KEY)
+
     @property
     def job(self) -> dict:
         """The job's JSON form (:meth:`DeepLungRegLib.pipeline.RegistrationJob.to_json`); for a folder of an older
