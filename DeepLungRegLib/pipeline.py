@@ -394,7 +394,8 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
     fixed, moving, method = job.fixed, job.moving, job.method
     g = fixed.geometry
     inputs = [*(job.sources or {}).values(), *(m for m in (job.fixed_mask, job.moving_mask) if isinstance(m, (str, Path)))]
-    with OutputFolder(outdir, ALL_OUTPUT_FILES, overwrite=overwrite, owner="register", inputs=inputs) as folder:
+    with OutputFolder(outdir, ALL_OUTPUT_FILES, overwrite=overwrite, owner="register", inputs=inputs,
+                      read_record=RunFolder.records_in) as folder:
         state: dict = {}
 
         def emit(name: str, value) -> None:

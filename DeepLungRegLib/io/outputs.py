@@ -326,6 +326,8 @@ class OutputFolder:
         inputs: the run's input files: none of them is ever replaced or removed.
         record_file: the output (one of ``names``) that holds the record of the others, written last
             (``metrics.json`` for a registration, ``simulation.json`` for a simulated pair).
+        read_record: reads the earlier run's record from the folder (a registration's:
+            :meth:`DeepLungRegLib.io.runs.RunFolder.records_in`); default :func:`read_records` of ``record_file``.
 
     Use as a context manager: files go to :meth:`path`; :meth:`records` gives the record for
     ``metrics.json``; :meth:`commit` puts the written ones in place; leaving the block without commit
@@ -333,9 +335,11 @@ class OutputFolder:
     """
 
     def __init__(self, outdir: str | os.PathLike, names: Iterable[str], *, overwrite: bool = False, owner: str = "register",
-                 inputs: Iterable[str | os.PathLike] = (), record_file: str = MANIFEST_FILE):
+                 inputs: Iterable[str | os.PathLike] = (), record_file: str = MANIFEST_FILE,
+                 read_record: Callable[[Path], dict[str, dict] | None] | None = None):
         self.names = tuple(names)
         self.record_file = record_file
+        self._read_record = read_record or (lambda folder: read_records(folder / record_file))
         self.owner = owner
         self.overwrite = overwrite
         self.inputs = [p for p in inputs if p is not None]
@@ -385,7 +389,7 @@ class OutputFolder:
 
     def _check(self) -> list[str]:
         """Refuse what must not be replaced; returns the earlier run's files that may go."""
-        records = read_records(self.outdir / self.record_file)
+        records = self._read_record(self.outdir)
         problems, ours = replace_problems(self.outdir, self.names, overwrite=self.overwrite, records=records, inputs=self.inputs,
                                           record_file=self.record_file)
         if problems:
