@@ -55,7 +55,7 @@ def test_simulate_refuses_a_zero_spacing(sample_path, tmp_path):
 @pytest.mark.slow
 def test_whole_number_options_refuse_fractions(pair_dir, tmp_path):
     one_line_error(run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", tmp_path / "o",
-                           "--method", "adam", "-O", "iterations=2.5"), "iterations must be a whole number")
+                           "--method", "adam", "-O", "refine_iterations=2.5"), "refine_iterations must be a whole number")
     one_line_error(run_cli("register", pair_dir / "fixed.nii.gz", pair_dir / "moving.nii.gz", "-o", tmp_path / "o",
                            "-O", "regularisation=strong"), "regularisation must be a number")
 
