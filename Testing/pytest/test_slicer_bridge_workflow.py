@@ -10,6 +10,7 @@ from DeepLungRegLib.geometry.grid import lps_to_ras, ras_to_lps
 from DeepLungRegLib.transforms import sample_field_at_points
 
 from helpers_slicer import bridge, hs, small_pair
+from conftest import pair_nodes
 
 
 #: every test here takes `registered` (a registration through register_nodes, minutes on 2 cores): not in `make test-fast`
