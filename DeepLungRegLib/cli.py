@@ -26,9 +26,11 @@ SAMPLE = sample_path()  # the demo CT, package data (DeepLungRegLib/data/sample)
 
 class _Progress:
     """A tqdm bar fed by ``progress(stage, fraction)`` callbacks (no bar where tqdm is not installed,
-    e.g. Slicer's Python)."""
+    e.g. Slicer's Python). Where no bar is shown (``-q``, stderr not a terminal, no tqdm), each new stage is
+    logged at INFO instead, which ``-v`` shows: a log file or a CI job still sees where a long run is."""
 
     def __init__(self, desc: str, enabled: bool = True):
+        self.desc, self.stage = desc, None
         try:
             from tqdm import tqdm
         except ImportError:
@@ -37,7 +39,10 @@ class _Progress:
         self.bar = tqdm(total=100, desc=desc, unit="%", bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} [{postfix}]", disable=not (enabled and sys.stderr.isatty()), file=sys.stderr)
 
     def __call__(self, stage: str, fraction: float) -> None:
-        if self.bar is None:
+        if self.bar is None or self.bar.disable:
+            if stage != self.stage:
+                self.stage = stage
+                logging.getLogger("DeepLungRegLib.cli").info("%s: %s (%.0f %%)", self.desc, stage, 100 * min(max(fraction, 0.0), 1.0))
             return
         self.bar.set_postfix_str(stage, refresh=False)
         self.bar.n = int(round(100 * min(max(fraction, 0.0), 1.0)))

@@ -154,7 +154,10 @@ def test_a_pair_whose_worker_is_killed_still_completes(tmp_path, pair, client):
         for addr, keys in client.processing().items():
             if any("victim" in str(k) for k in keys):
                 pid = client.run(os.getpid, workers=[addr])[addr]
-                time.sleep(2)  # inside the registration
+                # the pair's process has staged its outputs (it is in its registration): kill its Dask worker now
+                while time.time() < deadline and not list((out / "victim").glob(".deeplungreg-partial-*")):
+                    time.sleep(0.05)
+                assert list((out / "victim").glob(".deeplungreg-partial-*")), "the pair never staged its outputs"
                 os.kill(pid, signal.SIGKILL)
                 killed = addr
         time.sleep(0.2)

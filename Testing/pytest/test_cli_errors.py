@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import queue
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,15 +28,28 @@ def test_sigterm_ends_with_a_message_and_leaves_nothing(pair_dir, tmp_path):
     args = register_args(pair_dir, out)
     i = args.index("-O")
     args = args[:i]  # adam with its default, slower settings: time to be stopped
-    proc = subprocess.Popen([sys.executable, "-m", "DeepLungRegLib.cli", *args], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out.is_dir() and any(p.name.startswith(".deeplungreg-partial-") for p in out.iterdir())):
-        time.sleep(0.2)
-    time.sleep(2.0)
+    # -v: without a terminal the CLI logs each stage; the signal comes once the method's levels run ("affine 8 mm")
+    proc = subprocess.Popen([sys.executable, "-m", "DeepLungRegLib.cli", "-v", *args], stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True)
+    reader.start()
+    deadline, seen = time.time() + 300, []
+    in_method = re.compile(r"register \(adam\): \w+ [\d.]+ mm \(")
+    while time.time() < deadline and not any(in_method.search(line) for line in seen):
+        try:
+            seen.append(lines.get(timeout=1.0))
+        except queue.Empty:
+            assert proc.poll() is None, "".join(seen)
+    assert any(in_method.search(line) for line in seen), "".join(seen)
+    assert any(p.name.startswith(".deeplungreg-partial-") for p in out.iterdir())  # outputs staged, none in place yet
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    assert "terminated (SIGTERM)" in err and len(err.strip().splitlines()) == 1
+    assert proc.wait(timeout=120) == 143, "".join(seen)
+    reader.join(timeout=60)  # it ends at the end of the process's stderr
+    assert not reader.is_alive()
+    while not lines.empty():
+        seen.append(lines.get_nowait())
+    said = [line for line in seen if "deeplungreg: INFO:" not in line and line.strip()]
+    assert len(said) == 1 and "terminated (SIGTERM)" in said[0], said
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
