@@ -315,13 +315,23 @@ def _make_client(scheduler: str | None, device: str, workers: int | None):
     return client, close
 
 
+#: How long a cluster without workers is waited for (its workers may be starting or restarting).
+WORKER_WAIT_S = 60.0
+
+
 def _plan_for(client, device: str) -> dict:
     """What each task asks for on a running cluster: ``GPU=1`` where workers offer that resource
     (or CUDA is asked for), and the threads of one registration on each worker: its host's cores
     shared among the task threads of the workers on that host."""
     ws = client.scheduler_info(n_workers=-1).get("workers", {})
+    if not ws:  # the client's copy may be stale, or workers (re)starting: wait for one before giving up
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except (TimeoutError, OSError):
+            pass
+        ws = client.scheduler_info(n_workers=-1).get("workers", {})
     if not ws:
-        raise DeepLungRegError("batch: the Dask cluster has no workers")
+        raise DeepLungRegError(f"batch: the Dask cluster has no workers (none came within {WORKER_WAIT_S:g} s)")
     gpu_workers = sum("GPU" in (w.get("resources") or {}) for w in ws.values())
     if device.startswith("cuda") and gpu_workers == 0:
         raise DeepLungRegError("batch: --device cuda needs workers that offer the Dask resource GPU "
