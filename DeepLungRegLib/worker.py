@@ -18,9 +18,7 @@ last line of its stderr, and logs the whole stderr.
 Parent side: :class:`WorkerProcess` writes the request into a folder, starts ``python -m MODULE request.json``
 there (this module for a registration), reads its lines on two threads, and offers a non-blocking
 :meth:`~WorkerProcess.poll`, a blocking :meth:`~WorkerProcess.wait` and :meth:`~WorkerProcess.cancel`
-(POSIX: its process group; Windows: ``taskkill /T /F``). A :class:`Spare` is a child started before its
-request (``python -m MODULE --wait-for-request``): it imports torch and the library, then reads its request's
-path from stdin, so that ``batch`` starts a pair's process while the previous pair registers.
+(POSIX: its process group; Windows: ``taskkill /T /F``).
 
 Child side: :func:`main` (``python -m DeepLungRegLib.worker REQUEST.json``) runs :func:`register_request`, whose
 request is ``{"job": RegistrationJob JSON, "output": DIR, "report": bool, "overwrite": bool}`` and optionally
@@ -57,8 +55,6 @@ from .errors import DeepLungRegError, RegistrationCancelled, Terminated
 
 log = logging.getLogger(__name__)
 
-#: A spare child's argument instead of a request's path (:class:`Spare`).
-SPARE_ARG = "--wait-for-request"
 #: The folder that holds DeepLungRegLib: the child imports the library from here.
 LIBRARY_PARENT = str(Path(__file__).resolve().parents[1])
 #: The child of a registration request.
@@ -161,9 +157,6 @@ class WorkerProcess:
         exit_with_parent: the child ends (removing what it staged) when this process dies, killed or not
             (it watches its stdin, a pipe from here). Off for a launcher that may not pass stdin on.
         log_reported_errors: log the child's stderr when it reported an ``{"error"}`` too (a crash is always logged).
-        spare: a :class:`Spare` started earlier with the same ``module``, ``python``, ``threads`` and ``env``: it takes
-            this request (its imports are done); a spare that has ended or was started otherwise is closed and
-            a new child is started.
 
     Attributes:
         state: ``"running"``, ``"done"``, ``"failed"`` or ``"cancelled"``.
@@ -177,7 +170,7 @@ class WorkerProcess:
 
     def __init__(self, request: dict, folder: str | Path, *, module: str = REGISTER_MODULE, python: str | None = None,
                  threads: int | None = None, env: dict[str, str | None] | None = None, exit_with_parent: bool = False,
-                 log_reported_errors: bool = True, spare: "Spare | None" = None):
+                 log_reported_errors: bool = True):
         self.folder, self.module = Path(folder), module
         self.state, self.stage, self.fraction = "running", "starting", 0.0
         self.error: str | None = None
@@ -191,13 +184,10 @@ class WorkerProcess:
             request["exit_with_parent"] = True
         path = self.folder / "request.json"
         path.write_text(json.dumps(request, indent=2), encoding="utf-8")
-        self._process = spare.take(path.resolve(), (module, python or python_executable(), threads, env), exit_with_parent) \
-            if spare is not None else None
-        if self._process is None:
-            self._process = subprocess.Popen(
-                [python or python_executable(), "-m", module, str(path)], stdin=subprocess.PIPE if exit_with_parent else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
-                env=child_environment(threads, env), cwd=str(self.folder), **popen_kwargs())
+        self._process = subprocess.Popen(
+            [python or python_executable(), "-m", module, str(path)], stdin=subprocess.PIPE if exit_with_parent else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
+            env=child_environment(threads, env), cwd=str(self.folder), **popen_kwargs())
         self.pid = self._process.pid
         self._lines: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
@@ -373,57 +363,6 @@ class WorkerProcess:
             pass
 
 
-class Spare:
-    """A child started before its request: ``python -m MODULE --wait-for-request`` imports torch and the library,
-    then waits for its request's path on stdin. Started while the caller's current request runs (``batch``
-    starts the next pair's while a pair registers), it takes that start off the next request's time; every
-    request still runs in a process of its own. A spare that is never taken ends when its stdin closes
-    (:meth:`close`, or the caller's process ending)."""
-
-    def __init__(self, *, module: str = REGISTER_MODULE, python: str | None = None, threads: int | None = None,
-                 env: dict[str, str | None] | None = None):
-        self.key = (module, python or python_executable(), threads, env)
-        import tempfile
-
-        self._process: subprocess.Popen | None = subprocess.Popen(
-            [self.key[1], "-m", module, SPARE_ARG], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, encoding="utf-8", errors="replace", env=child_environment(threads, env), cwd=tempfile.gettempdir(),
-            **popen_kwargs())
-
-    def take(self, request_path: Path, key: tuple, keep_stdin: bool) -> subprocess.Popen | None:
-        """Hand the request at ``request_path`` to the waiting child and return its process (``None``: this spare
-        was started otherwise, or has ended; it is closed)."""
-        proc, self._process = self._process, None
-        if proc is None:
-            return None
-        if key != self.key or proc.poll() is not None:
-            _close_pipe(proc)
-            return None
-        try:
-            proc.stdin.write(f"{request_path}\n")
-            proc.stdin.flush()
-        except OSError:  # it ended in between
-            _close_pipe(proc)
-            return None
-        if not keep_stdin:
-            _close_pipe(proc)
-        return proc
-
-    def close(self) -> None:
-        """End the waiting child (its stdin closes: it exits without doing anything)."""
-        proc, self._process = self._process, None
-        if proc is not None:
-            _close_pipe(proc)
-
-
-def _close_pipe(proc: subprocess.Popen) -> None:
-    try:
-        if proc.stdin is not None:
-            proc.stdin.close()
-    except OSError:
-        pass
-
-
 # ====================================================================== child side
 def say(**message) -> None:
     """Write one protocol message on stdout."""
@@ -497,49 +436,15 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated(signum)
 
 
-def _request_path_from_stdin() -> str | None:
-    """A spare's request: one line on stdin, its path (read from the raw descriptor, so that the parent
-    watcher of ``exit_with_parent`` reads the rest); ``None`` when stdin closes first."""
-    fd, line = sys.stdin.fileno(), b""
-    while not line.endswith(b"\n"):
-        chunk = os.read(fd, 1)
-        if not chunk:
-            return None
-        line += chunk
-    return line.decode("utf-8").strip()
-
-
-def _preload_registration() -> None:
-    """What a registration imports (torch, the pipeline, and the report where matplotlib is there)."""
-    import importlib.util
-
-    from . import pipeline  # noqa: F401
-    if importlib.util.find_spec("matplotlib") is not None:
-        from . import report  # noqa: F401
-
-
-def main(argv: list[str] | None = None, handler: Callable[[dict, Callable[[str, float], None]], dict] | None = None,
-         preload: Callable[[], None] | None = None) -> int:
-    """``python -m MODULE REQUEST.json``: the child's process (``handler`` defaults to :func:`register_request`).
-    ``python -m MODULE --wait-for-request``: a :class:`Spare`: ``preload()`` (default: what a registration
-    imports), then the request whose path comes on stdin."""
+def main(argv: list[str] | None = None, handler: Callable[[dict, Callable[[str, float], None]], dict] | None = None) -> int:
+    """``python -m MODULE REQUEST.json``: the child's process (``handler`` defaults to :func:`register_request`)."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m DeepLungRegLib.worker REQUEST.json", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="deeplungreg: %(levelname)s: %(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)  # a cancel unwinds like Ctrl-C: staged outputs are removed
-    path = argv[0]
-    if path == SPARE_ARG:
-        try:
-            (preload or (_preload_registration if handler is None else (lambda: None)))()
-            path = _request_path_from_stdin()
-        except (KeyboardInterrupt, Terminated):
-            return 130
-        if path is None:
-            return 0  # not needed after all
-        os.chdir(Path(path).parent)
-    return run_request(handler or register_request, path)
+    return run_request(handler or register_request, argv[0])
 
 
 # ---------------------------------------------------------------------- the registration request

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -24,7 +23,7 @@ from ..errors import DeepLungRegError
 from ..io.outputs import _STAGING_PREFIX, FolderLock, check_output_path, clean_leftovers, replace_problems
 from ..io.runs import RunFolder
 from ..options import DEFAULT_METHOD
-from ..worker import Spare, WorkerProcess
+from ..worker import WorkerProcess
 from .cohort import CohortRow, cohort_rows, read_cohort
 from .results import (BATCH_KEY, BATCH_RECORD, RESULT_FILES, batch_records, complete_metrics, failed_row, read_results, result_row,
                       write_results)
@@ -73,9 +72,6 @@ def cluster_plan(device: str, workers: int | None, cores: int | None = None, cud
 def register_pair(row: CohortRow, outdir: str, method: str, options: dict, device: str, threads: int | dict) -> dict:
     """One pair, on a worker: register into ``outdir/<id>/`` in a worker process of its own
     (:class:`DeepLungRegLib.worker.WorkerProcess`, which this task waits on) and return its ``results.csv`` row.
-    The process was started ahead, while this Dask worker's previous pair registered (a
-    :class:`~DeepLungRegLib.worker.Spare`, which has imported torch and the library by now), and this task starts
-    the next pair's the same way.
 
     ``threads``: the threads of the registration, or a map from worker address to threads (:func:`_plan_for`),
     given to the worker process explicitly (a Dask nanny sets ``OMP_NUM_THREADS=1`` in its
@@ -94,15 +90,9 @@ def register_pair(row: CohortRow, outdir: str, method: str, options: dict, devic
     request = {"job": row.job(method, options, device), "output": str(folder), "report": True, "overwrite": True,
                "extra_metrics": {BATCH_KEY: {"id": row.id, "worker": worker}}}
     t0 = time.perf_counter()
-    global _SPARE
     with tempfile.TemporaryDirectory(prefix="deeplungreg-pair-") as tmp:
-        n, env = _task_threads(threads), _nanny_environment_undone()
-        with _SPARE_LOCK:  # a worker with several threads runs several tasks at once: each takes a spare alone
-            spare, _SPARE = _SPARE, None
-        proc = WorkerProcess(request, tmp, threads=n, env=env, exit_with_parent=True, log_reported_errors=False, spare=spare)
-        with _SPARE_LOCK:  # the next pair's process: its imports overlap this registration
-            if _SPARE is None:
-                _SPARE = Spare(threads=n, env=env)
+        proc = WorkerProcess(request, tmp, threads=_task_threads(threads), env=_nanny_environment_undone(), exit_with_parent=True,
+                             log_reported_errors=False)
         try:
             proc.wait(interval=0.2)
         except DeepLungRegError as exc:
@@ -111,12 +101,6 @@ def register_pair(row: CohortRow, outdir: str, method: str, options: dict, devic
     # the time is known only now: add it to the pair's own record, so that a later run can rebuild the row
     run.update(**{BATCH_KEY: {**run.metrics[BATCH_KEY], "seconds": round(time.perf_counter() - t0, 1)}})
     return result_row(row.id, run.metrics, now=True)
-
-
-#: This Dask worker's next pair's process, started while a pair registers (:class:`DeepLungRegLib.worker.Spare`);
-#: it ends with the worker (its stdin closes).
-_SPARE: Spare | None = None
-_SPARE_LOCK = threading.Lock()
 
 
 def _nanny_environment_undone() -> dict[str, None]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from DeepLungRegLib.errors import DeepLungRegError
-from DeepLungRegLib.worker import Spare, WorkerCrashed, WorkerProcess, group_alive
+from DeepLungRegLib.worker import WorkerCrashed, WorkerProcess, group_alive
 
 CHILD = '''
 import os, sys, time
@@ -34,8 +34,6 @@ def handler(request, progress):
         raise DeepLungRegError("test: a bad\\n   input")
     if kind == "crash":
         raise ValueError("boom")
-    if kind == "where":
-        return {"done": "where", "pid": os.getpid(), "cwd": os.getcwd()}
     if kind == "env":
         import torch
         return {"done": "env", "omp": os.environ.get("OMP_NUM_THREADS"), "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
@@ -100,50 +98,17 @@ def test_the_child_gets_the_threads_asked_for_and_the_environment_changes(tmp_pa
     assert (result["omp"], result["trim"], result["torch"]) == ("2", None, 2)
 
 
-def test_a_spare_takes_the_next_request_in_a_process_of_its_own_and_only_once(tmp_path, child):
-    """batch's next pair: a spare started ahead runs the request (in the request's folder), once; the request
-    after it gets a fresh process."""
-    spare = Spare(module=child["module"], env=child["env"])
-    spare_pid = spare._process.pid
-    seen = []
-    w = _start(tmp_path, child, {"kind": "ok"}, "first", spare=spare)
-    assert w.pid == spare_pid
-    assert w.wait(progress=lambda stage, f: seen.append(f), interval=0.02)["value"] == 3 and seen == [0.0, 0.25, 0.5, 0.75, 1.0]
-    again = _start(tmp_path, child, {"kind": "where"}, "second", spare=spare)  # taken already: a new process
-    result = again.wait(interval=0.02)
-    assert again.pid != spare_pid and result["pid"] == again.pid and Path(result["cwd"]) == (tmp_path / "second").resolve()
-    taken = Spare(module=child["module"], env=child["env"])
-    result = _start(tmp_path, child, {"kind": "where"}, "third", spare=taken).wait(interval=0.02)
-    assert Path(result["cwd"]) == (tmp_path / "third").resolve()
-
-
-def test_a_spare_started_otherwise_or_not_needed_ends_without_doing_anything(tmp_path, child):
-    other = Spare(module=child["module"], env=child["env"], threads=1)
-    proc = other._process
-    w = _start(tmp_path, child, {"kind": "env"}, "env", threads=2)  # no spare given: the usual start
-    assert w.wait(interval=0.05)["torch"] == 2
-    w2 = _start(tmp_path, child, {"kind": "env"}, "env2", threads=2, spare=other)  # started with 1 thread: not taken
-    assert w2.pid != proc.pid and w2.wait(interval=0.05)["torch"] == 2
-    assert proc.wait(timeout=120) == 0 and proc.stdout.read() == ""
-    unused = Spare(module=child["module"], env=child["env"])
-    waiting = unused._process
-    unused.close()
-    assert waiting.wait(timeout=120) == 0 and waiting.stdout.read() == ""
-
-
 @pytest.mark.skipif(os.name == "nt", reason="kills the parent with SIGKILL")
-@pytest.mark.parametrize("spare", [False, True], ids=["started", "spare"])
-def test_a_child_ends_and_unwinds_when_its_parent_is_killed(tmp_path, child, spare):
+def test_a_child_ends_and_unwinds_when_its_parent_is_killed(tmp_path, child):
     """A batch pair's process when its Dask worker is killed: it sees its stdin close, unwinds (its ``finally``
     runs) and ends; without ``exit_with_parent`` a child would run on as an orphan."""
     marker = tmp_path / "unwound.txt"
     (tmp_path / "w").mkdir()
     parent = textwrap.dedent(f"""
         import sys, time
-        from DeepLungRegLib.worker import Spare, WorkerProcess
-        spare = Spare(module={child["module"]!r}, env={child["env"]!r}) if {spare!r} else None
+        from DeepLungRegLib.worker import WorkerProcess
         w = WorkerProcess({{"kind": "slow", "marker": {str(marker)!r}}}, {str(tmp_path / "w")!r}, module={child["module"]!r},
-                          env={child["env"]!r}, exit_with_parent=True, spare=spare)
+                          env={child["env"]!r}, exit_with_parent=True)
         while w.poll() == "running" and w.fraction == 0.0:
             time.sleep(0.05)
         print(w.pid, flush=True)
