@@ -4,10 +4,10 @@ Jacobian and ventilation maps, metrics and the HTML report."""
 
 from __future__ import annotations
 
-import logging
-import time
 import dataclasses
 import json
+import logging
+import time
 from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Callable
@@ -152,7 +152,7 @@ class RegistrationJob:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         sources: the files the images and landmarks were read from (``fixed``, ``moving``,
             ``fixed_landmarks``, ``moving_landmarks``, ``landmark_spacing``), or ``None`` for a job made in memory.
-        checked: ``False`` skips the checks, for a job that was checked where it was made (the
+        check: (init only) ``False`` skips the checks, for a job that was checked where it was made (the
             Slicer module's worker reads the module's own copies of a job checked in Slicer).
     """
 
@@ -294,11 +294,11 @@ def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress
     t0 = time.perf_counter()
     report = progress or (lambda stage, fraction: None)
     report("lung masks", 0.0)
-    names = [f"{w} mask {m}" if isinstance(m, (str, Path)) else f"{w} mask" for w, m in (("fixed", job.fixed_mask), ("moving", job.moving_mask))]
+    names = tuple(f"{w} mask {m}" if isinstance(m, (str, Path)) else f"{w} mask" for w, m in (("fixed", job.fixed_mask), ("moving", job.moving_mask)))
     # the images and options were checked when the job was made: only the masks are checked here, once
     pair = check_pair(fixed, moving, method, fixed_mask=resolve_mask(job.fixed_mask, fixed, "fixed mask"),
                       moving_mask=resolve_mask(job.moving_mask, moving, "moving mask"), config=job.config,
-                      images_checked=True, mask_names=(names[0], names[1]))
+                      images_checked=True, mask_names=names)
     fm, mm = pair.fixed_mask, pair.moving_mask
     emit("masks", (fm, mm))
     t_masks = time.perf_counter() - t0
@@ -455,7 +455,7 @@ def read_outputs(folder: str | Path | RunFolder) -> RegistrationOutputs:
                                 metrics.get("diagnostics", {}))
     images = {name: (read_image(run.path / f, what=f"{name} output") if (run.path / f).is_file() else None)
               for name, f in IMAGE_OUTPUTS.items()}
-    tb, ta = run.tre if run.tre is not None else (None, None)
+    tb, ta = run.tre or (None, None)
     return RegistrationOutputs(result=result, resampled=None, fixed_mask=None, moving_mask=None, tre_before=tb, tre_after=ta,
                                metrics=metrics, **images)
 

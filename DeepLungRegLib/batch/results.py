@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from ..io.outputs import RECORD_KEY, file_record, read_records, replace_file
-from ..io.runs import RunFolder
 
 #: The columns of ``results.csv``, in order.
 RESULT_COLUMNS = (
@@ -26,13 +25,6 @@ RESULT_FILES = (RESULTS_FILE, SUMMARY_FILE, BOXPLOT_FILE)
 BATCH_RECORD = ".deeplungreg-batch.json"
 #: What the batch adds to each pair's ``metrics.json``.
 BATCH_KEY = "batch"
-
-
-def complete_metrics(folder: Path) -> dict | None:
-    """The pair's ``metrics.json`` when its folder holds a whole ``register`` output
-    (:meth:`~DeepLungRegLib.io.runs.RunFolder.find`), else ``None``."""
-    run = RunFolder.find(folder)
-    return None if run is None else run.metrics
 
 
 def result_row(pair_id: str, metrics: dict, *, now: bool) -> dict:

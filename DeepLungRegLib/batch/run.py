@@ -25,7 +25,7 @@ from ..io.runs import RunFolder
 from ..options import DEFAULT_METHOD
 from ..worker import WorkerProcess
 from .cohort import CohortRow, cohort_rows, read_cohort
-from .results import (BATCH_KEY, BATCH_RECORD, RESULT_FILES, batch_records, complete_metrics, failed_row, read_results, result_row,
+from .results import (BATCH_KEY, BATCH_RECORD, RESULT_FILES, batch_records, failed_row, read_results, result_row,
                       write_results)
 
 log = logging.getLogger(__name__)
@@ -158,10 +158,10 @@ def plan_pairs(rows: list[CohortRow], outdir: Path, retry_failed: bool) -> tuple
     earlier = read_results(outdir)
     todo, kept = [], {}
     for row in rows:
-        metrics = complete_metrics(outdir / row.id)
+        done = RunFolder.find(outdir / row.id)  # a whole register output
         before = earlier.get(row.id)
-        if metrics is not None:
-            kept[row.id] = result_row(row.id, metrics, now=False)
+        if done is not None:
+            kept[row.id] = result_row(row.id, done.metrics, now=False)
         elif before is not None and before.get("status") == "failed" and not retry_failed:
             kept[row.id] = failed_row(row.id, before.get("error") or "", now=False, worker=before.get("worker") or None,
                                       seconds=float(before["seconds"]) if before.get("seconds") else None)
