@@ -63,3 +63,32 @@ def peak_rss_mb() -> float | None:
         return rss / 2**20 if sys.platform == "darwin" else rss / 1024.0
     except (ImportError, OSError, AttributeError, ValueError):
         return None
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak resident memory afresh (:func:`peak_rss_mb` then counts from now); returns
+    whether the platform can (Linux: ``/proc/self/clear_refs``; elsewhere it cannot)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_memory() -> None:
+    """Give freed memory back to the system after a large piece of work: Python's garbage collection, and glibc's
+    ``malloc_trim`` where the C library is glibc (a no-op elsewhere)."""
+    import gc
+
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

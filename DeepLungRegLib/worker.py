@@ -20,6 +20,12 @@ there (this module for a registration), reads its lines on two threads, and offe
 :meth:`~WorkerProcess.poll`, a blocking :meth:`~WorkerProcess.wait` and :meth:`~WorkerProcess.cancel`
 (POSIX: its process group; Windows: ``taskkill /T /F``).
 
+A resident child (``WorkerProcess(..., serve=True)``, ``python -m MODULE --serve``; ``batch`` keeps one per Dask
+worker) runs the same requests one after another: each request file's path is one line on its stdin, and its
+lines end with that request's ``{"done"}`` or ``{"error"}``; it ends when its stdin closes (its parent ended or
+let it go), interrupting a request that is running. Each ``{"done"}``'s ``peak_rss_mb`` is that request's own
+(where the platform cannot reset a process's peak, the child serves one request and ends).
+
 Child side: :func:`main` (``python -m DeepLungRegLib.worker REQUEST.json``) runs :func:`register_request`, whose
 request is ``{"job": RegistrationJob JSON, "output": DIR, "report": bool, "overwrite": bool}`` and optionally
 ``"extra_metrics"`` (added to ``metrics.json``) and ``"private_inputs"`` (the job's files are the caller's
@@ -157,9 +163,12 @@ class WorkerProcess:
         exit_with_parent: the child ends (removing what it staged) when this process dies, killed or not
             (it watches its stdin, a pipe from here). Off for a launcher that may not pass stdin on.
         log_reported_errors: log the child's stderr when it reported an ``{"error"}`` too (a crash is always logged).
+        serve: start a resident child (``python -m module --serve``) that runs one request after another, each
+            given by :meth:`send` (``request``, if given, is the first); it ends with this process, or on :meth:`close`.
 
     Attributes:
-        state: ``"running"``, ``"done"``, ``"failed"`` or ``"cancelled"``.
+        state: ``"running"``, ``"done"``, ``"failed"`` or ``"cancelled"`` (of the current request; ``"idle"``: a
+            resident child before its first request).
         stage, fraction: the last progress report.
         error: the child's one-line error when it failed (its whole stderr is logged).
         reported: whether that error came from the child's own ``{"error"}`` line (else it crashed).
@@ -168,34 +177,84 @@ class WorkerProcess:
             also the id of the process group that :meth:`cancel` ends.
     """
 
-    def __init__(self, request: dict, folder: str | Path, *, module: str = REGISTER_MODULE, python: str | None = None,
+    def __init__(self, request: dict | None, folder: str | Path, *, module: str = REGISTER_MODULE, python: str | None = None,
                  threads: int | None = None, env: dict[str, str | None] | None = None, exit_with_parent: bool = False,
-                 log_reported_errors: bool = True):
-        self.folder, self.module = Path(folder), module
-        self.state, self.stage, self.fraction = "running", "starting", 0.0
+                 log_reported_errors: bool = True, serve: bool = False):
+        self.folder, self.module, self.serve = Path(folder), module, serve
+        self.state, self.stage, self.fraction = "idle", "starting", 0.0
         self.error: str | None = None
         self.reported = False
         self.result: dict | None = None
         self._log_reported = log_reported_errors
-        request = dict(request)
-        if threads:
-            request["threads"] = int(threads)
-        if exit_with_parent:
-            request["exit_with_parent"] = True
-        path = self.folder / "request.json"
-        path.write_text(json.dumps(request, indent=2), encoding="utf-8")
+        self._threads, self._exit_with_parent = threads, exit_with_parent
+        if serve:
+            argv = ["--serve"]
+        elif request is None:
+            raise ValueError("a worker process that is not resident (serve=False) needs its request")
+        else:
+            argv = [str(self._write(request, self.folder))]
         self._process = subprocess.Popen(
-            [python or python_executable(), "-m", module, str(path)], stdin=subprocess.PIPE if exit_with_parent else subprocess.DEVNULL,
+            [python or python_executable(), "-m", module, *argv],
+            stdin=subprocess.PIPE if (exit_with_parent or serve) else subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace",
             env=child_environment(threads, env), cwd=str(self.folder), **popen_kwargs())
         self.pid = self._process.pid
         self._lines: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
+        self._stderr_from = 0  # where the current request's stderr begins (a resident serves several)
         self._readers = [threading.Thread(target=self._read, args=(self._process.stdout, self._lines.put), daemon=True),
                          threading.Thread(target=self._read, args=(self._process.stderr, self._stderr.append), daemon=True)]
         for t in self._readers:
             t.start()
         self._ended_at: float | None = None
+        if not serve:
+            self.state = "running"
+        elif request is not None:
+            self.send(request)
+
+    def _write(self, request: dict, folder: Path) -> Path:
+        request = dict(request)
+        if self._threads:
+            request["threads"] = int(self._threads)
+        if self._exit_with_parent:
+            request["exit_with_parent"] = True
+        path = Path(folder) / "request.json"
+        path.write_text(json.dumps(request, indent=2), encoding="utf-8")
+        return path.resolve()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the child process still runs (a resident one can take another request when not busy)."""
+        return self._process.poll() is None
+
+    def send(self, request: dict, folder: str | Path | None = None) -> None:
+        """A resident child (``serve=True``): run ``request`` next; its file is written into ``folder`` (default:
+        the child's working folder, given at the start). Poll or wait for it as for a one-request child.
+
+        Raises :class:`WorkerCrashed` when the child has ended, :class:`RuntimeError` while it is still busy."""
+        if not self.serve:
+            raise RuntimeError("send() is for a resident worker process (serve=True)")
+        if self.state == "running":
+            raise RuntimeError("the worker process is still running its previous request")
+        if not self.alive:
+            raise WorkerCrashed(f"{self._what()} (pid {self.pid}) has ended (exit code {self._process.returncode})")
+        path = self._write(request, Path(folder) if folder is not None else self.folder)
+        self.state, self.stage, self.fraction = "running", "starting", 0.0
+        self.error, self.reported, self.result, self._ended_at = None, False, None, None
+        self._stderr_from = len(self._stderr)
+        try:
+            self._process.stdin.write(str(path) + "\n")
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # it ended meanwhile: poll() reports the crash
+
+    def close(self, timeout: float = 10.0) -> None:
+        """A resident child: let it end (it does once its stdin closes and it is not busy); ends the tree after ``timeout`` s."""
+        self._close_stdin()
+        try:
+            self._process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.cancel()
 
     @staticmethod
     def _read(stream, put) -> None:
@@ -210,7 +269,16 @@ class WorkerProcess:
     def poll(self, progress: Callable[[str, float], None] | None = None) -> str:
         """Read what the child reported since the last call (never blocks); returns :attr:`state`."""
         self._take(progress)
-        if self.state != "running" or self._process.poll() is None:
+        if self.state != "running":
+            return self.state
+        if self.serve and (self.result is not None or self.reported):  # a resident child answered and goes on
+            if self.result is not None:
+                self.state = "done"
+                self._warn_stderr()
+            else:
+                self._failed()
+            return self.state
+        if self._process.poll() is None:
             return self.state
         # it has ended: take its last lines once the readers reached the end of its output (a grandchild
         # that keeps the pipes open is not waited for longer than 5 s)
@@ -222,12 +290,18 @@ class WorkerProcess:
         self._close_stdin()
         if self._process.returncode == 0 and self.result is not None:
             self.state = "done"
-            lines = [ln for ln in self._stderr if ln.strip()]
-            if lines:
-                log.warning("DeepLungReg: %s (pid %d) said on stderr:\n%s", self._what(), self.pid, "\n".join(lines))
+            self._warn_stderr()
         else:
             self._failed()
         return self.state
+
+    def _request_stderr(self) -> list[str]:
+        return [ln for ln in self._stderr[self._stderr_from:] if ln.strip()]
+
+    def _warn_stderr(self) -> None:
+        lines = self._request_stderr()
+        if lines:
+            log.warning("DeepLungReg: %s (pid %d) said on stderr:\n%s", self._what(), self.pid, "\n".join(lines))
 
     def _take(self, progress) -> None:
         while True:
@@ -256,7 +330,7 @@ class WorkerProcess:
     def _failed(self) -> None:
         self.state = "failed"
         code = self._process.returncode
-        lines = [ln for ln in self._stderr if ln.strip()]
+        lines = self._request_stderr()
         if not self.error:
             tail = lines[-1:] or [f"exit code {code}" + (" (killed)" if code is not None and code < 0 else "")]
             self.error = tail[0].removeprefix("deeplungreg: error: ").strip()
@@ -392,10 +466,12 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def run_request(handler: Callable[[dict, Callable[[str, float], None]], dict], path: str | Path) -> int:
+def run_request(handler: Callable[[dict, Callable[[str, float], None]], dict], path: str | Path, *,
+                watch_parent: bool = True) -> int:
     """Child side: read the request at ``path``, run ``handler(request, progress)`` (it returns the ``{"done", ...}``
     fields) and say the outcome; returns the exit code: 0 done, 2 refused (``{"error"}``), 130 interrupted or
-    orphaned, 143 terminated (SIGTERM, with :func:`main`'s handler)."""
+    orphaned, 143 terminated (SIGTERM, with :func:`main`'s handler). ``watch_parent=False``: the request's
+    ``exit_with_parent`` is not acted on (a resident child watches its parent itself)."""
     from .memory import peak_rss_mb
     from .options import read_config_json
 
@@ -404,7 +480,7 @@ def run_request(handler: Callable[[dict, Callable[[str, float], None]], dict], p
 
     try:
         request = read_config_json(path, "worker")
-        if request.get("exit_with_parent"):
+        if request.get("exit_with_parent") and watch_parent:
             _watch_parent()
         threads = request.get("threads")
         if threads is not None:
@@ -436,14 +512,70 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated(signum)
 
 
+def serve(handler: Callable[[dict, Callable[[str, float], None]], dict], grace: float = ORPHAN_GRACE_S) -> int:
+    """Child side of a resident worker: run the request whose path is each line of stdin, one after another, until
+    stdin closes. Its end while a request runs (the parent died) interrupts that request (which removes what it
+    staged; after ``grace`` s the process ends regardless); a request after the end is not started. Returns
+    the exit code: 0 at the end of stdin, or a request's 130/143 (interrupted, terminated)."""
+    from .memory import release_memory, reset_peak_rss
+
+    requests: queue.Queue = queue.Queue()
+    lock = threading.Lock()
+    flags = {"busy": False, "gone": False}
+
+    def read() -> None:
+        fd, pending = sys.stdin.fileno(), b""
+        try:
+            while chunk := os.read(fd, 65536):  # the raw descriptor (see _watch_parent)
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        requests.put(line.decode("utf-8", "replace").strip())
+        except OSError:
+            pass
+        with lock:
+            flags["gone"], busy = True, flags["busy"]
+        requests.put(None)
+        if busy:
+            _thread.interrupt_main()
+            time.sleep(grace)
+            os._exit(137)
+
+    threading.Thread(target=read, name="deeplungreg-requests", daemon=True).start()
+    try:
+        while True:
+            path = requests.get()
+            with lock:
+                if path is None or flags["gone"]:
+                    return 0
+                flags["busy"] = True
+            fresh = reset_peak_rss()
+            code = run_request(handler, path, watch_parent=False)
+            with lock:
+                flags["busy"] = False
+            if code not in (0, 2):
+                return code
+            if not fresh:
+                return 0  # this platform cannot reset the peak memory: one request per process
+            release_memory()
+    except KeyboardInterrupt:
+        return 130
+    except Terminated:
+        return 143
+
+
 def main(argv: list[str] | None = None, handler: Callable[[dict, Callable[[str, float], None]], dict] | None = None) -> int:
-    """``python -m MODULE REQUEST.json``: the child's process (``handler`` defaults to :func:`register_request`)."""
+    """``python -m MODULE REQUEST.json`` (one request) or ``python -m MODULE --serve`` (a resident child, see
+    :func:`serve`): the child's process (``handler`` defaults to :func:`register_request`)."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m DeepLungRegLib.worker REQUEST.json", file=sys.stderr)
+        print("usage: python -m DeepLungRegLib.worker REQUEST.json | --serve", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="deeplungreg: %(levelname)s: %(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)  # a cancel unwinds like Ctrl-C: staged outputs are removed
+    if argv[0] == "--serve":
+        return serve(handler or register_request)
     return run_request(handler or register_request, argv[0])
 
 

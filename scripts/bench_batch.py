@@ -8,9 +8,10 @@ configurations run back to back, ``--repeat`` times in turn (so that a change of
 falls on all of them); the table gives each run's wall time (cluster start included), pairs per hour,
 seconds per pair, the difference from the plain loop's seconds per pair, and the load average when it
 started, and for batch the mean seconds of a task outside its registration and outputs (from each pair's
-``metrics.json``: what the Dask path and the pair's process add, less sensitive to the load). Each batch pair runs in a worker process of its own, which imports torch and the library
-afresh, while the plain loop imports them once: the table's first line is the time of that import
-(``python -c 'import torch, DeepLungRegLib.pipeline'``, the median of 3), part of each batch pair's time.
+``metrics.json``: what the Dask path and the pair's process add, less sensitive to the load). Each Dask worker
+runs its pairs in one resident worker process, which imports torch and the library once, as the plain loop
+does: the table's first line is the time of that import (``python -c 'import torch, DeepLungRegLib.pipeline'``,
+the median of 3), part of each Dask worker's first pair.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from DeepLungRegLib.worker import child_environment  # noqa: E402
 
 
 def process_start_s(repeat: int = 3) -> float:
-    """Seconds to start a Python that imports torch and the pipeline (what each batch pair's process does first)."""
+    """Seconds to start a Python that imports torch and the pipeline (what each Dask worker's resident process does first)."""
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -112,7 +113,7 @@ def main() -> int:
     print("| run | workers | wall (s) | pairs per hour | s per pair | vs plain loop per pair | task s outside the registration "
           "| load at start |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| process start (import torch + pipeline; in each batch pair) | | {start_s:.1f} | | {start_s:.1f} | "
+    print(f"| process start (import torch + pipeline; once per Dask worker) | | {start_s:.1f} | | {start_s:.1f} | "
           f"{100 * start_s / plain_per_pair:+.1f} % | | |")
     for name, w, wall, before, extra in table:
         diff = "" if name.startswith("plain") else f"{100 * (wall / n - plain_per_pair) / plain_per_pair:+.1f} %"

@@ -1,8 +1,10 @@
 """Registering a cohort on Dask distributed: a local cluster or a scheduler's workers, resumably.
 
 Each pair is one task that runs :func:`DeepLungRegLib.pipeline.run_registration` into
-``OUTDIR/<id>/`` in a worker process of its own (:class:`DeepLungRegLib.worker.WorkerProcess`), with
-the threads it is meant to have; the Dask worker only waits on it. A pair whose folder already
+``OUTDIR/<id>/`` in a worker process (:class:`DeepLungRegLib.worker.WorkerProcess`), with the threads
+it is meant to have; the Dask worker only waits on it. Each Dask worker keeps its worker process
+resident between pairs (it imports torch and the library once, and its caches stay warm, as in a plain
+loop); a process that crashed is replaced for the next pair. A pair whose folder already
 holds a whole ``register`` output is not run again, and a pair that failed in an earlier run only
 with ``retry_failed``. A task whose process crashes is retried once; a task whose Dask worker dies
 (its process then ends too) is rescheduled on another worker; a pair that fails twice is recorded
@@ -15,15 +17,17 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import DeepLungRegError
-from ..io.outputs import _STAGING_PREFIX, FolderLock, check_output_path, clean_leftovers, replace_problems
+from ..io.outputs import (_STAGING_PREFIX, FolderLock, check_output_path, clean_leftovers, replace_problems,
+                          wait_for_unlock)
 from ..io.runs import RunFolder
 from ..options import DEFAULT_METHOD
-from ..worker import WorkerProcess
+from ..worker import ORPHAN_GRACE_S, WorkerProcess
 from .cohort import CohortRow, cohort_rows, read_cohort
 from .results import (BATCH_KEY, BATCH_RECORD, RESULT_FILES, batch_records, failed_row, read_results, result_row,
                       write_results)
@@ -70,12 +74,13 @@ def cluster_plan(device: str, workers: int | None, cores: int | None = None, cud
 
 
 def register_pair(row: CohortRow, outdir: str, method: str, options: dict, device: str, threads: int | dict) -> dict:
-    """One pair, on a worker: register into ``outdir/<id>/`` in a worker process of its own
+    """One pair, on a worker: register into ``outdir/<id>/`` in this Dask worker's resident worker process
     (:class:`DeepLungRegLib.worker.WorkerProcess`, which this task waits on) and return its ``results.csv`` row.
 
     ``threads``: the threads of the registration, or a map from worker address to threads (:func:`_plan_for`),
     given to the worker process explicitly (a Dask nanny sets ``OMP_NUM_THREADS=1`` in its
-    workers, which a child would inherit). The worker process ends with the Dask worker, killed or not.
+    workers, which a child would inherit). The worker process is this Dask worker's resident one
+    (:func:`_resident_process`); it ends with the Dask worker, killed or not.
 
     A problem with the pair's inputs (the worker's ``{"error"}`` line) is its result, a failed row; anything
     else (out of memory, a crash) is raised, so that Dask retries the pair once.
@@ -90,17 +95,50 @@ def register_pair(row: CohortRow, outdir: str, method: str, options: dict, devic
     request = {"job": row.job(method, options, device), "output": str(folder), "report": True, "overwrite": True,
                "extra_metrics": {BATCH_KEY: {"id": row.id, "worker": worker}}}
     t0 = time.perf_counter()
+    # a killed earlier attempt's process may still be unwinding in this folder: only a run of this batch writes there
+    wait_for_unlock(folder, ORPHAN_GRACE_S + 15.0)
+    key = (_task_threads(threads), tuple(sorted(_nanny_environment_undone().items())))
+    proc = _resident_process(key)
     with tempfile.TemporaryDirectory(prefix="deeplungreg-pair-") as tmp:
-        proc = WorkerProcess(request, tmp, threads=_task_threads(threads), env=_nanny_environment_undone(), exit_with_parent=True,
-                             log_reported_errors=False)
         try:
-            proc.wait(interval=0.2)
+            proc.send(request, tmp)
+            proc.wait(interval=0.1)
         except DeepLungRegError as exc:
             return failed_row(row.id, str(exc), now=True, seconds=time.perf_counter() - t0, worker=worker)
+        finally:
+            _keep_resident(proc, key)
     run = RunFolder.read(folder, "batch")
     # the time is known only now: add it to the pair's own record, so that a later run can rebuild the row
     run.update(**{BATCH_KEY: {**run.metrics[BATCH_KEY], "seconds": round(time.perf_counter() - t0, 1)}})
     return result_row(row.id, run.metrics, now=True)
+
+
+#: This Dask worker's resident worker processes that are free, by (threads, environment changes).
+_RESIDENT: dict[tuple, list[WorkerProcess]] = {}
+_RESIDENT_LOCK = threading.Lock()
+
+
+def _resident_process(key: tuple) -> WorkerProcess:
+    """A free resident worker process of this Dask worker for ``key`` (its threads, and its environment changes as
+    sorted items), or a new one (a Dask worker with several task threads has one per task running at once). It
+    ends with the Dask worker."""
+    with _RESIDENT_LOCK:
+        free = _RESIDENT.get(key, [])
+        while free:
+            proc = free.pop()
+            if proc.alive:
+                return proc
+    threads, env = key
+    return WorkerProcess(None, tempfile.gettempdir(), threads=threads, env=dict(env), serve=True, log_reported_errors=False)
+
+
+def _keep_resident(proc: WorkerProcess, key: tuple) -> None:
+    """Take back a resident process after its request: kept when it lives and answered, else ended."""
+    if proc.state == "running":
+        proc.cancel()
+    elif proc.alive:
+        with _RESIDENT_LOCK:
+            _RESIDENT.setdefault(key, []).append(proc)
 
 
 def _nanny_environment_undone() -> dict[str, None]:

@@ -234,6 +234,18 @@ class FolderLock:
         return False
 
 
+def wait_for_unlock(folder: str | os.PathLike, timeout: float) -> bool:
+    """Wait up to ``timeout`` s until no live run holds ``folder``'s lock (an ending run of ours, e.g. a killed
+    task's process that is still unwinding); returns whether it is free now."""
+    path = Path(folder) / LOCK_FILE
+    end = time.monotonic() + timeout
+    while _lock_holder(path) is not None:
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def remove_stale_staging(folder: Path) -> list[Path]:
     """Staging folders that killed runs left in ``folder`` (call only while holding its lock: then
     no live run of ours is writing there)."""

@@ -7,9 +7,11 @@ from __future__ import annotations
 import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -353,3 +355,16 @@ def test_15_an_unreadable_lock_is_respected_while_fresh_and_taken_over_once_old(
     monkeypatch.setattr(outputs, "_UNREADABLE_LOCK_S", 0.0)  # ... or a leftover, once old
     fake_run(out)
     assert not leftovers(tmp_path)
+
+
+def test_15_waiting_for_a_folders_lock_ends_when_its_live_holder_lets_go(tmp_path):
+    """batch's retry of a pair whose killed attempt is still unwinding: it waits for that run's lock, not a fixed time."""
+    from DeepLungRegLib.io.outputs import FolderLock, wait_for_unlock
+
+    assert wait_for_unlock(tmp_path, 0.0)  # no lock
+    lock = FolderLock(tmp_path).acquire()  # held by this (live) process
+    assert not wait_for_unlock(tmp_path, 0.3)
+    threading.Timer(0.5, lock.release).start()
+    assert wait_for_unlock(tmp_path, 60.0) and not (tmp_path / LOCK_FILE).exists()
+    (tmp_path / LOCK_FILE).write_text('{"pid": 999999999, "host": "%s"}' % socket.gethostname())  # a dead run's leftover
+    assert wait_for_unlock(tmp_path, 0.0)

@@ -41,3 +41,19 @@ print(before, peak_rss_mb())
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     before, after = map(float, r.stdout.split())
     assert 10 < before < 2000 and 150 < after - before < 260
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="only Linux can reset a process's peak (elsewhere a resident worker serves one request)")
+def test_the_peak_starts_afresh_after_a_reset():
+    code = """
+import numpy as np
+from DeepLungRegLib.memory import peak_rss_mb, release_memory, reset_peak_rss
+block = np.ones(300 * 2**20 // 8)
+del block
+high = peak_rss_mb()
+release_memory()
+print(high, reset_peak_rss(), peak_rss_mb())
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    high, reset, low = r.stdout.split()
+    assert reset == "True" and float(high) - float(low) > 250

@@ -1,5 +1,6 @@
 """DeepLungRegLib.worker: the protocol of a request run out of process (progress, done, a refused input,
-a crash), the child's threads and environment, and a child that ends with its parent."""
+a crash), the child's threads and environment, a child that ends with its parent, and a resident child that
+serves one request after another."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def handler(request, progress):
         raise DeepLungRegError("test: a bad\\n   input")
     if kind == "crash":
         raise ValueError("boom")
+    if kind == "alloc":  # touch this many MB, then let them go
+        block = bytearray(request["mb"] * 2**20)
+        del block
+        return {"done": "alloc", "pid": os.getpid()}
     if kind == "env":
         import torch
         return {"done": "env", "omp": os.environ.get("OMP_NUM_THREADS"), "trim": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
@@ -98,17 +103,54 @@ def test_the_child_gets_the_threads_asked_for_and_the_environment_changes(tmp_pa
     assert (result["omp"], result["trim"], result["torch"]) == ("2", None, 2)
 
 
+def test_a_resident_child_serves_one_request_after_another(tmp_path, child):
+    """``serve=True`` (batch's process per Dask worker): one process answers request after request, a refused one
+    included, each with its own peak memory; close() lets it end; a crash ends it and is told as a crash."""
+    w = WorkerProcess(None, tmp_path, module=child["module"], env=child["env"], serve=True)
+    assert w.state == "idle" and w.alive
+    seen = []
+    w.send({"kind": "ok"}, tmp_path)
+    assert w.wait(progress=lambda stage, f: seen.append(f), interval=0.02)["value"] == 3 and seen[-1] == 1.0
+    w.send({"kind": "refuse"})
+    with pytest.raises(DeepLungRegError, match=r"^test: a bad input$"):
+        w.wait(interval=0.02)
+    assert w.state == "failed" and w.reported and w.alive  # a refused request does not end it
+    w.send({"kind": "alloc", "mb": 400})
+    big = w.wait(interval=0.02)
+    w.send({"kind": "alloc", "mb": 1})
+    small = w.wait(interval=0.02)
+    assert big["pid"] == small["pid"] == w.pid
+    if sys.platform.startswith("linux"):  # each request's own peak (elsewhere a resident serves one request and ends)
+        assert big["peak_rss_mb"] > small["peak_rss_mb"] + 300
+    with pytest.raises(RuntimeError, match="previous request"):
+        w.send({"kind": "slow", "marker": str(tmp_path / "m")})
+        w.send({"kind": "ok"})
+    w.cancel()
+    assert not w.alive and w.state == "cancelled"
+    with pytest.raises(WorkerCrashed, match="has ended"):
+        w.send({"kind": "ok"})
+    idle = WorkerProcess({"kind": "ok"}, tmp_path, module=child["module"], env=child["env"], serve=True)
+    idle.wait(interval=0.02)
+    idle.close()
+    assert idle.returncode == 0
+    crash = WorkerProcess({"kind": "crash"}, tmp_path, module=child["module"], env=child["env"], serve=True)
+    with pytest.raises(WorkerCrashed, match=r"^ValueError: boom$"):
+        crash.wait(interval=0.02)
+    assert not crash.alive and not crash.reported
+
+
 @pytest.mark.skipif(os.name == "nt", reason="kills the parent with SIGKILL")
-def test_a_child_ends_and_unwinds_when_its_parent_is_killed(tmp_path, child):
+@pytest.mark.parametrize("serve", [False, True], ids=["one-request", "resident"])
+def test_a_child_ends_and_unwinds_when_its_parent_is_killed(tmp_path, child, serve):
     """A batch pair's process when its Dask worker is killed: it sees its stdin close, unwinds (its ``finally``
-    runs) and ends; without ``exit_with_parent`` a child would run on as an orphan."""
+    runs) and ends; without ``exit_with_parent`` (or a resident's request line) a child would run on as an orphan."""
     marker = tmp_path / "unwound.txt"
     (tmp_path / "w").mkdir()
     parent = textwrap.dedent(f"""
         import sys, time
         from DeepLungRegLib.worker import WorkerProcess
         w = WorkerProcess({{"kind": "slow", "marker": {str(marker)!r}}}, {str(tmp_path / "w")!r}, module={child["module"]!r},
-                          env={child["env"]!r}, exit_with_parent=True)
+                          env={child["env"]!r}, exit_with_parent=not {serve!r}, serve={serve!r})
         while w.poll() == "running" and w.fraction == 0.0:
             time.sleep(0.05)
         print(w.pid, flush=True)
