@@ -58,14 +58,18 @@ def estimate_affine(fixed: Image, moving: Image, fixed_mask: Image | None, movin
     for li, (sp, iters) in enumerate(zip(config.levels_mm, config.iterations)):
         with ctx.stage(f"affine_features_{sp:g}mm"):
             lv = make_level(fixed, moving, fr, mr, fixed_mask, sp, config.mind_radius, config.mind_dilation, config.mask_dilation_mm, dev, dt)
-            xc = world_grid_tensor(lv.fixed_geom, dev, dt) - torch.as_tensor(c, device=dev, dtype=dt)
+            # only the voxels the (binary) weight counts: the same loss, without sampling the rest of the region
+            index = torch.nonzero(lv.weight.reshape(-1) > 0).reshape(-1)
+            xc = world_grid_tensor(lv.fixed_geom, dev, dt).reshape(-1, 3)[index] - torch.as_tensor(c, device=dev, dtype=dt)
+            fixed_pts = lv.fixed_feat.reshape(1, lv.fixed_feat.shape[1], -1)[:, :, index]  # (1, C, M)
+            weight_pts = lv.weight.reshape(1, 1, -1)[:, :, index]
         opt = torch.optim.Adam([{"params": [t], "lr": config.learning_rate}, {"params": [b], "lr": config.learning_rate / 100.0}])
         with ctx.stage(f"affine_optimise_{sp:g}mm"):
             for it in range(int(iters)):
                 ctx.check_cancel()
                 opt.zero_grad()
-                field = (xc @ b.T + t)[None]
-                loss = masked_mse(lv.fixed_feat, lv.sampler(lv.moving_feat, field), lv.weight)
+                moved = lv.sampler.sample_points(lv.moving_feat, index, (xc @ b.T + t)[None])  # (1, C, M)
+                loss = masked_mse(fixed_pts, moved, weight_pts)
                 loss.backward()
                 opt.step()
                 if it % 10 == 0:
