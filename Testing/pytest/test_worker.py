@@ -139,6 +139,19 @@ def test_a_resident_child_serves_one_request_after_another(tmp_path, child):
     assert not crash.alive and not crash.reported
 
 
+def test_a_request_file_that_cannot_be_read_is_refused_in_one_line(tmp_path, capsys):
+    """Not a traceback that would end a resident child: a request file that is not UTF-8 text, or not readable."""
+    from DeepLungRegLib.worker import run_request
+
+    bad = tmp_path / "request.json"
+    bad.write_bytes(b'{"kind": "\xff"}')
+    assert run_request(lambda request, progress: {}, bad) == 2
+    assert "request.json" in json.loads(capsys.readouterr().out.splitlines()[-1])["error"]
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    assert run_request(lambda request, progress: {}, folder) == 2
+
+
 @pytest.mark.skipif(os.name == "nt", reason="kills the parent with SIGKILL")
 @pytest.mark.parametrize("serve", [False, True], ids=["one-request", "resident"])
 def test_a_child_ends_and_unwinds_when_its_parent_is_killed(tmp_path, child, serve):
