@@ -19,10 +19,15 @@ from DeepLungRegLib.errors import DeepLungRegError
 from DeepLungRegLib.worker import WorkerCrashed, WorkerProcess, group_alive
 
 CHILD = '''
-import os, sys, time
+import atexit, os, sys, time
 from pathlib import Path
+import DeepLungRegLib.memory
 from DeepLungRegLib.errors import DeepLungRegError
 from DeepLungRegLib.worker import main
+
+if os.environ.get("DLR_TEST_NO_PEAK_RESET"):  # as on macOS and Windows: a resident serves one request
+    DeepLungRegLib.memory.reset_peak_rss = lambda: False
+    atexit.register(time.sleep, 1.0)  # an interpreter's end that takes a while (torch's, say)
 
 def handler(request, progress):
     kind = request["kind"]
@@ -35,6 +40,8 @@ def handler(request, progress):
         raise DeepLungRegError("test: a bad\\n   input")
     if kind == "crash":
         raise ValueError("boom")
+    if kind == "exit":  # ends at once, silently (as when killed for memory)
+        os._exit(request["code"])
     if kind == "alloc":  # touch this many MB, then let them go
         block = bytearray(request["mb"] * 2**20)
         del block
@@ -150,6 +157,58 @@ def test_a_request_file_that_cannot_be_read_is_refused_in_one_line(tmp_path, cap
     folder = tmp_path / "folder.json"
     folder.mkdir()
     assert run_request(lambda request, progress: {}, folder) == 2
+
+
+def test_a_resident_childs_error_is_its_current_requests_own(tmp_path, child, monkeypatch, caplog):
+    """The stderr of a refused request (its "deeplungreg: error:" line comes after its answer) read late by the
+    parent: it is not taken for the next request's error, nor logged as what the next request said."""
+    import queue
+
+    read = WorkerProcess._read
+
+    def slow_stderr(stream, put):  # the stderr reader runs behind (as a busy parent's thread may)
+        if isinstance(getattr(put, "__self__", None), queue.Queue):
+            return read(stream, put)
+        return read(stream, lambda line: (time.sleep(0.3), put(line)))
+
+    monkeypatch.setattr(WorkerProcess, "_read", staticmethod(slow_stderr))
+    w = WorkerProcess(None, tmp_path, module=child["module"], env=child["env"], serve=True)
+    w.send({"kind": "refuse"})
+    with pytest.raises(DeepLungRegError, match=r"^test: a bad input$"):
+        w.wait(interval=0.02)
+    w.send({"kind": "ok"})
+    w.wait(interval=0.02)
+    assert not any("said on stderr" in r.getMessage() for r in caplog.records)
+    w.send({"kind": "exit", "code": 3})
+    with pytest.raises(WorkerCrashed, match=r"^exit code 3$"):
+        w.wait(interval=0.02)
+
+
+def test_a_resident_child_that_cannot_reset_its_peak_says_it_ends_after_its_request(tmp_path, child, monkeypatch):
+    """macOS, Windows: the child serves one request and ends; the parent knows it at the answer (batch does not keep
+    it, to send it the next pair, which would be lost and told as a crash, and retried)."""
+    from DeepLungRegLib.batch import run
+
+    env = {**child["env"], "DLR_TEST_NO_PEAK_RESET": "1"}
+    w = WorkerProcess({"kind": "ok"}, tmp_path, module=child["module"], env=env, serve=True)
+    assert w.wait(interval=0.02)["value"] == 3
+    assert not w.alive  # its process still ends (1 s)
+    with pytest.raises(WorkerCrashed):
+        w.send({"kind": "ok"})
+    monkeypatch.setattr(run, "_RESIDENT", {})
+    run._keep_resident(w, ("key",))
+    assert run._RESIDENT.get(("key",), []) == []
+    w.close()
+    assert w.returncode == 0 and w.state == "done"
+
+
+def test_closing_a_busy_resident_child_interrupts_its_request(tmp_path, child):
+    marker = tmp_path / "unwound.txt"
+    w = WorkerProcess({"kind": "slow", "marker": str(marker)}, tmp_path, module=child["module"], env=child["env"], serve=True)
+    while w.poll() == "running" and w.fraction == 0.0:
+        time.sleep(0.02)
+    w.close()
+    assert w.state == "cancelled" and marker.read_text() == "unwound" and not w.alive
 
 
 @pytest.mark.skipif(os.name == "nt", reason="kills the parent with SIGKILL")
