@@ -214,6 +214,7 @@ class WorkerProcess:
         for t in self._readers:
             t.start()
         self._ended_at: float | None = None
+        self._answered_at: float | None = None  # when a resident's answer to its current request was read
         if not serve:
             self.state = "running"
         elif request is not None:
@@ -250,7 +251,7 @@ class WorkerProcess:
             raise WorkerCrashed(f"{self._what()} (pid {self.pid}) has ended (exit code {self._process.returncode})")
         path = self._write(request, Path(folder) if folder is not None else self.folder)
         self.state, self.stage, self.fraction = "running", "starting", 0.0
-        self.error, self.reported, self.result, self._ended_at = None, False, None, None
+        self.error, self.reported, self.result, self._ended_at, self._answered_at = None, False, None, None, None
         self._sent += 1
         self._stderr_from = len(self._stderr)
         try:
@@ -282,7 +283,9 @@ class WorkerProcess:
             put(line.rstrip("\n"))
 
     def _stderr_line(self, line: str) -> None:
-        if self.serve and line == REQUEST_END:
+        if self.serve and line.endswith(REQUEST_END):
+            if line[:-len(REQUEST_END)].strip():  # the request's last words, written without a newline
+                self._stderr.append(line[:-len(REQUEST_END)])
             self._stderr_ends.append(len(self._stderr))
         else:
             self._stderr.append(line)
@@ -297,8 +300,10 @@ class WorkerProcess:
         self._take(progress)
         if self.state != "running":
             return self.state
-        # a resident child answered and goes on, once its stderr up to its end-of-request line is read
-        if self.serve and (self.result is not None or self.reported) and len(self._stderr_ends) >= self._sent:
+        # a resident child answered and goes on, once its stderr up to its end-of-request line is read (5 s at most)
+        if self.serve and (self.result is not None or self.reported):
+            self._answered_at = self._answered_at or time.monotonic()
+        if self._answered_at and (len(self._stderr_ends) >= self._sent or time.monotonic() - self._answered_at > 5.0):
             if self.result is not None:
                 self.state = "done"
                 self._warn_stderr()

@@ -40,6 +40,9 @@ def handler(request, progress):
         raise DeepLungRegError("test: a bad\\n   input")
     if kind == "crash":
         raise ValueError("boom")
+    if kind == "unterminated":  # stderr without a final newline
+        sys.stderr.write("a warning without its newline")
+        return {"done": "unterminated"}
     if kind == "exit":  # ends at once, silently (as when killed for memory)
         os._exit(request["code"])
     if kind == "alloc":  # touch this many MB, then let them go
@@ -179,6 +182,17 @@ def test_a_resident_childs_error_is_its_current_requests_own(tmp_path, child, mo
     w.send({"kind": "ok"})
     w.wait(interval=0.02)
     assert not any("said on stderr" in r.getMessage() for r in caplog.records)
+    w.send({"kind": "exit", "code": 3})
+    with pytest.raises(WorkerCrashed, match=r"^exit code 3$"):
+        w.wait(interval=0.02)
+
+
+def test_a_resident_childs_stderr_without_a_final_newline_is_its_requests_own(tmp_path, child, caplog):
+    w = WorkerProcess(None, tmp_path, module=child["module"], env=child["env"], serve=True)
+    w.send({"kind": "unterminated"})
+    assert w.wait(interval=0.02, timeout=4.0)["done"] == "unterminated"  # not stuck waiting for the end-of-request line
+    assert [r.getMessage().splitlines()[1:] for r in caplog.records if "said on stderr" in r.getMessage()] == \
+        [["a warning without its newline"]]
     w.send({"kind": "exit", "code": 3})
     with pytest.raises(WorkerCrashed, match=r"^exit code 3$"):
         w.wait(interval=0.02)
