@@ -210,7 +210,7 @@ class WorkerProcess:
         self._sent, self._stderr_ends, self._last = 0, [], False
         self._stderr_from = 0  # the stderr's length at the last send
         self._readers = [threading.Thread(target=self._read, args=(self._process.stdout, self._lines.put), daemon=True),
-                         threading.Thread(target=self._read, args=(self._process.stderr, self._stderr_line), daemon=True)]
+                         threading.Thread(target=self._read, args=(self._process.stderr, self._stderr_sink()), daemon=True)]
         for t in self._readers:
             t.start()
         self._ended_at: float | None = None
@@ -282,13 +282,19 @@ class WorkerProcess:
         for line in stream:
             put(line.rstrip("\n"))
 
-    def _stderr_line(self, line: str) -> None:
-        if self.serve and line.endswith(REQUEST_END):
-            if line[:-len(REQUEST_END)].strip():  # the request's last words, written without a newline
-                self._stderr.append(line[:-len(REQUEST_END)])
-            self._stderr_ends.append(len(self._stderr))
-        else:
-            self._stderr.append(line)
+    def _stderr_sink(self) -> Callable[[str], None]:
+        """What the stderr reader does with a line (it holds no reference to this handle: a dropped one is collected)."""
+        lines, ends, serve = self._stderr, self._stderr_ends, self.serve
+
+        def put(line: str) -> None:
+            if serve and line.endswith(REQUEST_END):
+                if line[:-len(REQUEST_END)].strip():  # the request's last words, written without a newline
+                    lines.append(line[:-len(REQUEST_END)])
+                ends.append(len(lines))
+            else:
+                lines.append(line)
+
+        return put
 
     @property
     def returncode(self) -> int | None:
@@ -462,7 +468,11 @@ class WorkerProcess:
 
     def __del__(self):  # a handle dropped while running must not leave a process behind
         proc = getattr(self, "_process", None)
-        if proc is None or getattr(self, "state", None) != "running":
+        if proc is None:
+            return
+        if getattr(self, "state", None) != "running":
+            if getattr(self, "serve", False):
+                self._close_stdin()  # an idle resident ends (subprocess keeps a running child's Popen, its stdin open)
             return
         try:
             if _on_windows():

@@ -257,3 +257,24 @@ def test_a_child_ends_and_unwinds_when_its_parent_is_killed(tmp_path, child, ser
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="group_alive is POSIX")
+def test_a_dropped_handle_leaves_no_process_behind(tmp_path, child):
+    """A handle dropped while its child runs a request ends it (``__del__``); a resident's dropped while idle ends
+    too (its stdin closes): the readers' threads must not keep the handle."""
+    import gc
+
+    marker = tmp_path / "unwound.txt"
+    busy = _start(tmp_path, child, {"kind": "slow", "marker": str(marker)}, "busy")
+    idle = WorkerProcess({"kind": "ok"}, tmp_path, module=child["module"], env=child["env"], serve=True)
+    idle.wait(interval=0.02)
+    while busy.poll() == "running" and busy.fraction == 0.0:
+        time.sleep(0.02)
+    pids = [busy.pid, idle.pid]
+    del busy, idle
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while any(group_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(group_alive(pid) for pid in pids)
