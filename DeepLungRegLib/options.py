@@ -248,7 +248,7 @@ def read_config_json(path: str | os.PathLike, owner: str = "config") -> dict:
     if not path.is_file():
         raise DeepLungRegError(f"{owner}: config file {path} does not exist")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Notepad) is allowed
     except json.JSONDecodeError as exc:
         raise DeepLungRegError(f"{owner}: {path} is not valid JSON ({exc.msg})") from exc
     except UnicodeDecodeError as exc:

@@ -160,6 +160,9 @@ def test_a_request_file_that_cannot_be_read_is_refused_in_one_line(tmp_path, cap
     folder = tmp_path / "folder.json"
     folder.mkdir()
     assert run_request(lambda request, progress: {}, folder) == 2
+    bom = tmp_path / "bom.json"  # as Windows' Notepad saves it: read
+    bom.write_bytes(b'\xef\xbb\xbf{"kind": "bom"}')
+    assert run_request(lambda request, progress: {"done": request["kind"]}, bom) == 0
 
 
 def test_a_resident_childs_error_is_its_current_requests_own(tmp_path, child, monkeypatch, caplog):
