@@ -248,9 +248,13 @@ def read_config_json(path: str | os.PathLike, owner: str = "config") -> dict:
     if not path.is_file():
         raise DeepLungRegError(f"{owner}: config file {path} does not exist")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM (Notepad) is allowed
     except json.JSONDecodeError as exc:
         raise DeepLungRegError(f"{owner}: {path} is not valid JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:
+        raise DeepLungRegError(f"{owner}: {path} is not UTF-8 text (byte {exc.start})") from exc
+    except OSError as exc:
+        raise DeepLungRegError(f"{owner}: cannot read {path} ({exc.strerror or exc})") from exc
     options = data.get("config", data) if isinstance(data, dict) else data
     if not isinstance(options, dict):
         where = "its \"config\" entry" if isinstance(data, dict) else "it"

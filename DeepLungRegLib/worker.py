@@ -22,9 +22,11 @@ there (this module for a registration), reads its lines on two threads, and offe
 
 A resident child (``WorkerProcess(..., serve=True)``, ``python -m MODULE --serve``; ``batch`` keeps one per Dask
 worker) runs the same requests one after another: each request file's path is one line on its stdin, and its
-lines end with that request's ``{"done"}`` or ``{"error"}``; it ends when its stdin closes (its parent ended or
-let it go), interrupting a request that is running. Each ``{"done"}``'s ``peak_rss_mb`` is that request's own
-(where the platform cannot reset a process's peak, the child serves one request and ends).
+lines end with that request's ``{"done"}`` or ``{"error"}``, and its stderr with the line :data:`REQUEST_END` (so that
+the parent tells each request's stderr apart); it ends when its stdin closes (its parent ended or let it go),
+interrupting a request that is running. Each ``{"done"}``'s ``peak_rss_mb`` is that request's own (where the
+platform cannot reset a process's peak, the child serves one request and ends: it says ``{"last": true}`` before
+that request's answer).
 
 Child side: :func:`main` (``python -m DeepLungRegLib.worker REQUEST.json``) runs :func:`register_request`, whose
 request is ``{"job": RegistrationJob JSON, "output": DIR, "report": bool, "overwrite": bool}`` and optionally
@@ -73,6 +75,8 @@ CREATE_NO_WINDOW = 0x08000000
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 #: Seconds a child whose parent died has to unwind before it ends itself.
 ORPHAN_GRACE_S = 30.0
+#: A resident child's line on stderr after each request's answer (the parent does not log it).
+REQUEST_END = "deeplungreg: end of request"
 
 
 class WorkerCrashed(RuntimeError):
@@ -201,12 +205,16 @@ class WorkerProcess:
         self.pid = self._process.pid
         self._lines: queue.Queue = queue.Queue()
         self._stderr: list[str] = []
-        self._stderr_from = 0  # where the current request's stderr begins (a resident serves several)
+        # a resident's requests: how many were sent, where each one's stderr ends (at its REQUEST_END line), whether
+        # the child said that it ends after the current one
+        self._sent, self._stderr_ends, self._last = 0, [], False
+        self._stderr_from = 0  # the stderr's length at the last send
         self._readers = [threading.Thread(target=self._read, args=(self._process.stdout, self._lines.put), daemon=True),
-                         threading.Thread(target=self._read, args=(self._process.stderr, self._stderr.append), daemon=True)]
+                         threading.Thread(target=self._read, args=(self._process.stderr, self._stderr_sink()), daemon=True)]
         for t in self._readers:
             t.start()
         self._ended_at: float | None = None
+        self._answered_at: float | None = None  # when a resident's answer to its current request was read
         if not serve:
             self.state = "running"
         elif request is not None:
@@ -224,8 +232,9 @@ class WorkerProcess:
 
     @property
     def alive(self) -> bool:
-        """Whether the child process still runs (a resident one can take another request when not busy)."""
-        return self._process.poll() is None
+        """Whether the child process still runs and, a resident one, can take another request when not busy (it did
+        not say that it ends after its current one)."""
+        return self._process.poll() is None and not self._last
 
     def send(self, request: dict, folder: str | Path | None = None) -> None:
         """A resident child (``serve=True``): run ``request`` next; its file is written into ``folder`` (default:
@@ -236,11 +245,14 @@ class WorkerProcess:
             raise RuntimeError("send() is for a resident worker process (serve=True)")
         if self.state == "running":
             raise RuntimeError("the worker process is still running its previous request")
+        if self._last:
+            raise WorkerCrashed(f"{self._what()} (pid {self.pid}) serves one request on this platform, and has served it")
         if not self.alive:
             raise WorkerCrashed(f"{self._what()} (pid {self.pid}) has ended (exit code {self._process.returncode})")
         path = self._write(request, Path(folder) if folder is not None else self.folder)
         self.state, self.stage, self.fraction = "running", "starting", 0.0
-        self.error, self.reported, self.result, self._ended_at = None, False, None, None
+        self.error, self.reported, self.result, self._ended_at, self._answered_at = None, False, None, None, None
+        self._sent += 1
         self._stderr_from = len(self._stderr)
         try:
             self._process.stdin.write(str(path) + "\n")
@@ -249,17 +261,40 @@ class WorkerProcess:
             pass  # it ended meanwhile: poll() reports the crash
 
     def close(self, timeout: float = 10.0) -> None:
-        """A resident child: let it end (it does once its stdin closes and it is not busy); ends the tree after ``timeout`` s."""
+        """A resident child: let it end (it does once its stdin closes; a request that is running is interrupted and
+        removes what it staged: :attr:`state` ``"cancelled"``); ends the tree after ``timeout`` s."""
         self._close_stdin()
         try:
             self._process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.cancel()
+        if self.state == "running":  # its request answered before the end, or it was interrupted
+            for t in self._readers:
+                t.join(timeout=5.0)
+            self._take(None)
+            if self.result is None and not self.reported:
+                self.state = "cancelled"
+            else:
+                self.poll()
 
     @staticmethod
     def _read(stream, put) -> None:
         for line in stream:
             put(line.rstrip("\n"))
+
+    def _stderr_sink(self) -> Callable[[str], None]:
+        """What the stderr reader does with a line (it holds no reference to this handle: a dropped one is collected)."""
+        lines, ends, serve = self._stderr, self._stderr_ends, self.serve
+
+        def put(line: str) -> None:
+            if serve and line.endswith(REQUEST_END):
+                if line[:-len(REQUEST_END)].strip():  # the request's last words, written without a newline
+                    lines.append(line[:-len(REQUEST_END)])
+                ends.append(len(lines))
+            else:
+                lines.append(line)
+
+        return put
 
     @property
     def returncode(self) -> int | None:
@@ -271,7 +306,10 @@ class WorkerProcess:
         self._take(progress)
         if self.state != "running":
             return self.state
-        if self.serve and (self.result is not None or self.reported):  # a resident child answered and goes on
+        # a resident child answered and goes on, once its stderr up to its end-of-request line is read (5 s at most)
+        if self.serve and (self.result is not None or self.reported):
+            self._answered_at = self._answered_at or time.monotonic()
+        if self._answered_at and (len(self._stderr_ends) >= self._sent or time.monotonic() - self._answered_at > 5.0):
             if self.result is not None:
                 self.state = "done"
                 self._warn_stderr()
@@ -296,7 +334,11 @@ class WorkerProcess:
         return self.state
 
     def _request_stderr(self) -> list[str]:
-        return [ln for ln in self._stderr[self._stderr_from:] if ln.strip()]
+        """The current request's lines on stderr (a resident's: those since the previous request's end-of-request line)."""
+        ends, n = self._stderr_ends, self._sent
+        start = 0 if n <= 1 else ends[n - 2] if len(ends) >= n - 1 else self._stderr_from
+        end = ends[n - 1] if n >= 1 and len(ends) >= n else len(self._stderr)
+        return [ln for ln in self._stderr[start:end] if ln.strip()]
 
     def _warn_stderr(self) -> None:
         lines = self._request_stderr()
@@ -323,6 +365,8 @@ class WorkerProcess:
                 self.error, self.reported = " ".join(str(msg["error"]).split()), True
             elif "done" in msg:
                 self.result = msg
+            elif msg.get("last") is True:
+                self._last = True
 
     def _what(self) -> str:
         return f"the worker process ({self.module})"
@@ -424,7 +468,11 @@ class WorkerProcess:
 
     def __del__(self):  # a handle dropped while running must not leave a process behind
         proc = getattr(self, "_process", None)
-        if proc is None or getattr(self, "state", None) != "running":
+        if proc is None:
+            return
+        if getattr(self, "state", None) != "running":
+            if getattr(self, "serve", False):
+                self._close_stdin()  # an idle resident ends (subprocess keeps a running child's Popen, its stdin open)
             return
         try:
             if _on_windows():
@@ -551,9 +599,12 @@ def serve(handler: Callable[[dict, Callable[[str, float], None]], dict], grace: 
                     return 0
                 flags["busy"] = True
             fresh = reset_peak_rss()
+            if not fresh:
+                say(last=True)  # before the answer: the parent does not send another request
             code = run_request(handler, path, watch_parent=False)
             with lock:
                 flags["busy"] = False
+            print(REQUEST_END, file=sys.stderr, flush=True)
             if code not in (0, 2):
                 return code
             if not fresh:

@@ -19,10 +19,15 @@ from DeepLungRegLib.errors import DeepLungRegError
 from DeepLungRegLib.worker import WorkerCrashed, WorkerProcess, group_alive
 
 CHILD = '''
-import os, sys, time
+import atexit, os, sys, time
 from pathlib import Path
+import DeepLungRegLib.memory
 from DeepLungRegLib.errors import DeepLungRegError
 from DeepLungRegLib.worker import main
+
+if os.environ.get("DLR_TEST_NO_PEAK_RESET"):  # as on macOS and Windows: a resident serves one request
+    DeepLungRegLib.memory.reset_peak_rss = lambda: False
+    atexit.register(time.sleep, 1.0)  # an interpreter's end that takes a while (torch's, say)
 
 def handler(request, progress):
     kind = request["kind"]
@@ -35,6 +40,11 @@ def handler(request, progress):
         raise DeepLungRegError("test: a bad\\n   input")
     if kind == "crash":
         raise ValueError("boom")
+    if kind == "unterminated":  # stderr without a final newline
+        sys.stderr.write("a warning without its newline")
+        return {"done": "unterminated"}
+    if kind == "exit":  # ends at once, silently (as when killed for memory)
+        os._exit(request["code"])
     if kind == "alloc":  # touch this many MB, then let them go
         block = bytearray(request["mb"] * 2**20)
         del block
@@ -139,6 +149,85 @@ def test_a_resident_child_serves_one_request_after_another(tmp_path, child):
     assert not crash.alive and not crash.reported
 
 
+def test_a_request_file_that_cannot_be_read_is_refused_in_one_line(tmp_path, capsys):
+    """Not a traceback that would end a resident child: a request file that is not UTF-8 text, or not readable."""
+    from DeepLungRegLib.worker import run_request
+
+    bad = tmp_path / "request.json"
+    bad.write_bytes(b'{"kind": "\xff"}')
+    assert run_request(lambda request, progress: {}, bad) == 2
+    assert "request.json" in json.loads(capsys.readouterr().out.splitlines()[-1])["error"]
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    assert run_request(lambda request, progress: {}, folder) == 2
+    bom = tmp_path / "bom.json"  # as Windows' Notepad saves it: read
+    bom.write_bytes(b'\xef\xbb\xbf{"kind": "bom"}')
+    assert run_request(lambda request, progress: {"done": request["kind"]}, bom) == 0
+
+
+def test_a_resident_childs_error_is_its_current_requests_own(tmp_path, child, monkeypatch, caplog):
+    """The stderr of a refused request (its "deeplungreg: error:" line comes after its answer) read late by the
+    parent: it is not taken for the next request's error, nor logged as what the next request said."""
+    import queue
+
+    read = WorkerProcess._read
+
+    def slow_stderr(stream, put):  # the stderr reader runs behind (as a busy parent's thread may)
+        if isinstance(getattr(put, "__self__", None), queue.Queue):
+            return read(stream, put)
+        return read(stream, lambda line: (time.sleep(0.3), put(line)))
+
+    monkeypatch.setattr(WorkerProcess, "_read", staticmethod(slow_stderr))
+    w = WorkerProcess(None, tmp_path, module=child["module"], env=child["env"], serve=True)
+    w.send({"kind": "refuse"})
+    with pytest.raises(DeepLungRegError, match=r"^test: a bad input$"):
+        w.wait(interval=0.02)
+    w.send({"kind": "ok"})
+    w.wait(interval=0.02)
+    assert not any("said on stderr" in r.getMessage() for r in caplog.records)
+    w.send({"kind": "exit", "code": 3})
+    with pytest.raises(WorkerCrashed, match=r"^exit code 3$"):
+        w.wait(interval=0.02)
+
+
+def test_a_resident_childs_stderr_without_a_final_newline_is_its_requests_own(tmp_path, child, caplog):
+    w = WorkerProcess(None, tmp_path, module=child["module"], env=child["env"], serve=True)
+    w.send({"kind": "unterminated"})
+    assert w.wait(interval=0.02, timeout=4.0)["done"] == "unterminated"  # not stuck waiting for the end-of-request line
+    assert [r.getMessage().splitlines()[1:] for r in caplog.records if "said on stderr" in r.getMessage()] == \
+        [["a warning without its newline"]]
+    w.send({"kind": "exit", "code": 3})
+    with pytest.raises(WorkerCrashed, match=r"^exit code 3$"):
+        w.wait(interval=0.02)
+
+
+def test_a_resident_child_that_cannot_reset_its_peak_says_it_ends_after_its_request(tmp_path, child, monkeypatch):
+    """macOS, Windows: the child serves one request and ends; the parent knows it at the answer (batch does not keep
+    it, to send it the next pair, which would be lost and told as a crash, and retried)."""
+    from DeepLungRegLib.batch import run
+
+    env = {**child["env"], "DLR_TEST_NO_PEAK_RESET": "1"}
+    w = WorkerProcess({"kind": "ok"}, tmp_path, module=child["module"], env=env, serve=True)
+    assert w.wait(interval=0.02)["value"] == 3
+    assert not w.alive  # its process still ends (1 s)
+    with pytest.raises(WorkerCrashed):
+        w.send({"kind": "ok"})
+    monkeypatch.setattr(run, "_RESIDENT", {})
+    run._keep_resident(w, ("key",))
+    assert run._RESIDENT.get(("key",), []) == []
+    w.close()
+    assert w.returncode == 0 and w.state == "done"
+
+
+def test_closing_a_busy_resident_child_interrupts_its_request(tmp_path, child):
+    marker = tmp_path / "unwound.txt"
+    w = WorkerProcess({"kind": "slow", "marker": str(marker)}, tmp_path, module=child["module"], env=child["env"], serve=True)
+    while w.poll() == "running" and w.fraction == 0.0:
+        time.sleep(0.02)
+    w.close()
+    assert w.state == "cancelled" and marker.read_text() == "unwound" and not w.alive
+
+
 @pytest.mark.skipif(os.name == "nt", reason="kills the parent with SIGKILL")
 @pytest.mark.parametrize("serve", [False, True], ids=["one-request", "resident"])
 def test_a_child_ends_and_unwinds_when_its_parent_is_killed(tmp_path, child, serve):
@@ -171,3 +260,24 @@ def test_a_child_ends_and_unwinds_when_its_parent_is_killed(tmp_path, child, ser
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="group_alive is POSIX")
+def test_a_dropped_handle_leaves_no_process_behind(tmp_path, child):
+    """A handle dropped while its child runs a request ends it (``__del__``); a resident's dropped while idle ends
+    too (its stdin closes): the readers' threads must not keep the handle."""
+    import gc
+
+    marker = tmp_path / "unwound.txt"
+    busy = _start(tmp_path, child, {"kind": "slow", "marker": str(marker)}, "busy")
+    idle = WorkerProcess({"kind": "ok"}, tmp_path, module=child["module"], env=child["env"], serve=True)
+    idle.wait(interval=0.02)
+    while busy.poll() == "running" and busy.fraction == 0.0:
+        time.sleep(0.02)
+    pids = [busy.pid, idle.pid]
+    del busy, idle
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while any(group_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(group_alive(pid) for pid in pids)
