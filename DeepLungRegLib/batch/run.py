@@ -141,6 +141,18 @@ def _keep_resident(proc: WorkerProcess, key: tuple) -> None:
             _RESIDENT.setdefault(key, []).append(proc)
 
 
+def close_residents() -> int:
+    """End this Dask worker's free resident worker processes (run on every worker when a batch ends, so that
+    none outlives the batch on a long-lived cluster, holding memory and the library's code of its time);
+    returns how many."""
+    with _RESIDENT_LOCK:
+        procs = [p for free in _RESIDENT.values() for p in free]
+        _RESIDENT.clear()
+    for proc in procs:
+        proc.close()
+    return len(procs)
+
+
 def _nanny_environment_undone() -> dict[str, None]:
     """The variables that a Dask nanny set in this worker process (``distributed.nanny.pre-spawn-environ``), to be
     removed from the registration's environment: besides the thread counts (which the registration gets
@@ -302,6 +314,11 @@ def _run_cohort(cohort, out, todo, kept, method, options, device, client, schedu
         finally:
             if own is not None:
                 own()
+            elif client is not None:
+                try:
+                    client.run(close_residents)  # a scheduler's workers outlive this batch: its processes do not
+                except Exception as exc:  # noqa: BLE001 - a worker that has gone took its processes with it
+                    log.debug("batch: closing the workers' processes: %s", exc)
         _remove_partial_folders(out, todo)
     elif progress:
         progress(dict(state))

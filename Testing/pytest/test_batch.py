@@ -108,6 +108,9 @@ def test_a_cohort_registers_resumes_and_reruns_only_what_is_missing(tmp_path, pa
     assert all(r["status"] == "ok" and r["registered_in_this_run"] for r in rows)
     assert all(r["tre_after_mm"] < r["tre_before_mm"] for r in rows) and {r["worker"] for r in rows} <= {"0", "1"}
     assert seen[-1]["done"] == 3 and seen[-1]["running"] == 0
+    # the workers' resident processes ended with the batch (this cluster outlives it)
+    kept = client.run(lambda: sum(len(v) for v in __import__("DeepLungRegLib.batch.run", fromlist=["_"])._RESIDENT.values()))
+    assert set(kept.values()) == {0}, kept
     for i in ("case1", "case2", "case3"):
         assert (out / i / "displacement.nii.gz").is_file() and (out / i / "report.html").is_file()
     with open(out / "results.csv") as fh:
