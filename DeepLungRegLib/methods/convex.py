@@ -74,6 +74,9 @@ class ConvexConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
                                          "(relative to the typical cost spread, per squared search step).")
     convex_smoothing_passes: int = option(2, 0, 20, "3x3x3 box passes of the smoothing step on the control grid.")
     temperature: float = option(0.15, 1e-4, 10.0, "soft-argmin temperature relative to each cost map's spread.")
+    masked_smoothing: bool = option(False, help="the smoothing step averages only control points that carry costs (the dilated "
+                                                "lung), and extends their field outwards, so that the field outside the lung "
+                                                "does not pull on the lung's boundary (sliding at the chest wall and diaphragm).")
     inverse_consistent: bool = option(True, help="also solve moving -> fixed and make both fields inverse-consistent.")
     consistency_iterations: int = option(10, 0, 100, "alternating averaging steps of the inverse consistency.")
     mask_dilation_mm: float = redefault(RegionOptions, "mask_dilation_mm", 4.0)
@@ -176,15 +179,26 @@ def dense_costs(fixed_cells: torch.Tensor, moving_sliding: torch.Tensor, points_
     return out.add_((fvec ** 2).mean(1, keepdim=True)).clamp_min_(0.0)
 
 
+def masked_smooth(u: torch.Tensor, weight: torch.Tensor, passes: int) -> torch.Tensor:
+    """:func:`smooth3` of ``u (1, C, Z, Y, X)`` over the points where ``weight (1, 1, Z, Y, X)`` is 1 only (a normalised
+    convolution); points that no weighted point reaches take the plain smoothing of the field extended from those
+    that it reaches."""
+    num, den = smooth3(u * weight, passes), smooth3(weight, passes)
+    reached = den > 1e-3
+    inside = num / den.clamp_min(1e-3)
+    return torch.where(reached, inside, smooth3(torch.where(reached, inside, u), passes))
+
+
 def coupled_convex(costs: torch.Tensor, points_zyx: torch.Tensor, grid_shape: tuple[int, int, int], offsets_mm: torch.Tensor,
                    step_mm: float, coupling: tuple[float, ...], smoothing_passes: int, temperature: float, n: int,
-                   cancel=None) -> torch.Tensor:
+                   cancel=None, masked: bool = False) -> torch.Tensor:
     """Coupled convex optimisation of a discrete displacement field.
 
     Alternates ``v = smooth(u)`` on the control grid with, at every point with
     costs, ``u = argmin_d cost(d) + theta |d - v|^2 / step^2`` for each
     ``theta`` in ``coupling`` (scaled by the mean cost spread). Points without
-    costs take ``v``. The last discrete step is a soft-argmin.
+    costs take ``v``. The last discrete step is a soft-argmin. ``masked``: the smoothing averages the
+    points with costs only (:func:`masked_smooth`).
 
     Args:
         costs: ``(N, D)`` cost volume at ``points_zyx`` (``(N, 3)`` control-grid indices).
@@ -219,15 +233,25 @@ def coupled_convex(costs: torch.Tensor, points_zyx: torch.Tensor, grid_shape: tu
                 out[s:s + rows] = off[total.argmin(1)]
         return out
 
+    if masked:
+        weight = torch.zeros((1, 1, *grid_shape), device=dev, dtype=torch.float32)
+        weight[0, 0, pz, py, px] = 1.0
+
+        def smooth(t: torch.Tensor) -> torch.Tensor:
+            return masked_smooth(t, weight, smoothing_passes)
+    else:
+        def smooth(t: torch.Tensor) -> torch.Tensor:
+            return smooth3(t, smoothing_passes)
+
     zero = torch.zeros((len(points_zyx), 3), device=dev, dtype=torch.float32)
     u[0, :, pz, py, px] = discrete(0.0, zero, soft=False).T
     for i, theta in enumerate(coupling):
         if cancel:
             cancel()
-        v = smooth3(u, smoothing_passes)
+        v = smooth(u)
         u = v.clone()
         u[0, :, pz, py, px] = discrete(float(theta), v[0, :, pz, py, px].T, soft=i == len(coupling) - 1).T
-    return smooth3(u, smoothing_passes)
+    return smooth(u)
 
 
 def make_inverse_consistent(forward: torch.Tensor, backward: torch.Tensor, geometry: Geometry, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,7 +282,7 @@ def _solve_level(fixed_cells, moving_sliding, points, stride, offsets, offsets_m
         costs = dense_costs(fixed_cells, moving_sliding, points, stride, offsets, config.max_chunk_elements, progress)
         n = int(round(len(offsets) ** (1 / 3)))
         return coupled_convex(costs, points, cg.shape, offsets_mm, step_mm, config.coupling, config.convex_smoothing_passes,
-                              config.temperature, n, ctx.check_cancel)
+                              config.temperature, n, ctx.check_cancel, config.masked_smoothing)
 
 
 # --------------------------------------------------------------------- method

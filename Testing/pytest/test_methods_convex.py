@@ -10,6 +10,7 @@ import torch
 from DeepLungRegLib import DeepLungRegError
 from DeepLungRegLib.methods import register
 from DeepLungRegLib.methods.convex import (
+    masked_smooth,
     ConvexConfig,
     cell_features,
     control_geometry,
@@ -18,6 +19,7 @@ from DeepLungRegLib.methods.convex import (
     make_inverse_consistent,
     sliding_cell_features,
 )
+from DeepLungRegLib.methods.common import smooth3
 from DeepLungRegLib.methods.embed import displacement_offsets
 from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats, tre
 
@@ -139,3 +141,17 @@ def test_convex_recovers_large_motion_on_a_small_pair(small_pair, inverse_consis
     assert levels[2]["level_mm"] == 4.0 and np.isfinite(levels[2]["similarity"])
     assert {"cost_volume_8mm", "convex_8mm", "convex_4mm"} <= set(res.timings)
     assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
+
+
+def test_masked_smoothing_keeps_the_lungs_field_at_its_boundary_and_extends_it_outwards():
+    """Sliding: a field of 30 mm inside the lung (the points with costs) and 0 outside. The plain smoothing pulls
+    the boundary's points towards 0; the masked one keeps 30 there and extends it to the points it reaches."""
+    u = torch.zeros((1, 3, 12, 12, 12))
+    weight = torch.zeros((1, 1, 12, 12, 12))
+    weight[..., :6, :, :] = 1.0  # the lung: the upper half
+    u[:, 0] = 30.0 * weight[:, 0]
+    plain, masked = smooth3(u, 2), masked_smooth(u, weight, 2)
+    assert float(plain[0, 0, 5].mean()) < 25.0  # the boundary's points lose a fifth or more
+    assert torch.allclose(masked[0, 0, :8], torch.full_like(masked[0, 0, :8], 30.0))  # kept, and extended 2 points out
+    assert torch.allclose(masked[0, 1:], torch.zeros_like(masked[0, 1:]))
+    assert torch.allclose(masked_smooth(u, torch.ones_like(weight), 2), plain)  # everywhere weighted: the plain smoothing
