@@ -275,8 +275,9 @@ def cmd_benchmark(args) -> int:
     from .benchmark.runner import dirlab_specs, pairdir_specs, run_benchmark, simulated_specs, split_methods
 
     out = Path(args.output)
-    if (out / "results.csv").exists() and not args.overwrite:
-        raise DeepLungRegError(f"benchmark: {out} already holds results.csv; choose another folder or pass --overwrite")
+    if (out / "results.csv").exists() and not (args.overwrite or args.resume):
+        raise DeepLungRegError(f"benchmark: {out} already holds results.csv; choose another folder or pass --overwrite "
+                               "(or --resume, to reuse its measurements)")
     sources = [x for x in (args.simulated, args.pairs, args.dirlab, args.copd) if x]
     if len(sources) != 1:
         raise DeepLungRegError("benchmark: give exactly one of --simulated CT..., --pairs DIR..., --dirlab ROOT, --copd ROOT")
@@ -302,7 +303,7 @@ def cmd_benchmark(args) -> int:
     else:
         specs = dirlab_specs(args.dirlab or args.copd, "4dct" if args.dirlab else "copd", cases, args.fixed)
         specs = specs[:1] if args.quick else specs
-    rows = run_benchmark(specs, methods, out, device=args.device, timeout_s=args.timeout, progress=say)
+    rows = run_benchmark(specs, methods, out, device=args.device, timeout_s=args.timeout, progress=say, resume=args.resume)
     print((out / "results.md").read_text())
     print(f"benchmark: {len(rows)} runs; results in {(out / 'results.csv').resolve()}, table in results.md, box plots in tre_boxplot.png")
     return 1 if all("error" in r for r in rows) else 0
@@ -524,6 +525,8 @@ def _args_benchmark(s: argparse.ArgumentParser) -> None:
     s.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per run (default 3600)")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--resume", action="store_true",
+                   help="reuse the measurements an earlier, interrupted run into OUTPUT finished (same pair and method)")
     s.add_argument("-q", "--quiet", action="store_true")
 
 

@@ -170,8 +170,13 @@ def run_benchmark(
     timeout_s: float = 3600.0,
     check_baselines: bool = True,
     progress: Callable[[str], None] | None = None,
+    resume: bool = False,
 ) -> list[dict]:
-    """Run every method on every pair, each in its own process; write the results and return the rows."""
+    """Run every method on every pair, each in its own process; write the results and return the rows.
+
+    Each measurement is also kept in ``outdir/runs/<pair>__<method>/result.json`` as soon as it ends;
+    ``resume`` reuses those of an earlier, interrupted run into ``outdir`` (for the same pair folder and
+    method, without an error) instead of measuring them again."""
     from ..methods import available_methods
     from .baselines import RUNNERS, check_conversion
 
@@ -211,9 +216,15 @@ def run_benchmark(
         for method in methods:
             folder = work / f"{spec['name']}__{_file_safe(method)}"
             folder.mkdir(exist_ok=True)
-            say(f"{method} on {spec['name']}")
             t0 = time.perf_counter()
-            r = _measure_in_process(spec, method, device, folder, timeout_s)
+            r = _earlier_result(folder, spec, method) if resume else None
+            if r is None:
+                say(f"{method} on {spec['name']}")
+                r = _measure_in_process(spec, method, device, folder, timeout_s)
+                (folder / RESULT_FILE).write_text(json.dumps({"pair": spec["name"], "path": spec.get("path"), "method": method,
+                                                              "direction": spec.get("direction", ""), "result": r}))
+            else:
+                say(f"{method} on {spec['name']}: measured by an earlier run (--resume)")
             raw[(spec["name"], method)] = r
             row = _flatten(spec["name"], method, r, spec.get("direction", ""))
             rows.append(row)
@@ -222,6 +233,23 @@ def run_benchmark(
             say(f"{method} on {spec['name']}: {msg} ({time.perf_counter() - t0:.0f} s)")
     write_results(rows, raw, outdir, checks)
     return rows
+
+
+#: One measurement's record in its run folder (see :func:`run_benchmark`).
+RESULT_FILE = "result.json"
+
+
+def _earlier_result(folder: Path, spec: dict, method: str) -> dict | None:
+    """The result an earlier run kept in ``folder`` for this pair and method, if it has one without an error."""
+    try:
+        kept = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(kept, dict) or not isinstance(kept.get("result"), dict) or "error" in kept["result"]:
+        return None
+    if (kept.get("pair"), kept.get("path"), kept.get("method")) != (spec["name"], spec.get("path"), method):
+        return None
+    return kept["result"]
 
 
 def _measure_in_process(spec: dict, method: str, device: str, folder: Path, timeout_s: float) -> dict:

@@ -116,6 +116,18 @@ def test_benchmark_command_end_to_end(tmp_path, sample_path, capsys):
     # Refuses to overwrite; a rerun with --overwrite reuses the simulated pair.
     assert cli(["benchmark", "--methods", "affine", "--pairs", str(next((out / "pairs").iterdir())), "-o", str(out), "-q"]) == 2
     assert "already holds results.csv" in capsys.readouterr().err
+    # --resume: what an earlier (e.g. interrupted) run measured is kept per run and reused, not measured again
+    again = ["benchmark", "--methods", "affine", "--simulated", str(sample_path), "--amplitudes", "small,large", "--spacing", "5",
+             "--quick", "-o", str(out), "--resume"]
+    assert cli(again) == 0
+    assert "affine on popi00_demo_small_s1_5mm: measured by an earlier run (--resume)" in capsys.readouterr().err
+    assert list(csv.DictReader(open(out / "results.csv"))) == rows
+    kept = next((out / "runs").glob("*/result.json"))
+    record = json.loads(kept.read_text())
+    record["method"] = "adam"  # not this run's measurement: measured again
+    kept.write_text(json.dumps(record))
+    assert cli(again) == 0
+    assert "measured by an earlier run" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, match", [

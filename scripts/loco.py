@@ -1,0 +1,163 @@
+"""Leave-one-CT-out selection and per-CT tables from ``deeplungreg benchmark`` runs on simulated pairs.
+
+    python scripts/loco.py bench-output/loco [MORE_RUN_FOLDERS ...] [--candidates convex,embed] [--md out.md]
+
+Each run folder is a benchmark output: its ``runs/*/result.json`` (per-landmark errors; read also while the
+benchmark is still running) or ``results.json``. Pair names are those of
+``benchmark --simulated``: ``CT_AMPLITUDE_sSEED_SPACINGmm`` (``_exhale-fixed`` for the other direction).
+
+Printed (Markdown):
+
+1. **Per CT**: for every CT, amplitude and direction, each method's TRE mean and p95 over the landmarks of
+   all seeds pooled, the worst pair's folding % and the mean registration seconds.
+2. **Leave one CT out**: for each CT held out, the candidate (``--candidates``, default every method that is
+   not a baseline) with the lowest mean TRE over the pairs of the *other* CTs (both directions, every amplitude
+   and seed) is chosen; its results on the held-out CT are reported beside the best candidate there (an
+   oracle, shown only to size the gap) and ConvexAdam's two settings (where the run has them). A choice that
+   holds is the same on every fold and near the oracle on each held-out CT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+PAIR_NAME = re.compile(r"^(?P<ct>.+)_(?P<amp>[^_]+)_s(?P<seed>\d+)_(?P<spacing>[\d.]+)mm(?P<exhale>_exhale-fixed)?$")
+BASELINES = ("convexadam", "convexadam-best", "elastix")
+
+
+def _measurements(folder: Path):
+    """``(pair, method, result)`` of a benchmark run: from each run's ``runs/*/result.json`` (also while the run
+    is going on, or after it was interrupted), else from ``results.json`` (runs made before those files)."""
+    kept = sorted((folder / "runs").glob("*/result.json"))
+    if kept:
+        for path in kept:
+            k = json.loads(path.read_text())
+            yield k["pair"], k["method"], k["result"]
+    elif (folder / "results.json").is_file():
+        for key, r in json.loads((folder / "results.json").read_text()).items():
+            pair, method = key.split("__", 1)
+            yield pair, method, r
+
+
+def read_runs(folders: list[Path]) -> list[dict]:
+    """One record per (pair, method): CT, amplitude, seed, direction, per-landmark errors, folding, seconds."""
+    out = []
+    for folder in folders:
+        for pair, method, r in _measurements(folder):
+            m = PAIR_NAME.match(pair)
+            if m is None:
+                continue
+            if "error" in r:
+                print(f"loco: {pair} {method} failed: {r['error']}", file=sys.stderr)
+                continue
+            errors = r.get("tre_after_per_landmark")
+            if errors is None:
+                continue
+            out.append({"ct": m["ct"], "amp": m["amp"], "seed": int(m["seed"]),
+                        "direction": "exhale fixed" if m["exhale"] else "inhale fixed", "method": method,
+                        "errors": np.asarray(errors, float), "folding": float(r.get("folding_percent") or 0.0),
+                        "seconds": float(r.get("registration_s") or "nan")})
+    return out
+
+
+def pooled(records: list[dict]) -> dict:
+    e = np.concatenate([r["errors"] for r in records]) if records else np.zeros(0)
+    return {"mean": float(e.mean()) if e.size else float("nan"), "p95": float(np.percentile(e, 95)) if e.size else float("nan"),
+            "folding": max((r["folding"] for r in records), default=float("nan")),
+            "seconds": float(np.mean([r["seconds"] for r in records])) if records else float("nan"),
+            "pairs": len(records), "seeds": sorted({r["seed"] for r in records})}
+
+
+def per_ct_table(recs: list[dict], methods: list[str]) -> list[str]:
+    lines = ["| CT | motion | fixed | seeds | " + " | ".join(f"{m} mean / p95" for m in methods) + " | time (s) per method |",
+             "|---|---|---|---|" + "---|" * len(methods) + "---|"]
+    groups = defaultdict(list)
+    for r in recs:
+        groups[(r["ct"], r["amp"], r["direction"])].append(r)
+    for (ct, amp, direction) in sorted(groups):
+        g = groups[(ct, amp, direction)]
+        cells, times, seeds = [], [], set()
+        for m in methods:
+            p = pooled([r for r in g if r["method"] == m])
+            seeds |= set(p["seeds"])
+            cells.append(f"{p['mean']:.2f} / {p['p95']:.2f}" + (f" (fold {p['folding']:.3f} %)" if p["folding"] > 0.0 else ""))
+            times.append(f"{p['seconds']:.0f}")
+        lines.append(f"| {ct} | {amp} | {direction.split()[0]} | {','.join(map(str, sorted(seeds)))} | " + " | ".join(cells)
+                     + " | " + " / ".join(times) + " |")
+    return lines
+
+
+def loco_table(recs: list[dict], candidates: list[str]) -> tuple[list[str], dict[str, str]]:
+    cts = sorted({r["ct"] for r in recs})
+    base = [b for b in BASELINES if any(r["method"] == b for r in recs)]
+    head = "| held-out CT | chosen on the other CTs (their mean TRE) | chosen: held-out mean / p95 by motion | best there (oracle) |"
+    head += "".join(f" {b}: mean / p95 by motion |" for b in base)
+    lines = [head, "|---|---|---|---|" + "---|" * len(base)]
+    chosen_by = {}
+    for held in cts:
+        train = [r for r in recs if r["ct"] != held]
+        test = [r for r in recs if r["ct"] == held]
+        scores = {m: pooled([r for r in train if r["method"] == m]) for m in candidates}
+        scores = {m: s for m, s in scores.items() if s["pairs"]}
+        if not scores:
+            continue
+        chosen = min(scores, key=lambda m: (scores[m]["mean"], scores[m]["p95"]))
+        chosen_by[held] = chosen
+
+        def by_motion(method: str) -> str:
+            parts = []
+            for amp in sorted({r["amp"] for r in test}):
+                p = pooled([r for r in test if r["method"] == method and r["amp"] == amp])
+                parts.append(f"{amp} {p['mean']:.2f} / {p['p95']:.2f}")
+            return "; ".join(parts)
+
+        held_scores = {m: pooled([r for r in test if r["method"] == m]) for m in candidates}
+        oracle = min((m for m in held_scores if held_scores[m]["pairs"]), key=lambda m: held_scores[m]["mean"])
+        row = (f"| {held} | {chosen} ({scores[chosen]['mean']:.2f}) | {by_motion(chosen)} | {oracle} "
+               f"({held_scores[oracle]['mean']:.2f}; chosen {held_scores[chosen]['mean']:.2f}) |")
+        row += "".join(f" {by_motion(b)} |" for b in base)
+        lines.append(row)
+    return lines, chosen_by
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path, help="benchmark output folders")
+    ap.add_argument("--candidates", default="", help="comma-separated methods to choose among (default: every non-baseline)")
+    ap.add_argument("--md", type=Path, help="also write the tables to this Markdown file")
+    args = ap.parse_args()
+    recs = read_runs(args.runs)
+    if not recs:
+        print("loco: no simulated pair with per-landmark errors in these runs", file=sys.stderr)
+        return 2
+    methods = sorted({r["method"] for r in recs}, key=lambda m: (m in BASELINES, m))
+    candidates = [c for c in args.candidates.split(",") if c] or [m for m in methods if m not in BASELINES]
+    missing = [c for c in candidates if c not in methods]
+    if missing:
+        print(f"loco: no results for candidate(s) {', '.join(missing)}; found {', '.join(methods)}", file=sys.stderr)
+        return 2
+    cts = sorted({r["ct"] for r in recs})
+    out = [f"{len(recs)} registrations, {len(cts)} CTs ({', '.join(cts)}); TRE in mm over the landmarks of all seeds pooled.",
+           "", "### Per CT", ""]
+    out += per_ct_table(recs, methods)
+    lines, chosen = loco_table(recs, candidates)
+    out += ["", "### Leave one CT out", "", f"Candidates: {', '.join(candidates)}.", ""] + lines
+    verdict = set(chosen.values())
+    out += ["", ("The same method is chosen on every fold: " + next(iter(verdict))) if len(verdict) == 1
+            else "The choice differs between folds: " + ", ".join(f"{k} -> {v}" for k, v in chosen.items())]
+    text = "\n".join(out)
+    print(text)
+    if args.md:
+        args.md.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
