@@ -65,12 +65,13 @@ def _parse_options(pairs: list[str] | None, config_file: str | None, method: str
     are read as the new ones (with a ``DeprecationWarning``); ``-O`` takes the current names only."""
     from .methods import get_method
     from .methods.base import parse_options
-    from .options import read_config_json
+    from .options import read_config_document
 
     options = get_method(method).config_cls
-    cfg: dict = options.current_names(read_config_json(config_file, command)) if config_file else {}
+    cfg: dict = {}
     if config_file:
-        written_for = json.loads(Path(config_file).read_text()).get("method")
+        saved, written_for = read_config_document(config_file, command)
+        cfg = options.current_names(saved)
         if written_for and written_for != method:
             raise DeepLungRegError(f"{command}: {config_file} holds options of method {written_for!r}, not {method!r}; pass --method {written_for}")
     typed = parse_options(pairs, command)

@@ -244,6 +244,12 @@ def _coerce(owner: str, name: str, type_name: str, value: Any) -> Any:
 
 def read_config_json(path: str | os.PathLike, owner: str = "config") -> dict:
     """Options from a JSON file: either the options themselves or ``{"config": {...}}``."""
+    return read_config_document(path, owner)[0]
+
+
+def read_config_document(path: str | os.PathLike, owner: str = "config") -> tuple[dict, str | None]:
+    """:func:`read_config_json`'s options, and the method the file names (``{"method": NAME, "config": {...}}``, as
+    ``metrics.json`` and ``deeplungreg tune`` write them; ``None`` when it names none), from one read of the file."""
     path = Path(path)
     if not path.is_file():
         raise DeepLungRegError(f"{owner}: config file {path} does not exist")
@@ -259,4 +265,5 @@ def read_config_json(path: str | os.PathLike, owner: str = "config") -> dict:
     if not isinstance(options, dict):
         where = "its \"config\" entry" if isinstance(data, dict) else "it"
         raise DeepLungRegError(f"{owner}: {path} must hold a JSON object of options; {where} is {json.dumps(options)[:40]}")
-    return dict(options)
+    method = data.get("method") if isinstance(data, dict) else None
+    return dict(options), (method if isinstance(method, str) and method else None)

@@ -86,6 +86,16 @@ def test_an_old_config_file_is_read_by_the_command_line_with_a_warning(tmp_path)
                        "refine_smoothing_passes": 3, "regularisation": 2}
 
 
+def test_a_config_file_with_a_bom_is_read_once_and_its_method_checked(tmp_path):
+    """A file saved by Windows Notepad starts with a BOM: the options were read, but the method it names was read
+    again without the BOM's allowance (a JSONDecodeError traceback). Now one read gives both."""
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"method": "convex", "config": {"regularisation": 2.0}}).encode())
+    assert _parse_options([], str(path), "convex") == {"regularisation": 2.0}
+    with pytest.raises(DeepLungRegError, match="holds options of method 'convex', not 'adam'; pass --method convex"):
+        _parse_options([], str(path), "adam")
+
+
 def test_smoothing_passes_names_the_stage_it_smooths():
     """Version 1's name of the smoothing passes meant the refinement in adam, embed and the networks but the
     discrete stage in convex; the new names say which."""
