@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import warnings
 import time
 from pathlib import Path
 
@@ -639,6 +640,10 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated(signum)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"deeplungreg: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -648,7 +653,12 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM (a scheduler's or a task manager's stop) unwinds like Ctrl-C: staged outputs are removed
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            # what the library deprecates (an old option name in a saved file) is told to the user in one line:
+            # Python hides a DeprecationWarning outside __main__, which is where the installed command runs
+            warnings.filterwarnings("default", category=DeprecationWarning, module=r"DeepLungRegLib(\.|$)")
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except DeepLungRegError as exc:
         print(f"deeplungreg: error: {exc}", file=sys.stderr)
         return 2
