@@ -12,7 +12,8 @@ Printed (Markdown):
    all seeds pooled, the worst pair's folding % and the mean registration seconds.
 2. **Leave one CT out**: for each CT held out, the candidate (``--candidates``, default every method that is
    not a baseline) with the lowest mean TRE over the pairs of the *other* CTs (both directions, every amplitude
-   and seed) is chosen; its results on the held-out CT are reported beside the best candidate there (an
+   and seed; only the pairs every candidate has a result for) is chosen; its results on the held-out CT are
+   reported beside the best candidate there (an
    oracle, shown only to size the gap) and ConvexAdam's two settings (where the run has them). A choice that
    holds is the same on every fold and near the oracle on each held-out CT.
 """
@@ -94,7 +95,20 @@ def per_ct_table(recs: list[dict], methods: list[str]) -> list[str]:
     return lines
 
 
+def pair_key(r: dict) -> tuple:
+    return r["ct"], r["amp"], r["seed"], r["direction"]
+
+
+def common_pairs(recs: list[dict], methods: list[str]) -> list[dict]:
+    """The records of the pairs that every one of ``methods`` has a result for (a fair comparison while a run is
+    still going, or after one failed)."""
+    have = {m: {pair_key(r) for r in recs if r["method"] == m} for m in methods}
+    shared = set.intersection(*have.values()) if have else set()
+    return [r for r in recs if pair_key(r) in shared]
+
+
 def loco_table(recs: list[dict], candidates: list[str]) -> tuple[list[str], dict[str, str]]:
+    recs = common_pairs(recs, candidates) + [r for r in recs if r["method"] in BASELINES]
     cts = sorted({r["ct"] for r in recs})
     base = [b for b in BASELINES if any(r["method"] == b for r in recs)]
     head = "| held-out CT | chosen on the other CTs (their mean TRE) | chosen: held-out mean / p95 by motion | best there (oracle) |"
@@ -113,7 +127,7 @@ def loco_table(recs: list[dict], candidates: list[str]) -> tuple[list[str], dict
 
         def by_motion(method: str) -> str:
             parts = []
-            for amp in sorted({r["amp"] for r in test}):
+            for amp in sorted({r["amp"] for r in test if r["method"] == method}):
                 p = pooled([r for r in test if r["method"] == method and r["amp"] == amp])
                 parts.append(f"{amp} {p['mean']:.2f} / {p['p95']:.2f}")
             return "; ".join(parts)
