@@ -13,7 +13,7 @@ import pytest
 
 from DeepLungRegLib.cli import main
 from DeepLungRegLib.io.fields import read_field
-from helpers_sequence import FAST_AFFINE, cycle4  # noqa: F401  (a fixture)
+from helpers_sequence import FAST_AFFINE, cycle4, tiny_phases  # noqa: F401  (a fixture)
 
 
 def _fast(options: dict) -> list[str]:
@@ -70,16 +70,12 @@ def test_sequence_registers_every_phase_to_end_exhale(cycle4, tmp_path, capsys):
     ("cycle", ["--reference", "7"], "--reference must be a phase index from 0 to 3, got 7"),
     ("cycle", ["--landmarks", "NOWHERE"], "the landmark folder .* does not exist"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(cycle4, tmp_path, capsys, make, args, match):
-    folder, _ = cycle4
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, make, args, match):
     src = tmp_path / "in"
     if make == "empty":
         src.mkdir()
-    elif make == "single":
-        src.mkdir()
-        (src / "phase_00.nii.gz").write_bytes((folder / "phases" / "phase_00.nii.gz").read_bytes())
     else:
-        src = folder / "phases"
+        tiny_phases(src, 1 if make == "single" else 4)
     out = tmp_path / "out"
     args = [a if a != "NOWHERE" else str(tmp_path / "nowhere") for a in args]
     assert main(["sequence", str(src), "-o", str(out), "--method", "affine", "-q", *args]) == 2

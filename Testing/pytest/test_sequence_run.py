@@ -10,7 +10,7 @@ import pytest
 from DeepLungRegLib.errors import DeepLungRegError, RegistrationCancelled
 from DeepLungRegLib.io.phases import read_phases
 from DeepLungRegLib.sequence import match_landmark_files, read_phase_landmarks, register_sequence
-from helpers_sequence import FAST_AFFINE, cycle4  # noqa: F401  (a fixture)
+from helpers_sequence import FAST_AFFINE, cycle4, tiny_phases  # noqa: F401  (a fixture)
 
 
 def _touch(folder, names):
@@ -52,8 +52,8 @@ def test_landmark_files_of_different_lengths(tmp_path):
         read_phase_landmarks(folder, ("p0", "p1"))
 
 
-def test_bad_reference_and_options_before_any_work(cycle4, tmp_path):
-    phases = read_phases(cycle4[0] / "phases")
+def test_bad_reference_and_options_before_any_work(tmp_path):
+    phases = read_phases(tiny_phases(tmp_path / "in"))
     with pytest.raises(DeepLungRegError, match="--reference must be a phase index from 0 to 3, got 4"):
         register_sequence(phases, tmp_path / "out", reference=4, method="affine")
     with pytest.raises(DeepLungRegError):
@@ -61,11 +61,13 @@ def test_bad_reference_and_options_before_any_work(cycle4, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_cancel_during_the_lung_volumes_writes_nothing(cycle4, tmp_path):
     phases = read_phases(cycle4[0] / "phases")
     seen = []
     with pytest.raises(RegistrationCancelled):
         register_sequence(phases, tmp_path / "out", method="affine", progress=lambda s, f: seen.append(s), cancel=lambda: len(seen) >= 2)
+    assert len(seen) == 2  # it stopped at the second phase's lung volume
     assert not (tmp_path / "out").exists()
 
 
