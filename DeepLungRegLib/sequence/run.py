@@ -115,6 +115,25 @@ def _check_phase_folders(out: Path, n: int, overwrite: bool, inputs) -> None:
                 raise DeepLungRegError(f"sequence: {problems[0]}")
 
 
+def _remove_earlier_run(folder: Path, inputs) -> bool:
+    """Remove an earlier run's phase folder (the reference's now: it has no registration), where every file in it is
+    one that run wrote, unchanged; anything else keeps the folder. Returns whether it went."""
+    from ..pipeline import ALL_OUTPUT_FILES
+
+    if not folder.is_dir() or os.path.islink(folder):
+        return False
+    problems, ours = replace_problems(folder, ALL_OUTPUT_FILES, overwrite=True, records=RunFolder.records_in(folder), inputs=inputs)
+    if problems or not ours:
+        return False
+    for name in sorted(ours, key=lambda n: n == "metrics.json"):  # the record last
+        (folder / name).unlink()
+    try:
+        folder.rmdir()
+    except OSError:
+        return False  # something else lives there: it stays
+    return True
+
+
 def register_sequence(
     phases: Phases,
     outdir: str | os.PathLike,
@@ -137,7 +156,8 @@ def register_sequence(
         reference: the reference phase's index; ``None``: the phase with the smallest lung volume (end-exhale).
         method, options, device: the registration's (as for ``deeplungreg register``).
         landmarks: ``{phase index: (N, 3) LPS mm}``, for TRE per phase (those of the reference and of a phase).
-        overwrite: replace an earlier run's own files (those unchanged since), never anything else.
+        overwrite: replace an earlier run's own files (those unchanged since), never anything else; an earlier run's
+            folder of the phase that is now the reference goes (when it holds only that run's files, unchanged).
         report: write each phase's ``report.html`` (needs matplotlib).
         progress: ``progress(stage, fraction)``; the stage names the phase.
         cancel: returns True to stop (:class:`~DeepLungRegLib.errors.RegistrationCancelled`).
@@ -235,6 +255,8 @@ def register_sequence(
         summary[RECORD_KEY] = top.records()
         top.path(SEQUENCE_FILE).write_text(json.dumps(summary, indent=2))
         top.commit()
+        if overwrite and _remove_earlier_run(out / phase_folder(ref), inputs):
+            log.info("removed %s, an earlier run's registration of the phase that is now the reference", phase_folder(ref))
     say("done", 1.0)
     summary.pop(RECORD_KEY, None)
     return summary

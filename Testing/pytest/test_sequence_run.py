@@ -100,3 +100,10 @@ def test_an_interrupt_mid_phase_leaves_the_finished_phases_and_no_partial_one(cy
         register_sequence(phases, out2, method="affine", options=FAST_AFFINE, cancel=lambda: (out2 / "phase_00" / "metrics.json").exists())
     assert sorted(p.name for p in out2.iterdir() if not p.name.startswith(".")) == ["phase_00"]
     assert _leftovers(out2) == []
+    # a rerun with --overwrite and phase 0 as the reference: the earlier run's phase_00 (a registration to phase 2)
+    # goes, the user's file stays, the summary appears
+    (out2 / "notes.txt").write_text("the user's")
+    summary = register_sequence(phases, out2, reference=0, method="affine", options=FAST_AFFINE, overwrite=True)
+    assert summary["reference"] == 0 and summary["reference_rule"] == "given"
+    assert sorted(p.name for p in out2.iterdir() if p.is_dir()) == ["phase_01", "phase_02", "phase_03"]
+    assert (out2 / "notes.txt").read_text() == "the user's" and (out2 / "sequence.json").is_file()
