@@ -313,9 +313,8 @@ def _is_dicom_folder(folder: Path) -> bool:
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
-def _phase_folder_key(folder: Path) -> float | None:
-    """The temporal position (else trigger time) of the first DICOM file of a phase folder."""
-    slices = _dicom_slices(folder)
+def _temporal_key(slices: list[_Slice]) -> float | None:
+    """The temporal position (else trigger time) of the first slice of a phase folder."""
     for tag in (TEMPORAL_POSITION, TRIGGER_TIME):
         v = _numbers(slices[0].tags.get(tag)) if slices else None
         if v:
@@ -354,7 +353,8 @@ def read_phases(path: str | os.PathLike, *, what: str | None = None) -> Phases:
             dicom = [f for f in folders if _is_dicom_folder(f)]
             if not dicom:
                 raise DeepLungRegError(f"read_phases: {what} holds no image files and no DICOM series folders")
-            keys = [_phase_folder_key(f) for f in dicom]
+            slices = {f: _dicom_slices(f) for f in dicom}  # the headers only, read once
+            keys = [_temporal_key(slices[f]) for f in dicom]
             if all(k is not None for k in keys) and len(set(keys)) == len(keys):
                 order = np.argsort(keys, kind="stable")
                 dicom = [dicom[i] for i in order]
@@ -364,7 +364,7 @@ def read_phases(path: str | os.PathLike, *, what: str | None = None) -> Phases:
                 _check_numbering([f.name for f in dicom], what)
             sources = []
             for f in dicom:
-                parts = _split_dicom(_dicom_slices(f), f"{what}/{f.name}")
+                parts = _split_dicom(slices[f], f"{what}/{f.name}")
                 if len(parts) > 1:
                     raise DeepLungRegError(f"read_phases: {what}: the phase folder {f.name} holds {len(parts)} phases; "
                                            "give one folder per phase or one folder of all phases")

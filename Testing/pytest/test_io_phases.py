@@ -214,3 +214,15 @@ def test_a_4d_image_in_a_phase_folder(tmp_path):
     sitk.WriteImage(sitk.JoinSeries([phase_sitk(t) for t in range(2)]), str(folder / "all.nrrd"))
     with pytest.raises(DeepLungRegError, match="holds one 4D image, all.nrrd; give that file itself"):
         read_phases(folder)
+
+
+def test_dicom_phase_folders_without_temporal_tags_go_by_name_and_a_gap_is_named(tmp_path):
+    root = tmp_path / "cycle"
+    for t, name in enumerate(["ph10", "ph0", "ph20"]):
+        _write_dicom_slices(root / name, phase_sitk(t), series=f"1.2.3.{20 + t}", temporal=None, first_instance=1, names="im")
+    phases = read_phases(root)
+    assert phases.names == ("ph0", "ph10", "ph20")
+    assert_phase(phases[0], 1)
+    _write_dicom_slices(root / "ph40", phase_sitk(3), series="1.2.3.30", temporal=None, first_instance=1, names="im")
+    with pytest.raises(DeepLungRegError, match="a phase is missing.*none has 30 between ph20 and ph40"):
+        read_phases(root)
