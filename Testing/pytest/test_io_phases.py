@@ -9,6 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from DeepLungRegLib.errors import DeepLungRegError
+from DeepLungRegLib.io.headers import keep_locale
 from DeepLungRegLib.io.phases import Phases, natural_key, read_phases
 
 SHAPE = (4, 5, 6)  # (Z, Y, X)
@@ -116,7 +117,8 @@ def _write_dicom_slices(folder, volume: sitk.Image, *, series: str, temporal: in
         for key, value in tags.items():
             s.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"{names}{first_instance + k:04d}.dcm"))
-        writer.Execute(s)
+        with keep_locale():  # GDCM's writer sets the process's locale to "C" (and later text reads to ASCII)
+            writer.Execute(s)
 
 
 def test_dicom_series_of_several_phases_split_by_temporal_position(tmp_path):
