@@ -190,6 +190,26 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+def cmd_sequence(args) -> int:
+    from .io.phases import read_phases
+    from .sequence import read_phase_landmarks, register_sequence, summary_lines
+
+    phases = read_phases(args.input, what=f"4D-CT {args.input}")
+    if args.reference is not None and not 0 <= args.reference < len(phases):
+        raise DeepLungRegError(f"sequence: --reference must be a phase index from 0 to {len(phases) - 1}, got {args.reference}")
+    landmarks = read_phase_landmarks(args.landmarks, phases.names, spacing=args.spacing) if args.landmarks else None
+    options = _parse_options(args.option, args.config, args.method, "sequence")
+    if not args.quiet:
+        print(f"sequence: {len(phases)} phases ({', '.join(phases.names)}) from {args.input}", file=sys.stderr, flush=True)
+    with _Progress(f"sequence ({args.method})", not args.quiet) as bar:
+        summary = register_sequence(phases, args.output, reference=args.reference, method=args.method, options=options,
+                                    device=args.device, landmarks=landmarks, overwrite=args.overwrite, report=args.report,
+                                    progress=bar)
+    print("\n".join(summary_lines(summary)))
+    print(f"outputs in {Path(args.output).resolve()} (sequence.json, volume_curve.csv, phase_XX/)")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_field
     from .io.fields import read_field
@@ -482,6 +502,23 @@ def _args_simulate(s: argparse.ArgumentParser) -> None:
     s.add_argument("-q", "--quiet", action="store_true")
 
 
+def _args_sequence(s: argparse.ArgumentParser) -> None:
+    s.add_argument("input", help="the 4D-CT: a folder of phase volumes (natural name order), a folder of DICOM phase "
+                   "folders, a folder holding a DICOM series of several phases, or a 4D NRRD")
+    s.add_argument("-o", "--output", required=True, help="output folder: phase_XX/ per phase, sequence.json, volume_curve.csv")
+    s.add_argument("--reference", type=int, help="index of the reference phase (default: the smallest lung volume, end-exhale)")
+    s.add_argument("--method", default=DEFAULT_METHOD, help=f"registration method (default {DEFAULT_METHOD}; see 'deeplungreg methods')")
+    s.add_argument("--option", "-O", action="append", metavar="NAME=VALUE", help="method option, the same for every phase")
+    s.add_argument("--config", help="JSON file with method options")
+    s.add_argument("--landmarks", metavar="DIR", help="a folder of landmark files, one per phase (named after the phases, "
+                   "or numbered like POPI's 00-Landmarks.pts ... 90-Landmarks.pts): TRE per phase")
+    s.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"), help="voxel spacing of DIR-Lab landmark files")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--report", action="store_true", help="also write each phase's report.html (needs matplotlib)")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in the output folder")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def _args_evaluate(s: argparse.ArgumentParser) -> None:
     s.add_argument("pair")
     s.add_argument("displacement")
@@ -602,6 +639,8 @@ COMMANDS = {
     "register": ("register MOVING to FIXED and write field, warped image, maps, metrics and report", cmd_register, _args_register),
     "batch": ("register every pair of a cohort CSV on a local Dask cluster or a scheduler's workers, resumably", cmd_batch,
               _args_batch),
+    "sequence": ("register every phase of a 4D-CT to a reference phase (default end-exhale): fields, lung volume curve, "
+                 "TRE per phase", cmd_sequence, _args_sequence),
     "simulate": ("make a semi-synthetic inhale/exhale pair from one CT", cmd_simulate, _args_simulate),
     "evaluate": ("score a displacement field against a simulated pair", cmd_evaluate, _args_evaluate),
     "tre": ("target registration error of two landmark files", cmd_tre, _args_tre),

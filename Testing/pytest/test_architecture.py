@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "DeepLungRegLib"
 #: Lowest first: a package may import only those before it (and itself).
 LAYERS = ["errors", "data", "options", "slicer_python", "memory", "device", "geometry", "io", "ops", "transforms", "features", "losses", "metrics", "keypoints",
-          "segmentation", "simulation", "networks", "methods", "evaluation", "training", "report", "pipeline", "worker", "batch", "slicer_bridge", "browser",
+          "segmentation", "simulation", "networks", "methods", "evaluation", "training", "report", "pipeline", "sequence", "worker", "batch", "slicer_bridge", "browser",
           "benchmark", "cli", "__init__"]
 
 
