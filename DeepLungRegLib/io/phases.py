@@ -85,7 +85,7 @@ class _Source:
     """How to read one phase: a file, a list of DICOM slice files, or an index into a 4D file."""
 
     name: str
-    grid: tuple  # what must agree between phases (size, spacing, origin, direction, rounded)
+    grid: Geometry  # must agree between phases (within Geometry.same_as's tolerance)
     read: Callable[[], sitk.Image]
 
 
@@ -125,13 +125,15 @@ class Phases(Sequence):
         return f"Phases({len(self)} phases from {self.source}: {', '.join(self.names)})"
 
 
-def _round_grid(size, spacing, origin, direction) -> tuple:
-    return (tuple(int(s) for s in size), tuple(round(float(s), 3) for s in spacing), tuple(round(float(o), 2) for o in origin),
-            tuple(round(float(d), 4) for d in direction))
+def _grid(size, spacing, origin, direction, what: str) -> Geometry:
+    try:
+        return Geometry(tuple(size), tuple(spacing), tuple(origin), tuple(direction))
+    except DeepLungRegError as exc:
+        raise DeepLungRegError(f"read_phases: {what} has no valid grid ({exc})") from exc
 
 
-def _describe(grid: tuple) -> str:
-    return f"size {grid[0]}, spacing {grid[1]}, origin {grid[2]}"
+def _shown(values) -> tuple:
+    return tuple(round(float(v), 6) for v in values) if not isinstance(values[0], int) else tuple(values)
 
 
 def _check_grids(sources: list[_Source], what: str) -> None:
@@ -141,11 +143,12 @@ def _check_grids(sources: list[_Source], what: str) -> None:
                                "a 4D-CT needs at least two")
     first = sources[0]
     for s in sources[1:]:
-        if s.grid != first.grid:
-            fields = [k for k, a, b in zip(("size", "spacing", "origin", "direction"), first.grid, s.grid) if a != b]
+        if not s.grid.same_as(first.grid):  # a tolerance, not rounding: 1e-6 mm apart is one grid, 1e-3 is not
+            a, b = s.grid, first.grid
+            field = "size" if a.size != b.size else next(
+                (k for k in ("spacing", "origin") if not np.allclose(getattr(a, k), getattr(b, k), rtol=1e-4, atol=1e-4)), "direction")
             raise DeepLungRegError(f"read_phases: {what}: phase {s.name} is on a different grid than phase {first.name} "
-                                   f"({fields[0]} {dict(zip(('size', 'spacing', 'origin', 'direction'), s.grid))[fields[0]]} vs "
-                                   f"{dict(zip(('size', 'spacing', 'origin', 'direction'), first.grid))[fields[0]]}); "
+                                   f"({field} {_shown(getattr(a, field))} vs {_shown(getattr(b, field))}); "
                                    "all phases must share one grid")
 
 
@@ -169,7 +172,7 @@ def _file_source(path: Path) -> _Source:
         raise DeepLungRegError(f"read_phases: {what} is not a scalar 3D volume (dimension {info.GetDimension()}, "
                                f"{info.GetNumberOfComponents()} components); a phase folder holds one 3D volume per phase")
     name = path.name[: -len(_suffix(path))] if _suffix(path) else path.name
-    return _Source(name, _round_grid(info.GetSize(), info.GetSpacing(), info.GetOrigin(), info.GetDirection()),
+    return _Source(name, _grid(info.GetSize(), info.GetSpacing(), info.GetOrigin(), info.GetDirection(), what),
                    lambda: sitk.ReadImage(str(path)))
 
 
@@ -180,7 +183,7 @@ def _read_4d_file(path: Path) -> list[_Source]:
     if dim == 4 and comps == 1:
         size, n = list(info.GetSize()), info.GetSize()[3]
         d4 = np.asarray(info.GetDirection(), float).reshape(4, 4)
-        grid = _round_grid(size[:3], info.GetSpacing()[:3], info.GetOrigin()[:3], d4[:3, :3].ravel())
+        grid = _grid(size[:3], info.GetSpacing()[:3], info.GetOrigin()[:3], d4[:3, :3].ravel(), what)
 
         def extract(t: int) -> Callable[[], sitk.Image]:
             def read() -> sitk.Image:
@@ -197,7 +200,7 @@ def _read_4d_file(path: Path) -> list[_Source]:
         if kind and kind not in ("list", "time", "domain", "space"):
             raise DeepLungRegError(f"read_phases: {what} holds {kind} voxels of {comps} components (a displacement field?), "
                                    "not phases; a 4D NRRD of phases has kinds 'list' or 'domain' on its phase axis")
-        grid = _round_grid(info.GetSize(), info.GetSpacing(), info.GetOrigin(), info.GetDirection())
+        grid = _grid(info.GetSize(), info.GetSpacing(), info.GetOrigin(), info.GetDirection(), what)
 
         def component(c: int) -> Callable[[], sitk.Image]:
             # the file is one block of interleaved phases: read it whole, keep one component
@@ -262,8 +265,13 @@ def _dicom_source(name: str, slices: list[_Slice], what: str) -> _Source:
     dz = np.diff(pos @ normal)
     if np.any(dz < 1e-3):
         raise DeepLungRegError(f"read_phases: {what}: phase {name} has two slices at one position; is a phase split wrongly?")
-    grid = (len(slices), slices[0].tags.get(ROWS), slices[0].tags.get(COLUMNS), slices[0].tags.get(PIXEL_SPACING),
-            tuple(round(v, 4) for v in orient), tuple(np.round(pos, 2).ravel()))
+    rows, cols, pixel = (_numbers(slices[0].tags.get(t)) for t in (ROWS, COLUMNS, PIXEL_SPACING))
+    if not rows or not cols:
+        raise DeepLungRegError(f"read_phases: {what}: phase {name} has DICOM slices without rows or columns")
+    pixel = pixel if pixel and len(pixel) == 2 else (1.0, 1.0)  # row spacing (y), column spacing (x)
+    # the phase's grid from its headers: i along the row cosine, j along the column cosine, k along the normal
+    grid = _grid((int(cols[0]), int(rows[0]), len(slices)), (pixel[1], pixel[0], float(np.mean(dz))), pos[0],
+                 np.column_stack([orient[:3], orient[3:], normal]).ravel(), f"{what}: phase {name}")
     files = [str(s.file) for s in slices]
 
     def read() -> sitk.Image:

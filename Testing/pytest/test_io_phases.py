@@ -228,3 +228,25 @@ def test_dicom_phase_folders_without_temporal_tags_go_by_name_and_a_gap_is_named
     _write_dicom_slices(root / "ph40", phase_sitk(3), series="1.2.3.30", temporal=None, first_instance=1, names="im")
     with pytest.raises(DeepLungRegError, match="a phase is missing.*none has 30 between ph20 and ph40"):
         read_phases(root)
+
+
+def test_one_grid_in_two_formats_is_one_grid_and_a_real_difference_is_not(tmp_path):
+    """A tolerance, not rounding: NIfTI stores the origin in float32 (-120.345 -> -120.34500122), which rounding to
+    0.01 mm put on the other side of -120.345 from the NRRD's double; 1e-6 mm is one grid, 4e-4 mm per voxel is not."""
+    folder = tmp_path / "cycle"
+    folder.mkdir()
+    for t, ext in enumerate((".nii.gz", ".nrrd", ".mha")):
+        img = phase_sitk(t)
+        img.SetOrigin((-120.345, -250.0, 0.0))
+        sitk.WriteImage(img, str(folder / f"phase_{t:02d}{ext}"))
+    assert read_phases(folder).names == ("phase_00", "phase_01", "phase_02")
+    other = tmp_path / "other"
+    write_folder(other, ["p0", "p1"])
+    sitk.WriteImage(phase_sitk(2, spacing=(2.0005 + 1e-6, 1.5, 3.0)), str(other / "p2.nrrd"))
+    sitk.WriteImage(phase_sitk(0, spacing=(2.0005, 1.5, 3.0)), str(other / "p0.nrrd"))
+    sitk.WriteImage(phase_sitk(1, spacing=(2.0005, 1.5, 3.0)), str(other / "p1.nrrd"))
+    assert len(read_phases(other)) == 3  # 2.0005 and 2.000501 straddled a rounding boundary
+    sitk.WriteImage(phase_sitk(2, spacing=(2.0013, 1.5, 3.0)), str(other / "p2.nrrd"))
+    with pytest.raises(DeepLungRegError, match=r"phase p2 is on a different grid than phase p0 \(spacing \(2.0013, 1.5, 3.0\)") as e:
+        read_phases(other)
+    _one_line(e)
