@@ -165,14 +165,18 @@ def _file_info(path: Path, what: str) -> sitk.ImageFileReader:
     return reader
 
 
+def _stem(path: Path) -> str:
+    """A phase file's name without its suffix: its phase's name."""
+    return path.name[: -len(_suffix(path))] if _suffix(path) else path.name
+
+
 def _file_source(path: Path) -> _Source:
     what = f"phase file {path}"
     info = _file_info(path, what)
     if info.GetDimension() != 3 or info.GetNumberOfComponents() != 1:
         raise DeepLungRegError(f"read_phases: {what} is not a scalar 3D volume (dimension {info.GetDimension()}, "
                                f"{info.GetNumberOfComponents()} components); a phase folder holds one 3D volume per phase")
-    name = path.name[: -len(_suffix(path))] if _suffix(path) else path.name
-    return _Source(name, _grid(info.GetSize(), info.GetSpacing(), info.GetOrigin(), info.GetDirection(), what),
+    return _Source(_stem(path), _grid(info.GetSize(), info.GetSpacing(), info.GetOrigin(), info.GetDirection(), what),
                    lambda: sitk.ReadImage(str(path)))
 
 
@@ -197,9 +201,9 @@ def _read_4d_file(path: Path) -> list[_Source]:
         return [_Source(f"phase_{t:02d}", grid, extract(t)) for t in range(n)]
     if dim == 3 and comps > 1:
         kind = info.GetMetaData("NRRD_kinds[pixel]") if info.HasMetaDataKey("NRRD_kinds[pixel]") else ""
-        if kind and kind not in ("list", "time", "domain", "space"):
-            raise DeepLungRegError(f"read_phases: {what} holds {kind} voxels of {comps} components (a displacement field?), "
-                                   "not phases; a 4D NRRD of phases has kinds 'list' or 'domain' on its phase axis")
+        if kind not in ("list", "time", "domain", "space"):  # no kind: not an NRRD (a NIfTI or MHA vector image)
+            raise DeepLungRegError(f"read_phases: {what} holds {kind or 'vector'} voxels of {comps} components (a displacement "
+                                   "field?), not phases; a 4D NRRD of phases has kinds 'list' or 'domain' on its phase axis")
         grid = _grid(info.GetSize(), info.GetSpacing(), info.GetOrigin(), info.GetDirection(), what)
 
         def component(c: int) -> Callable[[], sitk.Image]:
@@ -346,7 +350,19 @@ def read_phases(path: str | os.PathLike, *, what: str | None = None) -> Phases:
         sources = _read_4d_file(path)
     else:
         entries = sorted((p for p in path.iterdir() if not p.name.startswith(".")), key=lambda p: natural_key(p.name))
-        images = [p for p in entries if p.is_file() and _suffix(p) in PHASE_SUFFIXES]
+        named = [p for p in entries if _suffix(p) in PHASE_SUFFIXES and not p.is_dir()]
+        broken = [p for p in named if not p.is_file()]
+        if broken:  # a dangling link (or a FIFO): a phase that is not there, not a file to skip
+            raise DeepLungRegError(f"read_phases: {what}: {broken[0].name} is not a readable file (a broken link?); "
+                                   "every phase must be there")
+        images = named
+        stems: dict[str, list[str]] = {}
+        for p in images:
+            stems.setdefault(_stem(p), []).append(p.name)
+        twice = next((v for v in stems.values() if len(v) > 1), None)
+        if twice:  # one phase in two formats would be two phases of the cycle
+            raise DeepLungRegError(f"read_phases: {what}: phase {_stem(Path(twice[0]))} is there twice ({', '.join(twice)}); "
+                                   "keep one file per phase")
         folders = [p for p in entries if p.is_dir()]
         if images:
             if len(images) == 1:

@@ -250,3 +250,31 @@ def test_one_grid_in_two_formats_is_one_grid_and_a_real_difference_is_not(tmp_pa
     with pytest.raises(DeepLungRegError, match=r"phase p2 is on a different grid than phase p0 \(spacing \(2.0013, 1.5, 3.0\)") as e:
         read_phases(other)
     _one_line(e)
+
+
+def test_one_phase_in_two_formats_or_a_broken_link_is_refused(tmp_path):
+    """phase_00.nrrd beside its copy phase_00.mha was two phases of the cycle; a dangling link phase_03.nrrd was
+    skipped silently (a cycle one phase short, with no gap to tell)."""
+    folder = write_folder(tmp_path / "cycle", ["phase_00", "phase_01", "phase_02"])
+    sitk.WriteImage(phase_sitk(0), str(folder / "phase_00.mha"))
+    with pytest.raises(DeepLungRegError, match=r"phase phase_00 is there twice \(phase_00.mha, phase_00.nrrd\)") as e:
+        read_phases(folder)
+    _one_line(e)
+    (folder / "phase_00.mha").unlink()
+    try:
+        (folder / "phase_03.nrrd").symlink_to(tmp_path / "unmounted" / "phase_03.nrrd")
+    except OSError:  # Windows without the right to make links
+        pytest.skip("cannot make a symlink here")
+    with pytest.raises(DeepLungRegError, match=r"phase_03.nrrd is not a readable file \(a broken link\?\)") as e:
+        read_phases(folder)
+    _one_line(e)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".mha"])
+def test_a_displacement_field_in_nifti_or_mha_is_not_a_4d_ct(tmp_path, ext):
+    """A field as we write it (NIfTI, vector intent) was read as a 3-phase cycle: only NRRD says 'list' for phases."""
+    img = sitk.GetImageFromArray(np.zeros((*SHAPE, 3), np.float32), isVector=True)
+    sitk.WriteImage(img, str(tmp_path / f"displacement{ext}"))
+    with pytest.raises(DeepLungRegError, match="read_phases: .*vector voxels of 3 components.*displacement field") as e:
+        read_phases(tmp_path / f"displacement{ext}")
+    _one_line(e)
