@@ -325,13 +325,10 @@ def _is_dicom_folder(folder: Path) -> bool:
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
 
 
-def _temporal_key(slices: list[_Slice]) -> float | None:
-    """The temporal position (else trigger time) of the first slice of a phase folder."""
-    for tag in (TEMPORAL_POSITION, TRIGGER_TIME):
-        v = _numbers(slices[0].tags.get(tag)) if slices else None
-        if v:
-            return v[0]
-    return None
+def _temporal_key(slices: list[_Slice], tag: str) -> float | None:
+    """The temporal position or trigger time (``tag``) of the first slice of a phase folder."""
+    v = _numbers(slices[0].tags.get(tag)) if slices else None
+    return v[0] if v else None
 
 
 # ------------------------------------------------------------------ entry point
@@ -378,12 +375,14 @@ def read_phases(path: str | os.PathLike, *, what: str | None = None) -> Phases:
             if not dicom:
                 raise DeepLungRegError(f"read_phases: {what} holds no image files and no DICOM series folders")
             slices = {f: _dicom_slices(f) for f in dicom}  # the headers only, read once
-            keys = [_temporal_key(slices[f]) for f in dicom]
-            if all(k is not None for k in keys) and len(set(keys)) == len(keys):
-                order = np.argsort(keys, kind="stable")
-                dicom = [dicom[i] for i in order]
-                if all(float(k).is_integer() for k in keys):  # temporal position identifiers: no gap allowed
-                    _check_steps(sorted(keys), [f.name for f in dicom], what, "at temporal positions")
+            for tag in (TEMPORAL_POSITION, TRIGGER_TIME):  # one tag for every folder: never one's position, another's time
+                keys = [_temporal_key(slices[f], tag) for f in dicom]
+                if all(k is not None for k in keys) and len(set(keys)) == len(keys):
+                    order = np.argsort(keys, kind="stable")
+                    dicom = [dicom[i] for i in order]
+                    if tag == TEMPORAL_POSITION:  # identifiers 1, 2, 3...: no gap allowed; trigger times (ms) need not be even
+                        _check_steps(sorted(keys), [f.name for f in dicom], what, "at temporal positions")
+                    break
             else:
                 _check_numbering([f.name for f in dicom], what)
             sources = []

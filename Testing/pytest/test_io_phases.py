@@ -100,7 +100,8 @@ def test_a_displacement_field_is_not_a_4d_ct(tmp_path):
         read_phases(tmp_path / "field.nrrd")
 
 
-def _write_dicom_slices(folder, volume: sitk.Image, *, series: str, temporal: int | None, first_instance: int, names: str):
+def _write_dicom_slices(folder, volume: sitk.Image, *, series: str, temporal: int | None, first_instance: int, names: str,
+                        trigger: float | None = None):
     folder.mkdir(parents=True, exist_ok=True)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -114,6 +115,8 @@ def _write_dicom_slices(folder, volume: sitk.Image, *, series: str, temporal: in
                 "0028|1052": "0", "0028|1053": "1"}
         if temporal is not None:
             tags["0020|0100"] = str(temporal)
+        if trigger is not None:
+            tags["0018|1060"] = f"{trigger:g}"
         for key, value in tags.items():
             s.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"{names}{first_instance + k:04d}.dcm"))
@@ -278,3 +281,15 @@ def test_a_displacement_field_in_nifti_or_mha_is_not_a_4d_ct(tmp_path, ext):
     with pytest.raises(DeepLungRegError, match="read_phases: .*vector voxels of 3 components.*displacement field") as e:
         read_phases(tmp_path / f"displacement{ext}")
     _one_line(e)
+
+
+def test_dicom_phase_folders_ordered_by_trigger_times_that_are_not_evenly_spaced(tmp_path):
+    """Trigger times are milliseconds (0, 412, 825, 1237 ms), not identifiers 1, 2, 3: whole numbers in uneven steps
+    are no missing phase (they were refused as 'none has 824 between b and c')."""
+    root = tmp_path / "cycle"
+    for t, (name, ms) in enumerate(zip(["c", "a", "d", "b"], (0, 412, 825, 1237))):
+        _write_dicom_slices(root / name, phase_sitk(t), series=f"1.2.3.{50 + t}", temporal=None, first_instance=1, names="im",
+                            trigger=ms)
+    phases = read_phases(root)
+    assert phases.names == ("c", "a", "d", "b")
+    assert_phase(phases[2], 2)
