@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import DeepLungRegError, RegistrationCancelled
 from ..io.landmarks import read_landmarks
-from ..io.outputs import RECORD_KEY, OutputFolder, check_output_path, replace_problems
+from ..io.outputs import RECORD_KEY, OutputFolder, check_output_path, replace_problems, same_file
 from ..io.phases import Phases, natural_key
 from ..io.runs import RunFolder
 from ..options import DEFAULT_METHOD
@@ -178,6 +178,9 @@ def register_sequence(
             raise DeepLungRegError(f"sequence: landmarks given for phase {i}, but the phases are 0 to {n - 1}")
     out = check_output_path(outdir, "sequence")
     inputs = [str(phases.source)]
+    if Path(phases.source).is_dir() and out.exists() and same_file(out, phases.source):
+        # its phase_XX/ would be written into the user's folder, into its DICOM phase folders where they bear those names
+        raise DeepLungRegError(f"sequence: the output folder {out} is the 4D-CT's own folder; choose another (a sub-folder will do)")
     _check_phase_folders(out, n, overwrite, inputs)
     t_start = time.perf_counter()
     with OutputFolder(out, (SEQUENCE_FILE, VOLUME_FILE), overwrite=overwrite, owner="sequence", inputs=inputs,

@@ -107,3 +107,13 @@ def test_an_interrupt_mid_phase_leaves_the_finished_phases_and_no_partial_one(cy
     assert summary["reference"] == 0 and summary["reference_rule"] == "given"
     assert sorted(p.name for p in out2.iterdir() if p.is_dir()) == ["phase_01", "phase_02", "phase_03"]
     assert (out2 / "notes.txt").read_text() == "the user's" and (out2 / "sequence.json").is_file()
+
+
+def test_the_input_folder_is_not_the_output_folder(tmp_path):
+    """-o the 4D-CT's own folder wrote phase_XX/ into it (into the user's DICOM phase folders, where named phase_XX)."""
+    src = tiny_phases(tmp_path / "in")
+    before = sorted(p.name for p in src.iterdir())
+    for out in (src, tmp_path / "in" / "."):
+        with pytest.raises(DeepLungRegError, match="the output folder .* is the 4D-CT's own folder; choose another"):
+            register_sequence(read_phases(src), out, reference=0, method="affine")
+    assert sorted(p.name for p in src.iterdir()) == before
