@@ -72,7 +72,12 @@ def match_landmark_files(folder: str | os.PathLike, names: tuple[str, ...] | lis
                     and p.name.lower().endswith(LANDMARK_SUFFIXES)), key=lambda p: natural_key(p.name))
     if not files:
         raise DeepLungRegError(f"sequence: the landmark folder {folder} holds no landmark files ({', '.join(LANDMARK_SUFFIXES)})")
-    by_stem = {_stem(p.name): p for p in files}
+    by_stem: dict[str, Path] = {}
+    for p in files:
+        if _stem(p.name) in by_stem:  # one phase's points in two files: which one would be a silent choice
+            raise DeepLungRegError(f"sequence: the landmark folder {folder} holds {by_stem[_stem(p.name)].name} and {p.name}; "
+                                   "keep one file per phase")
+        by_stem[_stem(p.name)] = p
     if any(n in by_stem for n in names):
         return {i: by_stem[n] for i, n in enumerate(names) if n in by_stem}
     fnum = [_first_number(_stem(p.name)) for p in files]

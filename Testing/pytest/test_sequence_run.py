@@ -117,3 +117,10 @@ def test_the_input_folder_is_not_the_output_folder(tmp_path):
         with pytest.raises(DeepLungRegError, match="the output folder .* is the 4D-CT's own folder; choose another"):
             register_sequence(read_phases(src), out, reference=0, method="affine")
     assert sorted(p.name for p in src.iterdir()) == before
+
+
+def test_one_phase_with_two_landmark_files_is_refused(tmp_path):
+    """phase_00.csv beside its conversion phase_00.pts: one of them was taken silently (the later in name order)."""
+    folder = _touch(tmp_path / "lm", ["phase_00.csv", "phase_00.pts", "phase_01.csv"])
+    with pytest.raises(DeepLungRegError, match=r"holds phase_00.csv and phase_00.pts; keep one file per phase"):
+        match_landmark_files(folder, ("phase_00", "phase_01"))
