@@ -293,3 +293,16 @@ def test_dicom_phase_folders_ordered_by_trigger_times_that_are_not_evenly_spaced
     phases = read_phases(root)
     assert phases.names == ("c", "a", "d", "b")
     assert_phase(phases[2], 2)
+
+
+def test_dicom_phase_grids_from_the_headers_are_the_grids_read_and_differ_when_they_do(tmp_path):
+    root = tmp_path / "cycle"
+    for t in range(2):
+        _write_dicom_slices(root / f"ph{t}", phase_sitk(t), series=f"1.2.3.{80 + t}", temporal=None, first_instance=1, names="im")
+    phases = read_phases(root)
+    for i in range(2):  # the header grid (rows, columns, pixel spacing, orientation, positions) is the one ITK builds
+        assert phases._sources[i].grid.same_as(phases[i].geometry)
+    _write_dicom_slices(root / "ph2", phase_sitk(2, spacing=(2.0, 1.6, 3.0)), series="1.2.3.82", temporal=None,
+                        first_instance=1, names="im")
+    with pytest.raises(DeepLungRegError, match=r"phase ph2 is on a different grid than phase ph0 \(spacing \(2.0, 1.6, 3.0\)"):
+        read_phases(root)
