@@ -22,6 +22,7 @@ from .io.images import Image, looks_like_ct, read_image, write_image
 from .io.landmarks import check_pairing, read_landmarks, write_landmarks
 from .io.outputs import MANIFEST_FILE, MANIFEST_KEY, RECORD_KEY, OutputFolder
 from .io.roles import ROLES, image_files
+from .memory import release_memory
 from .io.runs import JOB_KEY, METRICS_FILE, RunFolder, write_metrics
 from .methods import MethodConfig, RegistrationResult, check_pair, get_method, register
 from .methods.base import check_images
@@ -283,9 +284,11 @@ def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress
              ) -> tuple[RegistrationResult, Image | None, Image | None, np.ndarray | None, np.ndarray | None, dict]:
     """Register and derive every output, handing each to ``emit(name, value)`` as soon as it exists.
 
-    Outputs are produced one after the other and not kept here (``keep_field=False``
-    also drops the field once nothing needs it), so a caller that writes each one
-    and lets it go needs about the field plus two volumes of memory, not all of them.
+    Outputs are produced one after the other and not kept here, so a caller that
+    writes each one and lets it go needs about two volumes of memory beyond the
+    inputs, not all of them. With ``keep_field=False`` the field on the fixed grid
+    is never whole (a :class:`~DeepLungRegLib.transforms.fields.SlabField`: each
+    output that reads it makes the slabs it needs; a 512x512x600 field is 1.9 GB).
     Names: ``"masks"`` (the fixed and moving mask used), ``"field"``, ``"warped"``,
     ``"ventilation_hu"``, ``"jacobian"``, ``"ventilation"``.
     """
@@ -301,9 +304,11 @@ def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress
                       images_checked=True, mask_names=names)
     fm, mm = pair.fixed_mask, pair.moving_mask
     emit("masks", (fm, mm))
+    release_memory()  # the mask finder's temporaries, back to the system before the registration
     t_masks = time.perf_counter() - t0
     # the registration takes the progress bar to 90 %, the outputs the rest
-    result = register(pair, device=job.device, progress=lambda stage, fraction: report(stage, 0.9 * fraction), cancel=cancel)
+    result = register(pair, device=job.device, progress=lambda stage, fraction: report(stage, 0.9 * fraction), cancel=cancel,
+                      lazy_field=not keep_field)
     t1 = time.perf_counter()
     g = fixed.geometry
     field = result.field
@@ -331,6 +336,7 @@ def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress
         emit("ventilation_hu", Image(hv, g))
         del hv
     del warped
+    release_memory()
     report("Jacobian", 0.95)
     jac = jacobian_determinant(field, g)
     del field
@@ -349,6 +355,7 @@ def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress
         metrics["ventilation"] = summarise_ventilation(lung_map_stats(jv, labels), hu_stats, g.voxel_volume_ml)
     emit("ventilation", Image(jv, g))
     del jv, labels
+    release_memory()
     metrics["timings_s"] = {**{k: round(v, 3) for k, v in result.timings.items()}, "masks": round(t_masks, 3),
                             "outputs": round(time.perf_counter() - t1, 3)}
     metrics["diagnostics"] = result.diagnostics
@@ -385,8 +392,9 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
     interrupt or a full disk leaves the folder as it was. ``overwrite`` removes or
     replaces only the earlier run's own files (those its ``metrics.json`` records,
     unchanged since) and nothing else.
-    Each output is written as soon as it is computed and then let go, so a
-    512x512x600 CT registers in about 6 GB.
+    Each output is written as soon as it is computed and then let go, and the
+    field on the fixed grid is never whole (it is made a slab at a time for each
+    output), so a 512x512x600 CT registers in under 4 GB.
     """
     if report:
         from .report import ReportSlices, write_report  # matplotlib only where a report is written
@@ -413,7 +421,7 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
                     progress("writing the field", 0.91)
                 write_field(value, g, folder.path(ROLES["transform"].file))
                 if report:
-                    state["slices"].add("field", value)
+                    state["slices"].add_field("field", value)
             else:
                 write_image(value, folder.path(IMAGE_OUTPUTS[name]))
                 if not report:

@@ -9,6 +9,11 @@ HU_WINDOW = (-1000.0, 600.0)
 
 
 def normalise_ct(arr: np.ndarray) -> np.ndarray:
-    """HU ``arr`` clipped to :data:`HU_WINDOW` and mapped to [0, 1], float32."""
+    """HU ``arr`` clipped to :data:`HU_WINDOW` and mapped to [0, 1], float32 (a new array; one float32 copy of
+    ``arr`` is all the memory it takes: the steps work in place)."""
     lo, hi = HU_WINDOW
-    return ((np.clip(arr.astype(np.float32), lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    out = np.array(arr, dtype=np.float32)
+    np.clip(out, lo, hi, out=out)
+    out -= np.float32(lo)
+    out /= np.float32(hi - lo)
+    return out

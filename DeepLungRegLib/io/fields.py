@@ -25,7 +25,14 @@ FIELD_SUFFIXES = (".nii.gz", ".nii", ".mha", ".nrrd", ".h5")
 
 
 def check_field(field: np.ndarray, geometry: Geometry, *, what: str = "field") -> np.ndarray:
-    """Validate a displacement field against its grid and return it as float32."""
+    """Validate a displacement field against its grid and return it as float32 (a lazy field, one with a
+    ``slab`` method such as :class:`~DeepLungRegLib.transforms.fields.SlabField`, is checked and returned as it is)."""
+    if hasattr(field, "slab"):
+        if field.shape != (*geometry.shape, 3):
+            raise DeepLungRegError(f"check_field: {what} shape {field.shape[:3]} does not match the fixed grid {geometry.shape}")
+        if not field.all_finite():
+            raise DeepLungRegError(f"check_field: {what} contains NaN/Inf values")
+        return field
     field = np.asarray(field)
     if field.ndim != 4 or field.shape[-1] != 3:
         raise DeepLungRegError(f"check_field: {what} must have shape (Z, Y, X, 3), got {field.shape}")
@@ -52,11 +59,14 @@ def field_to_sitk_transform(field: np.ndarray, geometry: Geometry) -> sitk.Displ
 def write_field(field: np.ndarray, geometry: Geometry, path: str | os.PathLike, *, overwrite: bool = True) -> Path:
     """Write a displacement field ``(Z, Y, X, 3)`` (mm, LPS, fixed grid).
 
-    NIfTI files are streamed without copying the field; ``.mha``/``.nrrd``/``.h5``
-    go through SimpleITK.
+    NIfTI files are streamed without copying the field (a
+    :class:`~DeepLungRegLib.transforms.fields.SlabField` is made a slab and a component at a time,
+    never whole); ``.mha``/``.nrrd``/``.h5`` go through SimpleITK (with the whole field).
     """
     path = check_writable(path, overwrite=overwrite, suffixes=FIELD_SUFFIXES)
     field = check_field(field, geometry)
+    if hasattr(field, "slab") and _suffix(path) not in (".nii", ".nii.gz"):
+        field = field.full()
     if _suffix(path) == ".h5":
         sitk.WriteTransform(field_to_sitk_transform(field, geometry), str(path))
     elif _suffix(path) in (".nii", ".nii.gz"):

@@ -149,12 +149,13 @@ def write_nifti(array: np.ndarray, geometry: Geometry, path: str | os.PathLike, 
 
     The file is the one ITK writes for the same image (its header, then the
     voxels; vector components one plane after the other), so ITK and Slicer read
-    it as theirs. Booleans are written as uint8. ``.nii.gz`` uses gzip level
+    it as theirs. ``array`` may also be a lazy field (:class:`~DeepLungRegLib.transforms.fields.SlabField`),
+    read by slabs ``array[z0:z1, :, :, c]``. Booleans are written as uint8. ``.nii.gz`` uses gzip level
     ``compresslevel`` (1: several times faster than ITK's default, files a few
     per cent larger).
     """
     path = Path(path)
-    arr = np.asarray(array)
+    arr = array if hasattr(array, "slab") else np.asarray(array)  # a lazy field is read a slab and a component at a time
     if arr.shape[:3] != geometry.shape or arr.ndim not in (3, 4):
         raise DeepLungRegError(f"write_nifti: array shape {arr.shape} does not match the grid {geometry.shape}")
     dtype = np.dtype(np.uint8) if arr.dtype == bool else arr.dtype.newbyteorder("<")

@@ -16,9 +16,9 @@ from ..device import precision_scope, resolve_device, resolve_dtype
 from ..errors import DeepLungRegError, RegistrationCancelled
 from ..geometry import Geometry
 from ..io.images import Image, looks_like_ct
-from ..memory import peak_rss_mb
+from ..memory import peak_rss_mb, release_memory
 from ..options import DEFAULT_METHOD, Options, option
-from ..transforms.fields import field_to_grid
+from ..transforms.fields import SlabField, field_to_grid
 from ..transforms.frames import to_working_frame
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,8 @@ class RegistrationResult:
 
     Attributes:
         field: ``(Z, Y, X, 3)`` float32 displacement in mm (LPS) on the fixed grid,
-            resampling direction (``x_moving = x_fixed + u(x_fixed)``).
+            resampling direction (``x_moving = x_fixed + u(x_fixed)``); a
+            :class:`~DeepLungRegLib.transforms.fields.SlabField` from ``register(..., lazy_field=True)``.
         geometry: the fixed grid.
         method: registry name.
         config: the config used, as a dict.
@@ -293,6 +294,10 @@ class GridField:
         """The field on ``geometry`` as ``(Z, Y, X, 3)`` float32 (trilinear, border-extended)."""
         return field_to_grid(self.values, self.geometry, geometry)
 
+    def slabs(self, geometry: Geometry) -> SlabField:
+        """:meth:`on` ``geometry``, made a slab at a time when it is read (never whole)."""
+        return SlabField.resampled(self.values, self.geometry, geometry)
+
 
 class AffineField:
     """The displacement ``u(x) = A x + t - x`` of a 4x4 LPS matrix (fixed -> moving), exact on any grid."""
@@ -304,6 +309,10 @@ class AffineField:
         from ..transforms.fields import affine_to_field
 
         return affine_to_field(self.matrix, geometry)
+
+    def slabs(self, geometry: Geometry) -> SlabField:
+        """:meth:`on` ``geometry``, made a slab at a time when it is read (never whole)."""
+        return SlabField.affine(self.matrix, geometry)
 
 
 @dataclass(frozen=True)
@@ -358,6 +367,7 @@ def register(
     device: str | torch.device = "auto",
     progress: ProgressFn | None = None,
     cancel: CancelFn | threading.Event | None = None,
+    lazy_field: bool = False,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a registered method.
 
@@ -372,6 +382,9 @@ def register(
         progress: ``progress(stage, fraction)`` callback.
         cancel: callable or :class:`threading.Event`; when set the method stops
             with :class:`RegistrationCancelled`.
+        lazy_field: return the field on the fixed grid as a
+            :class:`~DeepLungRegLib.transforms.fields.SlabField`, made a slab at a time from the
+            method's own field whenever it is read, instead of an array (a 512x512x600 field is 1.9 GB).
 
     Returns:
         The :class:`RegistrationResult` with the field on the fixed grid.
@@ -406,14 +419,17 @@ def register(
         raw, diagnostics = spec.run(wf, wm, wfm, wmm, config, ctx)
         working_grid = wf.geometry
         del wf, wm, wfm, wmm  # the full-resolution field below needs the memory
+        release_memory()  # and what the method freed, back to the system rather than kept in the heap
         ctx.check_cancel()
         with ctx.stage("field_to_fixed_grid"):
             ctx.progress("field to the fixed grid", 0.99)
-            if hasattr(raw, "on"):
-                field_arr = raw.on(fixed.geometry)
-            else:  # a plain array on the working fixed grid
-                field_arr = field_to_grid(np.asarray(raw, dtype=np.float32), working_grid, fixed.geometry)
+            if not hasattr(raw, "on"):  # a plain array on the working fixed grid
+                raw = GridField(np.asarray(raw, dtype=np.float32), working_grid)
+            if lazy_field and hasattr(raw, "slabs"):
+                field_arr = raw.slabs(fixed.geometry)
+            else:
+                field_arr = np.asarray(raw.on(fixed.geometry), dtype=np.float32)
     ctx.timings["total"] = time.perf_counter() - t0
     diagnostics = {"device": str(dev), **diagnostics, "working_grid": working_grid.to_dict(), **peak_memory_mb(dev)}
     ctx.progress("done", 1.0)
-    return RegistrationResult(np.asarray(field_arr, dtype=np.float32), fixed.geometry, method, config.to_dict(), ctx.timings, diagnostics)
+    return RegistrationResult(field_arr, fixed.geometry, method, config.to_dict(), ctx.timings, diagnostics)

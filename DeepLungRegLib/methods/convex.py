@@ -158,8 +158,12 @@ def dense_costs(fixed_cells: torch.Tensor, moving_sliding: torch.Tensor, points_
     # mean((f - m)^2) = mean(f^2) - 2 mean(f m) + mean(m^2): one row of [m_1..m_C, mean(m^2)]
     # per voxel, gathered once per (point, displacement) and reduced by one batched matmul
     # against [-2 f_1 / C .. -2 f_C / C, 1]
-    rows = mp.reshape(c, -1).T  # (Zp*Yp*Xp, C)
-    rows = torch.cat([rows, (rows ** 2).mean(1, keepdim=True)], 1).float().contiguous()  # (Zp*Yp*Xp, C + 1)
+    view = mp.reshape(c, -1).T  # (Zp*Yp*Xp, C)
+    squares = (view ** 2).mean(1, keepdim=True)
+    rows = torch.empty((view.shape[0], c + 1), device=dev, dtype=torch.float32)  # (Zp*Yp*Xp, C + 1)
+    rows[:, :c] = view
+    rows[:, c:] = squares
+    del view, squares, mp  # the padded features are in ``rows`` now: they need not be held twice while gathering
     base = points_zyx * stride + reach  # (N, 3) in padded voxels
     base_lin = (base[:, 0] * yp + base[:, 1]) * xp + base[:, 2]
     off = torch.as_tensor(offsets, device=dev, dtype=torch.long)
@@ -320,16 +324,25 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
                 cells = torch.ones(cg.shape, device=dev, dtype=torch.bool)
             points = torch.nonzero(cells)
             fc, ms = cell_features(af.fixed_feat, stride), sliding_cell_features(mw, stride)
-        solves = [(fc, ms, "forward")]
-        if config.inverse_consistent:
-            solves.append((cell_features(mw, stride), sliding_cell_features(af.fixed_feat, stride), "backward"))
+            mc = cell_features(mw, stride) if config.inverse_consistent else None
+            del mw  # (the warped moving features: only their cell means are needed any more)
+        # the backward solve's sliding features are made when it starts, and each solve's are let go when it
+        # ends (both at once would be two copies of the features at the feature grid's size)
+        names = ("forward", "backward") if config.inverse_consistent else ("forward",)
         fields = []
-        for k, (a, b, name) in enumerate(solves):
-            span = (lo + (hi - lo) * k / len(solves), lo + (hi - lo) * (k + 1) / len(solves))
+        for k, name in enumerate(names):
+            span = (lo + (hi - lo) * k / len(names), lo + (hi - lo) * (k + 1) / len(names))
+            if name == "forward":
+                a, b = fc, ms
+                del fc, ms
+            else:
+                with ctx.stage(f"cost_volume_{gmm:g}mm"), torch.no_grad():
+                    a, b = mc, sliding_cell_features(af.fixed_feat, stride)
+                mc = None
             with ctx.stage(f"convex_{gmm:g}mm"):
                 fields.append(_solve_level(a, b, points, stride, offsets, offsets_mm, step * sp, cg, config, ctx,
                                            lambda f, s=span, nm=name: ctx.progress(f"convex {gmm:g} mm {nm}", s[0] + (s[1] - s[0]) * f)))
-        del fc, ms, solves
+            del a, b
         with ctx.stage(f"convex_{gmm:g}mm"), torch.no_grad():
             d = fields[0]
             if config.inverse_consistent:
@@ -344,6 +357,8 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
         xw = fg.world_coordinates()
         total = apply_affine(mat, xw + u[0].to("cpu", torch.float32).numpy()) - xw
         current = torch.as_tensor(total, device=dev, dtype=dt)[None]
+    # what the discrete stage held (its features, the last level's fields) is not needed by the refinement
+    del xw, total, u, d, d_fine, fields, af, sampler, lung, cells, points
     ctx.progress("discrete stage done", 0.6)
     current_geom = fg
     refinement = Refinement.of(config, residual=True, label="adam")

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..errors import DeepLungRegError
 from ..geometry import Geometry
+from ..transforms.warp import as_field_array
 from .moments import RunningMoments
 
 
@@ -33,9 +34,10 @@ def jacobian_determinant(field: np.ndarray, geometry: Geometry, *, slab_voxels: 
 
     The same differences as :func:`spatial_gradient`, computed in float32 a slab
     of slices at a time (with one slice of overlap each side), so the memory
-    beyond the field and the result stays bounded for full-resolution CTs.
+    beyond the field and the result stays bounded for full-resolution CTs
+    (``field`` may be a :class:`~DeepLungRegLib.transforms.fields.SlabField`, which is then never whole).
     """
-    f = np.asarray(field)
+    f = as_field_array(field)  # a SlabField is read a slab at a time
     if f.shape != (*geometry.shape, 3):
         raise DeepLungRegError(f"jacobian_determinant: field shape {f.shape} does not match the grid {(*geometry.shape, 3)}")
     inv = np.linalg.inv(geometry.direction_matrix).astype(np.float32)

@@ -66,6 +66,17 @@ class ReportSlices:
         c = self.centre
         self.views[name] = {"axial": np.array(v[c[0]]), "coronal": np.array(v[:, c[1], :])}
 
+    def add_field(self, name: str, field) -> None:
+        """Keep the axial and coronal slices of a displacement field ``(Z, Y, X, 3)`` on the fixed grid: an array,
+        or a :class:`~DeepLungRegLib.transforms.fields.SlabField`, which is then sampled on those two slices only."""
+        if not hasattr(field, "slab"):
+            self.add(name, field)
+            return
+        g, c = self.geometry, self.centre
+        axial = field.on(g.crop((0, 0, c[0]), (g.size[0], g.size[1], 1)))[0]
+        coronal = field.on(g.crop((0, c[1], 0), (g.size[0], 1, g.size[2])))[:, 0, :]
+        self.views[name] = {"axial": axial, "coronal": coronal}
+
     def add_moving(self, name: str, moving, fill: float) -> None:
         """The slices of ``moving`` resampled onto the fixed grid without the field (the "before" view)."""
         from ..transforms.warp import warp_image

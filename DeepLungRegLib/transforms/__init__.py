@@ -5,11 +5,13 @@ exist only inside :mod:`.warp`."""
 from .warp import (
     GridSampler, warp_image, warp_tensor, sample_field_at_points, sample_on_grid, world_grid_tensor,
 )
-from .fields import affine_to_field, compose_fields, field_to_grid, invert_field, field_to_tensor, resample_field, tensor_to_field
+from .fields import (
+    SlabField, affine_to_field, compose_fields, field_to_grid, invert_field, field_to_tensor, resample_field, tensor_to_field,
+)
 from .resample import resample_to_spacing, resample_to_geometry
 
 __all__ = [
     "GridSampler", "warp_image", "warp_tensor", "sample_field_at_points", "sample_on_grid", "world_grid_tensor",
-    "affine_to_field", "compose_fields", "field_to_grid", "invert_field", "field_to_tensor", "resample_field", "tensor_to_field",
+    "SlabField", "affine_to_field", "compose_fields", "field_to_grid", "invert_field", "field_to_tensor", "resample_field", "tensor_to_field",
     "resample_to_spacing", "resample_to_geometry",
 ]

@@ -36,7 +36,9 @@ def resample_to_geometry(image: Image, geometry: Geometry, *, mode: str = "linea
         ratio = target / np.asarray(image.geometry.spacing)
         sigma = [0.4 * s * max(r - 1.0, 0.0) for s, r in zip(image.geometry.spacing, ratio)]
         if max(sigma) > 0 and min(image.geometry.size) >= 4:
-            src = sitk.SmoothingRecursiveGaussian(sitk.Cast(src, sitk.sitkFloat32), [max(s, 1e-3) for s in sigma])
+            if src.GetPixelID() != sitk.sitkFloat32:  # (a cast to the same type would be a full copy)
+                src = sitk.Cast(src, sitk.sitkFloat32)
+            src = sitk.SmoothingRecursiveGaussian(src, [max(s, 1e-3) for s in sigma])
         elif max(sigma) > 0:  # ITK's recursive filter needs 4 voxels per axis; tiny images take scipy's
             from scipy.ndimage import gaussian_filter
 

@@ -157,29 +157,58 @@ def warp_tensor(
     return GridSampler(fixed, moving, volume.device, volume.dtype)(volume, field, mode, fill)
 
 
+def as_field_array(field):
+    """``field`` as an array, unless it is a lazy field (one with a ``slab`` method, such as
+    :class:`~DeepLungRegLib.transforms.fields.SlabField`), which is returned as it is: it is read by
+    slicing, ``field[z0:z1]``, and never made whole here."""
+    return field if hasattr(field, "slab") else np.asarray(field)
+
+
 #: Voxels of the output grid handled at once by the slab-wise samplers (bounds their temporary memory:
 #: about 60 bytes per voxel, so ~120 MB, whatever the size of the image).
 SLAB_VOXELS = 2_000_000
 
 
-def _slabs(shape: tuple[int, int, int], slab_voxels: int):
-    """``(z0, z1)`` ranges of whole slices with about ``slab_voxels`` voxels each."""
+def _slabs(shape: tuple[int, int, int], slab_voxels: int, start: int = 0, stop: int | None = None):
+    """``(z0, z1)`` ranges of whole slices (of ``start:stop``, all by default) with about ``slab_voxels`` voxels each."""
     per_slice = max(1, shape[1] * shape[2])
     step = max(1, slab_voxels // per_slice)
-    for z0 in range(0, shape[0], step):
-        yield z0, min(shape[0], z0 + step)
+    stop = shape[0] if stop is None else stop
+    for z0 in range(start, stop, step):
+        yield z0, min(stop, z0 + step)
+
+
+def _index_coordinates(dst: Geometry, src: Geometry, ijk: torch.Tensor) -> torch.Tensor:
+    """grid_sample coordinates in ``src`` (float64, shape of ``ijk``) of ``dst``'s voxel indices ``ijk (..., 3)``
+    (float64, ``(i, j, k)``)."""
+    a, b = _world_to_normalised(src)
+    m = a @ dst.scaled_direction  # dst index -> src normalised
+    c = a @ np.asarray(dst.origin) + b
+    return ijk @ torch.as_tensor(m.T, device=ijk.device) + torch.as_tensor(c, device=ijk.device)
 
 
 def _slab_coordinates(dst: Geometry, src: Geometry, z0: int, z1: int, device) -> torch.Tensor:
     """grid_sample coordinates ``(1, z1-z0, Y, X, 3)`` (float64) of ``dst``'s slices ``z0:z1`` in ``src``."""
-    a, b = _world_to_normalised(src)
-    m = a @ dst.scaled_direction  # dst index -> src normalised
-    c = a @ np.asarray(dst.origin) + b
     zz, yy, xx = torch.meshgrid(torch.arange(z0, z1, device=device, dtype=torch.float64),
                                 torch.arange(dst.shape[1], device=device, dtype=torch.float64),
                                 torch.arange(dst.shape[2], device=device, dtype=torch.float64), indexing="ij")
-    ijk = torch.stack([xx, yy, zz], dim=-1)
-    return (ijk @ torch.as_tensor(m.T, device=device) + torch.as_tensor(c, device=device))[None]
+    return _index_coordinates(dst, src, torch.stack([xx, yy, zz], dim=-1))[None]
+
+
+def sample_at_indices(volume: torch.Tensor, src: Geometry, dst: Geometry, kji: np.ndarray) -> np.ndarray:
+    """Trilinear samples of ``volume (C, Zs, Ys, Xs)`` (a float tensor on ``src``) at some voxels of grid ``dst``,
+    border-extended outside ``src``: the values :func:`sample_on_grid` (``fill=None``) gives those voxels.
+
+    Args:
+        kji: ``(N, 3)`` integer voxel indices of ``dst`` in array order ``(k, j, i)``.
+
+    Returns:
+        ``(N, C)`` in the volume's dtype (float32 for a float32 volume).
+    """
+    idx = torch.as_tensor(np.asarray(kji, dtype=np.float64).reshape(-1, 3)[:, ::-1].copy(), device=volume.device)
+    grid = _index_coordinates(dst, src, idx)[None, :, None, None, :]  # (1, N, 1, 1, 3)
+    res = F.grid_sample(volume[None], grid.to(volume.dtype), mode="bilinear", padding_mode="border", align_corners=True)
+    return res[0, :, :, 0, 0].T.cpu().numpy()
 
 
 def _inside_weight(grid: torch.Tensor, shape: tuple[int, int, int], mode: str) -> torch.Tensor:
@@ -210,6 +239,7 @@ def sample_on_grid(
     out: np.ndarray | None = None,
     channels_last: bool = False,
     slab_voxels: int = SLAB_VOXELS,
+    z_range: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Sample a volume on ``src`` at the points ``x + u(x)`` of grid ``dst``, a slab of slices at a time.
 
@@ -223,6 +253,9 @@ def sample_on_grid(
         out: optional output array to fill (``(C, Z, Y, X)``, or ``(Z, Y, X, C)`` with
             ``channels_last``; ``(Z, Y, X)`` for a 3D volume); its dtype is kept (values are
             rounded for integer types).
+        z_range: ``(z0, z1)``: only ``dst``'s slices ``z0:z1`` (the output then has ``z1 - z0``
+            slices, and ``field`` still covers the whole of ``dst``); each voxel gets the value the
+            whole grid gives it.
 
     Returns:
         The sampled volume on ``dst``, float32 unless ``out`` says otherwise.
@@ -242,14 +275,18 @@ def sample_on_grid(
     if field is not None and np.shape(field) != (*dst.shape, 3):
         raise DeepLungRegError(f"sample_on_grid: field shape {np.shape(field)} does not match the grid {(*dst.shape, 3)}")
     n_c = vol.shape[0]
+    zs, ze = (0, dst.shape[0]) if z_range is None else (int(z_range[0]), int(z_range[1]))
+    if not 0 <= zs <= ze <= dst.shape[0]:
+        raise DeepLungRegError(f"sample_on_grid: z_range {z_range} is not within the grid's {dst.shape[0]} slices")
+    shape = (ze - zs, *dst.shape[1:])
     if out is None:
-        out = np.empty(dst.shape if scalar else ((*dst.shape, n_c) if channels_last else (n_c, *dst.shape)), np.float32)
+        out = np.empty(shape if scalar else ((*shape, n_c) if channels_last else (n_c, *shape)), np.float32)
     dev = torch.device("cpu") if from_numpy else vol.device
     a_field = torch.as_tensor(_world_to_normalised(src)[0].T, device=dev, dtype=torch.float64)
     padding = "border" if fill is None else "zeros"
     integer = np.dtype(out.dtype).kind in "iub"
     nz = src.shape[0]
-    for z0, z1 in _slabs(dst.shape, slab_voxels):
+    for z0, z1 in _slabs(dst.shape, slab_voxels, zs, ze):
         grid = _slab_coordinates(dst, src, z0, z1, dev)
         if field is not None:
             grid = grid + torch.as_tensor(np.asarray(field[z0:z1]), device=dev).to(torch.float64) @ a_field
@@ -273,12 +310,13 @@ def sample_on_grid(
             r = np.round(r)
             if info is not None:
                 r = np.clip(r, info.min, info.max)
+        o0, o1 = z0 - zs, z1 - zs
         if scalar:
-            out[z0:z1] = r[0]
+            out[o0:o1] = r[0]
         elif channels_last:
-            out[z0:z1] = np.moveaxis(r, 0, -1)
+            out[o0:o1] = np.moveaxis(r, 0, -1)
         else:
-            out[:, z0:z1] = r
+            out[:, o0:o1] = r
     return out
 
 
@@ -299,7 +337,8 @@ def warp_image(
 
     Args:
         moving: the image to resample.
-        field: ``(Z, Y, X, 3)`` mm on ``fixed`` (``None`` = identity, i.e. plain resampling).
+        field: ``(Z, Y, X, 3)`` mm on ``fixed`` (``None`` = identity, i.e. plain resampling), an array
+            or a :class:`~DeepLungRegLib.transforms.fields.SlabField` (its slabs are made as they are needed).
         fixed: the output grid.
         mode: ``"linear"`` for intensities, ``"nearest"`` for labels.
         fill: value outside the moving image (use -1024 for CT); ``None`` repeats the nearest border value.
@@ -307,7 +346,7 @@ def warp_image(
             interpolation, the moving image's own type for nearest.
     """
     if field is not None:
-        field = np.asarray(field)
+        field = as_field_array(field)
         if field.shape != (*fixed.shape, 3):
             raise DeepLungRegError(f"warp_image: field shape {field.shape} does not match the fixed grid {(*fixed.shape, 3)}")
     src = np.asarray(moving.array)
@@ -322,14 +361,15 @@ def warp_image(
 
 
 def sample_field_at_points(field: np.ndarray, geometry: Geometry, points: np.ndarray) -> np.ndarray:
-    """Trilinearly interpolate a field ``(Z, Y, X, 3)`` at LPS points ``(N, 3)``; returns ``(N, 3)`` float64.
+    """Trilinearly interpolate a field ``(Z, Y, X, 3)`` (an array or a
+    :class:`~DeepLungRegLib.transforms.fields.SlabField`) at LPS points ``(N, 3)``; returns ``(N, 3)`` float64.
 
     Points outside the grid take the value of the nearest border voxel. Only the
     eight neighbours of each point are read, so this costs nothing for
     full-resolution fields.
     """
     points = np.asarray(points, dtype=float).reshape(-1, 3)
-    f = np.asarray(field)
+    f = as_field_array(field)
     if f.shape != (*geometry.shape, 3):
         raise DeepLungRegError(f"sample_field_at_points: field shape {f.shape} does not match the grid {(*geometry.shape, 3)}")
     size = np.asarray(geometry.size)  # (i, j, k)

@@ -60,3 +60,34 @@ def test_landmark_arrays_out_of_range_are_refused_by_the_job():
     with pytest.raises(DeepLungRegError, match=r"register: moving landmark point 2 \(1e\+308, 5, 6\)"):
         RegistrationJob(tiny(), tiny(seed=1), fixed_mask=None, moving_mask=None, fixed_landmarks=good,
                         moving_landmarks=good * [[1, 1, 1], [1e308 / 4, 1, 1]])
+
+
+# ------------------------------------------------------------------ memory: the fixed-grid field is never whole
+@pytest.mark.slow
+def test_run_registration_writes_what_compute_outputs_holds_without_making_the_whole_field(pair_dir, tmp_path, monkeypatch):
+    """run_registration reads the field on the fixed grid a slab at a time (a SlabField: 1.9 GB saved on a
+    512x512x600 CT); its files equal what compute_outputs (the Slicer module's path, the whole field in
+    memory) returns, and its metrics the same numbers."""
+    from DeepLungRegLib.io.fields import read_field
+    from DeepLungRegLib.methods.base import GridField
+    from DeepLungRegLib.pipeline import IMAGE_OUTPUTS, compute_outputs
+
+    pair = read_pair(pair_dir)
+    job = RegistrationJob(pair.fixed, pair.moving, "adam", config=FAST_CFG, fixed_mask=pair.fixed_mask, moving_mask=pair.moving_mask,
+                          fixed_landmarks=pair.fixed_landmarks, moving_landmarks=pair.moving_landmarks, device="cpu")
+    kept = compute_outputs(job)
+
+    def whole(self, geometry):
+        raise AssertionError("run_registration made the whole field on the fixed grid")
+
+    with monkeypatch.context() as m:
+        m.setattr(GridField, "on", whole)
+        metrics = run_registration(job, tmp_path / "out")
+    field, geometry = read_field(tmp_path / "out" / "displacement.nii.gz")
+    assert geometry.same_as(pair.fixed.geometry) and np.array_equal(field, kept.result.field)
+    written = [name for name in IMAGE_OUTPUTS if getattr(kept, name) is not None]
+    assert {"warped", "jacobian", "ventilation", "ventilation_hu"} <= set(written)
+    for name in written:
+        assert np.array_equal(read_image(tmp_path / "out" / IMAGE_OUTPUTS[name]).array, getattr(kept, name).array), name
+    for key in ("tre_after", "jacobian", "jacobian_whole_image", "ventilation"):
+        assert metrics[key] == kept.metrics[key], key

@@ -157,6 +157,50 @@ def test_field_to_grid_and_point_sampling_agree(oblique, device):
     assert np.allclose(on_dev, on_other, atol=1e-4)
 
 
+def test_a_slab_field_reads_as_the_whole_field_it_stands_for(oblique, device, tmp_path):
+    """A SlabField (the fixed-grid field of run_registration, never whole) gives every slab, component and
+    voxel the value of the whole array, and the warp, the Jacobian, the TRE sampling and the field file made
+    from it equal those made from the array."""
+    import gzip
+
+    from DeepLungRegLib.io.fields import write_field
+    from DeepLungRegLib.metrics import jacobian_determinant
+    from DeepLungRegLib.transforms import SlabField, sample_on_grid
+
+    rng = np.random.default_rng(5)
+    src = Geometry((9, 8, 7), (4.0, 3.5, 5.0), (-38.0, 8.0, 98.0), rotation(0.1, 0.2, -0.1).ravel())
+    coarse = rng.normal(0, 3, (*src.shape, 3)).astype(np.float32)
+    matrix = np.eye(4)
+    matrix[:3, :3] += rng.normal(0, 0.03, (3, 3))
+    matrix[:3, 3] = (2.0, -1.0, 3.0)
+    cases = [(SlabField.resampled(torch.as_tensor(coarse, device=device)[None], src, oblique, slab_voxels=700),
+              field_to_grid(coarse, src, oblique)),
+             (SlabField.affine(matrix, oblique), affine_to_field(matrix, oblique))]
+    moving = Image(rng.normal(-500, 300, src.shape).astype(np.int16), src)
+    k, j, i = (rng.integers(0, n, 40) for n in oblique.shape)
+    points = oblique.index_to_world(rng.uniform(-2, 20, (30, 3)))
+    for lazy, whole in cases:
+        assert lazy.shape == whole.shape and lazy.dtype == np.float32
+        assert np.array_equal(lazy.full(), whole)
+        assert np.array_equal(lazy[3:11], whole[3:11]) and np.array_equal(lazy[5], whole[5])
+        assert np.array_equal(lazy[2:9, :, :, 1], whole[2:9, :, :, 1])
+        assert np.allclose(lazy[k, j, i], whole[k, j, i], rtol=0, atol=1e-5)
+        assert np.allclose(sample_field_at_points(lazy, oblique, points), sample_field_at_points(whole, oblique, points), rtol=0, atol=1e-5)
+        assert np.array_equal(warp_image(moving, lazy, oblique, fill=-1024.0, dtype=np.int16).array,
+                              warp_image(moving, whole, oblique, fill=-1024.0, dtype=np.int16).array)
+        assert np.array_equal(jacobian_determinant(lazy, oblique, slab_voxels=900), jacobian_determinant(whole, oblique, slab_voxels=900))
+        for suffix in (".nii.gz", ".mha"):
+            a, b = write_field(lazy, oblique, tmp_path / f"lazy{suffix}"), write_field(whole, oblique, tmp_path / f"whole{suffix}")
+            read = gzip.open if suffix == ".nii.gz" else open  # (a gzip header holds the time it was written)
+            assert read(a, "rb").read() == read(b, "rb").read()
+    with pytest.raises(DeepLungRegError, match="SlabField: reads slices"):
+        cases[0][0][:, 3]
+    # sample_on_grid's z_range gives the slices of the whole grid
+    vol = rng.normal(0, 1, src.shape).astype(np.float32)
+    whole = sample_on_grid(vol, src, oblique, None, fill=-2.0, slab_voxels=500)
+    assert np.array_equal(sample_on_grid(vol, src, oblique, None, fill=-2.0, slab_voxels=500, z_range=(4, 13)), whole[4:13])
+
+
 def test_slab_jacobian_matches_the_full_gradient(oblique):
     from DeepLungRegLib.metrics import jacobian_determinant
     from DeepLungRegLib.metrics.jacobian import spatial_gradient
