@@ -126,13 +126,17 @@ def test_config_file_is_read_and_checked(pair_dir, tmp_path):
     assert r.returncode == 2 and "JSON object" in r.stderr
     # a file saved by version 1 (old option names) is read, and the installed command (not __main__, where Python
     # would hide a DeprecationWarning) says so in one line per name
-    cfg.write_text('{"method": "adam", "config": {"levels_mm": [8], "iterations": [5], "learning_rates": [1.0], "affine_init": false}}')
+    from DeepLungRegLib.methods import get_method
+
+    v1 = {new: old for old, new in get_method("adam").config_cls.aliases().items()}  # version 1's names
+    cfg.write_text(json.dumps({"method": "adam", "config": {v1["refine_levels_mm"]: [8], v1["refine_iterations"]: [5],
+                                                            v1["refine_learning_rates"]: [1.0], "affine_init": False}}))
     r = subprocess.run([sys.executable, "-c", "import sys; from DeepLungRegLib.cli import main; sys.exit(main(sys.argv[1:]))",
                         "register", str(pair_dir / "fixed.nii.gz"), str(pair_dir / "moving.nii.gz"), "-o", str(tmp_path / "old"),
                         "--config", str(cfg), "-q", "--method", "adam"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     warned = [ln for ln in r.stderr.splitlines() if ln.startswith("deeplungreg: warning:")]
-    assert len(warned) == 3 and "option 'iterations' is now called 'refine_iterations'" in r.stderr, r.stderr
+    assert len(warned) == 3 and f"option '{v1['refine_iterations']}' is now called 'refine_iterations'" in r.stderr, r.stderr
 
 
 @pytest.mark.slow
