@@ -29,6 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from DeepLungRegLib.benchmark.runner import kept_results  # noqa: E402  - the one reader of run_benchmark's result.json
+
 PAIR_NAME = re.compile(r"^(?P<ct>.+)_(?P<amp>[^_]+)_s(?P<seed>\d+)_(?P<spacing>[\d.]+)mm(?P<exhale>_exhale-fixed)?$")
 BASELINES = ("convexadam", "convexadam-best", "elastix")
 
@@ -36,10 +41,9 @@ BASELINES = ("convexadam", "convexadam-best", "elastix")
 def _measurements(folder: Path):
     """``(pair, method, result)`` of a benchmark run: from each run's ``runs/*/result.json`` (also while the run
     is going on, or after it was interrupted), else from ``results.json`` (runs made before those files)."""
-    kept = sorted((folder / "runs").glob("*/result.json"))
+    kept = kept_results(folder)
     if kept:
-        for path in kept:
-            k = json.loads(path.read_text())
+        for k in kept:
             yield k["pair"], k["method"], k["result"]
     elif (folder / "results.json").is_file():
         for key, r in json.loads((folder / "results.json").read_text()).items():

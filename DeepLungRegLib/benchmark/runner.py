@@ -239,13 +239,29 @@ def run_benchmark(
 RESULT_FILE = "result.json"
 
 
-def _earlier_result(folder: Path, spec: dict, method: str) -> dict | None:
-    """The result an earlier run kept in ``folder`` for this pair and method, if it has one without an error."""
+def kept_result(path: str | os.PathLike) -> dict | None:
+    """A measurement :func:`run_benchmark` kept (``{"pair", "path", "method", "direction", "result"}``), or ``None``
+    when ``path`` is not one (missing, unreadable, or not of that form)."""
     try:
-        kept = json.loads((folder / RESULT_FILE).read_text(encoding="utf-8"))
+        kept = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(kept, dict) or not isinstance(kept.get("result"), dict) or "error" in kept["result"]:
+    if not isinstance(kept, dict) or not isinstance(kept.get("result"), dict):
+        return None
+    if not all(isinstance(kept.get(k), str) for k in ("pair", "method")):
+        return None
+    return kept
+
+
+def kept_results(outdir: str | os.PathLike) -> list[dict]:
+    """Every measurement kept in a benchmark's ``outdir`` (also while it runs, or after it was interrupted)."""
+    return [k for p in sorted((Path(outdir) / "runs").glob(f"*/{RESULT_FILE}")) if (k := kept_result(p)) is not None]
+
+
+def _earlier_result(folder: Path, spec: dict, method: str) -> dict | None:
+    """The result an earlier run kept in ``folder`` for this pair and method, if it has one without an error."""
+    kept = kept_result(folder / RESULT_FILE)
+    if kept is None or "error" in kept["result"]:
         return None
     if (kept.get("pair"), kept.get("path"), kept.get("method")) != (spec["name"], spec.get("path"), method):
         return None
