@@ -196,9 +196,11 @@ def _gipl(path: Path, what: str, expected: int, values: int, size) -> None:
         _check_data(what, path, 256, "raw", expected, values, size)
 
 
-def check_header(path: str | os.PathLike, what: str | None = None) -> None:
+def check_header(path: str | os.PathLike, what: str | None = None) -> "sitk.ImageFileReader | None":
     """Refuse, in one line and without reading the voxels, an image file whose header promises
-    more voxel data than the file holds, or whose direction matrix is singular.
+    more voxel data than the file holds, or whose direction matrix is singular. Returns the reader
+    whose image information was read (``None`` for NIfTI, whose header is read by our own code), so
+    that a caller who needs that information does not read the header again.
 
     NIfTI files go to :func:`~.nifti.check_nifti`, which also refuses NaN/Inf voxels (ITK reads a
     truncated NIfTI file and such voxels silently).
@@ -210,7 +212,7 @@ def check_header(path: str | os.PathLike, what: str | None = None) -> None:
     what = what or str(path)
     if is_nifti(path):
         check_nifti(path, what)
-        return
+        return None
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -248,3 +250,4 @@ def check_header(path: str | os.PathLike, what: str | None = None) -> None:
         if isinstance(exc, DeepLungRegError):
             raise
         raise DeepLungRegError(f"read_image: cannot read {what}: its header is damaged ({exc})") from exc
+    return reader

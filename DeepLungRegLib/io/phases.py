@@ -154,7 +154,9 @@ def _check_grids(sources: list[_Source], what: str) -> None:
 
 # ------------------------------------------------------------------ files
 def _file_info(path: Path, what: str) -> sitk.ImageFileReader:
-    check_header(path, what)  # a truncated or damaged file: one line, before any voxel is read
+    read = check_header(path, what)  # a truncated or damaged file: one line, before any voxel is read
+    if read is not None:  # its header was read there
+        return read
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
