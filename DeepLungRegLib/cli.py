@@ -203,8 +203,8 @@ def cmd_sequence(args) -> int:
         print(f"sequence: {len(phases)} phases ({', '.join(phases.names)}) from {args.input}", file=sys.stderr, flush=True)
     with _Progress(f"sequence ({args.method})", not args.quiet) as bar:
         summary = register_sequence(phases, args.output, reference=args.reference, method=args.method, options=options,
-                                    device=args.device, landmarks=landmarks, overwrite=args.overwrite, report=args.report,
-                                    progress=bar)
+                                    device=args.device, landmarks=landmarks, start=args.start, overwrite=args.overwrite,
+                                    report=args.report, progress=bar)
     print("\n".join(summary_lines(summary)))
     print(f"outputs in {Path(args.output).resolve()} (sequence.json, volume_curve.csv, phase_XX/)")
     return 0
@@ -513,8 +513,12 @@ def _args_sequence(s: argparse.ArgumentParser) -> None:
     s.add_argument("--landmarks", metavar="DIR", help="a folder of landmark files, one per phase (named after the phases, "
                    "or numbered like POPI's 00-Landmarks.pts ... 90-Landmarks.pts): TRE per phase")
     s.add_argument("--spacing", type=float, nargs=3, metavar=("SX", "SY", "SZ"), help="voxel spacing of DIR-Lab landmark files")
+    s.add_argument("--start", choices=("reference", "neighbour"), default="reference",
+                   help="reference: each phase registered from scratch (default); neighbour: outward from the reference, "
+                   "each phase starting from the field of its neighbour nearer the reference")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    s.add_argument("--report", action="store_true", help="also write each phase's report.html (needs matplotlib)")
+    s.add_argument("--report", action="store_true", help="also write report.html (volume curve, TRE per phase, landmark "
+                   "trajectories) and each phase's report.html (needs matplotlib)")
     s.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in the output folder")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

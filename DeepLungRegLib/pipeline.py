@@ -29,7 +29,7 @@ from .methods.base import check_images
 from .metrics import jacobian_determinant, jacobian_stats, tre, tre_summary
 from .options import DEFAULT_METHOD
 from .segmentation import lung_mask, split_lungs
-from .transforms.warp import warp_image
+from .transforms.warp import sample_field_at_points, warp_image
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def check_job_json(data, what: str = "job") -> None:
 
 
 def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress, cancel, keep_field: bool,
-             ) -> tuple[RegistrationResult, Image | None, Image | None, np.ndarray | None, np.ndarray | None, dict]:
+             initial_field=None) -> tuple[RegistrationResult, Image | None, Image | None, np.ndarray | None, np.ndarray | None, dict]:
     """Register and derive every output, handing each to ``emit(name, value)`` as soon as it exists.
 
     Outputs are produced one after the other and not kept here, so a caller that
@@ -308,7 +308,7 @@ def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress
     t_masks = time.perf_counter() - t0
     # the registration takes the progress bar to 90 %, the outputs the rest
     result = register(pair, device=job.device, progress=lambda stage, fraction: report(stage, 0.9 * fraction), cancel=cancel,
-                      lazy_field=not keep_field)
+                      lazy_field=not keep_field, initial_field=initial_field)
     t1 = time.perf_counter()
     g = fixed.geometry
     field = result.field
@@ -319,12 +319,14 @@ def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress
     tb = ta = None
     if fixed_landmarks is not None:
         tb = tre(fixed_landmarks, moving_landmarks)
-        ta = tre(fixed_landmarks, moving_landmarks, field, g)
+        mapped = np.asarray(fixed_landmarks, float) + sample_field_at_points(field, g, fixed_landmarks)  # p + u(p)
+        ta = np.linalg.norm(mapped - np.asarray(moving_landmarks, float), axis=1)
         metrics["tre_before"] = tre_summary(tb).to_dict()
         metrics["tre_after"] = tre_summary(ta).to_dict()
         metrics["tre_per_landmark"] = [{"before": float(b), "after": float(a)} for b, a in zip(tb, ta)]
         metrics["landmarks"] = {"labels": list(job.landmark_labels), "fixed_lps": np.round(fixed_landmarks, 4).tolist(),
-                                "moving_lps": np.round(moving_landmarks, 4).tolist()}
+                                "moving_lps": np.round(moving_landmarks, 4).tolist(),
+                                "mapped_lps": np.round(mapped, 4).tolist()}
     # Each map is summarised as soon as it exists and then let go (the caller may keep what emit gets).
     report("warped image", 0.92)
     warped = warp_image(moving, field, g, fill=-1024.0 if looks_like_ct(moving) else 0.0, dtype=warped_dtype(moving))
@@ -379,7 +381,7 @@ def compute_outputs(job: RegistrationJob, *, progress: Callable[[str, float], No
 
 def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: bool = False,
                      progress: Callable[[str, float], None] | None = None, cancel: Callable[[], bool] | None = None,
-                     extra_metrics: dict | None = None, report: bool = True) -> dict:
+                     extra_metrics: dict | None = None, report: bool = True, initial_field=None) -> dict:
     """Register and write every output; returns the metrics dict (also in ``metrics.json``).
 
     ``report=False`` leaves out ``report.html`` and its figures (the Slicer module's worker: what
@@ -395,6 +397,8 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
     Each output is written as soon as it is computed and then let go, and the
     field on the fixed grid is never whole (it is made a slab at a time for each
     output), so a 512x512x600 CT registers in under 4 GB.
+    ``initial_field=(u0, geometry)`` starts the registration from ``u0`` (see
+    :func:`~DeepLungRegLib.methods.register`; e.g. a neighbouring breathing phase's field).
     """
     if report:
         from .report import ReportSlices, write_report  # matplotlib only where a report is written
@@ -432,7 +436,7 @@ def run_registration(job: RegistrationJob, outdir: str | Path, *, overwrite: boo
                     state["slices"].extra["jacobian_range"] = (float(np.percentile(j, 1)), float(np.percentile(j, 99)))
 
         t1 = time.perf_counter()
-        result, fm, mm, tb, ta, metrics = _run_job(job, emit, progress, cancel, keep_field=False)
+        result, fm, mm, tb, ta, metrics = _run_job(job, emit, progress, cancel, keep_field=False, initial_field=initial_field)
         metrics[JOB_KEY] = job.to_json(require_files=False)  # what 'deeplungreg review' shows the outputs over
         metrics.update(extra_metrics or {})
         if report:

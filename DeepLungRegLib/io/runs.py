@@ -135,7 +135,9 @@ def check_metrics(metrics: dict, path: str | os.PathLike = METRICS_FILE, owner: 
     n = None
     if "landmarks" in metrics:
         lm = obj("landmarks", metrics["landmarks"])
-        for key in ("fixed_lps", "moving_lps"):
+        for key in ("fixed_lps", "moving_lps", "mapped_lps"):
+            if key == "mapped_lps" and key not in lm:  # where the field maps each fixed point (runs since 4D-CT)
+                continue
             points = lm.get(key, _MISSING)
             ok = isinstance(points, list) and len(points) > 0 and all(_numbers(p, 3) for p in points)
             want(ok, f"landmarks.{key}", "a list of [x, y, z] points (numbers, mm)", points)

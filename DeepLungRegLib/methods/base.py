@@ -18,7 +18,7 @@ from ..geometry import Geometry
 from ..io.images import Image, looks_like_ct
 from ..memory import peak_rss_mb, release_memory
 from ..options import DEFAULT_METHOD, Options, option
-from ..transforms.fields import SlabField, field_to_grid
+from ..transforms.fields import SlabField, compose_fields, field_to_grid
 from ..transforms.frames import to_working_frame
 
 log = logging.getLogger(__name__)
@@ -356,6 +356,20 @@ def check_pair(fixed: Image, moving: Image, method: str = DEFAULT_METHOD, *, fix
                        mask_on_image(moving_mask, moving, mask_names[1]))
 
 
+def _start_on(initial_field, geometry: Geometry) -> np.ndarray:
+    """A starting field ``(u0, its geometry)`` checked and resampled onto ``geometry``: ``(Z, Y, X, 3)`` float32 mm."""
+    try:
+        u0, g0 = initial_field
+    except (TypeError, ValueError):
+        raise DeepLungRegError("register: initial_field must be (field, geometry)") from None
+    u0 = np.asarray(u0)
+    if not isinstance(g0, Geometry) or u0.shape != (*g0.shape, 3):
+        raise DeepLungRegError(f"register: initial_field's field has shape {u0.shape}; it must be (Z, Y, X, 3) on its geometry")
+    if not np.all(np.isfinite(u0)):
+        raise DeepLungRegError("register: initial_field holds NaN or Inf")
+    return np.asarray(field_to_grid(u0, g0, geometry), dtype=np.float32)
+
+
 def register(
     fixed: Image | CheckedPair,
     moving: Image | None = None,
@@ -368,6 +382,7 @@ def register(
     progress: ProgressFn | None = None,
     cancel: CancelFn | threading.Event | None = None,
     lazy_field: bool = False,
+    initial_field: tuple[np.ndarray, Geometry] | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with a registered method.
 
@@ -385,6 +400,12 @@ def register(
         lazy_field: return the field on the fixed grid as a
             :class:`~DeepLungRegLib.transforms.fields.SlabField`, made a slab at a time from the
             method's own field whenever it is read, instead of an array (a 512x512x600 field is 1.9 GB).
+        initial_field: ``(u0, geometry)``, a start for the registration (e.g. a neighbouring breathing phase's
+            result): ``u0`` ``(Z, Y, X, 3)`` mm in the resampling direction on ``geometry`` (any grid covering the
+            fixed image). The moving image (and its mask) is first warped with ``u0`` onto the working fixed grid,
+            the method registers the fixed image to that, and its field ``v`` is composed with the start:
+            ``u(x) = v(x) + u0(x + v(x))``. Every method accepts it; the result is a field from the fixed to
+            the original moving image, as without a start.
 
     Returns:
         The :class:`RegistrationResult` with the field on the fixed grid.
@@ -415,6 +436,16 @@ def register(
         wf, wm = to_working_frame(fixed), to_working_frame(moving)
         wfm = None if fixed_mask is None else to_working_frame(fixed_mask, label=True)
         wmm = None if moving_mask is None else to_working_frame(moving_mask, label=True)
+    if initial_field is not None:
+        from ..transforms.warp import warp_image
+
+        with ctx.stage("initial_field"):
+            ctx.progress("starting field", 0.0)
+            u0 = _start_on(initial_field, wf.geometry)
+            # the moving image seen through the start, on the working fixed grid: the method is left the rest
+            wm = warp_image(wm, u0, wf.geometry, fill=-1024.0 if looks_like_ct(moving) else 0.0)
+            wmm = None if wmm is None else warp_image(wmm, u0, wf.geometry, mode="nearest")
+            del u0
     with precision_scope(config.precision, dev):  # TF32 exactly when asked for, whatever torch's global flags
         raw, diagnostics = spec.run(wf, wm, wfm, wmm, config, ctx)
         working_grid = wf.geometry
@@ -425,6 +456,10 @@ def register(
             ctx.progress("field to the fixed grid", 0.99)
             if not hasattr(raw, "on"):  # a plain array on the working fixed grid
                 raw = GridField(np.asarray(raw, dtype=np.float32), working_grid)
+            if initial_field is not None:  # u(x) = v(x) + u0(x + v(x)), on the working grid
+                v = np.asarray(raw.on(working_grid), dtype=np.float32)
+                raw = GridField(compose_fields(v, working_grid, *initial_field).astype(np.float32), working_grid)
+                del v
             if lazy_field and hasattr(raw, "slabs"):
                 field_arr = raw.slabs(fixed.geometry)
             else:

@@ -7,6 +7,12 @@ the phase moving: ``x_phase = x_ref + u(x_ref)``). It holds the reference, one p
 time. It ends with ``OUT/sequence.json`` (the reference, each phase's folder, lung volume, TRE where
 landmarks are given, timings) and ``OUT/volume_curve.csv``.
 
+With ``start="neighbour"`` the phases are registered outward from the reference, each starting from the
+field of its neighbour one step nearer the reference (read back from that phase's folder; the phases are a
+cycle, so the last phase neighbours the first); ``start="reference"`` (the default) registers each phase
+from scratch. Where landmarks are given, ``OUT/trajectories.csv`` holds each reference landmark's true and
+registered position in every phase.
+
 Each phase folder is written as one ``register`` run: complete or absent. A cancel or an interrupt
 leaves the phases done so far, complete, and no partial one; ``sequence.json`` appears only at the end.
 """
@@ -25,9 +31,11 @@ from typing import Callable
 import numpy as np
 
 from ..errors import DeepLungRegError, RegistrationCancelled
+from ..io.fields import read_field
 from ..io.landmarks import read_landmarks
 from ..io.outputs import RECORD_KEY, OutputFolder, check_output_path, replace_problems, same_file
 from ..io.phases import Phases, natural_key
+from ..io.roles import ROLES
 from ..io.runs import RunFolder
 from ..options import DEFAULT_METHOD
 from ..segmentation import lung_mask
@@ -36,6 +44,9 @@ log = logging.getLogger(__name__)
 
 SEQUENCE_FILE = "sequence.json"
 VOLUME_FILE = "volume_curve.csv"
+TRAJECTORY_FILE = "trajectories.csv"
+#: How each phase's registration starts: from scratch, or from its neighbour's field (nearer the reference).
+STARTS = ("reference", "neighbour")
 #: Files a landmark folder may hold, one per phase.
 LANDMARK_SUFFIXES = (".pts", ".csv", ".txt", ".fcsv", ".mrk.json")
 
@@ -139,6 +150,45 @@ def _remove_earlier_run(folder: Path, inputs) -> bool:
     return True
 
 
+def registration_order(n: int, reference: int, start: str) -> list[tuple[int, int | None]]:
+    """``(phase, start phase or None)`` in the order the phases are registered.
+
+    ``"reference"``: every other phase in index order, none with a start. ``"neighbour"``: outward from the
+    reference around the cycle (``reference + 1``, ``reference - 1``, ``reference + 2``, ...), each starting from
+    the phase one step nearer the reference (the reference's own neighbours start from nothing).
+    """
+    if start not in STARTS:
+        raise DeepLungRegError(f"sequence: start must be one of {', '.join(STARTS)}, got {start!r}")
+    if start == "reference":
+        return [(i, None) for i in range(n) if i != reference]
+    order, seen = [], {reference}
+    for d in range(1, n):
+        for step in (1, -1):
+            i = (reference + step * d) % n
+            if i in seen:
+                continue
+            seen.add(i)
+            nearer = (i - step) % n
+            order.append((i, None if nearer == reference else nearer))
+    return order
+
+
+def _trajectory_rows(names, ref: int, landmarks: dict[int, np.ndarray], mapped: dict[int, np.ndarray]) -> list[list]:
+    """Rows of ``trajectories.csv``: per landmark and phase, the true and the registered position (LPS mm)."""
+    rows = []
+    ref_points = landmarks[ref]
+    for i in sorted(set(landmarks) | set(mapped) | {ref}):
+        truth = landmarks.get(i)
+        pred = ref_points if i == ref else mapped.get(i)
+        for n in range(len(ref_points)):
+            t = truth[n] if truth is not None else (np.nan,) * 3
+            p = pred[n] if pred is not None else (np.nan,) * 3
+            err = float(np.linalg.norm(np.subtract(p, t))) if truth is not None and pred is not None else np.nan
+            rows.append([n, i, names[i], *(round(float(v), 4) for v in t), *(round(float(v), 4) for v in p),
+                         "" if np.isnan(err) else round(err, 4)])
+    return rows
+
+
 def register_sequence(
     phases: Phases,
     outdir: str | os.PathLike,
@@ -148,6 +198,7 @@ def register_sequence(
     options: dict | None = None,
     device: str = "auto",
     landmarks: dict[int, np.ndarray] | None = None,
+    start: str = "reference",
     overwrite: bool = False,
     report: bool = False,
     progress: Callable[[str, float], None] | None = None,
@@ -160,7 +211,10 @@ def register_sequence(
         outdir: the output folder: ``phase_XX/`` per registered phase, ``sequence.json``, ``volume_curve.csv``.
         reference: the reference phase's index; ``None``: the phase with the smallest lung volume (end-exhale).
         method, options, device: the registration's (as for ``deeplungreg register``).
-        landmarks: ``{phase index: (N, 3) LPS mm}``, for TRE per phase (those of the reference and of a phase).
+        landmarks: ``{phase index: (N, 3) LPS mm}``, for TRE per phase (those of the reference and of a phase)
+            and the trajectories (``trajectories.csv``).
+        start: ``"reference"`` (each phase from scratch) or ``"neighbour"`` (each phase from the field of its
+            neighbour nearer the reference; see :func:`registration_order`).
         overwrite: replace an earlier run's own files (those unchanged since), never anything else; an earlier run's
             folder of the phase that is now the reference goes (when it holds only that run's files, unchanged).
         report: write each phase's ``report.html`` (needs matplotlib).
@@ -177,6 +231,7 @@ def register_sequence(
     if reference is not None and not (isinstance(reference, (int, np.integer)) and 0 <= reference < n):
         raise DeepLungRegError(f"sequence: --reference must be a phase index from 0 to {n - 1}, got {reference}")
     config = get_method(method).make_config(options)  # a bad option: now, before the lung masks
+    registration_order(n, 0, start)  # a bad start: now
     landmarks = landmarks or {}
     for i in landmarks:
         if not 0 <= i < n:
@@ -188,7 +243,7 @@ def register_sequence(
         raise DeepLungRegError(f"sequence: the output folder {out} is the 4D-CT's own folder; choose another (a sub-folder will do)")
     _check_phase_folders(out, n, overwrite, inputs)
     t_start = time.perf_counter()
-    with OutputFolder(out, (SEQUENCE_FILE, VOLUME_FILE), overwrite=overwrite, owner="sequence", inputs=inputs,
+    with OutputFolder(out, (SEQUENCE_FILE, VOLUME_FILE, TRAJECTORY_FILE), overwrite=overwrite, owner="sequence", inputs=inputs,
                       record_file=SEQUENCE_FILE) as top:
         # 1. lung volume per phase (one phase in memory at a time)
         volumes: list[float | None] = []
@@ -213,29 +268,33 @@ def register_sequence(
         ref_image = phases[ref]
         ref_mask = lung_mask(ref_image) if volumes[ref] is not None else "auto"
         # 2. every other phase to the reference, one after another
-        others = [i for i in range(n) if i != ref]
+        order = registration_order(n, ref, start)
         rows: list[dict] = []
-        for k, i in enumerate(others):
+        mapped: dict[int, np.ndarray] = {}
+        for k, (i, begin) in enumerate(order):
             if stop():
                 raise RegistrationCancelled("sequence: cancelled")
-            base, span = 0.1 + 0.9 * k / len(others), 0.9 / len(others)
-            label = f"phase {names[i]} ({k + 1}/{len(others)})"
+            base, span = 0.1 + 0.9 * k / len(order), 0.9 / len(order)
+            label = f"phase {names[i]} ({k + 1}/{len(order)})"
             say(f"{label}: reading", base)
             moving = phases[i]
             with_lm = ref in landmarks and i in landmarks
             job = RegistrationJob(ref_image, moving, method, ref_mask, "auto", landmarks[ref] if with_lm else None,
                                   landmarks[i] if with_lm else None, config=config, device=device)
             del moving
+            initial = None if begin is None else read_field(out / phase_folder(begin) / ROLES["transform"].file)
+            info = {"phase": i, "name": names[i], "reference": ref, "reference_name": names[ref],
+                    "start": None if begin is None else phase_folder(begin)}
             metrics = run_registration(job, out / phase_folder(i), overwrite=overwrite, report=report, cancel=cancel,
                                        progress=lambda stage, f, label=label, base=base, span=span: say(f"{label}: {stage}", base + span * f),
-                                       extra_metrics={"sequence": {"phase": i, "name": names[i], "reference": ref,
-                                                                   "reference_name": names[ref]}})
-            del job
+                                       extra_metrics={"sequence": info}, initial_field=initial)
+            del job, initial
             row = {"index": i, "name": names[i], "folder": phase_folder(i), "lung_volume_ml": volumes[i],
-                   "registration_s": metrics["timings_s"].get("total"), "jacobian": {k2: metrics["jacobian"][k2] for k2 in
-                                                                                     ("folding_percent", "sd_log_j", "min_j", "max_j")}}
+                   "start": info["start"], "registration_s": metrics["timings_s"].get("total"),
+                   "jacobian": {k2: metrics["jacobian"][k2] for k2 in ("folding_percent", "sd_log_j", "min_j", "max_j")}}
             if with_lm:
                 row["tre_before"], row["tre_after"] = metrics["tre_before"], metrics["tre_after"]
+                mapped[i] = np.asarray(metrics["landmarks"]["mapped_lps"], float)
             rows.append(row)
             log.info("%s registered in %.1f s", label, metrics["timings_s"].get("total", float("nan")))
         del ref_image, ref_mask
@@ -244,10 +303,16 @@ def register_sequence(
         known = [v for v in volumes if v is not None]
         phase_rows = sorted(rows + [{"index": ref, "name": names[ref], "folder": None, "lung_volume_ml": volumes[ref],
                                      "reference": True}], key=lambda r: r["index"])
-        summary = {"source": str(phases.source), "phases": phase_rows, "n_phases": n, "reference": ref,
-                   "reference_name": names[ref], "reference_rule": rule, "method": method, "options": json.loads(json.dumps(config.to_dict())),
+        inhale = int(np.nanargmax([np.nan if v is None else v for v in volumes])) if known else None
+        summary = {"source": str(phases.source), "phases": phase_rows, "n_phases": n,
+                   "reference": ref, "reference_name": names[ref], "reference_rule": rule, "start": start,
+                   "method": method, "options": json.loads(json.dumps(config.to_dict())),
                    "device": device, "lung_volume_ml": volumes,
                    "tidal_volume_ml": (max(known) - min(known)) if len(known) > 1 else None,
+                   "end_inhale": inhale, "end_exhale": int(np.nanargmin([np.nan if v is None else v for v in volumes])) if known else None,
+                   # the end-inhale phase's registration to the reference holds the ventilation maps (its Jacobian and HU
+                   # ventilation); between end-inhale and end-exhale exactly when the reference is the end-exhale phase
+                   "ventilation_folder": phase_folder(inhale) if inhale is not None and inhale != ref else None,
                    "field_convention": "phase_XX/displacement.nii.gz: x_phase = x_ref + u(x_ref), mm LPS, on the reference grid",
                    "total_s": round(time.perf_counter() - t_start, 3)}
         if any("tre_after" in r for r in rows):
@@ -260,6 +325,13 @@ def register_sequence(
             for i in range(n):
                 w.writerow([i, names[i], "" if volumes[i] is None else round(volumes[i], 3)])
             w.writerow(["", "tidal_volume_ml", "" if summary["tidal_volume_ml"] is None else round(summary["tidal_volume_ml"], 3)])
+        if ref in landmarks:
+            with open(top.path(TRAJECTORY_FILE), "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["landmark", "index", "name", "true_x", "true_y", "true_z", "registered_x", "registered_y",
+                            "registered_z", "error_mm"])
+                w.writerows(_trajectory_rows(names, ref, landmarks, mapped))
+            summary["trajectories"] = TRAJECTORY_FILE
         summary[RECORD_KEY] = top.records()
         top.path(SEQUENCE_FILE).write_text(json.dumps(summary, indent=2))
         top.commit()

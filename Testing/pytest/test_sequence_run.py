@@ -124,3 +124,60 @@ def test_one_phase_with_two_landmark_files_is_refused(tmp_path):
     folder = _touch(tmp_path / "lm", ["phase_00.csv", "phase_00.pts", "phase_01.csv"])
     with pytest.raises(DeepLungRegError, match=r"holds phase_00.csv and phase_00.pts; keep one file per phase"):
         match_landmark_files(folder, ("phase_00", "phase_01"))
+
+
+def test_registration_order_outward_from_the_reference_around_the_cycle():
+    from DeepLungRegLib.sequence.run import registration_order
+
+    assert registration_order(4, 2, "reference") == [(0, None), (1, None), (3, None)]
+    # 10 phases, reference 5: 6 and 4 from scratch, then each from its neighbour nearer 5; 0 is reached both ways
+    order = registration_order(10, 5, "neighbour")
+    assert order == [(6, None), (4, None), (7, 6), (3, 4), (8, 7), (2, 3), (9, 8), (1, 2), (0, 9)]
+    # the cycle closes: with reference 0, phase 9 is a neighbour of the reference
+    assert registration_order(4, 0, "neighbour") == [(1, None), (3, None), (2, 1)]
+    for n, ref in ((2, 1), (7, 3), (10, 0)):
+        got = registration_order(n, ref, "neighbour")
+        assert sorted(i for i, _ in got) == [i for i in range(n) if i != ref]  # every phase once
+        done = {ref}
+        for i, begin in got:  # each starts from a phase already registered, one step away around the cycle
+            assert begin is None or (begin in done and min((i - begin) % n, (begin - i) % n) == 1)
+            done.add(i)
+    with pytest.raises(DeepLungRegError, match="start must be one of reference, neighbour"):
+        registration_order(4, 0, "previous")
+
+
+@pytest.mark.slow
+def test_neighbour_start_and_landmark_trajectories(cycle4, tmp_path):
+    """Each phase starts from its neighbour's field (recorded in sequence.json and the phase's metrics.json), the result
+    still maps the reference's landmarks onto the phase's, and trajectories.csv holds, per landmark and phase, the true
+    and registered positions whose distances are the phases' TRE."""
+    import csv
+    import json
+
+    folder, cycle = cycle4
+    phases = read_phases(folder / "phases")
+    landmarks = read_phase_landmarks(folder / "landmarks", phases.names)
+    summary = register_sequence(phases, tmp_path / "out", method="affine", options=FAST_AFFINE, landmarks=landmarks,
+                                start="neighbour")
+    assert summary["reference"] == 2 and summary["start"] == "neighbour"
+    starts = {r["index"]: r.get("start") for r in summary["phases"] if not r.get("reference")}
+    assert starts == {3: None, 1: None, 0: "phase_03"}  # 0 is two steps from 2 both ways: the + way first
+    metrics = json.loads((tmp_path / "out" / "phase_00" / "metrics.json").read_text())
+    assert metrics["sequence"]["start"] == "phase_03"
+    rows = {r["index"]: r for r in summary["phases"]}
+    assert rows[0]["tre_after"]["mean"] < 0.6 * rows[0]["tre_before"]["mean"]
+    # the ventilation pair: end-inhale (largest lung volume) against the end-exhale reference
+    assert summary["end_exhale"] == 2 and summary["ventilation_folder"] == f"phase_{summary['end_inhale']:02d}"
+    with open(tmp_path / "out" / "trajectories.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    n = len(landmarks[2])
+    assert len(table) == 4 * n and summary["trajectories"] == "trajectories.csv"
+    for i in range(4):
+        mine = [r for r in table if int(r["index"]) == i]
+        truth = np.array([[float(r[f"true_{a}"]) for a in "xyz"] for r in mine])
+        np.testing.assert_allclose(truth, landmarks[i], atol=1e-3)
+        errors = np.array([float(r["error_mm"]) for r in mine])
+        if i == 2:
+            assert np.all(errors == 0.0)  # the reference's own points
+        else:
+            assert errors.mean() == pytest.approx(rows[i]["tre_after"]["mean"], abs=1e-3)
