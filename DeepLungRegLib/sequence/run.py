@@ -37,6 +37,7 @@ from ..io.outputs import RECORD_KEY, OutputFolder, check_output_path, replace_pr
 from ..io.phases import Phases, natural_key
 from ..io.roles import ROLES
 from ..io.runs import RunFolder
+from ..memory import peak_rss_mb
 from ..options import DEFAULT_METHOD
 from ..segmentation import lung_mask
 
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 SEQUENCE_FILE = "sequence.json"
 VOLUME_FILE = "volume_curve.csv"
 TRAJECTORY_FILE = "trajectories.csv"
+#: The report's files (``report=True``): kept in step with :data:`DeepLungRegLib.report.sequence.SEQUENCE_REPORT_FILES`,
+#: named here so that the overwrite check knows them without importing matplotlib.
+REPORT_FILES = ("volume_curve.png", "tre_per_phase.png", "trajectories.png", "report.html")
 #: How each phase's registration starts: from scratch, or from its neighbour's field (nearer the reference).
 STARTS = ("reference", "neighbour")
 #: Files a landmark folder may hold, one per phase.
@@ -217,7 +221,7 @@ def register_sequence(
             neighbour nearer the reference; see :func:`registration_order`).
         overwrite: replace an earlier run's own files (those unchanged since), never anything else; an earlier run's
             folder of the phase that is now the reference goes (when it holds only that run's files, unchanged).
-        report: write each phase's ``report.html`` (needs matplotlib).
+        report: write ``report.html`` (volume curve, TRE per phase, trajectories) and each phase's (needs matplotlib).
         progress: ``progress(stage, fraction)``; the stage names the phase.
         cancel: returns True to stop (:class:`~DeepLungRegLib.errors.RegistrationCancelled`).
     """
@@ -243,7 +247,9 @@ def register_sequence(
         raise DeepLungRegError(f"sequence: the output folder {out} is the 4D-CT's own folder; choose another (a sub-folder will do)")
     _check_phase_folders(out, n, overwrite, inputs)
     t_start = time.perf_counter()
-    with OutputFolder(out, (SEQUENCE_FILE, VOLUME_FILE, TRAJECTORY_FILE), overwrite=overwrite, owner="sequence", inputs=inputs,
+    if report:
+        from ..report.sequence import write_sequence_report  # matplotlib only where a report is written
+    with OutputFolder(out, (SEQUENCE_FILE, VOLUME_FILE, TRAJECTORY_FILE, *REPORT_FILES), overwrite=overwrite, owner="sequence", inputs=inputs,
                       record_file=SEQUENCE_FILE) as top:
         # 1. lung volume per phase (one phase in memory at a time)
         volumes: list[float | None] = []
@@ -314,7 +320,8 @@ def register_sequence(
                    # ventilation); between end-inhale and end-exhale exactly when the reference is the end-exhale phase
                    "ventilation_folder": phase_folder(inhale) if inhale is not None and inhale != ref else None,
                    "field_convention": "phase_XX/displacement.nii.gz: x_phase = x_ref + u(x_ref), mm LPS, on the reference grid",
-                   "total_s": round(time.perf_counter() - t_start, 3)}
+                   "total_s": round(time.perf_counter() - t_start, 3),
+                   "peak_rss_mb": peak_rss_mb()}  # this process's peak so far (None where the platform cannot tell)
         if any("tre_after" in r for r in rows):
             after = [r["tre_after"]["mean"] for r in rows if "tre_after" in r]
             before = [r["tre_before"]["mean"] for r in rows if "tre_before" in r]
@@ -332,6 +339,13 @@ def register_sequence(
                             "registered_z", "error_mm"])
                 w.writerows(_trajectory_rows(names, ref, landmarks, mapped))
             summary["trajectories"] = TRAJECTORY_FILE
+        if report:
+            say("report", 0.995)
+            traj = []
+            if ref in landmarks:
+                with open(top.path(TRAJECTORY_FILE), newline="") as fh:
+                    traj = list(csv.DictReader(fh))
+            summary["report"] = write_sequence_report(top.path, summary, traj)
         summary[RECORD_KEY] = top.records()
         top.path(SEQUENCE_FILE).write_text(json.dumps(summary, indent=2))
         top.commit()

@@ -158,8 +158,16 @@ def test_neighbour_start_and_landmark_trajectories(cycle4, tmp_path):
     phases = read_phases(folder / "phases")
     landmarks = read_phase_landmarks(folder / "landmarks", phases.names)
     summary = register_sequence(phases, tmp_path / "out", method="affine", options=FAST_AFFINE, landmarks=landmarks,
-                                start="neighbour")
+                                start="neighbour", report=True)
     assert summary["reference"] == 2 and summary["start"] == "neighbour"
+    # the report: volume curve, TRE per phase and the trajectories, a table row per phase with a link to its folder
+    out = tmp_path / "out"
+    assert summary["report"] == ["volume_curve.png", "tre_per_phase.png", "trajectories.png", "report.html"]
+    for name in summary["report"]:
+        assert (out / name).stat().st_size > 1000, name
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count("<tr><td>phase_0") == 4 and "href='phase_00/'" in page and "(tidal volume" not in page
+    assert (out / "phase_00" / "report.html").is_file()
     starts = {r["index"]: r.get("start") for r in summary["phases"] if not r.get("reference")}
     assert starts == {3: None, 1: None, 0: "phase_03"}  # 0 is two steps from 2 both ways: the + way first
     metrics = json.loads((tmp_path / "out" / "phase_00" / "metrics.json").read_text())
@@ -181,3 +189,11 @@ def test_neighbour_start_and_landmark_trajectories(cycle4, tmp_path):
             assert np.all(errors == 0.0)  # the reference's own points
         else:
             assert errors.mean() == pytest.approx(rows[i]["tre_after"]["mean"], abs=1e-3)
+
+
+def test_the_report_files_are_known_without_matplotlib():
+    """register_sequence names the report's files for its overwrite check without importing the report (matplotlib)."""
+    from DeepLungRegLib.report.sequence import SEQUENCE_REPORT_FILES
+    from DeepLungRegLib.sequence.run import REPORT_FILES
+
+    assert REPORT_FILES == SEQUENCE_REPORT_FILES
