@@ -15,9 +15,9 @@
 Memory: a sequence node holds every item in memory (Slicer's Sequences keep no item on disk). The results hold,
 per phase, one displacement field (3 float32 per voxel of the reference grid, 12 bytes: the transform
 sequence), one warped volume (the 4D-CT's voxel type) and one Jacobian (float32): for ten phases of
-512 x 512 x 150 voxels, about 6.3 GB of fields, 0.8 GB of warped volumes and 1.6 GB of Jacobians, besides the
-4D-CT itself. They are loaded one phase at a time: beyond the sequences, a load holds one phase's file and its
-temporary node. The registration itself (:func:`~DeepLungRegLib.sequence.register_sequence`) holds the reference,
+512 x 512 x 150 voxels, about 4.7 GB of fields, 0.8 GB of warped int16 volumes and 1.6 GB of Jacobians, besides
+the 4D-CT itself; the browser's proxy nodes hold one more copy of the items shown. They are loaded one phase
+at a time: beyond the sequences, a load holds one phase's file and its temporary node. The registration itself (:func:`~DeepLungRegLib.sequence.register_sequence`) holds the reference,
 one phase and one field at a time, reading each phase from the sequence when it needs it.
 
 Node items are stored in the sequence node (a copy) and shown through the browser's proxy nodes, which Slicer's
