@@ -133,7 +133,22 @@ def test_results_that_are_absent_or_incomplete_are_refused_and_add_no_node(seqmo
                                                    "lung_volume_ml": [10.0, 12.0], "tidal_volume_ml": 2.0}))
     (out / "phase_01").mkdir()
     (out / "phase_01" / "warped.nii.gz").write_bytes(b"")
-    with pytest.raises(DeepLungRegError, match=r"phase_01 lacks displacement.nii.gz, jacobian.nii.gz: the run in .* is incomplete"):
+    with pytest.raises(DeepLungRegError, match=r"lacks displacement.nii.gz, jacobian.nii.gz: the run in .* is incomplete"):
+        seqmod.load_sequence_results(hs.scene, out, phases_node=seq)
+    for name in ("displacement.nii.gz", "jacobian.nii.gz"):
+        (out / "phase_01" / name).write_bytes(b"")
+    with pytest.raises(DeepLungRegError, match="read_field: .*displacement.nii.gz"):  # damaged: found while loading
+        seqmod.load_sequence_results(hs.scene, out, phases_node=seq)
+    assert _scene_nodes(hs.scene) == before  # the sequences made before it went again
+    three = seqmod.sequence_node_from_phases(hs.scene, read_phases(_write_phases(tmp_path / "in3", oblique)), "another")
+    before = _scene_nodes(hs.scene)
+    with pytest.raises(DeepLungRegError, match=r"the run in .* registered the phases phase_00, phase_01; Slicer sequence 'another' "
+                                               "holds phase_00, phase_01, phase_02$"):
+        seqmod.load_sequence_results(hs.scene, out, phases_node=three)
+    with pytest.raises(DeepLungRegError, match="the reference phase phase_00 is needed for the warped sequence"):
+        seqmod.load_sequence_results(hs.scene, out)  # the run's source, "x", is not there
+    (out / "phase_01" / "displacement.nii.gz").unlink()
+    with pytest.raises(DeepLungRegError, match=r"phase_01 lacks displacement.nii.gz: the run in .* is incomplete"):
         seqmod.load_sequence_results(hs.scene, out, phases_node=seq)
     assert _scene_nodes(hs.scene) == before
 
