@@ -427,7 +427,7 @@ def _tre_table(summary: dict, base: str, new_node):
 def register_sequence_node(scene, sequence_node, outdir: str | os.PathLike, *, method: str, reference: int | None = None,
                            options: dict | None = None, landmarks=None, device: str = "auto", overwrite: bool = False,
                            browser_node=None, progress: Callable[[str, float], None] | None = None,
-                           cancel: Callable[[], bool] | None = None) -> tuple[dict, dict]:
+                           cancel: Callable[[], bool] | None = None, **run_options) -> tuple[dict, dict]:
     """Register every phase of the 4D-CT in ``sequence_node`` to a reference phase and load the results.
 
     :func:`phases_from_sequence_node`, then :func:`~DeepLungRegLib.sequence.register_sequence` into ``outdir`` (one
@@ -442,6 +442,7 @@ def register_sequence_node(scene, sequence_node, outdir: str | os.PathLike, *, m
         progress: ``progress(stage, fraction)``: the registration up to 0.9, the loading after.
         cancel: returns True to stop (:class:`~DeepLungRegLib.errors.RegistrationCancelled`): the scene gets no node,
             ``outdir`` keeps the phases finished so far.
+        **run_options: further keywords of :func:`~DeepLungRegLib.sequence.register_sequence` (``report=True``, ...).
 
     Returns:
         ``(summary, nodes)``: the run's summary (``sequence.json``) and the nodes of :func:`load_sequence_results`.
@@ -452,7 +453,7 @@ def register_sequence_node(scene, sequence_node, outdir: str | os.PathLike, *, m
     say = progress or (lambda stage, fraction: None)
     summary = register_sequence(phases, outdir, reference=reference, method=method, options=options, device=device,
                                 landmarks=landmarks, overwrite=overwrite, cancel=cancel,
-                                progress=lambda stage, f: say(stage, 0.9 * f))
+                                progress=lambda stage, f: say(stage, 0.9 * f), **run_options)
     nodes = load_sequence_results(scene, outdir, phases_node=sequence_node, phases=phases, browser_node=browser_node,
                                   progress=lambda stage, f: say(stage, 0.9 + 0.1 * f))
     return summary, nodes
