@@ -842,6 +842,55 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
             self.setOverlayOpacity(p.overlayOpacity)
         return result
 
+    def registerSequence(self, sequenceNode, outputFolder, method: str = "convex", reference=None, progress=None, cancel=None, *,
+                         device: str = "auto", landmarks=None, overwrite: bool = False, browserNode=None, show: bool = True,
+                         **options) -> Optional[dict]:
+        """Register every phase of a 4D-CT held in a volume sequence to a reference phase, and show the motion::
+
+            out = logic.registerSequence(getNode("4D-CT"), "/data/4dct-results", "convex")
+            out["summary"]["tidal_volume_ml"], out["nodes"]["browser"], out["nodes"]["volume_chart"]
+
+        Each phase is registered in turn (the reference and one phase in memory), into ``outputFolder``/phase_XX
+        as ``deeplungreg sequence`` writes it. The scene gets a transform, a warped-volume and a Jacobian sequence
+        in one sequence browser with the 4D-CT (play it to see the cycle), the lung volume curve (table and plot) and,
+        with landmarks, the TRE per phase. Slicer waits for the run (use the Python console, or the command line
+        ``deeplungreg sequence`` for long runs).
+
+        Args:
+            sequenceNode: the 4D-CT, a sequence of scalar volumes (e.g. a 4D NRRD or a multi-phase DICOM series).
+            outputFolder: where the phase folders, ``sequence.json`` and ``volume_curve.csv`` go (kept).
+            method: a name from :meth:`methods`; reference: the reference phase's index (``None``: end-exhale,
+                the smallest lung volume).
+            progress: ``progress(stage, fraction)``; cancel: returns True to stop.
+            device: ``"auto"``, ``"cpu"`` or ``"cuda"``; overwrite: replace an earlier run's own files in ``outputFolder``.
+            landmarks: ``{phase index: (N, 3) LPS mm}`` or a folder of landmark files, one per phase.
+            browserNode: the sequence browser to add the results to (else a new one).
+            show: show the sequence browser toolbar and the volume curve in the layout.
+            **options: method settings (see :meth:`methodSettings`).
+
+        Returns:
+            ``{"summary": dict, "nodes": {name: node}}`` or ``None`` when cancelled (the phases finished so far stay
+            in ``outputFolder``; the scene gets nothing).
+        """
+        self.ensureDependencies()
+        from DeepLungRegLib.errors import RegistrationCancelled
+        from DeepLungRegLib.slicer_bridge.sequence import register_sequence_node
+
+        try:
+            summary, nodes = register_sequence_node(slicer.mrmlScene, sequenceNode, outputFolder, method=method, reference=reference,
+                                                    options=options, landmarks=landmarks, device=device, overwrite=overwrite,
+                                                    browser_node=browserNode, progress=progress, cancel=cancel)
+        except RegistrationCancelled:
+            logging.info("DeepLungReg: sequence registration cancelled")
+            return None
+        logging.info("DeepLungReg: %d phases registered to phase %s; tidal volume %s mL", summary["n_phases"],
+                     summary["reference_name"], summary["tidal_volume_ml"])
+        if show and hasattr(slicer, "modules"):
+            slicer.modules.sequences.setToolBarActiveBrowserNode(nodes["browser"])
+            slicer.modules.sequences.showSequenceBrowser(nodes["browser"])
+            slicer.modules.plots.logic().ShowChartInLayout(nodes["volume_chart"])
+        return {"summary": summary, "nodes": nodes}
+
     # ------------------------------------------------------------------- viewing
     @staticmethod
     def showOverlay(backgroundNode, foregroundNode, opacity: float = 0.5) -> None:

@@ -86,7 +86,7 @@ class _Source:
 
     name: str
     grid: Geometry  # must agree between phases (within Geometry.same_as's tolerance)
-    read: Callable[[], sitk.Image]
+    read: Callable[[], sitk.Image | Image]  # an Image as it is (a Slicer volume node's copy), a SimpleITK image checked
 
 
 class Phases(Sequence):
@@ -119,7 +119,7 @@ class Phases(Sequence):
         except RuntimeError as exc:
             lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
             raise DeepLungRegError(f"read_phases: cannot read {what}: {lines[-1] if lines else 'unknown reader error'}") from exc
-        return image_from_sitk(img, what=what)
+        return img if isinstance(img, Image) else image_from_sitk(img, what=what)
 
     def __repr__(self) -> str:
         return f"Phases({len(self)} phases from {self.source}: {', '.join(self.names)})"
@@ -136,10 +136,10 @@ def _shown(values) -> tuple:
     return tuple(round(float(v), 6) for v in values) if not isinstance(values[0], int) else tuple(values)
 
 
-def _check_grids(sources: list[_Source], what: str) -> None:
+def _check_grids(sources: list[_Source], what: str, owner: str = "read_phases") -> None:
     if len(sources) < 2:
         n = len(sources)
-        raise DeepLungRegError(f"read_phases: {what} holds {'no phase' if n == 0 else 'a single phase (' + sources[0].name + ')'}; "
+        raise DeepLungRegError(f"{owner}: {what} holds {'no phase' if n == 0 else 'a single phase (' + sources[0].name + ')'}; "
                                "a 4D-CT needs at least two")
     first = sources[0]
     for s in sources[1:]:
@@ -147,9 +147,25 @@ def _check_grids(sources: list[_Source], what: str) -> None:
             a, b = s.grid, first.grid
             field = "size" if a.size != b.size else next(
                 (k for k in ("spacing", "origin") if not np.allclose(getattr(a, k), getattr(b, k), rtol=1e-4, atol=1e-4)), "direction")
-            raise DeepLungRegError(f"read_phases: {what}: phase {s.name} is on a different grid than phase {first.name} "
+            raise DeepLungRegError(f"{owner}: {what}: phase {s.name} is on a different grid than phase {first.name} "
                                    f"({field} {_shown(getattr(a, field))} vs {_shown(getattr(b, field))}); "
                                    "all phases must share one grid")
+
+
+def phases_from_readers(readers: list[tuple[str, Geometry, Callable[[], sitk.Image | Image]]], source: Path, what: str, *,
+                        owner: str = "read_phases") -> Phases:
+    """A lazy :class:`Phases` from ``(name, grid, read)`` per phase, checked as :func:`read_phases` checks a cycle (at
+    least two phases, one grid), for a 4D-CT held elsewhere than in files (a Slicer volume sequence).
+
+    Args:
+        readers: per phase, in cycle order: its name, its grid (known without reading a voxel) and ``read()``, which
+            returns the phase as an :class:`~.images.Image` or a SimpleITK image.
+        source: where the phases come from (``Phases.source``).
+        what: how error messages name the 4D-CT; ``owner`` starts them.
+    """
+    sources = [_Source(name, grid, read) for name, grid, read in readers]
+    _check_grids(sources, what, owner)
+    return Phases(sources, source, what)
 
 
 # ------------------------------------------------------------------ files

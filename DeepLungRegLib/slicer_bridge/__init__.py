@@ -9,6 +9,7 @@ Python process alike. RAS appears only here.
 * :mod:`.scene`: a bare scene initialised as the Slicer application does.
 * :mod:`.selection`: :class:`RegistrationNodes`, the input and output nodes of one registration.
 * :mod:`.workflow`: the registration job on nodes, used by the Slicer module's Logic.
+* :mod:`.sequence`: a 4D-CT volume sequence registered phase by phase; the results as sequences in one browser.
 * :mod:`.review`: the landmark review in the scene (the review itself is :mod:`DeepLungRegLib.evaluation.review`).
 * :mod:`.render`: offscreen slice-view pictures.
 * :mod:`.grid`: the deformation grid over the fixed volume only; slice views fitted to the fixed volume.

@@ -201,7 +201,10 @@ def grid_transform_from_field(field: np.ndarray, geometry: Geometry) -> vtk.vtkT
         raise DeepLungRegError(f"grid_transform_from_field: field shape {field.shape} does not match grid {geometry.shape} + (3,)")
     if not np.all(np.isfinite(field)):
         raise DeepLungRegError("grid_transform_from_field: the field holds NaN or infinite values")
-    disp_ras = np.ascontiguousarray((field.reshape(-1, 3) @ LPS_TO_RAS.T).astype(np.float32))
+    # one float32 copy, flipped in place (LPS_TO_RAS is diagonal): no float64 product beside it (a phase's field
+    # of 512 x 512 x 150 voxels is 0.5 GB in float32)
+    disp_ras = np.array(field.reshape(-1, 3), dtype=np.float32, order="C", copy=True)
+    disp_ras *= np.diag(LPS_TO_RAS).astype(np.float32)
     img = vtk.vtkImageData()
     img.SetDimensions(*geometry.size)
     img.SetSpacing(*geometry.spacing)

@@ -4,8 +4,8 @@ Inside 3D Slicer use ``slicer.mrmlScene``; this is for headless scripts, the
 tests and browser viewers built on ``slicer-core`` / ``trame-slicer``, where
 no application object exists. It creates an application logic, the default
 colour nodes, the module logics that MRML code relies on (volumes, markups,
-transforms, tables, subject hierarchy; the application logic's colour
-logic serves colours) and one slice logic per standard view
+transforms, tables, sequences, subject hierarchy; the application logic's
+colour logic serves colours) and one slice logic per standard view
 (Red, Yellow, Green), so slice composite nodes exist just as in Slicer.
 """
 
@@ -78,6 +78,7 @@ def new_scene(*, slice_views: dict[str, str] | None = None) -> HeadlessSlicer:
     add("Transforms", slicer.vtkSlicerTransformLogic())
     add("Markups", slicer.vtkSlicerMarkupsLogic())
     add("Tables", slicer.vtkSlicerTablesLogic())
+    add("Sequences", slicer.vtkSlicerSequencesLogic())  # updates a sequence browser's proxy nodes as Slicer's does
 
     hs = HeadlessSlicer(scene, app_logic, logics)
     for name, orientation in (slice_views or SLICE_VIEWS).items():
