@@ -280,7 +280,7 @@ def register_sequence(
         for k, (i, begin) in enumerate(order):
             if stop():
                 raise RegistrationCancelled("sequence: cancelled")
-            base, span = 0.1 + 0.9 * k / len(order), 0.9 / len(order)
+            base, span = 0.1 + 0.88 * k / len(order), 0.88 / len(order)  # the phases to 0.98, then the summary
             label = f"phase {names[i]} ({k + 1}/{len(order)})"
             say(f"{label}: reading", base)
             moving = phases[i]

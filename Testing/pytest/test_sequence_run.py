@@ -157,8 +157,10 @@ def test_neighbour_start_and_landmark_trajectories(cycle4, tmp_path):
     folder, cycle = cycle4
     phases = read_phases(folder / "phases")
     landmarks = read_phase_landmarks(folder / "landmarks", phases.names)
+    fractions = []
     summary = register_sequence(phases, tmp_path / "out", method="affine", options=FAST_AFFINE, landmarks=landmarks,
-                                start="neighbour", report=True)
+                                start="neighbour", report=True, progress=lambda stage, f: fractions.append(f))
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0  # the progress bar never goes back
     assert summary["reference"] == 2 and summary["start"] == "neighbour"
     # the report: volume curve, TRE per phase and the trajectories, a table row per phase with a link to its folder
     out = tmp_path / "out"
