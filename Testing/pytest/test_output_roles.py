@@ -71,7 +71,8 @@ def test_the_slicer_module_offers_every_role():
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory, sample_path):
-    """A small CT registration with a lung mask and landmarks written by ``run_registration``: every role has output."""
+    """A small CT registration with a lung mask and landmarks written by ``run_registration``: every role has output
+    (``convex`` with its uncertainty map)."""
     from DeepLungRegLib import read_image, write_image
     from DeepLungRegLib.io.landmarks import write_landmarks
     from DeepLungRegLib.pipeline import RegistrationJob, run_registration
@@ -83,9 +84,11 @@ def run_folder(tmp_path_factory, sample_path):
     paths = {name: write_image(getattr(pair, name), root / f"{name}.nii.gz") for name in ("fixed", "moving", "fixed_mask")}
     fl = write_landmarks(pair.fixed_landmarks[:8], root / "fl.csv")
     ml = write_landmarks(pair.moving_landmarks[:8], root / "ml.csv")
-    job = RegistrationJob.from_files(paths["fixed"], paths["moving"], method="affine", fixed_mask=str(paths["fixed_mask"]),
+    job = RegistrationJob.from_files(paths["fixed"], paths["moving"], method="convex", fixed_mask=str(paths["fixed_mask"]),
                                      moving_mask="none", fixed_landmarks=fl, moving_landmarks=ml,
-                                     options={"levels_mm": [8.0], "iterations": [10]}, device="cpu")
+                                     options={"feature_spacing_mm": 4.0, "grid_spacing_mm": [8.0], "search_half_width_mm": [16.0],
+                                              "search_step_mm": [4.0], "refine_levels_mm": [], "refine_iterations": [], "refine_learning_rates": [],
+                                              "uncertainty": True}, device="cpu")
     run_registration(job, root / "out", report=False)
     return job, root / "out"
 
