@@ -26,7 +26,7 @@ def test_the_table_is_consistent_and_the_old_tables_are_views_of_it():
     assert len(ROLES) == len(OUTPUT_ROLES) and all(r.kind in KINDS for r in OUTPUT_ROLES)
     files = [r.file for r in OUTPUT_ROLES if r.file]
     assert len(set(files)) == len(files)
-    assert all(r.centre is not None and r.legend for r in maps())
+    assert all(r.legend for r in maps()) and [r.name for r in maps() if r.centre is None] == ["uncertainty"]  # sequential from 0
     assert IMAGE_OUTPUTS == image_files() and set(image_files().values()) <= set(OUTPUT_FILES)
     assert ROLES["transform"].file in OUTPUT_FILES
     assert OVERLAYS == overlays() and set(folder.OPTIONAL_VIEWS) == {r.name for r in maps()}
@@ -113,7 +113,11 @@ def test_every_role_is_written_and_made_as_a_node(run_folder, slicer_core):
         assert node.GetName() == f"moving-to-fixed {ROLES[name].node_name}"
         assert getattr(res, name) is node
     for role in maps():
-        assert made[role.name].GetDisplayNode().GetLevel() == pytest.approx(role.centre)
+        d = made[role.name].GetDisplayNode()
+        if role.centre is None:  # sequential from 0
+            assert d.GetLevel() - d.GetWindow() / 2 == pytest.approx(0.0, abs=1e-6)
+        else:
+            assert d.GetLevel() == pytest.approx(role.centre)
     assert np.isfinite(b.image_from_volume_node(made["ventilation_hu"]).array).any()
 
 
