@@ -483,7 +483,7 @@ def read_outputs(folder: str | Path | RunFolder) -> RegistrationOutputs:
 
 def summary_lines(metrics: dict) -> list[str]:
     """The few lines every front end shows after a registration: TRE, folding and SD log J (with a
-    warning when the field folds), the time and the device."""
+    warning when the field folds), the uncertainty in the lungs (where the method gave one), the time and the device."""
     j = metrics["jacobian"]
     lines = []
     if "tre_before" in metrics:
@@ -495,6 +495,10 @@ def summary_lines(metrics: dict) -> list[str]:
     if j["folding_percent"] > 0:
         lines.append(f"WARNING: the deformation folds (J <= 0) in {j['folding_percent']:.3f} % of voxels; "
                      "raise the regularisation or check the inputs.")
+    u = metrics.get("uncertainty", {}).get("both")
+    if u:
+        shares = ", ".join(f"{u[k]:.1f} % above {k[len('percent_above_'):-2]} mm" for k in u if k.startswith("percent_above_"))
+        lines.append(f"Uncertainty in the lungs: median {u['median_mm']:.2f} mm, 90th percentile {u['p90_mm']:.2f} mm; {shares}")
     t = metrics.get("timings_s", {})
     lines.append(f"Registration {t.get('total', float('nan')):.1f} s on {metrics.get('diagnostics', {}).get('device', '?')}")
     return lines

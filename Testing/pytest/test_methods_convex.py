@@ -191,7 +191,7 @@ def test_the_uncertainty_is_higher_where_the_lung_is_made_featureless(small_pair
     zz, yy, xx = np.nonzero(lung)
     block = np.zeros_like(lung)
     cz, cy, cx = (int(np.median(a)) for a in (zz, yy, xx))
-    block[cz - 5:cz + 5, cy - 6:cy + 6, cx - 6:cx + 6] = True
+    block[cz - 8:cz + 8, cy - 10:cy + 10, cx - 10:cx + 10] = True
     block &= lung
     # where the block lies in the moving image: its voxels moved by the true field, closed into one region
     kji = np.argwhere(block)
@@ -202,14 +202,17 @@ def test_the_uncertainty_is_higher_where_the_lung_is_made_featureless(small_pair
     moved = ndi.binary_closing(moved, iterations=2) | moved
     fixed = p.fixed.with_array(np.where(block, -850, p.fixed.array).astype(p.fixed.array.dtype))
     moving = p.moving.with_array(np.where(moved, -850, p.moving.array).astype(p.moving.array.dtype))
-    r = register(fixed, moving, "convex", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config={**FAST, "uncertainty": True},
-                 device="cpu")
+    # a finest search of +-8 mm (5 steps a side at 4 mm): room for the costs to spread
+    r = register(fixed, moving, "convex", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
+                 config={**FAST, "search_half_width_mm": [24.0, 8.0], "uncertainty": True}, device="cpu")
     u = r.maps["uncertainty"]
     assert u.shape == g.shape and u.dtype == np.float32 and np.isfinite(u).all() and (u >= 0).all()
-    inner = ndi.binary_erosion(block, iterations=2)  # away from the block's edges
+    inner = ndi.binary_erosion(block, iterations=3)  # away from the block's edges (MIND's patches, the search window)
     rest = lung & ~ndi.binary_dilation(block, iterations=3)
-    assert inner.sum() > 50
-    assert float(np.median(u[inner])) > 1.5 * float(np.median(u[rest]))
+    assert inner.sum() > 100
+    assert float(np.median(u[inner])) > float(np.median(u[rest])) + 0.5
+    # most of the featureless block is among the least sure quarter of the lung (a quarter of it by chance)
+    assert float((u[inner] > np.percentile(u[lung], 75)).mean()) > 0.5
     s = uncertainty_summary(u, split_lungs(p.fixed_mask))
     assert s["both"]["n"] == int(lung.sum()) and 0 < s["both"]["median_mm"] <= s["both"]["p90_mm"]
-    assert 0 <= s["both"]["percent_above_3mm"] <= s["both"]["percent_above_1mm"] <= 100
+    assert 0 <= s["both"]["percent_above_8mm"] <= s["both"]["percent_above_6mm"] <= s["both"]["percent_above_4mm"] <= 100
