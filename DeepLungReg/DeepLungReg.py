@@ -294,6 +294,7 @@ class DeepLungRegParameterNode:
     outputJacobian: vtkMRMLScalarVolumeNode
     outputVentilation: vtkMRMLScalarVolumeNode
     outputVentilationHU: vtkMRMLScalarVolumeNode
+    outputUncertainty: vtkMRMLScalarVolumeNode
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showGrid: bool = True
 
@@ -612,7 +613,13 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateReviewGui()
 
     def _reviewOrder(self) -> str:
-        return "index" if self.ui.reviewOrderComboBox.currentIndex == 1 else "tre"
+        """The chosen order (combo box items: worst TRE first, by index, most uncertain first); most uncertain
+        first only where the registration gave an uncertainty map, else worst first."""
+        order = ("tre", "index", "uncertainty")[min(max(self.ui.reviewOrderComboBox.currentIndex, 0), 2)]
+        if self._review is not None and order not in self._review.review.orders():
+            slicer.util.showStatusMessage(_("This registration has no uncertainty map (convex with uncertainty on): worst TRE first."), 5000)
+            return "tre"
+        return order
 
     def _updateReviewGui(self) -> None:
         r = self._review

@@ -17,6 +17,7 @@ import numpy as np
 from .device import resolve_device, resolve_dtype
 from .errors import DeepLungRegError
 from .evaluation import hu_ventilation, jacobian_ventilation, lung_map_stats, summarise_ventilation
+from .evaluation.uncertainty import uncertainty_summary
 from .io.fields import write_field
 from .io.images import Image, looks_like_ct, read_image, write_image
 from .io.landmarks import check_pairing, read_landmarks, write_landmarks
@@ -40,8 +41,8 @@ log = logging.getLogger(__name__)
 IMAGE_OUTPUTS = image_files()
 #: The image and data files ``register`` writes into its output folder.
 OUTPUT_FILES = (ROLES["transform"].file, *IMAGE_OUTPUTS.values(), METRICS_FILE, "report.html")
-#: The report's figures (``tre.png`` only with landmarks).
-REPORT_FIGURES = ("overlay.png", "checkerboard.png", "grid.png", "jacobian.png", "tre.png")
+#: The report's figures (``tre.png`` only with landmarks, ``uncertainty.png`` only with an uncertainty map).
+REPORT_FIGURES = ("overlay.png", "checkerboard.png", "grid.png", "jacobian.png", "uncertainty.png", "tre.png")
 #: Every file a run may write: all of them count for the overwrite check.
 ALL_OUTPUT_FILES = OUTPUT_FILES + REPORT_FIGURES
 
@@ -80,6 +81,7 @@ class RegistrationOutputs:
         jacobian: ``(Z, Y, X)`` Jacobian determinant of ``x -> x + u(x)``.
         ventilation: ``J - 1`` in the fixed lung mask (over the whole image without one).
         ventilation_hu: HU-based specific ventilation (CT with a lung mask only).
+        uncertainty: the method's uncertainty in mm (only a method asked for one, e.g. ``convex`` with ``uncertainty``).
         fixed_mask, moving_mask: the masks used (``None`` when none).
         tre_before, tre_after: per-landmark TRE in mm (``None`` without landmarks).
         metrics: the JSON-ready summary written to ``metrics.json``.
@@ -91,6 +93,7 @@ class RegistrationOutputs:
     jacobian: Image
     ventilation: Image
     ventilation_hu: Image | None
+    uncertainty: Image | None
     fixed_mask: Image | None
     moving_mask: Image | None
     tre_before: np.ndarray | None
@@ -328,6 +331,12 @@ def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress
                                 "moving_lps": np.round(moving_landmarks, 4).tolist(),
                                 "mapped_lps": np.round(mapped, 4).tolist()}
     # Each map is summarised as soon as it exists and then let go (the caller may keep what emit gets).
+    unc = result.maps.pop("uncertainty", None)
+    if unc is not None:
+        if labels is not None:
+            metrics["uncertainty"] = uncertainty_summary(unc, labels)
+        emit("uncertainty", Image(unc, g))
+        del unc
     report("warped image", 0.92)
     warped = warp_image(moving, field, g, fill=-1024.0 if looks_like_ct(moving) else 0.0, dtype=warped_dtype(moving))
     emit("warped", warped)
@@ -474,7 +483,7 @@ def read_outputs(folder: str | Path | RunFolder) -> RegistrationOutputs:
 
 def summary_lines(metrics: dict) -> list[str]:
     """The few lines every front end shows after a registration: TRE, folding and SD log J (with a
-    warning when the field folds), the time and the device."""
+    warning when the field folds), the uncertainty in the lungs (where the method gave one), the time and the device."""
     j = metrics["jacobian"]
     lines = []
     if "tre_before" in metrics:
@@ -486,6 +495,10 @@ def summary_lines(metrics: dict) -> list[str]:
     if j["folding_percent"] > 0:
         lines.append(f"WARNING: the deformation folds (J <= 0) in {j['folding_percent']:.3f} % of voxels; "
                      "raise the regularisation or check the inputs.")
+    u = metrics.get("uncertainty", {}).get("both")
+    if u:
+        shares = ", ".join(f"{u[k]:.1f} % above {k[len('percent_above_'):-2]} mm" for k in u if k.startswith("percent_above_"))
+        lines.append(f"Uncertainty in the lungs: median {u['median_mm']:.2f} mm, 90th percentile {u['p90_mm']:.2f} mm; {shares}")
     t = metrics.get("timings_s", {})
     lines.append(f"Registration {t.get('total', float('nan')):.1f} s on {metrics.get('diagnostics', {}).get('device', '?')}")
     return lines

@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import DeepLungRegError
+from ..evaluation.review import ORDER_NAMES
 from ..io.roles import overlays
 from .folder import ReviewFolder
 
@@ -142,6 +143,7 @@ class ReviewPage:
         s.legend = None
         s.has_landmarks = self.review is not None
         s.order = "tre"
+        s.orders = [{"value": o, "title": ORDER_NAMES[o]} for o in (self.review.orders() if self.review is not None else ("tre", "index"))]
         s.editable = False
         s.comment = ""
         s.overwrite = False
@@ -276,7 +278,7 @@ class ReviewPage:
                             v.VBtn("Worst", id="worst", size="small", click=self.worst)
                             v.VBtn("Previous", id="previous", size="small", click=(self.step, "[-1]"))
                             v.VBtn("Next", id="next", size="small", click=(self.step, "[1]"))
-                            v.VSelect(v_model=("order",), items=("[{value: 'tre', title: 'worst first'}, {value: 'index', title: 'by index'}]",),
+                            v.VSelect(v_model=("order",), items=("orders",),
                                       density="compact", hide_details=True, id="order")
                         html.Div("{{ current }}", id="current", classes="text-body-2 my-1")
                         v.VTextField(v_model=("comment",), label="Comment", density="compact", hide_details=True, id="comment")

@@ -45,8 +45,11 @@ REVIEW_FILES = ("review.csv", "reviewed_fixed_landmarks.csv", "reviewed_moving_l
                 "reviewed_fixed_landmarks.mrk.json", "reviewed_moving_landmarks.mrk.json")
 _COLUMNS = ("index", "label", "fixed_x", "fixed_y", "fixed_z", "moving_x", "moving_y", "moving_z", "tre_before_mm",
             "tre_after_mm", "status", "comment", "corrected")
-#: The orders a review steps in: worst TRE first, or as the landmarks are listed.
-ORDERS = ("tre", "index")
+#: The orders a review steps in: worst TRE first, as the landmarks are listed, or most uncertain first (where the
+#: registration has an uncertainty map).
+ORDERS = ("tre", "index", "uncertainty")
+#: How each order is named in the panels.
+ORDER_NAMES = {"tre": "worst first", "index": "by index", "uncertainty": "most uncertain first"}
 
 
 @dataclass
@@ -59,6 +62,8 @@ class LandmarkReview:
         labels: a name per landmark.
         status, comment: per landmark.
         current: the landmark shown now.
+        uncertainty: ``(N,)`` the registration's uncertainty (mm) at each fixed landmark, or ``None`` (the method
+            gave no uncertainty map): with it the review can step most uncertain first.
     """
 
     fixed: np.ndarray
@@ -69,6 +74,7 @@ class LandmarkReview:
     status: list[str] = _field(default_factory=list)
     comment: list[str] = _field(default_factory=list)
     current: int = 0
+    uncertainty: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.fixed = np.array(self.fixed, dtype=float).reshape(-1, 3)
@@ -82,6 +88,14 @@ class LandmarkReview:
         if not len(self.labels) == len(self.status) == len(self.comment) == n:
             raise DeepLungRegError("review: one label, status and comment per landmark")
         self.original_fixed, self.original_moving = self.fixed.copy(), self.moving.copy()
+        if self.uncertainty is not None:
+            self.uncertainty = np.asarray(self.uncertainty, dtype=float).ravel()
+            if self.uncertainty.shape != (n,):
+                raise DeepLungRegError(f"review: {len(self.uncertainty)} uncertainty values for {n} landmarks")
+
+    def orders(self) -> tuple[str, ...]:
+        """The orders this review can step in (``"uncertainty"`` only with an uncertainty per landmark)."""
+        return ORDERS if self.uncertainty is not None else tuple(o for o in ORDERS if o != "uncertainty")
 
     # ------------------------------------------------------------------ numbers
     def tre_before(self) -> np.ndarray:
@@ -111,8 +125,10 @@ class LandmarkReview:
         """One line on a landmark (default: the current one) for the panel."""
         i = self.current if index is None else index
         rank = self.order(by).index(i) + 1
-        text = (f"{self.labels[i]}: {rank} of {len(self.fixed)} {'worst first' if by == 'tre' else 'by index'}, "
+        text = (f"{self.labels[i]}: {rank} of {len(self.fixed)} {ORDER_NAMES[by]}, "
                 f"TRE {self.tre()[i]:.2f} mm (before {self.tre_before()[i]:.2f}), {self.status[i]}")
+        if self.uncertainty is not None:
+            text += f", uncertainty {self.uncertainty[i]:.2f} mm"
         text += ", corrected" if self.corrected()[i] else ""
         return text + (f": {self.comment[i]}" if self.comment[i] else "")
 
@@ -128,12 +144,17 @@ class LandmarkReview:
 
     # ------------------------------------------------------------------ stepping
     def order(self, by: str = "tre") -> list[int]:
-        """Landmark indices, worst TRE first (``"tre"``) or in file order (``"index"``)."""
+        """Landmark indices, worst TRE first (``"tre"``), in file order (``"index"``) or most uncertain first
+        (``"uncertainty"``)."""
         if by == "index":
             return list(range(len(self.fixed)))
         if by == "tre":
             return [int(i) for i in np.argsort(-self.tre(), kind="stable")]
-        raise DeepLungRegError(f"review: order by 'tre' or 'index', not {by!r}")
+        if by == "uncertainty" and self.uncertainty is not None:
+            return [int(i) for i in np.argsort(-self.uncertainty, kind="stable")]
+        known = [repr(o) for o in self.orders()]
+        raise DeepLungRegError(f"review: order by {', '.join(known[:-1])} or {known[-1]}, not {by!r}"
+                               + (" (this registration has no uncertainty map)" if by == "uncertainty" else ""))
 
     def step(self, offset: int = 1, by: str = "tre") -> int:
         """Move ``offset`` landmarks on (negative: back) in the chosen order, wrapping around; returns the index."""
@@ -351,8 +372,7 @@ class ReviewController:
 
     @order.setter
     def order(self, by: str) -> None:
-        if by not in ORDERS:
-            raise DeepLungRegError(f"review: order by 'tre' or 'index', not {by!r}")
+        self.review.order(by)  # refused, in one line, where this review cannot step that way
         self._order = by
 
     @property

@@ -41,7 +41,8 @@ class OutputRole:
         parameter: the Slicer module's parameter-node field that may name its node (``None``: always made by us).
         label: the overlay menu's label (``None``: not an overlay); the module translates it.
         button: the Slicer module's Results button that shows it (``None``: no button).
-        centre: a map's value of no change (the centre of the diverging colour map).
+        centre: a map's value of no change (the centre of the diverging colour map); ``None`` for a map that
+            only grows from 0 (the uncertainty): sequential colours from 0.
         legend: a map's colour legend title.
     """
 
@@ -73,6 +74,8 @@ OUTPUT_ROLES: tuple[OutputRole, ...] = (
                "Ventilation (J - 1)", "showVentilationButton", 0.0, "J - 1"),
     OutputRole("ventilation_hu", "map", "ventilation_hu.nii.gz", "vtkMRMLScalarVolumeNode", "HU ventilation",
                "outputVentilationHU", "HU ventilation", "showVentilationHUButton", 0.0, "HU ventilation"),
+    OutputRole("uncertainty", "map", "uncertainty.nii.gz", "vtkMRMLScalarVolumeNode", "uncertainty", "outputUncertainty",
+               "Uncertainty (mm)", "showUncertaintyButton", None, "uncertainty (mm)"),
     OutputRole("landmarks", "points", None, "vtkMRMLMarkupsFiducialNode", "warped landmarks"),
     OutputRole("tre_table", "table", None, "vtkMRMLTableNode", "TRE"),
 )

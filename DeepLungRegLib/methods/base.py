@@ -88,6 +88,7 @@ class RegistrationResult:
         config: the config used, as a dict.
         timings: seconds per stage (``"total"`` included).
         diagnostics: method-specific numbers (losses, peak memory, ...).
+        maps: scalar ``(Z, Y, X)`` float32 maps the method gave, on the fixed grid (``"uncertainty"``: mm).
     """
 
     field: np.ndarray
@@ -96,17 +97,20 @@ class RegistrationResult:
     config: dict
     timings: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
 class RunContext:
-    """What a method gets besides images: device, dtype, progress and cancel."""
+    """What a method gets besides images: device, dtype, progress and cancel; it may leave scalar maps of its
+    own in ``maps`` (e.g. ``"uncertainty"``: a :class:`GridMap`), which :func:`register` puts on the fixed grid."""
 
     device: torch.device
     dtype: torch.dtype
     progress: ProgressFn
     cancel: CancelFn
     timings: dict[str, float] = field(default_factory=dict)
+    maps: dict[str, "GridMap"] = field(default_factory=dict)
 
     def check_cancel(self) -> None:
         if self.cancel():
@@ -299,6 +303,26 @@ class GridField:
         return SlabField.resampled(self.values, self.geometry, geometry)
 
 
+class GridMap:
+    """A scalar map on a method's own grid, resampled onto another on demand.
+
+    Attributes:
+        values: ``(Z, Y, X)`` tensor or array.
+        geometry: its grid.
+    """
+
+    def __init__(self, values, geometry: Geometry):
+        self.values, self.geometry = values, geometry
+
+    def on(self, geometry: Geometry) -> np.ndarray:
+        """The map on ``geometry`` as ``(Z, Y, X)`` float32 (trilinear, border-extended)."""
+        from ..transforms.warp import sample_on_grid
+
+        values = self.values.detach().float() if isinstance(self.values, torch.Tensor) else np.asarray(self.values, np.float32)
+        with torch.no_grad():
+            return sample_on_grid(values, self.geometry, geometry, fill=None)
+
+
 class AffineField:
     """The displacement ``u(x) = A x + t - x`` of a 4x4 LPS matrix (fixed -> moving), exact on any grid."""
 
@@ -464,7 +488,8 @@ def register(
                 field_arr = raw.slabs(fixed.geometry)
             else:
                 field_arr = np.asarray(raw.on(fixed.geometry), dtype=np.float32)
+            maps = {name: m.on(fixed.geometry) for name, m in ctx.maps.items()}
     ctx.timings["total"] = time.perf_counter() - t0
     diagnostics = {"device": str(dev), **diagnostics, "working_grid": working_grid.to_dict(), **peak_memory_mb(dev)}
     ctx.progress("done", 1.0)
-    return RegistrationResult(field_arr, fixed.geometry, method, config.to_dict(), ctx.timings, diagnostics)
+    return RegistrationResult(field_arr, fixed.geometry, method, config.to_dict(), ctx.timings, diagnostics, maps)

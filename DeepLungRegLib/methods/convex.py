@@ -45,7 +45,7 @@ from ..geometry import Geometry
 from ..transforms.warp import GridSampler
 from .affine import affine_aligned_start
 from ..options import check_range, option, redefault
-from .base import GridField, MethodConfig, RunContext, register_method
+from .base import GridField, GridMap, MethodConfig, RunContext, register_method
 from .common import MindOptions, RegionOptions, apply_affine, resample_field, smooth3
 from .refine import RefineOptions, Refinement
 from .embed import displacement_offsets, soft_argmin
@@ -74,6 +74,14 @@ class ConvexConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
                                          "(relative to the typical cost spread, per squared search step).")
     convex_smoothing_passes: int = option(2, 0, 20, "3x3x3 box passes of the smoothing step on the control grid.")
     temperature: float = option(0.15, 1e-4, 10.0, "soft-argmin temperature relative to each cost map's spread.")
+    uncertainty: bool = option(False, help="also write uncertainty.nii.gz: per voxel, how far (mm, root mean square) the "
+                                           "displacements that the finest discrete level's matching costs allow lie from the "
+                                           "one the registration chose (the spread of the costs plus their disagreement with "
+                                           "the regularised field; see docs/uncertainty.md). A ranking of where the field is "
+                                           "least sure, not a calibrated error.")
+    uncertainty_temperature: float = option(0.02, 1e-3, 100.0, "temperature of the uncertainty's softmax over the costs, "
+                                                              "relative to the points' mean cost spread (chosen on design "
+                                                              "pairs; docs/uncertainty.md).")
     masked_smoothing: bool = option(False, help="the smoothing step averages only control points that carry costs (the dilated "
                                                 "lung), and extends their field outwards, so that the field outside the lung "
                                                 "does not pull on the lung's boundary (sliding at the chest wall and diaphragm).")
@@ -258,6 +266,67 @@ def coupled_convex(costs: torch.Tensor, points_zyx: torch.Tensor, grid_shape: tu
     return smooth(u)
 
 
+def cost_moments(costs: torch.Tensor, offsets_mm: torch.Tensor, temperature: float, rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each point's matching costs say about its displacement: the mean (mm) and covariance (mm²) under a
+    softmax of the costs.
+
+    Each row's costs are taken relative to its minimum, on one scale for all rows (the mean over the rows of
+    their spread, mean minus minimum): ``p(d) ∝ exp(-(cost(d) - min) / (temperature * scale))``. A cost
+    that is flat along one axis (a vessel along it) spreads ``p`` along that axis; a row that is flat
+    everywhere (homogeneous parenchyma, no features) spreads it in all directions; a sharp minimum
+    concentrates it.
+
+    Args:
+        costs: ``(N, D)`` matching costs of ``N`` points over ``D`` displacements.
+        offsets_mm: ``(D, 3)`` the displacements in mm (world axes).
+
+    Returns:
+        ``(mean, covariance)``: ``(N, 3)`` and ``(N, 3, 3)`` float32.
+    """
+    off = offsets_mm.to(costs.device, torch.float32)
+    mean = torch.empty((costs.shape[0], 3), device=costs.device, dtype=torch.float32)
+    cov = torch.empty((costs.shape[0], 3, 3), device=costs.device, dtype=torch.float32)
+    scale = (costs.mean(1) - costs.min(1).values).mean().clamp_min(1e-8)
+    for s in range(0, costs.shape[0], rows):
+        c = costs[s:s + rows].float()
+        lo = c.min(1, keepdim=True).values
+        p = torch.softmax(-(c - lo) / (temperature * scale), dim=1)  # (n, D)
+        m = p @ off  # (n, 3)
+        mean[s:s + rows] = m
+        cov[s:s + rows] = torch.einsum("nd,di,dj->nij", p, off, off) - m[:, :, None] * m[:, None, :]
+    return mean, cov
+
+
+def cost_covariance(costs: torch.Tensor, offsets_mm: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The covariance part of :func:`cost_moments`: ``(N, 3, 3)`` mm²."""
+    return cost_moments(costs, offsets_mm, temperature)[1]
+
+
+def uncertainty_map(moments: tuple[torch.Tensor, torch.Tensor], field: torch.Tensor, points_zyx: torch.Tensor,
+                    grid_shape: tuple[int, int, int], passes: int) -> torch.Tensor:
+    """``(Zc, Yc, Xc)`` expected distance (mm) between the displacement the costs allow and the one the level chose:
+    ``sqrt(E_p |d - u|^2) = sqrt(trace(cov) + |mean - u|^2)`` at each control point with costs (``p`` of
+    :func:`cost_moments`, ``u`` the level's regularised, inverse-consistent field there), extended to the other
+    points by :func:`masked_smooth` (as the field is). The trace is large where the match is poorly determined
+    (flat costs); the second term where the smooth field disagrees with what the images say (sliding, motion
+    beyond the search range, a wrong minimum).
+
+    Args:
+        moments: ``(mean (N, 3), cov (N, 3, 3))`` of the points, from :func:`cost_moments`.
+        field: ``(1, 3, Zc, Yc, Xc)`` the level's field (world mm, the same frame as the offsets).
+        points_zyx: ``(N, 3)`` control-grid indices of the points.
+    """
+    mean, cov = moments
+    pz, py, px = points_zyx[:, 0], points_zyx[:, 1], points_zyx[:, 2]
+    u = field[0][:, pz, py, px].T.float()  # (N, 3)
+    value = (torch.diagonal(cov, dim1=1, dim2=2).sum(1) + ((mean - u) ** 2).sum(1)).clamp_min(0.0).sqrt()
+    out = torch.zeros((1, 1, *grid_shape), device=field.device, dtype=torch.float32)
+    weight = torch.zeros_like(out)
+    out[0, 0, pz, py, px] = value
+    weight[0, 0, pz, py, px] = 1.0
+    return masked_smooth(out, weight, passes)[0, 0]
+
+
 def make_inverse_consistent(forward: torch.Tensor, backward: torch.Tensor, geometry: Geometry, iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Alternating averaging towards ``u(x) = -w(x + u(x))`` and ``w(y) = -u(y + w(y))``.
 
@@ -281,12 +350,16 @@ def make_inverse_consistent(forward: torch.Tensor, backward: torch.Tensor, geome
     return u, w
 
 
-def _solve_level(fixed_cells, moving_sliding, points, stride, offsets, offsets_mm, step_mm, cg, config, ctx, progress):
+def _solve_level(fixed_cells, moving_sliding, points, stride, offsets, offsets_mm, step_mm, cg, config, ctx, progress,
+                 moments: bool = False):
+    """The level's smoothed field ``(1, 3, Zc, Yc, Xc)``, and with ``moments`` its costs' :func:`cost_moments`
+    (else ``None``)."""
     with torch.no_grad():
         costs = dense_costs(fixed_cells, moving_sliding, points, stride, offsets, config.max_chunk_elements, progress)
         n = int(round(len(offsets) ** (1 / 3)))
-        return coupled_convex(costs, points, cg.shape, offsets_mm, step_mm, config.coupling, config.convex_smoothing_passes,
-                              config.temperature, n, ctx.check_cancel, config.masked_smoothing)
+        field = coupled_convex(costs, points, cg.shape, offsets_mm, step_mm, config.coupling, config.convex_smoothing_passes,
+                               config.temperature, n, ctx.check_cancel, config.masked_smoothing)
+        return field, (cost_moments(costs, offsets_mm, config.uncertainty_temperature) if moments else None)
 
 
 # --------------------------------------------------------------------- method
@@ -330,6 +403,8 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
         # ends (both at once would be two copies of the features at the feature grid's size)
         names = ("forward", "backward") if config.inverse_consistent else ("forward",)
         fields = []
+        last = li == n_levels - 1
+        moments = None  # the finest level's forward costs' moments, for the uncertainty map
         for k, name in enumerate(names):
             span = (lo + (hi - lo) * k / len(names), lo + (hi - lo) * (k + 1) / len(names))
             if name == "forward":
@@ -340,13 +415,18 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
                     a, b = mc, sliding_cell_features(af.fixed_feat, stride)
                 mc = None
             with ctx.stage(f"convex_{gmm:g}mm"):
-                fields.append(_solve_level(a, b, points, stride, offsets, offsets_mm, step * sp, cg, config, ctx,
-                                           lambda f, s=span, nm=name: ctx.progress(f"convex {gmm:g} mm {nm}", s[0] + (s[1] - s[0]) * f)))
+                f, m = _solve_level(a, b, points, stride, offsets, offsets_mm, step * sp, cg, config, ctx,
+                                    lambda f, s=span, nm=name: ctx.progress(f"convex {gmm:g} mm {nm}", s[0] + (s[1] - s[0]) * f),
+                                    moments=config.uncertainty and last and name == "forward")
+                fields.append(f)
+                moments = m if m is not None else moments
             del a, b
         with ctx.stage(f"convex_{gmm:g}mm"), torch.no_grad():
             d = fields[0]
             if config.inverse_consistent:
                 d, _ = make_inverse_consistent(fields[0], fields[1], cg, config.consistency_iterations)
+            if moments is not None:  # how far the costs would put each control point from where the level put it
+                ctx.maps["uncertainty"] = GridMap(uncertainty_map(moments, d, points, cg.shape, config.convex_smoothing_passes), cg)
             d_fine = resample_field(d.permute(0, 2, 3, 4, 1).to(dt), cg, fg)  # (1, Z, Y, X, 3)
             # compose: the level matched fixed x to warped-moving x + d, i.e. to x + d + u(x + d)
             u = d_fine + (sampler(u.permute(0, 4, 1, 2, 3), d_fine, fill=None).permute(0, 2, 3, 4, 1) if li > 0 else 0)

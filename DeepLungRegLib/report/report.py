@@ -171,6 +171,24 @@ def figure_jacobian(sl: ReportSlices, path, j_range: tuple[float, float]):
     plt.close(fig)
 
 
+def figure_uncertainty(sl: ReportSlices, path):
+    """The uncertainty map (mm) over the fixed image, in the lung where there is a mask."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    g = sl.geometry
+    top = max(float(np.percentile(np.concatenate([sl.views["uncertainty"][v].ravel() for v in ("axial", "coronal")]), 99)), 0.1)
+    for ax, view in zip(axes, ("axial", "coronal")):
+        _show(ax, _norm(sl.views["fixed"][view]), g, view, cmap="gray", vmin=0, vmax=1)
+        u = sl.views["uncertainty"][view].astype(float)
+        if "mask" in sl.views:
+            u = np.ma.masked_where(~sl.views["mask"][view].astype(bool), u)
+        im = ax.imshow(u, cmap="magma", vmin=0.0, vmax=top, aspect=_aspect(g, view), origin="upper" if view == "axial" else "lower",
+                       alpha=0.85)
+        ax.set_title(f"uncertainty ({view}): brighter = less sure")
+    fig.colorbar(im, ax=axes, shrink=0.8, label="mm")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def figure_tre(before: np.ndarray, after: np.ndarray, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].boxplot([before, after])
@@ -198,7 +216,8 @@ def write_report(
     """Write the PNG figures and ``report.html`` into ``outdir``; returns the files written.
 
     ``slices`` holds the views "fixed", "resampled", "warped", "jacobian", "field"
-    (and "mask"); ``slices.extra["jacobian_range"]`` the 1st and 99th percentile of J.
+    (and "mask", and "uncertainty" where the method gave one); ``slices.extra["jacobian_range"]`` the 1st
+    and 99th percentile of J.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +226,9 @@ def write_report(
     figure_checkerboard(slices, outdir / "checkerboard.png")
     figure_grid(slices, outdir / "grid.png")
     figure_jacobian(slices, outdir / "jacobian.png", slices.extra.get("jacobian_range", (0.99, 1.01)))
+    if "uncertainty" in slices.views:
+        figure_uncertainty(slices, outdir / "uncertainty.png")
+        figs.append(("uncertainty.png", "Uncertainty map"))
     if tre_before is not None and tre_after is not None:
         figure_tre(np.asarray(tre_before), np.asarray(tre_after), outdir / "tre.png")
         figs.append(("tre.png", "Target registration error"))

@@ -37,6 +37,7 @@ from ..geometry.grid import ras_to_lps
 from ..io.roles import ROLES, maps, node_classes
 from ..io.landmarks import check_pairing
 from ..pipeline import DEFAULT_METHOD, RegistrationJob, RegistrationOutputs, compute_outputs, summary_lines
+from ..transforms.warp import sample_map_at_points
 from .grid import grid_spacing_mm, jump_to_point, show_deformation_grid
 from .nodes import (
     grid_transform_node_from_field, image_from_volume_node, landmarks_from_markups, mask_from_segmentation,
@@ -57,6 +58,8 @@ FIXED_REFERENCE, MOVING_REFERENCE = "DeepLungRegFixed", "DeepLungRegMoving"
 OUTPUT_CLASSES = node_classes()
 #: Name of the shared diverging colour table.
 DIVERGING_COLOR_NAME = "DeepLungReg Diverging"
+#: Name of the shared sequential colour table (maps that grow from 0: the uncertainty).
+SEQUENTIAL_COLOR_NAME = "DeepLungReg Sequential"
 
 
 @dataclass
@@ -141,14 +144,39 @@ def diverging_color_node(scene):
     return node
 
 
-def _show_map(scene, node, centre: float, half_width: float, title: str) -> None:
-    """Diverging colours centred on ``centre``, a fixed window and a colour legend (hidden until shown)."""
+def sequential_color_node(scene):
+    """The shared white-yellow-red colour table for maps that grow from 0 (the uncertainty), created once per scene."""
+    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
+        node = scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode")
+        if node.GetName() == SEQUENTIAL_COLOR_NAME:
+            return node
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetName(SEQUENTIAL_COLOR_NAME)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(256)
+    node.GetLookupTable().SetTableRange(0, 255)
+    stops = np.array([[1.0, 1.0, 1.0], [1.0, 0.85, 0.2], [0.85, 0.2, 0.1], [0.35, 0.0, 0.1]])
+    for i in range(256):
+        t = 3.0 * i / 255.0
+        k = min(int(t), 2)
+        node.SetColor(i, f"{i}", *(stops[k] + (stops[k + 1] - stops[k]) * (t - k)), 1.0)
+    node.SetAttribute("Category", "DeepLungReg")
+    scene.AddNode(node)
+    return node
+
+
+def _show_map(scene, node, centre: float | None, half_width: float, title: str) -> None:
+    """Diverging colours centred on ``centre`` (``None``: sequential colours from 0 to ``half_width``), a fixed
+    window and a colour legend (hidden until shown)."""
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     d = node.GetDisplayNode()
-    d.SetAndObserveColorNodeID(diverging_color_node(scene).GetID())
+    d.SetAndObserveColorNodeID((diverging_color_node(scene) if centre is not None else sequential_color_node(scene)).GetID())
     d.AutoWindowLevelOff()
-    d.SetWindowLevel(2.0 * half_width, centre)
+    if centre is None:
+        d.SetWindowLevel(half_width, 0.5 * half_width)
+    else:
+        d.SetWindowLevel(2.0 * half_width, centre)
     d.SetInterpolate(False)
     legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(node)
     if legend is not None:
@@ -156,13 +184,14 @@ def _show_map(scene, node, centre: float, half_width: float, title: str) -> None
         legend.SetVisibility(False)
 
 
-def _half_width(values: np.ndarray, centre: float, floor: float) -> float:
+def _half_width(values: np.ndarray, centre: float | None, floor: float) -> float:
+    """The window's half width around ``centre`` (``None``: its width from 0) covering the 1st to 99th percentile."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size == 0:
         return floor
     lo, hi = np.percentile(v, [1, 99])
-    return float(max(floor, abs(lo - centre), abs(hi - centre)))
+    return float(max(floor, hi)) if centre is None else float(max(floor, abs(lo - centre), abs(hi - centre)))
 
 
 def show_overlay(scene, background_node, foreground_node, opacity: float = 0.5) -> None:
@@ -270,8 +299,10 @@ def write_nodes(scene, job: RegistrationJob, out: RegistrationOutputs, nodes: Re
             made[role.name] = _map_node(scene, out, image, node_for(role.name), role.centre, role.legend)
     review = worst = None
     if job.fixed_landmarks is not None:
+        unsure = None if out.uncertainty is None else sample_map_at_points(out.uncertainty.array, job.fixed.geometry,
+                                                                             job.fixed_landmarks)
         review = LandmarkReview(job.fixed_landmarks, job.moving_landmarks, out.result.field, job.fixed.geometry,
-                                job.landmark_labels)
+                                job.landmark_labels, uncertainty=unsure)
         made["tre_table"], made["landmarks"], worst = _landmark_nodes(scene, review, made["transform"], node_for("tre_table"),
                                                                       node_for("landmarks"))
     if show:
@@ -307,9 +338,9 @@ def _copy_display(source_node, node) -> None:
             d.SetAndObserveColorNodeID(sd.GetColorNodeID())
 
 
-def _map_node(scene, out: RegistrationOutputs, image, node, centre: float, title: str):
-    """A map volume in diverging colours centred on ``centre`` (its role's value of no change), windowed on the
-    values inside the fixed lung mask, with a colour legend titled ``title``."""
+def _map_node(scene, out: RegistrationOutputs, image, node, centre: float | None, title: str):
+    """A map volume in diverging colours centred on ``centre`` (its role's value of no change; ``None``: sequential
+    from 0), windowed on the values inside the fixed lung mask, with a colour legend titled ``title``."""
     lung = out.fixed_mask.array if out.fixed_mask is not None else np.ones(image.array.shape, bool)
     node = volume_node_from_image(scene, image, "", node=node)
     _show_map(scene, node, centre, _half_width(image.array[lung], centre, 0.25), title)

@@ -3,7 +3,7 @@ composition, inversion and resampling. Normalised grid_sample coordinates
 exist only inside :mod:`.warp`."""
 
 from .warp import (
-    GridSampler, warp_image, warp_tensor, sample_field_at_points, sample_on_grid, world_grid_tensor,
+    GridSampler, warp_image, warp_tensor, sample_field_at_points, sample_map_at_points, sample_on_grid, world_grid_tensor,
 )
 from .fields import (
     SlabField, affine_to_field, compose_fields, field_to_grid, invert_field, field_to_tensor, resample_field, tensor_to_field,
@@ -11,7 +11,7 @@ from .fields import (
 from .resample import resample_to_spacing, resample_to_geometry
 
 __all__ = [
-    "GridSampler", "warp_image", "warp_tensor", "sample_field_at_points", "sample_on_grid", "world_grid_tensor",
+    "GridSampler", "warp_image", "warp_tensor", "sample_field_at_points", "sample_map_at_points", "sample_on_grid", "world_grid_tensor",
     "SlabField", "affine_to_field", "compose_fields", "field_to_grid", "invert_field", "field_to_tensor", "resample_field", "tensor_to_field",
     "resample_to_spacing", "resample_to_geometry",
 ]

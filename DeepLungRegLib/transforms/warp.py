@@ -368,15 +368,29 @@ def sample_field_at_points(field: np.ndarray, geometry: Geometry, points: np.nda
     eight neighbours of each point are read, so this costs nothing for
     full-resolution fields.
     """
-    points = np.asarray(points, dtype=float).reshape(-1, 3)
     f = as_field_array(field)
     if f.shape != (*geometry.shape, 3):
         raise DeepLungRegError(f"sample_field_at_points: field shape {f.shape} does not match the grid {(*geometry.shape, 3)}")
+    return _trilinear_at_points(f, geometry, points)
+
+
+def sample_map_at_points(values: np.ndarray, geometry: Geometry, points: np.ndarray) -> np.ndarray:
+    """Trilinearly interpolate a scalar map ``(Z, Y, X)`` (e.g. the uncertainty) at LPS points ``(N, 3)``; returns
+    ``(N,)`` float64 (outside the grid, the nearest border voxel's value)."""
+    values = np.asarray(values)
+    if values.shape != geometry.shape:
+        raise DeepLungRegError(f"sample_map_at_points: map shape {values.shape} does not match the grid {geometry.shape}")
+    return _trilinear_at_points(values[..., None], geometry, points)[:, 0]
+
+
+def _trilinear_at_points(f: np.ndarray, geometry: Geometry, points: np.ndarray) -> np.ndarray:
+    """``f`` ``(Z, Y, X, C)`` at LPS points: ``(N, C)`` float64, reading only each point's eight neighbours."""
+    points = np.asarray(points, dtype=float).reshape(-1, 3)
     size = np.asarray(geometry.size)  # (i, j, k)
     ijk = np.clip(geometry.world_to_index(points), 0.0, size - 1.0)
     lo = np.minimum(np.floor(ijk).astype(int), np.maximum(size - 2, 0))
     t = ijk - lo
-    out = np.zeros((len(points), 3))
+    out = np.zeros((len(points), f.shape[-1]))
     for di in (0, 1):
         for dj in (0, 1):
             for dk in (0, 1):

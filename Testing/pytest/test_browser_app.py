@@ -327,3 +327,29 @@ def test_review_command_refuses_a_folder_that_is_not_an_output_in_one_line(tmp_p
     assert cli(["review", str(tmp_path), "--port", str(_free_port())]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a registration output (it has no metrics.json)" in err[0]
+
+
+@pytest.mark.slow
+def test_an_uncertainty_map_is_an_overlay_with_its_legend_and_orders_the_review(registered, tmp_path, slicer_core):
+    """Issue 31 in the browser: a folder with uncertainty.nii.gz offers it as an overlay (legend in mm), and the landmark
+    review can step most uncertain first, the values being the map's at the fixed landmarks."""
+    _need_review_extra()
+    from DeepLungRegLib import read_image, write_image
+    from DeepLungRegLib.browser.app import ReviewPage
+    from DeepLungRegLib.transforms import sample_map_at_points
+
+    folder = _copy(registered["out"], tmp_path / "unsure")
+    fixed = read_image(registered["pair"] / "fixed.nii.gz")
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in fixed.geometry.shape], indexing="ij")
+    write_image(fixed.with_array(0.1 * x + 0.05 * z), folder / "uncertainty.nii.gz")  # rises along x: a known order
+    opened = ReviewFolder.open(folder)
+    assert opened.views["uncertainty"]
+    page = ReviewPage(opened)
+    assert "uncertainty" in [o["value"] for o in page.state.overlays]
+    page._on_overlay("uncertainty", 0.6)
+    assert page.state.legend["title"] == "Uncertainty (mm)"
+    assert [o["value"] for o in page.state.orders] == ["tre", "index", "uncertainty"]
+    page._on_order("uncertainty")
+    values = sample_map_at_points(0.1 * x + 0.05 * z, fixed.geometry, page.review.fixed)
+    assert [r["index"] for r in page.controller.rows()] == [int(i) for i in np.argsort(-values, kind="stable")]
+    assert "most uncertain first" in page.controller.describe()

@@ -54,6 +54,23 @@ def test_the_controller_steps_worst_first_or_by_index_and_tells_its_observers(re
     assert c.rows()[0]["index"] == 0 and [r["index"] for r in ReviewController(review, "tre").rows()] == [4, 1, 2, 0, 3]
 
 
+def test_most_uncertain_first_where_the_registration_has_an_uncertainty_map(review):
+    """Issue 31: with an uncertainty per landmark the review steps most uncertain first; without one that order is
+    refused in one line that says why."""
+    with pytest.raises(DeepLungRegError, match="order by 'tre' or 'index', not 'uncertainty' .*no uncertainty map"):
+        ReviewController(review).set_order("uncertainty")
+    assert review.orders() == ("tre", "index")
+    unsure = LandmarkReview(review.fixed, review.moving, review.field, review.geometry, review.labels,
+                            uncertainty=[0.5, 2.0, 0.1, 3.0, 1.0])
+    assert unsure.orders() == ("tre", "index", "uncertainty")
+    c = ReviewController(unsure, "uncertainty")
+    assert [r["index"] for r in c.rows()] == [3, 1, 4, 0, 2]
+    c.select(3)
+    assert c.next() == 1 and "2 of 5 most uncertain first" in c.describe() and "uncertainty 2.00 mm" in c.describe()
+    with pytest.raises(DeepLungRegError, match="3 uncertainty values for 5 landmarks"):
+        LandmarkReview(review.fixed, review.moving, review.field, review.geometry, uncertainty=[1.0, 2.0, 3.0])
+
+
 def test_marking_records_the_comment_and_goes_on_to_the_next(review):
     c = ReviewController(review)
     events = []

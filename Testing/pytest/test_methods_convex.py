@@ -155,3 +155,64 @@ def test_masked_smoothing_keeps_the_lungs_field_at_its_boundary_and_extends_it_o
     assert torch.allclose(masked[0, 0, :8], torch.full_like(masked[0, 0, :8], 30.0))  # kept, and extended 2 points out
     assert torch.allclose(masked[0, 1:], torch.zeros_like(masked[0, 1:]))
     assert torch.allclose(masked_smooth(u, torch.ones_like(weight), 2), plain)  # everywhere weighted: the plain smoothing
+
+
+def test_the_cost_spread_points_along_the_axis_where_the_cost_is_flat():
+    """Issue 31's analytic cases: a cost that does not change along x (a vessel along x) spreads the displacement along
+    x; a sharp minimum does not; a flat cost (no features) spreads it most."""
+    from DeepLungRegLib.methods.convex import cost_covariance
+
+    offsets = displacement_offsets(3, 1)  # (343, 3) z, y, x voxels
+    off_mm = torch.as_tensor(offsets[:, ::-1] * 2.0, dtype=torch.float32)  # world x, y, z in mm (2 mm steps)
+    x, y, z = off_mm[:, 0], off_mm[:, 1], off_mm[:, 2]
+    flat_x = (y ** 2 + z ** 2)[None]  # no change along x
+    sharp = (x ** 2 + y ** 2 + z ** 2)[None]
+    featureless = torch.full_like(sharp, 1.0) + 0.01 * sharp
+    cov = cost_covariance(torch.cat([flat_x, sharp, featureless]), off_mm, temperature=0.1)
+    evals, evecs = torch.linalg.eigh(cov[0])
+    assert abs(float(evecs[0, -1])) > 0.99 and float(evals[-1]) > 4 * float(evals[-2])  # the principal axis is x
+    spread = torch.diagonal(cov, dim1=1, dim2=2).sum(1).sqrt()
+    assert float(spread[1]) < 0.5 * float(spread[0]) < float(spread[2])
+    assert torch.allclose(cov, cov.transpose(1, 2), atol=1e-4)
+
+
+def test_the_uncertainty_is_higher_where_the_lung_is_made_featureless(small_pair):
+    """Issue 31: a block of the lung set to one value in both images (the fixed block, and where the true motion
+    takes it in the moving image: nothing there to match) is less sure than the rest of the lung; the map is in mm on
+    the fixed grid, and summarised per lung."""
+    from scipy import ndimage as ndi
+
+    from DeepLungRegLib.evaluation.uncertainty import uncertainty_summary
+    from DeepLungRegLib.segmentation import split_lungs
+
+    p = small_pair
+    g = p.fixed.geometry
+    lung = p.fixed_mask.array.astype(bool)
+    zz, yy, xx = np.nonzero(lung)
+    block = np.zeros_like(lung)
+    cz, cy, cx = (int(np.median(a)) for a in (zz, yy, xx))
+    block[cz - 8:cz + 8, cy - 10:cy + 10, cx - 10:cx + 10] = True
+    block &= lung
+    # where the block lies in the moving image: its voxels moved by the true field, closed into one region
+    kji = np.argwhere(block)
+    world = g.index_to_world(kji[:, ::-1].astype(float)) + p.field[block]
+    ijk = np.rint(p.moving.geometry.world_to_index(world)).astype(int)
+    moved = np.zeros(p.moving.geometry.shape, bool)
+    moved[ijk[:, 2], ijk[:, 1], ijk[:, 0]] = True
+    moved = ndi.binary_closing(moved, iterations=2) | moved
+    fixed = p.fixed.with_array(np.where(block, -850, p.fixed.array).astype(p.fixed.array.dtype))
+    moving = p.moving.with_array(np.where(moved, -850, p.moving.array).astype(p.moving.array.dtype))
+    # a finest search of +-8 mm (5 steps a side at 4 mm): room for the costs to spread
+    r = register(fixed, moving, "convex", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask,
+                 config={**FAST, "search_half_width_mm": [24.0, 8.0], "uncertainty": True}, device="cpu")
+    u = r.maps["uncertainty"]
+    assert u.shape == g.shape and u.dtype == np.float32 and np.isfinite(u).all() and (u >= 0).all()
+    inner = ndi.binary_erosion(block, iterations=3)  # away from the block's edges (MIND's patches, the search window)
+    rest = lung & ~ndi.binary_dilation(block, iterations=3)
+    assert inner.sum() > 100
+    assert float(np.median(u[inner])) > float(np.median(u[rest])) + 0.5
+    # most of the featureless block is among the least sure quarter of the lung (a quarter of it by chance)
+    assert float((u[inner] > np.percentile(u[lung], 75)).mean()) > 0.5
+    s = uncertainty_summary(u, split_lungs(p.fixed_mask))
+    assert s["both"]["n"] == int(lung.sum()) and 0 < s["both"]["median_mm"] <= s["both"]["p90_mm"]
+    assert 0 <= s["both"]["percent_above_8mm"] <= s["both"]["percent_above_6mm"] <= s["both"]["percent_above_4mm"] <= 100

@@ -26,7 +26,7 @@ def test_the_table_is_consistent_and_the_old_tables_are_views_of_it():
     assert len(ROLES) == len(OUTPUT_ROLES) and all(r.kind in KINDS for r in OUTPUT_ROLES)
     files = [r.file for r in OUTPUT_ROLES if r.file]
     assert len(set(files)) == len(files)
-    assert all(r.centre is not None and r.legend for r in maps())
+    assert all(r.legend for r in maps()) and [r.name for r in maps() if r.centre is None] == ["uncertainty"]  # sequential from 0
     assert IMAGE_OUTPUTS == image_files() and set(image_files().values()) <= set(OUTPUT_FILES)
     assert ROLES["transform"].file in OUTPUT_FILES
     assert OVERLAYS == overlays() and set(folder.OPTIONAL_VIEWS) == {r.name for r in maps()}
@@ -71,7 +71,8 @@ def test_the_slicer_module_offers_every_role():
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory, sample_path):
-    """A small CT registration with a lung mask and landmarks written by ``run_registration``: every role has output."""
+    """A small CT registration with a lung mask and landmarks written by ``run_registration``: every role has output
+    (``convex`` with its uncertainty map)."""
     from DeepLungRegLib import read_image, write_image
     from DeepLungRegLib.io.landmarks import write_landmarks
     from DeepLungRegLib.pipeline import RegistrationJob, run_registration
@@ -83,9 +84,11 @@ def run_folder(tmp_path_factory, sample_path):
     paths = {name: write_image(getattr(pair, name), root / f"{name}.nii.gz") for name in ("fixed", "moving", "fixed_mask")}
     fl = write_landmarks(pair.fixed_landmarks[:8], root / "fl.csv")
     ml = write_landmarks(pair.moving_landmarks[:8], root / "ml.csv")
-    job = RegistrationJob.from_files(paths["fixed"], paths["moving"], method="affine", fixed_mask=str(paths["fixed_mask"]),
+    job = RegistrationJob.from_files(paths["fixed"], paths["moving"], method="convex", fixed_mask=str(paths["fixed_mask"]),
                                      moving_mask="none", fixed_landmarks=fl, moving_landmarks=ml,
-                                     options={"levels_mm": [8.0], "iterations": [10]}, device="cpu")
+                                     options={"feature_spacing_mm": 4.0, "grid_spacing_mm": [8.0], "search_half_width_mm": [16.0],
+                                              "search_step_mm": [4.0], "refine_levels_mm": [], "refine_iterations": [], "refine_learning_rates": [],
+                                              "uncertainty": True}, device="cpu")
     run_registration(job, root / "out", report=False)
     return job, root / "out"
 
@@ -110,7 +113,11 @@ def test_every_role_is_written_and_made_as_a_node(run_folder, slicer_core):
         assert node.GetName() == f"moving-to-fixed {ROLES[name].node_name}"
         assert getattr(res, name) is node
     for role in maps():
-        assert made[role.name].GetDisplayNode().GetLevel() == pytest.approx(role.centre)
+        d = made[role.name].GetDisplayNode()
+        if role.centre is None:  # sequential from 0
+            assert d.GetLevel() - d.GetWindow() / 2 == pytest.approx(0.0, abs=1e-6)
+        else:
+            assert d.GetLevel() == pytest.approx(role.centre)
     assert np.isfinite(b.image_from_volume_node(made["ventilation_hu"]).array).any()
 
 

@@ -393,3 +393,33 @@ def test_the_first_look_views_fit_the_fixed_volume_and_the_grid_stays_on_it(regi
             beside = (xx < lo[0] - 2) | (xx > hi[0] + 2) | (yy < lo[1] - 2) | (yy > hi[1] + 2)
             assert beside.mean() > 0.05 and gridded[beside].max() < 30, view
     show_overlay(hs.scene, fixed, r.warped, 0.5)
+
+
+def test_the_uncertainty_map_is_an_overlay_in_sequential_colours_and_orders_the_review(small_pair, slicer_core, bridge):
+    """Issue 31 in Slicer: convex with ``uncertainty`` gives the map as a volume node (mm, sequential colours from 0,
+    its legend), and the landmark review can step most uncertain first, by the map's values at the fixed landmarks."""
+    from DeepLungRegLib import slicer_bridge as b
+    from DeepLungRegLib.slicer_bridge.workflow import SEQUENTIAL_COLOR_NAME, register_nodes
+    from DeepLungRegLib.transforms import sample_map_at_points
+
+    from helpers_convex import FAST as FAST_CONVEX
+
+    p = small_pair
+    hs = b.new_scene()
+    fixed = b.volume_node_from_image(hs.scene, p.fixed, "inhale")
+    moving = b.volume_node_from_image(hs.scene, p.moving, "exhale")
+    fl = b.markups_from_landmarks(hs.scene, p.fixed_landmarks[:30], "F")
+    ml = b.markups_from_landmarks(hs.scene, p.moving_landmarks[:30], "M")
+    r = register_nodes(hs.scene, b.RegistrationNodes(fixed, moving, fixed_mask="auto", moving_mask="auto", fixed_landmarks=fl,
+                                                     moving_landmarks=ml), "convex", device="cpu",
+                       options={**FAST_CONVEX, "uncertainty": True})
+    node = r.nodes()["uncertainty"]
+    values = bridge.image_from_volume_node(node).array
+    assert np.allclose(values, r.outputs.uncertainty.array) and values.min() >= 0.0
+    d = node.GetDisplayNode()
+    assert d.GetColorNode().GetName() == SEQUENTIAL_COLOR_NAME
+    assert d.GetLevel() - d.GetWindow() / 2 == pytest.approx(0.0, abs=1e-6) and d.GetWindow() > 0  # from 0 up
+    assert r.metrics["uncertainty"]["both"]["n"] > 0
+    expect = sample_map_at_points(r.outputs.uncertainty.array, p.fixed.geometry, p.fixed_landmarks[:30])
+    assert np.allclose(r.review.uncertainty, expect)
+    assert r.review.order("uncertainty") == [int(i) for i in np.argsort(-expect, kind="stable")]
