@@ -247,6 +247,8 @@ class DeepLungReg(ScriptedLoadableModule):
             "Registers lung CT (and MRI), above all inhale-to-exhale pairs with large motion. Choose a fixed and a "
             "moving volume and a method, press Apply, and review the warped overlay, the deformation grid, the "
             "Jacobian and ventilation maps and, with landmarks, the per-landmark target registration error. "
+            "The 4D-CT section registers every phase of a volume sequence to a reference phase, in the background, and "
+            "plays the motion in a sequence browser with the lung volume curve. "
             "The same library runs from the Python console (DeepLungRegLogic().register(RegistrationNodes(...))) and the "
             "'deeplungreg' command line. See the <a href=\"{url}\">user's guide</a>.").format(url=README_URL)
         self.parent.acknowledgementText = _(
