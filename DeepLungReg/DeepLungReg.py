@@ -19,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import pathlib
 import sys
 import tempfile
 from typing import Annotated, Optional, Union
@@ -30,7 +31,7 @@ from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer import (
     vtkMRMLGridTransformNode, vtkMRMLLabelMapVolumeNode, vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode,
-    vtkMRMLSegmentationNode,
+    vtkMRMLSegmentationNode, vtkMRMLSequenceNode,
 )
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
@@ -109,6 +110,10 @@ def torchLoadError() -> Optional[str]:
 #: that this matches DeepLungRegLib.methods.available_methods() and Resources/MethodTable.json.
 METHOD_CHOICES = ["adam", "affine", "convex", "embed", "labeldriven", "lindef", "mlvirnet"]
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]
+#: How each phase of a 4D-CT starts (DeepLungRegLib.sequence.run.STARTS): from scratch, or from its neighbour's result.
+SEQUENCE_STARTS = ["reference", "neighbour"]
+#: How often the panel asks a 4D-CT run in the background for its progress (ms).
+SEQUENCE_POLL_MS = 250
 
 #: Parameters that the widget writes itself, each from the widget named here (the parameter node
 #: wrapper binds no table of editors and no segment selector).
@@ -242,6 +247,8 @@ class DeepLungReg(ScriptedLoadableModule):
             "Registers lung CT (and MRI), above all inhale-to-exhale pairs with large motion. Choose a fixed and a "
             "moving volume and a method, press Apply, and review the warped overlay, the deformation grid, the "
             "Jacobian and ventilation maps and, with landmarks, the per-landmark target registration error. "
+            "The 4D-CT section registers every phase of a volume sequence to a reference phase, in the background, and "
+            "plays the motion in a sequence browser with the lung volume curve. "
             "The same library runs from the Python console (DeepLungRegLogic().register(RegistrationNodes(...))) and the "
             "'deeplungreg' command line. See the <a href=\"{url}\">user's guide</a>.").format(url=README_URL)
         self.parent.acknowledgementText = _(
@@ -297,6 +304,10 @@ class DeepLungRegParameterNode:
     outputUncertainty: vtkMRMLScalarVolumeNode
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showGrid: bool = True
+    sequenceInput: vtkMRMLSequenceNode
+    sequenceOutputFolder: pathlib.Path
+    sequenceReference: Annotated[int, WithinRange(-1, 999)] = -1  # -1: automatic (end-exhale)
+    sequenceStart: Annotated[str, Choice(SEQUENCE_STARTS)] = "reference"
 
 
 # ------------------------------------------------------------------------ widget
@@ -331,6 +342,8 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._reviewScene = None
         self._settingEditors = {}
         self._invalidSettings = {}
+        self._sequenceRun = None
+        self._sequenceTimer = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -361,6 +374,11 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.correctPointsCheckBox.connect("toggled(bool)", self.onCorrectPointsToggled)
         self.ui.exportReviewButton.connect("clicked(bool)", self.onExportReview)
         self.ui.loadReviewButton.connect("clicked(bool)", self.onLoadReview)
+        self.ui.sequenceApplyButton.connect("clicked(bool)", self.onSequenceApplyButton)
+        self.ui.sequenceCancelButton.connect("clicked(bool)", self.onSequenceCancelButton)
+        self._sequenceTimer = qt.QTimer()
+        self._sequenceTimer.setInterval(SEQUENCE_POLL_MS)
+        self._sequenceTimer.connect("timeout()", self.onSequencePoll)
         self.initializeParameterNode()
         self.onMethodChanged()
         self._updateResultsGui()
@@ -368,6 +386,7 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self.removeObservers()
         self._setReview(None)
+        self.onSequenceCancelButton()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -379,6 +398,7 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.onSequenceCancelButton()  # its results could not go into a scene that is closing
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -415,8 +435,14 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
         p = self._parameterNode
         ready = bool(p and p.fixedVolume and p.movingVolume and p.fixedVolume != p.movingVolume)
-        self.ui.applyButton.enabled = ready and not self.ui.cancelButton.enabled
+        busy = self.ui.cancelButton.enabled or self._sequenceRun is not None
+        self.ui.applyButton.enabled = ready and not busy
         self.ui.applyButton.toolTip = _("Run the registration.") if ready else _("Choose two different volumes.")
+        folder = str(p.sequenceOutputFolder) if p is not None and p.sequenceOutputFolder else ""
+        sequenceReady = bool(p and p.sequenceInput and folder not in ("", "."))
+        self.ui.sequenceApplyButton.enabled = sequenceReady and not busy
+        self.ui.sequenceApplyButton.toolTip = _("Register every phase to the reference phase, in the background.") if sequenceReady \
+            else _("Choose a 4D-CT volume sequence and an output folder.")
         if p is not None:
             self.logic.setOverlayOpacity(p.overlayOpacity)
             self.logic.setGridVisible(self._result("transform"), p.showGrid)
@@ -553,10 +579,16 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cancelRequested = True
         self.ui.statusLabel.text = _("Cancelling...")
 
-    def onApplyButton(self) -> None:
+    def _settingsValid(self) -> bool:
+        """False (after saying which) when a method setting in the table does not parse."""
         if self._invalidSettings:
             name, problem = next(iter(self._invalidSettings.items()))
             slicer.util.errorDisplay(_("DeepLungReg: the setting {name} is not valid: {problem}.").format(name=name, problem=problem))
+            return False
+        return True
+
+    def onApplyButton(self) -> None:
+        if not self._settingsValid():
             return
         self._cancelRequested = False
         self.ui.cancelButton.enabled = True
@@ -571,6 +603,60 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.cancelButton.enabled = False
             self._onParameterNodeModified()
         self._updateResultsGui()
+
+    # ------------------------------------------------------------------ 4D-CT
+    def onSequenceApplyButton(self) -> None:
+        """Start the 4D-CT run in the background; the timer polls it (the panel and Slicer stay usable)."""
+        if not self._settingsValid():
+            return
+        self.ui.sequenceProgressBar.value = 0
+        self.ui.sequenceStatusLabel.text = _("Starting...")
+        with slicer.util.tryWithErrorDisplay(_("DeepLungReg: the 4D-CT registration did not start."), waitCursor=True):
+            self._sequenceRun = self.logic.startSequenceFromParameterNode(self._parameterNode)
+            self.ui.sequenceCancelButton.enabled = True
+            self._sequenceTimer.start()
+        if self._sequenceRun is None:
+            self.ui.sequenceStatusLabel.text = ""
+        self._onParameterNodeModified()
+
+    def onSequenceProgress(self, stage: str, fraction: float) -> None:
+        self.ui.sequenceProgressBar.value = int(round(100 * fraction))
+        self.ui.sequenceStatusLabel.text = stage
+
+    def onSequencePoll(self) -> None:
+        """The timer's tick: show the run's progress; once it has ended, load its results (or say why not)."""
+        run = self._sequenceRun
+        if run is None or run.poll(self.onSequenceProgress) == "running":
+            return
+        self._sequenceTimer.stop()
+        self._sequenceRun = None
+        self.ui.sequenceCancelButton.enabled = False
+        result = None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("DeepLungReg: the 4D-CT registration failed."), waitCursor=True):
+                result = self.logic.finishSequence(run, progress=self.onSequenceProgress)
+        finally:
+            if result is not None:
+                self.ui.sequenceStatusLabel.text = result["text"]
+            elif run.state == "done":
+                self.ui.sequenceStatusLabel.text = _("Registered into {folder}, but not loaded: see the message.").format(
+                    folder=str(run.outdir))
+            else:
+                self.ui.sequenceStatusLabel.text = _("Failed: {error}").format(error=run.error or run.state)
+            self._onParameterNodeModified()
+
+    def onSequenceCancelButton(self) -> None:
+        """End the 4D-CT run (and its process): the phases finished so far stay in the output folder."""
+        run, self._sequenceRun = self._sequenceRun, None
+        if self._sequenceTimer is not None:
+            self._sequenceTimer.stop()
+        if run is None:
+            return
+        self.ui.sequenceStatusLabel.text = _("Cancelling...")
+        run.cancel()
+        self.ui.sequenceCancelButton.enabled = False
+        self.ui.sequenceStatusLabel.text = _("Cancelled; the phases finished so far are in {folder}.").format(folder=str(run.outdir))
+        self._onParameterNodeModified()
 
     def _result(self, role: str):
         return (self._lastResult or {}).get("nodes", {}).get(role)
@@ -850,8 +936,8 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         return result
 
     def registerSequence(self, sequenceNode, outputFolder, method: str = "convex", reference=None, progress=None, cancel=None, *,
-                         device: str = "auto", landmarks=None, overwrite: bool = False, browserNode=None, show: bool = True,
-                         **options) -> Optional[dict]:
+                         device: str = "auto", start: str = "reference", landmarks=None, overwrite: bool = False, browserNode=None,
+                         show: bool = True, background: bool = False, **options) -> Optional[dict]:
         """Register every phase of a 4D-CT held in a volume sequence to a reference phase, and show the motion::
 
             out = logic.registerSequence(getNode("4D-CT"), "/data/4dct-results", "convex")
@@ -860,8 +946,9 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         Each phase is registered in turn (the reference and one phase in memory), into ``outputFolder``/phase_XX
         as ``deeplungreg sequence`` writes it. The scene gets a transform, a warped-volume and a Jacobian sequence
         in one sequence browser with the 4D-CT (play it to see the cycle), the lung volume curve (table and plot) and,
-        with landmarks, the TRE per phase. Slicer waits for the run (use the Python console, or the command line
-        ``deeplungreg sequence`` for long runs).
+        with landmarks, the TRE per phase. Slicer waits for the run; with ``background=True`` it runs in a separate
+        process while Slicer keeps processing events (the module's 4D-CT section starts it with :meth:`startSequence`
+        and polls it from a timer instead).
 
         Args:
             sequenceNode: the 4D-CT, a sequence of scalar volumes (e.g. a 4D NRRD or a multi-phase DICOM series).
@@ -870,9 +957,11 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
                 the smallest lung volume).
             progress: ``progress(stage, fraction)``; cancel: returns True to stop.
             device: ``"auto"``, ``"cpu"`` or ``"cuda"``; overwrite: replace an earlier run's own files in ``outputFolder``.
+            start: ``"reference"`` (each phase from scratch) or ``"neighbour"`` (from its neighbour's result).
             landmarks: ``{phase index: (N, 3) LPS mm}`` or a folder of landmark files, one per phase.
             browserNode: the sequence browser to add the results to (else a new one).
             show: show the sequence browser toolbar and the volume curve in the layout.
+            background: run in the worker process (:meth:`startSequence`), waiting while Slicer processes events.
             **options: method settings (see :meth:`methodSettings`).
 
         Returns:
@@ -884,19 +973,62 @@ class DeepLungRegLogic(ScriptedLoadableModuleLogic):
         from DeepLungRegLib.slicer_bridge.sequence import register_sequence_node
 
         try:
-            summary, nodes = register_sequence_node(slicer.mrmlScene, sequenceNode, outputFolder, method=method, reference=reference,
-                                                    options=options, landmarks=landmarks, device=device, overwrite=overwrite,
-                                                    browser_node=browserNode, progress=progress, cancel=cancel)
+            if background:
+                run = self.startSequence(sequenceNode, outputFolder, method, reference, device=device, start=start,
+                                         landmarks=landmarks, overwrite=overwrite, browserNode=browserNode, **options)
+                summary, nodes = run.wait(progress=progress, cancel=cancel, idle=slicer.app.processEvents)
+            else:
+                summary, nodes = register_sequence_node(slicer.mrmlScene, sequenceNode, outputFolder, method=method, reference=reference,
+                                                        options=options, landmarks=landmarks, device=device, overwrite=overwrite,
+                                                        browser_node=browserNode, progress=progress, cancel=cancel, start=start)
         except RegistrationCancelled:
             logging.info("DeepLungReg: sequence registration cancelled")
             return None
-        logging.info("DeepLungReg: %d phases registered to phase %s; tidal volume %s mL", summary["n_phases"],
-                     summary["reference_name"], summary["tidal_volume_ml"])
+        return self._sequenceDone(summary, nodes, show)
+
+    def startSequence(self, sequenceNode, outputFolder, method: str = "convex", reference=None, *, device: str = "auto",
+                      start: str = "reference", landmarks=None, overwrite: bool = False, browserNode=None, **options):
+        """Start :meth:`registerSequence`'s work in a separate process and return its handle
+        (``DeepLungRegLib.slicer_bridge.background.BackgroundSequence``): call its ``poll(progress)`` from a timer,
+        ``cancel()`` to stop it (the phases finished so far stay in ``outputFolder``), and :meth:`finishSequence` once
+        it has ended. ``sequenceNode``: a volume sequence node, or the path of a 4D-CT (a folder of phases, a 4D NRRD,
+        a DICOM series). The scene is only written by :meth:`finishSequence`."""
+        self.ensureDependencies()
+        from DeepLungRegLib.slicer_bridge.background import BackgroundSequence
+
+        return BackgroundSequence(slicer.mrmlScene, sequenceNode, outputFolder, method, reference=reference, options=options,
+                                  device=device, start=start, landmarks=landmarks, overwrite=overwrite, browser_node=browserNode)
+
+    def startSequenceFromParameterNode(self, parameterNode):
+        """:meth:`startSequence` with the GUI's choices: the 4D-CT section's sequence, output folder, reference phase
+        (-1: automatic) and start, and the method, device and settings chosen for pairs. A new run into the same
+        folder replaces what an earlier run wrote there (only that)."""
+        p = parameterNode
+        folder = str(p.sequenceOutputFolder) if p.sequenceOutputFolder else ""
+        if not p.sequenceInput or folder in ("", "."):
+            raise ValueError(_("Choose a 4D-CT volume sequence and an output folder."))
+        return self.startSequence(p.sequenceInput, folder, p.method, None if p.sequenceReference < 0 else p.sequenceReference,
+                                  device=p.device, start=p.sequenceStart, overwrite=True,
+                                  **storedMethodOptions(p.methodOptions).get(p.method, {}))
+
+    def finishSequence(self, run, progress=None, show: bool = True) -> dict:
+        """The results of a :meth:`startSequence` run that has ended, into the scene (the sequences in one browser, the
+        volume curve, the TRE table); raises the run's one-line error when it failed or was cancelled. Returns
+        ``{"summary", "nodes", "text"}`` (``text``: one line for the panel)."""
+        summary, nodes = run.finish(progress)
+        return self._sequenceDone(summary, nodes, show)
+
+    @staticmethod
+    def _sequenceDone(summary: dict, nodes: dict, show: bool) -> dict:
+        tidal = summary["tidal_volume_ml"]
+        text = _("Done: {n} phases registered to phase {ref}; tidal volume {tidal}. Play the cycle with the sequence browser.").format(
+            n=summary["n_phases"], ref=summary["reference_name"], tidal=_("unknown") if tidal is None else f"{tidal:.0f} mL")
+        logging.info("DeepLungReg: %s", text)
         if show and hasattr(slicer, "modules"):
             slicer.modules.sequences.setToolBarActiveBrowserNode(nodes["browser"])
             slicer.modules.sequences.showSequenceBrowser(nodes["browser"])
             slicer.modules.plots.logic().ShowChartInLayout(nodes["volume_chart"])
-        return {"summary": summary, "nodes": nodes}
+        return {"summary": summary, "nodes": nodes, "text": text}
 
     # ------------------------------------------------------------------- viewing
     @staticmethod

@@ -156,11 +156,12 @@ def cmd_batch(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    """One registration request (JSON), with progress as JSON lines on stdout: the child side of
-    :class:`DeepLungRegLib.worker.WorkerProcess` (which starts ``python -m DeepLungRegLib.worker``, the same)."""
-    from .worker import register_request, run_request
+    """One request (JSON: a registration, or a 4D-CT with ``"kind": "sequence"``), with progress as JSON lines on
+    stdout: the child side of :class:`DeepLungRegLib.worker.WorkerProcess` (which starts ``python -m
+    DeepLungRegLib.worker``, the same)."""
+    from .worker import handle_request, run_request
 
-    return run_request(register_request, args.request)
+    return run_request(handle_request, args.request)
 
 
 def cmd_simulate(args) -> int:

@@ -31,7 +31,8 @@ that request's answer).
 Child side: :func:`main` (``python -m DeepLungRegLib.worker REQUEST.json``) runs :func:`register_request`, whose
 request is ``{"job": RegistrationJob JSON, "output": DIR, "report": bool, "overwrite": bool}`` and optionally
 ``"extra_metrics"`` (added to ``metrics.json``) and ``"private_inputs"`` (the job's files are the caller's
-private copies: not recorded as the outputs' sources). Another request kind has its own module whose
+private copies: not recorded as the outputs' sources); a request with ``"kind": "sequence"`` runs
+:func:`sequence_request` (a 4D-CT, :func:`~DeepLungRegLib.sequence.register_sequence`). Another request kind has its own module whose
 ``__main__`` calls :func:`main` with its handler (``DeepLungRegLib.benchmark.worker``). Every request may
 also hold ``"threads"`` (torch's threads; the parent sets ``OMP_NUM_THREADS`` and friends to it) and
 ``"exit_with_parent"`` (the child ends, removing what it staged, when its parent dies).
@@ -626,8 +627,8 @@ def main(argv: list[str] | None = None, handler: Callable[[dict, Callable[[str, 
     logging.basicConfig(level=logging.WARNING, format="deeplungreg: %(levelname)s: %(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)  # a cancel unwinds like Ctrl-C: staged outputs are removed
     if argv[0] == "--serve":
-        return serve(handler or register_request)
-    return run_request(handler or register_request, argv[0])
+        return serve(handler or handle_request)
+    return run_request(handler or handle_request, argv[0])
 
 
 # ---------------------------------------------------------------------- the registration request
@@ -666,6 +667,58 @@ def register_request(request: dict, progress: Callable[[str, float], None]) -> d
     run_registration(job, request["output"], overwrite=bool(request.get("overwrite", False)), report=report, progress=progress,
                      extra_metrics=request.get("extra_metrics"))
     return {"done": str(request["output"])}
+
+
+# ---------------------------------------------------------------------- the 4D-CT request
+def sequence_request(request: dict, progress: Callable[[str, float], None]) -> dict:
+    """A 4D-CT request: ``{"kind": "sequence", "phases": PATH, "output": DIR}`` and optionally ``"phase_names"`` with
+    ``"source"`` (the phases' names and origin where the files at PATH are a caller's private copies, e.g. a Slicer
+    sequence's), ``"reference"``, ``"method"``, ``"options"``, ``"device"``, ``"start"``, ``"landmarks"`` (``{phase
+    index: [[x, y, z], ...]}``, LPS mm), ``"overwrite"``, ``"report"``. Runs
+    :func:`~DeepLungRegLib.sequence.register_sequence` (progress per phase, the phase in the stage); returns
+    ``{"done": DIR, "summary": its summary}``."""
+    import importlib.util
+
+    import numpy as np
+
+    from .io.phases import read_phases
+    from .options import DEFAULT_METHOD
+    from .sequence import register_sequence
+
+    for key in ("phases", "output"):
+        if key not in request:
+            raise DeepLungRegError(f"worker: the request lacks {key!r}")
+    _check_kinds(request, {"phases": str, "output": str, "phase_names": list, "source": str, "method": str, "options": dict,
+                           "device": str, "start": str, "landmarks": dict})
+    report = bool(request.get("report", False))
+    if report and importlib.util.find_spec("matplotlib") is None:
+        raise DeepLungRegError("worker: the report needs matplotlib, which this Python lacks; install it "
+                               "(in Slicer: slicer.util.pip_install('matplotlib')) or register without a report")
+    phases = read_phases(request["phases"])
+    if request.get("phase_names") is not None:
+        source = request.get("source") or request["phases"]
+        phases = phases.renamed(request["phase_names"], source, source)
+    reference = request.get("reference")
+    if reference is not None and (not isinstance(reference, int) or isinstance(reference, bool)):
+        raise DeepLungRegError(f"worker: the request's 'reference' must be a phase index, got {json.dumps(reference)[:40]}")
+    landmarks = {int(i): np.asarray(points, float) for i, points in (request.get("landmarks") or {}).items()}
+    summary = register_sequence(phases, request["output"], reference=reference, method=request.get("method") or DEFAULT_METHOD,
+                                options=request.get("options"), device=request.get("device") or "auto", landmarks=landmarks or None,
+                                start=request.get("start") or "reference", overwrite=bool(request.get("overwrite", False)),
+                                report=report, progress=progress)
+    return {"done": str(request["output"]), "summary": summary}
+
+
+#: The request kinds of ``python -m DeepLungRegLib.worker``: a request's ``"kind"`` (default ``"register"``).
+REQUEST_KINDS = {"register": register_request, "sequence": sequence_request}
+
+
+def handle_request(request: dict, progress: Callable[[str, float], None]) -> dict:
+    """Run a request by its ``"kind"`` (:data:`REQUEST_KINDS`; none: a registration)."""
+    kind = request.get("kind", "register")
+    if kind not in REQUEST_KINDS:
+        raise DeepLungRegError(f"worker: unknown request kind {json.dumps(kind)[:40]}; one of {', '.join(REQUEST_KINDS)}")
+    return REQUEST_KINDS[kind](request, progress)
 
 
 if __name__ == "__main__":

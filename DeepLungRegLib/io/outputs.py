@@ -360,9 +360,10 @@ class OutputFolder:
         self.staging: Path | None = None
         if out.exists():
             self._check()  # before anything is made
-        self._created = self._make_folder(out)
+        self._created: list[Path] = []  # deepest first; filled as they are made (an interrupt in between removes them)
         self.lock = FolderLock(out, owner)
         with self._discard_on_failure("cannot write into"):
+            self._make_folder(out)
             self.lock.acquire()
             remove_stale_staging(out)
             self._check()  # again: a run may have ended in between
@@ -381,7 +382,8 @@ class OutputFolder:
             raise
 
     def _make_folder(self, out: Path) -> list[Path]:
-        """Create ``out`` and its missing parents (mode from the umask); returns those made, deepest first."""
+        """Create ``out`` and its missing parents (mode from the umask), each recorded in ``_created`` (deepest first)
+        as soon as it is made; returns those made."""
         missing = []
         p = Path(os.path.abspath(out))
         while not p.exists() and p != p.parent:
@@ -389,6 +391,7 @@ class OutputFolder:
             p = p.parent
         try:
             for d in reversed(missing):
+                self._created.insert(0, d)  # before: an interrupt right after the mkdir still finds it
                 os.mkdir(d)
         except OSError as exc:
             for d in missing:
@@ -432,8 +435,18 @@ class OutputFolder:
             for stale in earlier:
                 if stale not in new:
                     (out / stale).unlink()
-            for name in sorted(new, key=lambda n: n == self.record_file):
-                move_into(self.staging / name, out / name)
+            placed: list[str] = []
+            try:
+                for name in sorted(new, key=lambda n: n == self.record_file):
+                    move_into(self.staging / name, out / name)
+                    placed.append(name)
+            except BaseException:  # an interrupt (a cancel's SIGTERM) or an error midway: what was put in place goes back
+                for name in placed:
+                    try:
+                        os.replace(out / name, self.staging / name)
+                    except OSError:
+                        pass
+                raise
         self._committed = True
         shutil.rmtree(self.staging, ignore_errors=True)
         self.lock.release()
@@ -449,6 +462,8 @@ class OutputFolder:
         for d in getattr(self, "_created", []):
             try:
                 d.rmdir()
+            except FileNotFoundError:
+                continue  # not made after all
             except OSError:
                 break
 

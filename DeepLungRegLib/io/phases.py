@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -123,6 +123,14 @@ class Phases(Sequence):
 
     def __repr__(self) -> str:
         return f"Phases({len(self)} phases from {self.source}: {', '.join(self.names)})"
+
+    def renamed(self, names: Sequence[str], source: str | os.PathLike, what: str) -> Phases:
+        """These phases, read from where they are, under other names, ``source`` and ``what``: e.g. a Slicer
+        sequence's phases written to files for a worker process keep the sequence's index values and name."""
+        names = [str(n) for n in names]
+        if len(names) != len(self):
+            raise DeepLungRegError(f"read_phases: {len(names)} names given for the {len(self)} phases of {self._what}")
+        return Phases([replace(s, name=n) for s, n in zip(self._sources, names)], Path(source), what)
 
 
 def _grid(size, spacing, origin, direction, what: str) -> Geometry:

@@ -110,6 +110,43 @@ def leftovers(folder: Path) -> list[str]:
     return [str(p) for p in folder.rglob("*") if p.name.startswith(".deeplungreg-")]
 
 
+def test_an_interrupt_while_the_outputs_are_put_in_place_leaves_no_half_set(tmp_path, monkeypatch):
+    """A cancel's SIGTERM (raised as an exception in the worker) between two files of the commit, or while the
+    output folder is being made: the files already put in place go back, the folders made go; nothing half-written."""
+    real = outputs.move_into
+    moved = []
+
+    def move_into(src, dst):
+        if moved:
+            raise KeyboardInterrupt  # the second file
+        moved.append(dst.name)
+        real(src, dst)
+
+    monkeypatch.setattr(outputs, "move_into", move_into)
+    out = tmp_path / "new" / "out"
+    with pytest.raises(KeyboardInterrupt):
+        fake_run(out)
+    assert moved and not (tmp_path / "new").exists()
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("keep")
+    moved.clear()
+    with pytest.raises(KeyboardInterrupt):
+        fake_run(out)
+    assert listing(out) == {"notes.txt": b"keep"}
+    monkeypatch.setattr(outputs, "move_into", real)
+
+    def mkdir(path, *args, **kwargs):  # interrupted once the first folder is made
+        real_mkdir(path, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    real_mkdir = os.mkdir
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with pytest.raises(KeyboardInterrupt):
+        OutputFolder(tmp_path / "other" / "out", NAMES)
+    monkeypatch.setattr(os, "mkdir", real_mkdir)
+    assert not (tmp_path / "other").exists()
+
+
 # ------------------------------------------------------------------ 3: --overwrite deletes what a manifest lists
 def test_3_overwrite_never_removes_files_a_metrics_json_lists_that_are_not_our_outputs(tmp_path):
     out = tmp_path / "out"

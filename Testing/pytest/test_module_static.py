@@ -567,3 +567,41 @@ def test_segments_saved_by_name_in_older_scenes_are_found_by_id(module_ast):
     assert ids_of(node, ["left lung", "RIGHT LUNG"]) == ["Segment_1", "Segment_2"]
     assert ids_of(node, ["Segment_7", "left lung", "Segment_7", "spleen"]) == ["Segment_7", "Segment_1"]
     assert ids_of(None, ["left lung"]) == []
+
+
+# ---------------------------------------------------------------------- 4D-CT
+def test_the_4dct_section_runs_in_the_background_polled_by_a_timer(ui_tree, module_ast):
+    """The 4D-CT section: a sequence selector, an output folder, the reference phase (-1: automatic), the start, Apply,
+    Cancel, a progress bar and a status line, bound to the parameter node; the widget starts the run in the worker
+    process and a QTimer polls it (never a blocking wait in the GUI), the Logic does the work."""
+    from DeepLungRegLib.sequence.run import STARTS
+
+    assert _module_constant(module_ast, "SEQUENCE_STARTS") == list(STARTS)
+    section = next(w for w in ui_tree.iter("widget") if w.get("name") == "sequenceCollapsibleButton")
+    inside = {w.get("name"): w for w in section.iter("widget")}
+    expected = {"sequenceInputSelector": "qMRMLNodeComboBox", "sequenceOutputFolderButton": "ctkDirectoryButton",
+                "sequenceReferenceSpinBox": "QSpinBox", "sequenceStartComboBox": "QComboBox", "sequenceApplyButton": "QPushButton",
+                "sequenceCancelButton": "QPushButton", "sequenceProgressBar": "QProgressBar", "sequenceStatusLabel": "QLabel"}
+    assert {name: inside[name].get("class") for name in expected if name in inside} == expected
+
+    def prop(name, key):
+        p = next(p for p in inside[name].findall("property") if p.get("name") == key)
+        return [e.text for e in p.iter() if e.text and e.text.strip()]
+
+    assert prop("sequenceInputSelector", "nodeTypes") == ["vtkMRMLSequenceNode"]
+    assert prop("sequenceReferenceSpinBox", "minimum") == ["-1"] and prop("sequenceReferenceSpinBox", "specialValueText")
+    bound = {n: prop(n, "SlicerParameterName")[0] for n in expected if any(p.get("name") == "SlicerParameterName"
+                                                                          for p in inside[n].findall("property"))}
+    assert bound == {"sequenceInputSelector": "sequenceInput", "sequenceOutputFolderButton": "sequenceOutputFolder",
+                     "sequenceReferenceSpinBox": "sequenceReference", "sequenceStartComboBox": "sequenceStart"}
+    assert "sequenceInputSelector" in {c.find("receiver").text for c in ui_tree.getroot().iter("connection")}
+    widget = next(n for n in module_ast.body if isinstance(n, ast.ClassDef) and n.name == "DeepLungRegWidget")
+    methods = {f.name: ast.unparse(f) for f in widget.body if isinstance(f, ast.FunctionDef)}
+    assert "startSequenceFromParameterNode" in methods["onSequenceApplyButton"] and "_sequenceTimer.start()" in methods["onSequenceApplyButton"]
+    assert ".poll(" in methods["onSequencePoll"] and "finishSequence" in methods["onSequencePoll"]
+    assert "QTimer" in methods["setup"] and "'timeout()', self.onSequencePoll" in methods["setup"]
+    assert ".cancel()" in methods["onSequenceCancelButton"] and "onSequenceCancelButton" in methods["onSceneStartClose"]
+    assert not [name for name, text in methods.items() if "Sequence" in name and ".wait(" in text]
+    logic = next(n for n in module_ast.body if isinstance(n, ast.ClassDef) and n.name == "DeepLungRegLogic")
+    assert {"startSequence", "startSequenceFromParameterNode", "finishSequence", "registerSequence"} <= {
+        f.name for f in logic.body if isinstance(f, ast.FunctionDef)}

@@ -84,7 +84,8 @@ def slicer_path_roots() -> list[str]:
              if name.startswith("DeepLungRegLib")}
     roots |= {"DeepLungRegLib.cli", "DeepLungRegLib.slicer_bridge.background", "DeepLungRegLib.worker"}
     roots |= set(_function_imports(LIB / "cli.py", "DeepLungRegLib.cli", "cmd_worker"))
-    roots |= set(_function_imports(LIB / "worker.py", "DeepLungRegLib.worker", "register_request"))
+    for request in ("register_request", "sequence_request"):
+        roots |= set(_function_imports(LIB / "worker.py", "DeepLungRegLib.worker", request))
     return sorted(r for r in roots if r.startswith("DeepLungRegLib"))
 
 

@@ -199,3 +199,35 @@ def test_the_report_files_are_known_without_matplotlib():
     from DeepLungRegLib.sequence.run import REPORT_FILES
 
     assert REPORT_FILES == SEQUENCE_REPORT_FILES
+
+
+def test_the_report_draws_the_curve_the_tre_and_the_trajectories(tmp_path):
+    """The 4D-CT report from a summary and trajectory rows alone (no registration): every figure and a page with one
+    row per phase; a phase without a lung volume and a run without landmarks still give a page."""
+    from DeepLungRegLib.report.sequence import write_sequence_report
+
+    def row(i, ref=False):
+        r = {"index": i, "name": f"phase_{i:02d}", "folder": None if ref else f"phase_{i:02d}", "lung_volume_ml": 4000.0 + 300 * abs(i - 2)}
+        if ref:
+            return {**r, "reference": True}
+        return {**r, "start": None, "registration_s": 12.0, "jacobian": {"folding_percent": 0.0, "sd_log_j": 0.1},
+                "tre_before": {"mean": 5.0 * abs(i - 2), "p95": 9.0}, "tre_after": {"mean": 0.5, "p95": 1.2}}
+
+    phases = [row(i, ref=(i == 2)) for i in range(4)]
+    summary = {"phases": phases, "n_phases": 4, "reference": 2, "reference_name": "phase_02", "reference_rule": "given",
+               "lung_volume_ml": [p["lung_volume_ml"] for p in phases], "tidal_volume_ml": 600.0, "end_inhale": 0,
+               "ventilation_folder": "phase_00", "source": "cycle/phases", "method": "convex", "start": "reference"}
+    traj = [{"landmark": k, "index": i, "name": f"phase_{i:02d}",
+             **{f"true_{a}": 10.0 * k + (i - 2) * (1 + j) for j, a in enumerate("xyz")},
+             **{f"registered_{a}": 10.0 * k + (i - 2) * (1 + j) + 0.3 for j, a in enumerate("xyz")}} for k in range(8) for i in range(4)]
+    written = write_sequence_report(lambda name: tmp_path / name, summary, traj)
+    assert written == ["volume_curve.png", "tre_per_phase.png", "trajectories.png", "report.html"]
+    assert all((tmp_path / n).stat().st_size > 1000 for n in written)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert page.count("<tr><td>phase_0") == 4 and "href='phase_00/'" in page and "reference" in page
+    # no landmarks, one phase's lung volume unknown: the curve and the page only
+    for p in phases:
+        p.pop("tre_after", None)
+    summary["lung_volume_ml"][3] = phases[3]["lung_volume_ml"] = None
+    assert write_sequence_report(lambda name: tmp_path / f"b_{name}", summary, []) == ["volume_curve.png", "report.html"]
+    assert ">?<" in (tmp_path / "b_report.html").read_text(encoding="utf-8")

@@ -22,6 +22,7 @@ from conftest import pair_nodes
 from DeepLungRegLib import DeepLungRegError, read_image
 from DeepLungRegLib.transforms import resample_to_spacing
 
+from helpers_sequence import FAST_AFFINE, cycle4  # noqa: F401  (a fixture)
 from helpers_slicer import hs
 
 
@@ -210,3 +211,24 @@ def test_cancel_on_windows_kills_the_tree_without_a_window(monkeypatch, tmp_path
     assert [c for c, _ in calls] == [["taskkill", "/T", "/F", "/PID", "4321"]]
     assert calls[0][1]["creationflags"] & worker.CREATE_NO_WINDOW
     assert run.state == "cancelled" and not run.folder.exists()
+
+
+@pytest.mark.slow
+def test_a_4dct_cycle_registers_on_a_stock_slicer_python(cycle4, slicer_core, stock_python, tmp_path):
+    """The module's 4D-CT section on what a stock Slicer has: the sequence's phases registered by the worker on a
+    Python without matplotlib, through a launcher, and loaded into the scene."""
+    from DeepLungRegLib import slicer_bridge as b
+    from DeepLungRegLib.io.phases import read_phases
+    from DeepLungRegLib.slicer_bridge.background import BackgroundSequence
+    from DeepLungRegLib.slicer_bridge.sequence import sequence_node_from_phases
+
+    hs = b.new_scene()
+    seq = sequence_node_from_phases(hs.scene, read_phases(cycle4[0] / "phases"), "4D-CT")
+    work = tmp_path / "work"
+    work.mkdir()
+    run = BackgroundSequence(hs.scene, seq, tmp_path / "out", "affine", options=FAST_AFFINE, reference=2, workdir=work,
+                             python=str(stock_python))
+    summary, nodes = run.wait()
+    assert run.state == "done", run.error
+    assert summary["reference"] == 2 and nodes["warped"].GetNumberOfDataNodes() == 4 and nodes["browser"].GetMasterSequenceNode() is seq
+    assert (tmp_path / "out" / "sequence.json").is_file() and not list(work.iterdir())
