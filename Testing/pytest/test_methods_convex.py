@@ -114,9 +114,9 @@ def test_inverse_consistency_of_opposite_translations_is_kept_and_errors_shrink(
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"grid_spacing_mm": [8.0, 4.0], "search_step_mm": [4.0]}, "equal length"),
-    ({"search_half_width_mm": [60.0, 6.0], "search_step_mm": [2.0, 2.0]}, "too many"),
+    ({"grid_spacing_mm": [8.0, 4.0], "search_half_width_mm": [60.0, 6.0], "search_step_mm": [2.0, 2.0]}, "too many"),
     ({"coupling": []}, "at least one"),
-    ({"grid_spacing_mm": [1.0, 4.0]}, "grid_spacing_mm"),
+    ({"grid_spacing_mm": [1.0, 4.0], "search_half_width_mm": [36.0, 6.0], "search_step_mm": [6.0, 2.0]}, "grid_spacing_mm must be between 2.0"),
     ({"refine_levels_mm": [3.0], "refine_iterations": [1, 2]}, "equal length"),
     ({"temperature": 0.0}, "temperature"),
 ])
