@@ -82,7 +82,7 @@ def _copy(out: Path, dest: Path) -> Path:
 @pytest.mark.slow
 def test_a_registration_output_opens_with_its_views_and_landmarks(registered):
     folder = ReviewFolder.open(registered["out"])
-    assert folder.views == {"jacobian": True, "ventilation": True, "ventilation_hu": True, "landmarks": True}
+    assert folder.views == {"jacobian": True, "ventilation": True, "ventilation_hu": True, "uncertainty": False, "landmarks": True}
     assert folder.fixed_path == (registered["pair"] / "fixed.nii.gz").resolve()
     job = folder.job()
     metrics = json.loads((registered["out"] / "metrics.json").read_text())

@@ -43,7 +43,7 @@ CONFIGS = {
     "mlvirnet": None,
     "affine": {"levels_mm": [8.0], "iterations": [60]},
     "adam": {"refine_levels_mm": [8.0, 4.0], "refine_iterations": [60, 40], "refine_learning_rates": [1.0, 0.5]},
-    "convex": {"feature_spacing_mm": 4.0, "search_step_mm": [4.0, 4.0], "refine_levels_mm": [4.0]},
+    "convex": {"feature_spacing_mm": 4.0, "search_step_mm": [4.0, 4.0, 4.0], "refine_levels_mm": [4.0]},
     "embed": {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "second_pass_step_mm": 4.0, "refine_levels_mm": [4.0]},
 }
 #: (side, storage, kind); every storage runs mlvirnet and affine, the named ones the slower methods too.
