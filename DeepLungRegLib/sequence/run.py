@@ -332,19 +332,18 @@ def register_sequence(
             for i in range(n):
                 w.writerow([i, names[i], "" if volumes[i] is None else round(volumes[i], 3)])
             w.writerow(["", "tidal_volume_ml", "" if summary["tidal_volume_ml"] is None else round(summary["tidal_volume_ml"], 3)])
+        traj: list[dict] = []
         if ref in landmarks:
+            header = ["landmark", "index", "name", "true_x", "true_y", "true_z", "registered_x", "registered_y", "registered_z",
+                      "error_mm"]
+            traj = [dict(zip(header, row)) for row in _trajectory_rows(names, ref, landmarks, mapped)]
             with open(top.path(TRAJECTORY_FILE), "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["landmark", "index", "name", "true_x", "true_y", "true_z", "registered_x", "registered_y",
-                            "registered_z", "error_mm"])
-                w.writerows(_trajectory_rows(names, ref, landmarks, mapped))
+                w = csv.DictWriter(fh, header)
+                w.writeheader()
+                w.writerows(traj)
             summary["trajectories"] = TRAJECTORY_FILE
         if report:
             say("report", 0.995)
-            traj = []
-            if ref in landmarks:
-                with open(top.path(TRAJECTORY_FILE), newline="") as fh:
-                    traj = list(csv.DictReader(fh))
             summary["report"] = write_sequence_report(top.path, summary, traj)
         summary[RECORD_KEY] = top.records()
         top.path(SEQUENCE_FILE).write_text(json.dumps(summary, indent=2))

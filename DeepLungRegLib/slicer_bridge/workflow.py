@@ -122,47 +122,40 @@ def _output_node(scene, role: str, name: str, nodes: RegistrationNodes):
     return node
 
 
-def diverging_color_node(scene):
-    """The shared blue-white-red colour table (white at its centre), created once per scene."""
+def _shared_color_node(scene, name: str, colour_at) -> object:
+    """The colour table ``name`` of 256 colours ``colour_at(t)`` (``t`` from 0 to 1, RGB), created once per scene."""
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
         node = scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode")
-        if node.GetName() == DIVERGING_COLOR_NAME:
+        if node.GetName() == name:
             return node
     node = slicer.vtkMRMLColorTableNode()
-    node.SetName(DIVERGING_COLOR_NAME)
+    node.SetName(name)
     node.SetTypeToUser()
     node.SetNumberOfColors(256)
-    lut = node.GetLookupTable()
-    lut.SetTableRange(0, 255)
-    blue, white, red = np.array([0.13, 0.3, 0.7]), np.ones(3), np.array([0.75, 0.12, 0.12])
+    node.GetLookupTable().SetTableRange(0, 255)
     for i in range(256):
-        t = i / 255.0
-        rgb = blue + (white - blue) * (t / 0.5) if t <= 0.5 else white + (red - white) * ((t - 0.5) / 0.5)
-        node.SetColor(i, f"{i}", *rgb, 1.0)
+        node.SetColor(i, f"{i}", *colour_at(i / 255.0), 1.0)
     node.SetAttribute("Category", "DeepLungReg")
     scene.AddNode(node)
     return node
+
+
+def diverging_color_node(scene):
+    """The shared blue-white-red colour table (white at its centre), created once per scene."""
+    blue, white, red = np.array([0.13, 0.3, 0.7]), np.ones(3), np.array([0.75, 0.12, 0.12])
+    return _shared_color_node(scene, DIVERGING_COLOR_NAME, lambda t: blue + (white - blue) * (t / 0.5) if t <= 0.5
+                              else white + (red - white) * ((t - 0.5) / 0.5))
 
 
 def sequential_color_node(scene):
     """The shared white-yellow-red colour table for maps that grow from 0 (the uncertainty), created once per scene."""
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
-        node = scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode")
-        if node.GetName() == SEQUENTIAL_COLOR_NAME:
-            return node
-    node = slicer.vtkMRMLColorTableNode()
-    node.SetName(SEQUENTIAL_COLOR_NAME)
-    node.SetTypeToUser()
-    node.SetNumberOfColors(256)
-    node.GetLookupTable().SetTableRange(0, 255)
     stops = np.array([[1.0, 1.0, 1.0], [1.0, 0.85, 0.2], [0.85, 0.2, 0.1], [0.35, 0.0, 0.1]])
-    for i in range(256):
-        t = 3.0 * i / 255.0
-        k = min(int(t), 2)
-        node.SetColor(i, f"{i}", *(stops[k] + (stops[k + 1] - stops[k]) * (t - k)), 1.0)
-    node.SetAttribute("Category", "DeepLungReg")
-    scene.AddNode(node)
-    return node
+
+    def colour_at(t: float):
+        k = min(int(3.0 * t), 2)
+        return stops[k] + (stops[k + 1] - stops[k]) * (3.0 * t - k)
+
+    return _shared_color_node(scene, SEQUENTIAL_COLOR_NAME, colour_at)
 
 
 def _show_map(scene, node, centre: float | None, half_width: float, title: str) -> None:
