@@ -703,7 +703,7 @@ class DeepLungRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         first only where the registration gave an uncertainty map, else worst first."""
         order = ("tre", "index", "uncertainty")[min(max(self.ui.reviewOrderComboBox.currentIndex, 0), 2)]
         if self._review is not None and order not in self._review.review.orders():
-            slicer.util.showStatusMessage(_("This registration has no uncertainty map (convex with uncertainty on): worst TRE first."), 5000)
+            slicer.util.showStatusMessage(_("This registration has no uncertainty map (the method option uncertainty was off): worst TRE first."), 5000)
             return "tre"
         return order
 

@@ -334,7 +334,8 @@ def _run_job(job: RegistrationJob, emit: Callable[[str, object], None], progress
     unc = result.maps.pop("uncertainty", None)
     if unc is not None:
         if labels is not None:
-            metrics["uncertainty"] = uncertainty_summary(unc, labels)
+            metrics["uncertainty"] = {**uncertainty_summary(unc, labels, tuple(pair.config.uncertainty_above_mm)),
+                                      "estimate": result.diagnostics.get("uncertainty_estimate", "matching costs")}
         emit("uncertainty", Image(unc, g))
         del unc
     report("warped image", 0.92)
@@ -498,7 +499,9 @@ def summary_lines(metrics: dict) -> list[str]:
     u = metrics.get("uncertainty", {}).get("both")
     if u:
         shares = ", ".join(f"{u[k]:.1f} % above {k[len('percent_above_'):-2]} mm" for k in u if k.startswith("percent_above_"))
-        lines.append(f"Uncertainty in the lungs: median {u['median_mm']:.2f} mm, 90th percentile {u['p90_mm']:.2f} mm; {shares}")
+        how = metrics["uncertainty"].get("estimate")
+        lines.append(f"Uncertainty in the lungs{f' ({how})' if how else ''}: median {u['median_mm']:.2f} mm, "
+                     f"90th percentile {u['p90_mm']:.2f} mm; {shares}")
     t = metrics.get("timings_s", {})
     lines.append(f"Registration {t.get('total', float('nan')):.1f} s on {metrics.get('diagnostics', {}).get('device', '?')}")
     return lines

@@ -8,7 +8,8 @@ ground truth is ``ground_truth_field.nii.gz``). Per pair, the method registers i
 the inverse-consistency predictor, the other way round. The predictors, each a map on the fixed grid (higher =
 less sure):
 
-* ``uncertainty``: the method's map (``uncertainty.nii.gz``);
+* ``uncertainty``: the method's map (``uncertainty.nii.gz``): from its matching costs (``convex``, ``embed``), or,
+  for the other methods, the inverse consistency below (then both rows are the same map);
 * ``inverse consistency``: ``|u(x) + w(x + u(x))|`` with ``w`` the reverse registration's field;
 * ``intensity residual``: ``|fixed - warped moving|`` (HU), Gaussian-smoothed (sigma 2 mm);
 * ``|log J|``: of the forward field.
@@ -67,10 +68,15 @@ def measure(pairdir: Path, method: str, options: dict, backward_cache: Path, see
     fwd = compute_outputs(RegistrationJob(p.fixed, p.moving, method, p.fixed_mask, p.moving_mask, p.fixed_landmarks,
                                           p.moving_landmarks, config={**options, "uncertainty": True}, device="cpu"))
     u = np.asarray(fwd.result.field, np.float32)
-    w, wg = backward_field(pairdir, p, method, options, backward_cache)
+    if fwd.result.diagnostics["uncertainty_estimate"] == "inverse consistency":  # the method's map is that predictor
+        ic = fwd.uncertainty.array
+    else:
+        w, wg = backward_field(pairdir, p, method, options, backward_cache)
+        ic = np.linalg.norm(compose_fields(u, g, w, wg), axis=-1).astype(np.float32)
+        del w
     maps = {
         "uncertainty": fwd.uncertainty.array,
-        "inverse consistency": np.linalg.norm(compose_fields(u, g, w, wg), axis=-1).astype(np.float32),
+        "inverse consistency": ic,
         "intensity residual": ndi.gaussian_filter(np.abs(p.fixed.array.astype(np.float32) - fwd.warped.array.astype(np.float32)),
                                                   sigma=[2.0 / s for s in g.spacing[::-1]]),
         "|log J|": np.abs(np.log(np.clip(jacobian_determinant(u, g), 1e-3, None))),
@@ -80,7 +86,8 @@ def measure(pairdir: Path, method: str, options: dict, backward_cache: Path, see
     idx = np.flatnonzero(lung.ravel())
     rng = np.random.default_rng(seed)
     pick = rng.choice(idx, size=min(VOXEL_SAMPLE, idx.size), replace=False)
-    out = {"voxel_error": error.ravel()[pick], "tre": np.asarray(fwd.tre_after, float)}
+    out = {"voxel_error": error.ravel()[pick], "tre": np.asarray(fwd.tre_after, float),
+           "estimate": np.asarray(fwd.result.diagnostics["uncertainty_estimate"]), "seconds": np.asarray(fwd.result.timings["total"])}
     for name, m in maps.items():
         key = name.replace(" ", "_").replace("|", "")
         out[f"voxel_{key}"] = m.ravel()[pick]
@@ -120,8 +127,10 @@ def main() -> int:
             np.savez(cache, **measure(pd, args.method, options, args.output / f"{pd.name}_backward.nii.gz"))
         with np.load(cache) as z:
             data[pd.name] = {k: z[k] for k in z.files}
-    print(f"Method `{args.method}`{' ' + ' '.join(args.option) if args.option else ''}; Spearman with the true error, "
-          f"and the share of landmarks with TRE > {LARGE_MM:g} mm in the most uncertain {TOP:.0%} of the lung.\n")
+    estimate = str(next(iter(data.values()))["estimate"]) if all("estimate" in d for d in data.values()) else "matching costs"
+    print(f"Method `{args.method}`{' ' + ' '.join(args.option) if args.option else ''}, its uncertainty estimated from the "
+          f"{estimate}; Spearman with the true error, and the share of landmarks with TRE > {LARGE_MM:g} mm in the most "
+          f"uncertain {TOP:.0%} of the lung.\n")
     print("| pair | predictor | Spearman, lung voxels | Spearman, landmarks | TRE > 2 mm in top 10 % (n) |")
     print("|---|---|---|---|---|")
     for label, subset in [*((n, [d]) for n, d in data.items()), ("**all pairs**", list(data.values()))]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Type
+from typing import Any, Callable, ClassVar, Type
 
 import numpy as np
 import torch
@@ -37,6 +38,18 @@ class MethodConfig(Options):
                             "TensorFloat-32; on the CPU the same as float32); float16/bfloat16 on CUDA only (the network "
                             "methods run their network under autocast and keep the field in float32).",
                             choices=("float32", "tf32", "float16", "bfloat16"))
+    uncertainty: bool = option(False, help="also write uncertainty.nii.gz (mm on the fixed grid): where the field is least "
+                               "sure, a ranking rather than a calibrated error. This method has no matching costs: the "
+                               "estimate is the inverse consistency, |u(x) + w(x + u(x))| with w the same method's "
+                               "registration of the pair the other way round (about twice the time; docs/uncertainty.md).")
+    uncertainty_above_mm: tuple[float, ...] = option((4.0, 6.0, 8.0), 0.0, 1000.0,
+                                                     "with the uncertainty: the summary gives the share of each lung above "
+                                                     "each of these uncertainties (mm).")
+
+    #: what the uncertainty map estimates: "inverse consistency" (the reverse registration, made by :func:`register`)
+    #: unless the method gives a map of its own ("matching costs": ``convex``, ``embed``)
+    UNCERTAINTY_ESTIMATE: ClassVar[str] = "inverse consistency"
+    NONEMPTY: ClassVar[tuple[str, ...]] = ("uncertainty_above_mm",)
 
 
 def parse_options(items: list[str] | str | None, owner: str = "register") -> dict:
@@ -394,6 +407,35 @@ def _start_on(initial_field, geometry: Geometry) -> np.ndarray:
     return np.asarray(field_to_grid(u0, g0, geometry), dtype=np.float32)
 
 
+def _progress_span(progress: ProgressFn, lo: float, hi: float, prefix: str = "") -> ProgressFn:
+    """``progress`` with the fractions mapped into ``[lo, hi]`` and ``prefix`` before each stage's name."""
+    return lambda stage, f: progress(prefix + stage, lo + (hi - lo) * min(max(f, 0.0), 1.0))
+
+
+def _inverse_consistency(spec: MethodSpec, forward, wf: Image, wm: Image, wfm: Image | None, wmm: Image | None,
+                         config: MethodConfig, ctx: RunContext, progress: ProgressFn | None) -> GridMap:
+    """The method-independent uncertainty: the same method registers the pair the other way round (``w``, moving
+    -> fixed) and the map is ``|v(x) + w(x + v(x))|`` (mm) on the working fixed grid, ``v`` the forward field.
+
+    A perfect pair of registrations is inverse-consistent (``w(x + v(x)) = -v(x)``); where the two disagree at
+    least one of them is wrong. It is 0 wherever both agree, right or wrong, so it ranks rather than measures.
+
+    Args:
+        forward: the forward run's field (an array ``(Z, Y, X, 3)`` on ``wf``'s grid, or anything with ``.on``).
+        wf, wm, wfm, wmm: the working-frame images and masks the forward run registered.
+    """
+    reverse = RunContext(ctx.device, ctx.dtype, _progress_span(progress or (lambda s, f: None), 0.5, 1.0,
+                                                               "uncertainty (reverse registration): "), ctx.cancel)
+    with ctx.stage("uncertainty_reverse"):
+        back, _ = spec.run(wm, wf, wmm, wfm, dataclasses.replace(config, uncertainty=False), reverse)
+        ctx.check_cancel()
+        v = np.asarray(forward.on(wf.geometry) if hasattr(forward, "on") else forward, dtype=np.float32)
+        w = np.asarray(back.on(wm.geometry) if hasattr(back, "on") else back, dtype=np.float32)
+        del back
+        ic = np.linalg.norm(compose_fields(v, wf.geometry, w, wm.geometry), axis=-1).astype(np.float32)
+    return GridMap(ic, wf.geometry)
+
+
 def register(
     fixed: Image | CheckedPair,
     moving: Image | None = None,
@@ -470,8 +512,16 @@ def register(
             wm = warp_image(wm, u0, wf.geometry, fill=-1024.0 if looks_like_ct(moving) else 0.0)
             wmm = None if wmm is None else warp_image(wmm, u0, wf.geometry, mode="nearest")
             del u0
+    reverse = config.uncertainty and config.UNCERTAINTY_ESTIMATE == "inverse consistency"
     with precision_scope(config.precision, dev):  # TF32 exactly when asked for, whatever torch's global flags
+        if reverse:  # the forward registration is the first half of the progress, the reverse the second
+            ctx.progress = _progress_span(progress or (lambda s, f: None), 0.0, 0.5)
         raw, diagnostics = spec.run(wf, wm, wfm, wmm, config, ctx)
+        if reverse:
+            ctx.maps["uncertainty"] = _inverse_consistency(spec, raw, wf, wm, wfm, wmm, config, ctx, progress)
+            ctx.progress = progress or (lambda s, f: None)
+        if config.uncertainty:
+            diagnostics["uncertainty_estimate"] = config.UNCERTAINTY_ESTIMATE
         working_grid = wf.geometry
         del wf, wm, wfm, wmm  # the full-resolution field below needs the memory
         release_memory()  # and what the method freed, back to the system rather than kept in the heap

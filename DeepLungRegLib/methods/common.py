@@ -141,6 +141,47 @@ def aligned_features(
     return AlignedFeatures(fg, f_img, ff, mf, lung)
 
 
+def masked_smooth(u: torch.Tensor, weight: torch.Tensor, passes: int) -> torch.Tensor:
+    """:func:`smooth3` of ``u (1, C, Z, Y, X)`` over the points where ``weight (1, 1, Z, Y, X)`` is 1 only (a normalised
+    convolution); points that no weighted point reaches take the plain smoothing of the field extended from those
+    that it reaches."""
+    num, den = smooth3(u * weight, passes), smooth3(weight, passes)
+    reached = den > 1e-3
+    inside = num / den.clamp_min(1e-3)
+    return torch.where(reached, inside, smooth3(torch.where(reached, inside, u), passes))
+
+
+def cost_moments(costs: torch.Tensor, offsets_mm: torch.Tensor, temperature: float, rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each point's matching costs say about its displacement: the mean (mm) and covariance (mm²) under a
+    softmax of the costs.
+
+    Each row's costs are taken relative to its minimum, on one scale for all rows (the mean over the rows of
+    their spread, mean minus minimum): ``p(d) ∝ exp(-(cost(d) - min) / (temperature * scale))``. A cost
+    that is flat along one axis (a vessel along it) spreads ``p`` along that axis; a row that is flat
+    everywhere (homogeneous parenchyma, no features) spreads it in all directions; a sharp minimum
+    concentrates it.
+
+    Args:
+        costs: ``(N, D)`` matching costs of ``N`` points over ``D`` displacements.
+        offsets_mm: ``(D, 3)`` the displacements in mm (world axes).
+
+    Returns:
+        ``(mean, covariance)``: ``(N, 3)`` and ``(N, 3, 3)`` float32.
+    """
+    off = offsets_mm.to(costs.device, torch.float32)
+    mean = torch.empty((costs.shape[0], 3), device=costs.device, dtype=torch.float32)
+    cov = torch.empty((costs.shape[0], 3, 3), device=costs.device, dtype=torch.float32)
+    scale = (costs.mean(1) - costs.min(1).values).mean().clamp_min(1e-8)
+    for s in range(0, costs.shape[0], rows):
+        c = costs[s:s + rows].float()
+        lo = c.min(1, keepdim=True).values
+        p = torch.softmax(-(c - lo) / (temperature * scale), dim=1)  # (n, D)
+        m = p @ off  # (n, 3)
+        mean[s:s + rows] = m
+        cov[s:s + rows] = torch.einsum("nd,di,dj->nij", p, off, off) - m[:, :, None] * m[:, None, :]
+    return mean, cov
+
+
 def apply_affine(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Map points ``(..., 3)`` by a 4x4 homogeneous matrix."""
     return points @ matrix[:3, :3].T + matrix[:3, 3]

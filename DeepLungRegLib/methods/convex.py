@@ -46,7 +46,7 @@ from ..transforms.warp import GridSampler
 from .affine import affine_aligned_start
 from ..options import check_range, option, redefault
 from .base import GridField, GridMap, MethodConfig, RunContext, register_method
-from .common import MindOptions, RegionOptions, apply_affine, resample_field, smooth3
+from .common import MindOptions, RegionOptions, apply_affine, cost_moments, masked_smooth, resample_field, smooth3
 from .refine import RefineOptions, Refinement
 from .embed import displacement_offsets, soft_argmin
 
@@ -81,6 +81,7 @@ class ConvexConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
                                            "one the registration chose (the spread of the costs plus their disagreement with "
                                            "the regularised field; see docs/uncertainty.md). A ranking of where the field is "
                                            "least sure, not a calibrated error.")
+    UNCERTAINTY_ESTIMATE: ClassVar[str] = "matching costs"
     uncertainty_temperature: float = option(0.02, 1e-3, 100.0, "temperature of the uncertainty's softmax over the costs, "
                                                               "relative to the points' mean cost spread (chosen on design "
                                                               "pairs; docs/uncertainty.md).")
@@ -193,16 +194,6 @@ def dense_costs(fixed_cells: torch.Tensor, moving_sliding: torch.Tensor, points_
     return out.add_((fvec ** 2).mean(1, keepdim=True)).clamp_min_(0.0)
 
 
-def masked_smooth(u: torch.Tensor, weight: torch.Tensor, passes: int) -> torch.Tensor:
-    """:func:`smooth3` of ``u (1, C, Z, Y, X)`` over the points where ``weight (1, 1, Z, Y, X)`` is 1 only (a normalised
-    convolution); points that no weighted point reaches take the plain smoothing of the field extended from those
-    that it reaches."""
-    num, den = smooth3(u * weight, passes), smooth3(weight, passes)
-    reached = den > 1e-3
-    inside = num / den.clamp_min(1e-3)
-    return torch.where(reached, inside, smooth3(torch.where(reached, inside, u), passes))
-
-
 def coupled_convex(costs: torch.Tensor, points_zyx: torch.Tensor, grid_shape: tuple[int, int, int], offsets_mm: torch.Tensor,
                    step_mm: float, coupling: tuple[float, ...], smoothing_passes: int, temperature: float, n: int,
                    cancel=None, masked: bool = False) -> torch.Tensor:
@@ -266,37 +257,6 @@ def coupled_convex(costs: torch.Tensor, points_zyx: torch.Tensor, grid_shape: tu
         u = v.clone()
         u[0, :, pz, py, px] = discrete(float(theta), v[0, :, pz, py, px].T, soft=i == len(coupling) - 1).T
     return smooth(u)
-
-
-def cost_moments(costs: torch.Tensor, offsets_mm: torch.Tensor, temperature: float, rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """What each point's matching costs say about its displacement: the mean (mm) and covariance (mm²) under a
-    softmax of the costs.
-
-    Each row's costs are taken relative to its minimum, on one scale for all rows (the mean over the rows of
-    their spread, mean minus minimum): ``p(d) ∝ exp(-(cost(d) - min) / (temperature * scale))``. A cost
-    that is flat along one axis (a vessel along it) spreads ``p`` along that axis; a row that is flat
-    everywhere (homogeneous parenchyma, no features) spreads it in all directions; a sharp minimum
-    concentrates it.
-
-    Args:
-        costs: ``(N, D)`` matching costs of ``N`` points over ``D`` displacements.
-        offsets_mm: ``(D, 3)`` the displacements in mm (world axes).
-
-    Returns:
-        ``(mean, covariance)``: ``(N, 3)`` and ``(N, 3, 3)`` float32.
-    """
-    off = offsets_mm.to(costs.device, torch.float32)
-    mean = torch.empty((costs.shape[0], 3), device=costs.device, dtype=torch.float32)
-    cov = torch.empty((costs.shape[0], 3, 3), device=costs.device, dtype=torch.float32)
-    scale = (costs.mean(1) - costs.min(1).values).mean().clamp_min(1e-8)
-    for s in range(0, costs.shape[0], rows):
-        c = costs[s:s + rows].float()
-        lo = c.min(1, keepdim=True).values
-        p = torch.softmax(-(c - lo) / (temperature * scale), dim=1)  # (n, D)
-        m = p @ off  # (n, 3)
-        mean[s:s + rows] = m
-        cov[s:s + rows] = torch.einsum("nd,di,dj->nij", p, off, off) - m[:, :, None] * m[:, None, :]
-    return mean, cov
 
 
 def cost_covariance(costs: torch.Tensor, offsets_mm: torch.Tensor, temperature: float) -> torch.Tensor:

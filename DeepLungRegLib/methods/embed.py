@@ -49,8 +49,8 @@ from ..keypoints import foerstner_keypoints
 from ..transforms.warp import GridSampler, sample_field_at_points
 from .affine import affine_aligned_start
 from ..options import option
-from .base import GridField, MethodConfig, RunContext, register_method
-from .common import MindOptions, RegionOptions, apply_affine, level_geometry, resample_field
+from .base import GridField, GridMap, MethodConfig, RunContext, register_method
+from .common import MindOptions, RegionOptions, apply_affine, cost_moments, level_geometry, masked_smooth, resample_field
 from .refine import RefineOptions, Refinement
 
 
@@ -93,6 +93,15 @@ class EmbedConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
     densify_spacing_mm: float = option(8.0, 0.5, 32.0, "grid spacing on which the dense field is interpolated (at least the feature spacing).")
     refine: bool = option(True, help="refine with the instance optimisation (\"embed+io\").")
     chunk: int = option(128, 1, 4096, "keypoints per chunk of the discrete search (memory vs speed).")
+    uncertainty: bool = option(False, help="also write uncertainty.nii.gz: per voxel, how far (mm, root mean square) the "
+                                           "displacements that the matching costs allow lie from the densified keypoint field, "
+                                           "the costs searched like the second pass's around that field at points every "
+                                           "keypoint_distance_mm in the lung, featureless parenchyma included (see "
+                                           "docs/uncertainty.md). A ranking of where the field is least sure, not a "
+                                           "calibrated error.")
+    uncertainty_temperature: float = option(0.02, 1e-3, 100.0, "temperature of the uncertainty's softmax over the costs, "
+                                                              "relative to the points' mean cost spread (convex's).")
+    UNCERTAINTY_ESTIMATE: ClassVar[str] = "matching costs"
 
     #: the names of version 1, read only from what it saved (configs, metrics.json), with a DeprecationWarning
     ALIASES: ClassVar[dict] = {"smoothing_passes": "refine_smoothing_passes"}
@@ -252,18 +261,27 @@ def densify_tps(points: np.ndarray, values: np.ndarray, geometry: Geometry, smoo
 
 
 def densify_gaussian(points: np.ndarray, values: np.ndarray, geometry: Geometry, sigma_mm: float) -> np.ndarray:
-    """Gaussian scattered-data interpolation (normalised convolution) of ``(K, 3)`` values onto ``geometry``."""
+    """Gaussian scattered-data interpolation (normalised convolution) of ``(K, C)`` values onto ``geometry``
+    (``(Z, Y, X, C)``)."""
     idx = np.round(geometry.world_to_index(points)).astype(int)
     size = np.asarray(geometry.size)
     ok = np.all((idx >= 0) & (idx < size), 1)
-    num = np.zeros((*geometry.shape, 3), np.float64)
+    num = np.zeros((*geometry.shape, values.shape[1]), np.float64)
     den = np.zeros(geometry.shape, np.float64)
     np.add.at(num, (idx[ok, 2], idx[ok, 1], idx[ok, 0]), values[ok])
     np.add.at(den, (idx[ok, 2], idx[ok, 1], idx[ok, 0]), 1.0)
     sig = [max(sigma_mm, 1e-3) / s for s in geometry.spacing_zyx]
     den = ndi.gaussian_filter(den, sig, mode="nearest")
-    out = np.stack([ndi.gaussian_filter(num[..., c], sig, mode="nearest") for c in range(3)], -1)
+    out = np.stack([ndi.gaussian_filter(num[..., c], sig, mode="nearest") for c in range(values.shape[1])], -1)
     return (out / np.maximum(den, 1e-8)[..., None]).astype(np.float32)
+
+
+def densify_field_on(points: np.ndarray, values: np.ndarray, geometry: Geometry, config: "EmbedConfig") -> np.ndarray:
+    """Keypoint displacements ``(K, 3)`` at ``points`` (world mm) made dense on ``geometry`` as ``config.densify`` says
+    (``(Z, Y, X, 3)``)."""
+    if config.densify == "tps":
+        return densify_tps(points, values, geometry, config.densify_smoothing)
+    return densify_gaussian(points, values, geometry, max(config.densify_smoothing, 2.0 * config.keypoint_distance_mm))
 
 
 def reject_outliers(points: np.ndarray, disp: np.ndarray, neighbours: int, threshold_mm: float) -> tuple[np.ndarray, int]:
@@ -314,6 +332,68 @@ def load_pca_bases(path: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def _search_offsets(fg: Geometry, range_mm: float, step_mm: float) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """A pass's search on the feature grid ``fg``: ``(radius, step, offsets (D, 3) zyx voxels, offsets_mm (D, 3) world)``."""
+    step = max(1, int(round(step_mm / max(fg.spacing))))
+    radius = max(1, int(round(range_mm / 2 / (step * max(fg.spacing)))))
+    offsets = displacement_offsets(radius, step)  # (D, 3) zyx voxels
+    return radius, step, offsets, (offsets[:, ::-1] * np.asarray(fg.spacing)) @ fg.direction_matrix.T
+
+
+def dense_uncertainty(ff: torch.Tensor, mf: torch.Tensor, residual: torch.Tensor, lung: np.ndarray | None, fg: Geometry,
+                      config: "EmbedConfig", ctx: RunContext) -> tuple[np.ndarray, Geometry]:
+    """How sure the matching costs are of the densified keypoint field, everywhere in the lung.
+
+    The moving features are warped by the field, and at points every ``keypoint_distance_mm`` in the fixed lung
+    (featureless parenchyma, where no keypoint is, included) the costs are searched as the second pass searches
+    (``second_pass_range_mm`` wide; the first pass's search when there is no second pass). Each point's value is
+    ``sqrt(trace C + |m|^2)`` (mm): ``m`` and ``C`` the mean and covariance of the displacement under a softmax of
+    its costs (:func:`~.common.cost_moments`), around the field, whose own displacement there is 0.
+
+    Args:
+        ff, mf: ``(1, C, Z, Y, X)`` fixed and (affine-aligned) moving features on ``fg``.
+        residual: ``(1, Z, Y, X, 3)`` the densified keypoint displacement (aligned frame, world mm) on ``fg``.
+        lung: ``(Z, Y, X)`` bool fixed lung on ``fg``, or ``None`` (the whole grid).
+
+    Returns:
+        ``(values, geometry)``: ``(Zp, Yp, Xp)`` float32 mm on the points' grid (``fg`` subsampled), extended outside the
+        lung by normalised convolution.
+    """
+    wide = config.second_pass_range_mm > 0
+    radius, step, _, offsets_mm = _search_offsets(fg, config.second_pass_range_mm if wide else config.search_range_mm,
+                                                  config.second_pass_step_mm if wide else config.search_step_mm)
+    stride = max(1, int(round(config.keypoint_distance_mm / max(fg.spacing))))
+    with torch.no_grad():
+        mw = GridSampler(fg, fg, mf.device, mf.dtype)(mf, residual.to(mf.dtype), fill=None)
+        sel = np.zeros(fg.shape, bool)
+        sel[::stride, ::stride, ::stride] = True
+        if lung is not None:
+            sel &= lung
+        pts = np.argwhere(sel)
+        if len(pts) == 0:
+            pts = np.argwhere(np.ones(fg.shape, bool)[::stride, ::stride, ::stride]) * stride
+        costs = keypoint_costs(ff, mw, pts, radius, step, config.patch_radius, config.chunk, lambda f: ctx.check_cancel())
+        del mw
+        mean, cov = cost_moments(costs, torch.as_tensor(offsets_mm), config.uncertainty_temperature)
+        value = (torch.diagonal(cov, dim1=1, dim2=2).sum(1) + (mean ** 2).sum(1)).clamp_min(0.0).sqrt()
+        del costs
+        # on the points' own grid (fg every stride voxels), extended outwards as convex extends its map
+        shape = tuple(len(range(0, n, stride)) for n in fg.shape)
+        grid = torch.zeros((1, 1, *shape), dtype=torch.float32)
+        weight = torch.zeros_like(grid)
+        q = torch.as_tensor(pts // stride, dtype=torch.long)
+        grid[0, 0, q[:, 0], q[:, 1], q[:, 2]] = value.cpu().float()
+        weight[0, 0, q[:, 0], q[:, 1], q[:, 2]] = 1.0
+        out = masked_smooth(grid, weight, 2)[0, 0].numpy()
+    return out.astype(np.float32), _subsampled(fg, stride)
+
+
+def _subsampled(g: Geometry, stride: int) -> Geometry:
+    """``g`` with every ``stride``-th voxel: the same origin (voxel 0's centre) and direction, ``stride`` times the spacing."""
+    size = tuple(len(range(0, n, stride)) for n in g.size)
+    return Geometry(size=size, spacing=tuple(s * stride for s in g.spacing), origin=tuple(g.origin), direction=g.direction)
+
+
 def _keypoint_pass(ff, mf, kp_zyx, lap, fg, range_mm, step_mm, smoothing, config, ctx, span, diag, prefix, bases=None):
     """One discrete keypoint search: costs, embedding, graph regularisation (on the keypoint
     graph Laplacian ``lap``), soft-argmin.
@@ -324,10 +404,7 @@ def _keypoint_pass(ff, mf, kp_zyx, lap, fg, range_mm, step_mm, smoothing, config
     Returns ``(K, 3)`` displacements in world mm from the fixed keypoints into ``mf``'s frame.
     """
     lo, hi = span
-    step = max(1, int(round(step_mm / max(fg.spacing))))
-    radius = max(1, int(round(range_mm / 2 / (step * max(fg.spacing)))))
-    offsets = displacement_offsets(radius, step)  # (D, 3) zyx voxels
-    offsets_mm = (offsets[:, ::-1] * np.asarray(fg.spacing)) @ fg.direction_matrix.T  # world mm
+    radius, step, offsets, offsets_mm = _search_offsets(fg, range_mm, step_mm)
     diag[prefix + "displacements"] = int(len(offsets))
     diag[prefix + "search_half_width_mm"] = float(radius * step * max(fg.spacing))
     with ctx.stage(prefix + "cost_volume"), torch.no_grad():
@@ -429,12 +506,17 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
     with ctx.stage("densify"):
         cg = level_geometry(fr, max(config.densify_spacing_mm, config.feature_spacing_mm))
         diag["densify_spacing_mm"] = float(max(config.densify_spacing_mm, config.feature_spacing_mm))
-        if config.densify == "tps":
-            dense = densify_tps(kp_world, residual, cg, config.densify_smoothing)
-        else:
-            dense = densify_gaussian(kp_world, residual, cg, max(config.densify_smoothing, 2.0 * config.keypoint_distance_mm))
+        dense = densify_field_on(kp_world, residual, cg, config)
         dense = dense + apply_affine(mat, cg.world_coordinates().reshape(-1, 3)).reshape(dense.shape) - cg.world_coordinates()
         current = torch.as_tensor(dense, device=dev, dtype=dt)[None]
+    if config.uncertainty:
+        with ctx.stage("uncertainty"):
+            ctx.progress("uncertainty", 0.58)
+            # the densified deformable part in the aligned frame (what the keypoints matched: p -> p + d) on fg
+            aligned = densify_field_on(kp_world, d, cg, config)
+            residual = resample_field(torch.as_tensor(aligned, device=dev, dtype=dt)[None], cg, fg)
+            ctx.maps["uncertainty"] = GridMap(*dense_uncertainty(ff, mf, residual, af.lung, fg, config, ctx))
+            del aligned, residual
     ctx.progress("densified", 0.6)
     current_geom = cg
     refinement = Refinement.of(config, residual=True, label="refine")

@@ -138,3 +138,45 @@ def test_every_method_writes_its_per_level_records_under_one_key():
     keys = {m.group(1) for text in sources.values() for m in re.finditer(r"""diag\w*\[\s*["'](\w*levels?\w*)["']\s*\]""", text)}
     assert keys == {"levels"}, keys
     assert '"stage": "refine"' in sources["refine.py"] and '"stage": "convex"' in sources["convex.py"]
+
+
+def test_a_method_without_costs_estimates_its_uncertainty_by_inverse_consistency(small_pair):
+    """Issue 31's method-independent estimate: ``affine`` with ``uncertainty`` registers the pair the other way round as
+    well, and its map is ``|u(x) + w(x + u(x))|`` for that reverse field ``w``; the progress covers both runs once;
+    ``metrics.json`` names the estimate and gives the share of the lung above the thresholds asked for."""
+    from DeepLungRegLib.pipeline import RegistrationJob, compute_outputs, summary_lines
+    from DeepLungRegLib.transforms import compose_fields
+
+    p = small_pair
+    seen = []
+    out = compute_outputs(RegistrationJob(p.fixed, p.moving, "affine", p.fixed_mask, p.moving_mask,
+                                          config={"uncertainty": True, "uncertainty_above_mm": [0.05, 1000.0]}, device="cpu"),
+                          progress=lambda s, f: seen.append((s, f)))
+    back = register(p.moving, p.fixed, "affine", fixed_mask=p.moving_mask, moving_mask=p.fixed_mask, device="cpu")
+    expect = np.linalg.norm(compose_fields(out.result.field, p.fixed.geometry, back.field, back.geometry), axis=-1)
+    u = out.uncertainty.array
+    assert u.shape == p.fixed.geometry.shape and np.isfinite(u).all()
+    assert np.allclose(u, expect, atol=0.02) and float(expect.max()) > 0.05  # two affine fits are not exact inverses
+    assert out.result.diagnostics["uncertainty_estimate"] == "inverse consistency" and "uncertainty_reverse" in out.result.timings
+    fractions = [f for _, f in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any(s.startswith("uncertainty (reverse registration)") for s, _ in seen)
+    s = out.metrics["uncertainty"]
+    assert s["estimate"] == "inverse consistency" and s["both"]["percent_above_1000mm"] == 0.0
+    assert 0.0 < s["both"]["percent_above_0.05mm"] <= 100.0 and "percent_above_4mm" not in s["both"]
+    line = next(ln for ln in summary_lines(out.metrics) if ln.startswith("Uncertainty"))
+    assert "(inverse consistency)" in line and "above 0.05 mm" in line
+
+
+def test_every_method_offers_the_uncertainty_and_says_which_estimate():
+    """Each method's config has ``uncertainty``; the methods with matching costs give their own map, the others the
+    inverse consistency (issue 31: a method without a cost distribution says which estimate it gives)."""
+    from DeepLungRegLib.methods import get_method
+
+    for name in available_methods():
+        cfg = get_method(name).config_cls
+        assert "uncertainty" in {s["name"] for s in method_settings(name)}
+        own = cfg.UNCERTAINTY_ESTIMATE == "matching costs"
+        assert own == (name in ("convex", "embed")), name
+        help_text = next(s["help"] for s in method_settings(name) if s["name"] == "uncertainty")
+        assert ("inverse consistency" in help_text) != own, name

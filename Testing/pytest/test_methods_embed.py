@@ -168,3 +168,17 @@ def test_a_saved_pca_basis_reloads_and_reproduces_the_fit(small_pair, tmp_path, 
         register(p.fixed, p.moving, "embed", config={**cfg, "pca_basis": str(bad)}, device="cpu")
     with pytest.raises(DeepLungRegError, match="need embedding='pca'"):
         EmbedConfig.from_dict({"pca_basis": str(out)})
+
+
+@pytest.mark.slow
+def test_embeds_uncertainty_is_higher_where_the_lung_is_made_featureless(small_pair):
+    """Issue 31 for ``embed``: its keypoints' matching costs give the map (mm on the fixed grid), higher in a block of
+    the lung made featureless in both images than in the rest of the lung."""
+    from helpers_convex import assert_less_sure_in_the_block, featureless_block
+
+    fixed, moving, block = featureless_block(small_pair)
+    cfg = {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 800, "refine_levels_mm": [4.0], "refine_iterations": [20],
+           "refine_learning_rates": [0.3], "uncertainty": True}
+    r = register(fixed, moving, "embed", fixed_mask=small_pair.fixed_mask, moving_mask=small_pair.moving_mask, config=cfg, device="cpu")
+    assert r.diagnostics["uncertainty_estimate"] == "matching costs"
+    assert_less_sure_in_the_block(r.maps["uncertainty"], small_pair, block)
