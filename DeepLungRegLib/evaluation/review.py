@@ -401,10 +401,12 @@ class ReviewController:
     def previous(self) -> int:
         return self.step(-1)
 
-    def set_order(self, by: str) -> None:
-        """Step worst first (``"tre"``) or by index from now on."""
+    def set_order(self, by: str) -> int:
+        """Step worst first (``"tre"``), by index or most uncertain first from now on, starting at that order's first
+        landmark (which is selected and returned)."""
         self.order = by
         self._tell("points")
+        return self.select(self.review.order(by)[0])
 
     def set_editable(self, editable: bool) -> None:
         """Let the user drag the warped points (or lock them again)."""

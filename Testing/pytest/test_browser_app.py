@@ -231,7 +231,8 @@ def _wait_for(condition, timeout_s: float, what: str):
 @pytest.mark.browser
 def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
     """Serve a registration output, load the page in headless chromium: three non-blank views; "worst"
-    moves them to the worst landmark; flag it with a comment, export, and find the files."""
+    moves them to the worst landmark; flag it with a comment, export, and find the files; choose the uncertainty
+    overlay (its legend shows, the views change) and step most uncertain first."""
     browser_path = chromium_path()
     if browser_path is None:
         _required("chromium (apt-get install chromium, or DEEPLUNGREG_CHROMIUM=/path/to/chrome)")
@@ -241,12 +242,21 @@ def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
         _required("Playwright (pip install playwright)")
     _need_review_extra()
 
+    from DeepLungRegLib import read_image, write_image
+    from DeepLungRegLib.transforms import sample_map_at_points
+
     out = _copy(registered["out"], tmp_path / "out")
     own = {name: _digest(out / name) for name in json.loads((out / "metrics.json").read_text())["output_files"]}
     metrics = json.loads((out / "metrics.json").read_text())
     tre_after = [p["after"] for p in metrics["tre_per_landmark"]]
     worst_label = metrics["landmarks"]["labels"][int(np.argmax(tre_after))]
     n = len(tre_after)
+    # an uncertainty map that rises along x (issue 31): a known most uncertain landmark
+    fixed = read_image(registered["pair"] / "fixed.nii.gz")
+    z, y, x = np.meshgrid(*[np.arange(k, dtype=np.float32) for k in fixed.geometry.shape], indexing="ij")
+    write_image(fixed.with_array(0.1 * x + 0.05 * z), out / "uncertainty.nii.gz")
+    unsure = sample_map_at_points(0.1 * x + 0.05 * z, fixed.geometry, np.asarray(metrics["landmarks"]["fixed_lps"]))
+    unsure_label = metrics["landmarks"]["labels"][int(np.argmax(unsure))]
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     server = subprocess.Popen([sys.executable, "-m", "DeepLungRegLib.cli", "review", str(out), "--port", str(port)],
@@ -307,6 +317,18 @@ def test_the_review_page_in_chromium(registered, tmp_path, slicer_core):
                 page.screenshot(path=shot)
             page.click("#export")  # a second export does not replace the first
             expect(message).to_contain_text("already holds")
+            # the uncertainty overlay, chosen in the overlay menu: its legend shows and the views change; the review
+            # steps most uncertain first, from the landmark where the map is highest
+            before = _views(page)
+            field_of = lambda sel: page.locator(sel).locator("xpath=ancestor::div[contains(@class, 'v-field')][1]")  # noqa: E731
+            field_of("#overlay").click()  # (a select opens where its field is clicked)
+            page.get_by_role("option", name="Uncertainty (mm)").click()
+            expect(page.locator("#legend")).to_contain_text("Uncertainty (mm)")
+            _wait_for(lambda: (lambda s: s if sum(np.abs(a - b).mean() for a, b in zip(s, before)) > 1 else None)(_views(page)),
+                      60, "the views to show the uncertainty overlay")
+            field_of("#order").click()
+            page.get_by_role("option", name="most uncertain first").click()
+            expect(current).to_have_text(re.compile(rf"^{re.escape(unsure_label)}: 1 of {n} most uncertain first"))
             browser.close()
         print(f"\nreview page: server ready {server_s:.1f} s after start, page with three views {page_s:.1f} s after "
               f"loading, worst landmark {move_s:.2f} s after the click")

@@ -42,9 +42,9 @@ def test_the_controller_steps_worst_first_or_by_index_and_tells_its_observers(re
     # worst first: 4 (4 mm), 1 (3 mm), 2 (1 mm), 0, 3 (0 mm, stable); wrapping both ways
     assert [c.next() for _ in range(5)] == [1, 2, 0, 3, 4]
     assert c.previous() == 3 and c.step(-4) == 4
-    c.set_order("index")
-    assert events[-1] == "points" and c.order == "index"
-    assert [c.next() for _ in range(3)] == [0, 1, 2] and c.previous() == 1
+    assert c.set_order("index") == 0 and c.current == 0  # an order starts at its first landmark
+    assert events[-2:] == ["points", "current"] and c.order == "index"
+    assert [c.next() for _ in range(3)] == [1, 2, 3] and c.previous() == 2
     assert c.select(3) == 3 and c.current == 3 and events[-1] == "current"
     assert all(e in EVENTS for e in events)
     with pytest.raises(DeepLungRegError, match="order by 'tre' or 'index'"):
@@ -65,7 +65,7 @@ def test_most_uncertain_first_where_the_registration_has_an_uncertainty_map(revi
     assert unsure.orders() == ("tre", "index", "uncertainty")
     c = ReviewController(unsure, "uncertainty")
     assert [r["index"] for r in c.rows()] == [3, 1, 4, 0, 2]
-    c.select(3)
+    assert c.set_order("tre") == 4 and c.set_order("uncertainty") == 3  # chosen, an order starts at its first
     assert c.next() == 1 and "2 of 5 most uncertain first" in c.describe() and "uncertainty 2.00 mm" in c.describe()
     with pytest.raises(DeepLungRegError, match="3 uncertainty values for 5 landmarks"):
         LandmarkReview(review.fixed, review.moving, review.field, review.geometry, uncertainty=[1.0, 2.0, 3.0])
