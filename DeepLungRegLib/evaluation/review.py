@@ -340,7 +340,8 @@ class ReviewController:
 
     Attributes:
         review: the :class:`LandmarkReview`.
-        order: ``"tre"`` (worst first) or ``"index"``.
+        order: ``"tre"`` (worst first), ``"index"`` or ``"uncertainty"`` (most uncertain first, where the review has
+            an uncertainty per landmark).
         editable: whether the GUI lets the user drag the warped points to correct them.
     """
 

@@ -51,6 +51,11 @@ class MethodConfig(Options):
     UNCERTAINTY_ESTIMATE: ClassVar[str] = "inverse consistency"
     NONEMPTY: ClassVar[tuple[str, ...]] = ("uncertainty_above_mm",)
 
+    def reverse_config(self) -> "MethodConfig":
+        """The options of the same registration the other way round (moving -> fixed), for the inverse-consistency
+        uncertainty: these options without the uncertainty (a method whose options name a direction turns it)."""
+        return dataclasses.replace(self, uncertainty=False)
+
 
 def parse_options(items: list[str] | str | None, owner: str = "register") -> dict:
     """Method options from ``NAME=VALUE`` items (a list, or one string split at ``;``).
@@ -415,25 +420,36 @@ def _progress_span(progress: ProgressFn, lo: float, hi: float, prefix: str = "")
 def _inverse_consistency(spec: MethodSpec, forward, wf: Image, wm: Image, wfm: Image | None, wmm: Image | None,
                          config: MethodConfig, ctx: RunContext, progress: ProgressFn | None) -> GridMap:
     """The method-independent uncertainty: the same method registers the pair the other way round (``w``, moving
-    -> fixed) and the map is ``|v(x) + w(x + v(x))|`` (mm) on the working fixed grid, ``v`` the forward field.
+    -> fixed, :meth:`MethodConfig.reverse_config`) and the map is ``|v(x) + w(x + v(x))|`` (mm), ``v`` the forward
+    field, on the working fixed grid coarsened to :data:`UNCERTAINTY_GRID_MM` (the map ranks; at full resolution
+    the two fields and their composition would take several GB on a 512x512x600 CT).
 
     A perfect pair of registrations is inverse-consistent (``w(x + v(x)) = -v(x)``); where the two disagree at
     least one of them is wrong. It is 0 wherever both agree, right or wrong, so it ranks rather than measures.
+    With a start field (``register(..., initial_field=...)``) ``v`` is the method's own correction, so the map is
+    that correction's consistency, not the start's.
 
     Args:
         forward: the forward run's field (an array ``(Z, Y, X, 3)`` on ``wf``'s grid, or anything with ``.on``).
         wf, wm, wfm, wmm: the working-frame images and masks the forward run registered.
     """
+    from .common import level_geometry
+
     reverse = RunContext(ctx.device, ctx.dtype, _progress_span(progress or (lambda s, f: None), 0.5, 1.0,
                                                                "uncertainty (reverse registration): "), ctx.cancel)
     with ctx.stage("uncertainty_reverse"):
-        back, _ = spec.run(wm, wf, wmm, wfm, dataclasses.replace(config, uncertainty=False), reverse)
+        back, _ = spec.run(wm, wf, wmm, wfm, config.reverse_config(), reverse)
         ctx.check_cancel()
-        v = np.asarray(forward.on(wf.geometry) if hasattr(forward, "on") else forward, dtype=np.float32)
-        w = np.asarray(back.on(wm.geometry) if hasattr(back, "on") else back, dtype=np.float32)
+        gf, gm = (level_geometry(g, UNCERTAINTY_GRID_MM) for g in (wf.geometry, wm.geometry))
+        v = forward.on(gf) if hasattr(forward, "on") else field_to_grid(np.asarray(forward, np.float32), wf.geometry, gf)
+        w = back.on(gm) if hasattr(back, "on") else field_to_grid(np.asarray(back, np.float32), wm.geometry, gm)
         del back
-        ic = np.linalg.norm(compose_fields(v, wf.geometry, w, wm.geometry), axis=-1).astype(np.float32)
-    return GridMap(ic, wf.geometry)
+        ic = np.linalg.norm(compose_fields(np.asarray(v, np.float32), gf, np.asarray(w, np.float32), gm), axis=-1)
+    return GridMap(ic.astype(np.float32), gf)
+
+
+#: Grid spacing (mm, at least) of the inverse-consistency uncertainty.
+UNCERTAINTY_GRID_MM = 2.0
 
 
 def register(

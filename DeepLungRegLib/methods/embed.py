@@ -345,8 +345,9 @@ def dense_uncertainty(ff: torch.Tensor, mf: torch.Tensor, residual: torch.Tensor
     """How sure the matching costs are of the densified keypoint field, everywhere in the lung.
 
     The moving features are warped by the field, and at points every ``keypoint_distance_mm`` in the fixed lung
-    (featureless parenchyma, where no keypoint is, included) the costs are searched as the second pass searches
-    (``second_pass_range_mm`` wide; the first pass's search when there is no second pass). Each point's value is
+    (featureless parenchyma, where no keypoint is, included; farther apart where there would be more than
+    :data:`UNCERTAINTY_POINTS`) the costs are searched locally, as the second pass searches
+    (``second_pass_range_mm`` wide, 12 mm without a second pass, in ``second_pass_step_mm``). Each point's value is
     ``sqrt(trace C + |m|^2)`` (mm): ``m`` and ``C`` the mean and covariance of the displacement under a softmax of
     its costs (:func:`~.common.cost_moments`), around the field, whose own displacement there is 0.
 
@@ -359,10 +360,10 @@ def dense_uncertainty(ff: torch.Tensor, mf: torch.Tensor, residual: torch.Tensor
         ``(values, geometry)``: ``(Zp, Yp, Xp)`` float32 mm on the points' grid (``fg`` subsampled), extended outside the
         lung by normalised convolution.
     """
-    wide = config.second_pass_range_mm > 0
-    radius, step, _, offsets_mm = _search_offsets(fg, config.second_pass_range_mm if wide else config.search_range_mm,
-                                                  config.second_pass_step_mm if wide else config.search_step_mm)
+    radius, step, _, offsets_mm = _search_offsets(fg, config.second_pass_range_mm or 12.0, config.second_pass_step_mm)
     stride = max(1, int(round(config.keypoint_distance_mm / max(fg.spacing))))
+    region = int(np.count_nonzero(lung)) if lung is not None else int(np.prod(fg.shape))
+    stride = max(stride, int(np.ceil((region / UNCERTAINTY_POINTS) ** (1 / 3))))  # the costs: points x D float32
     with torch.no_grad():
         mw = GridSampler(fg, fg, mf.device, mf.dtype)(mf, residual.to(mf.dtype), fill=None)
         sel = np.zeros(fg.shape, bool)
@@ -372,7 +373,8 @@ def dense_uncertainty(ff: torch.Tensor, mf: torch.Tensor, residual: torch.Tensor
         pts = np.argwhere(sel)
         if len(pts) == 0:
             pts = np.argwhere(np.ones(fg.shape, bool)[::stride, ::stride, ::stride]) * stride
-        costs = keypoint_costs(ff, mw, pts, radius, step, config.patch_radius, config.chunk, lambda f: ctx.check_cancel())
+        costs = keypoint_costs(ff, mw, pts, radius, step, config.patch_radius, config.chunk,
+                               lambda f: (ctx.check_cancel(), ctx.progress("uncertainty", 0.55 + 0.05 * f)))
         del mw
         mean, cov = cost_moments(costs, torch.as_tensor(offsets_mm), config.uncertainty_temperature)
         value = (torch.diagonal(cov, dim1=1, dim2=2).sum(1) + (mean ** 2).sum(1)).clamp_min(0.0).sqrt()
@@ -386,6 +388,10 @@ def dense_uncertainty(ff: torch.Tensor, mf: torch.Tensor, residual: torch.Tensor
         weight[0, 0, q[:, 0], q[:, 1], q[:, 2]] = 1.0
         out = masked_smooth(grid, weight, 2)[0, 0].numpy()
     return out.astype(np.float32), _subsampled(fg, stride)
+
+
+#: At most about this many points carry the costs of ``embed``'s uncertainty (150 000 x 343 displacements: 200 MB).
+UNCERTAINTY_POINTS = 150_000
 
 
 def _subsampled(g: Geometry, stride: int) -> Geometry:
@@ -511,7 +517,7 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
         current = torch.as_tensor(dense, device=dev, dtype=dt)[None]
     if config.uncertainty:
         with ctx.stage("uncertainty"):
-            ctx.progress("uncertainty", 0.58)
+            ctx.progress("uncertainty", 0.55)
             # the densified deformable part in the aligned frame (what the keypoints matched: p -> p + d) on fg
             aligned = densify_field_on(kp_world, d, cg, config)
             residual = resample_field(torch.as_tensor(aligned, device=dev, dtype=dt)[None], cg, fg)

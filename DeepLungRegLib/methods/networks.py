@@ -56,6 +56,12 @@ class NetworkMethodConfig(RefineOptions, MindOptions, RegionOptions, MethodConfi
     refine_iterations: tuple[int, ...] = redefault(RefineOptions, "refine_iterations", (0,))
     mask_dilation_mm: float = redefault(RegionOptions, "mask_dilation_mm", 4.0)
 
+    def reverse_config(self) -> "NetworkMethodConfig":
+        """The pair the other way round: a chosen direction turns with it (``forward`` runs the network on the
+        reverse pair as the forward run ran it on the pair, i.e. becomes ``reverse``), ``auto`` stays."""
+        turned = {"forward": "reverse", "reverse": "forward"}.get(self.direction, self.direction)
+        return dataclasses.replace(super().reverse_config(), direction=turned)
+
     #: the names of version 1, read only from what it saved (configs, metrics.json), with a DeprecationWarning
     ALIASES: ClassVar[dict] = {"finetune": "refine_iterations", "finetune_level_mm": "refine_levels_mm",
                                "finetune_learning_rate": "refine_learning_rates", "smoothing_passes": "refine_smoothing_passes"}

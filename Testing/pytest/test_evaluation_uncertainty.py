@@ -27,6 +27,18 @@ def test_the_summary_per_lung_and_the_shares_above_thresholds():
     assert "50.0 % above 4 mm" in line and "0.0 % above 8 mm" in line and "median" in line
 
 
+def test_the_shares_above_chosen_thresholds_are_exact_at_any_threshold():
+    """``uncertainty_above_mm`` may be any value: a sub-millimetre inverse-consistency map, or beyond the percentiles'
+    50 mm histogram."""
+    labels = np.ones((3, 4, 4), np.uint8)
+    values = np.full((3, 4, 4), 70.0, np.float32)
+    values[0] = 0.03
+    s = uncertainty_summary(values, labels, (0.02, 0.031, 60.0, 80.0))["both"]
+    assert s["percent_above_0.02mm"] == 100.0 and s["percent_above_0.031mm"] == pytest.approx(200 / 3, abs=1e-3)
+    assert s["percent_above_60mm"] == pytest.approx(200 / 3, abs=1e-3) and s["percent_above_80mm"] == 0.0
+    assert uncertainty_summary(np.full((2, 3, 3), 0.25, np.float32), np.ones((2, 3, 3), np.uint8))["both"]["median_mm"] == pytest.approx(0.25, abs=0.011)
+
+
 def test_predictor_scores_and_calibration_on_a_known_order():
     rng = np.random.default_rng(0)
     error = rng.uniform(0.0, 4.0, 1000)

@@ -182,3 +182,25 @@ def test_embeds_uncertainty_is_higher_where_the_lung_is_made_featureless(small_p
     r = register(fixed, moving, "embed", fixed_mask=small_pair.fixed_mask, moving_mask=small_pair.moving_mask, config=cfg, device="cpu")
     assert r.diagnostics["uncertainty_estimate"] == "matching costs"
     assert_less_sure_in_the_block(r.maps["uncertainty"], small_pair, block)
+
+
+def test_embeds_uncertainty_points_lie_on_their_grid_and_are_capped(monkeypatch):
+    """The map's points are every stride-th feature voxel, its grid puts each value at that voxel's centre, and the
+    stride grows where there would be more than ``UNCERTAINTY_POINTS`` (the costs are points x displacements)."""
+    from DeepLungRegLib.methods import embed
+    from DeepLungRegLib.methods.base import RunContext
+    from DeepLungRegLib.methods.embed import EmbedConfig, dense_uncertainty
+
+    fg = Geometry(size=(20, 18, 16), spacing=(2.0, 2.0, 2.5), origin=(-10.0, 5.0, 30.0),
+                  direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    gen = torch.Generator().manual_seed(0)
+    ff = torch.nn.functional.avg_pool3d(torch.rand((1, 4, *fg.shape), generator=gen), 3, 1, 1)
+    ctx = RunContext(torch.device("cpu"), torch.float32, lambda s, f: None, lambda: False)
+    cfg = EmbedConfig.from_dict({"keypoint_distance_mm": 4.0, "uncertainty": True})
+    zero = torch.zeros((1, *fg.shape, 3))
+    values, g = dense_uncertainty(ff, ff, zero, None, fg, cfg, ctx)
+    assert values.shape == g.shape == tuple(len(range(0, n, 2)) for n in fg.shape) and np.isfinite(values).all()
+    assert np.allclose(g.index_to_world(np.array([[3.0, 2.0, 1.0]])), fg.index_to_world(np.array([[6.0, 4.0, 2.0]])))
+    monkeypatch.setattr(embed, "UNCERTAINTY_POINTS", 100)
+    capped, gc = dense_uncertainty(ff, ff, zero, None, fg, cfg, ctx)
+    assert capped.size <= 2 * 100 and gc.spacing[0] > g.spacing[0]

@@ -36,3 +36,14 @@ def test_batch_norm_uses_each_inputs_own_statistics_at_inference_and_old_weights
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), state.values()))
     with pytest.raises(RuntimeError, match="Unexpected key"):
         load_network_state(fresh, dict(state, **{"extra.weight": torch.zeros(1)}))
+
+
+def test_the_reverse_registration_of_a_chosen_direction_runs_the_turned_way():
+    """The inverse-consistency uncertainty registers the pair the other way round: a network run ``forward`` on the pair
+    runs ``reverse`` on the turned pair (and the other way), ``auto`` stays ``auto``; the uncertainty is off there."""
+    from DeepLungRegLib.methods import get_method
+
+    cls = get_method("lindef").config_cls
+    for given, turned in (("forward", "reverse"), ("reverse", "forward"), ("auto", "auto")):
+        back = cls.from_dict({"direction": given, "uncertainty": True, "refine_iterations": [5]}).reverse_config()
+        assert back.direction == turned and back.uncertainty is False and back.refine_iterations == (5,)
