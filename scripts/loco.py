@@ -1,6 +1,7 @@
 """Leave-one-CT-out selection and per-CT tables from ``deeplungreg benchmark`` runs on simulated pairs.
 
     python scripts/loco.py bench-output/loco [MORE_RUN_FOLDERS ...] [--candidates convex,embed] [--md out.md]
+        [--rename FOLDER:METHOD=NAME ...] [--ratio A/B ...]
 
 Each run folder is a benchmark output: its ``runs/*/result.json`` (per-landmark errors; read also while the
 benchmark is still running) or ``results.json``. Pair names are those of
@@ -16,6 +17,12 @@ Printed (Markdown):
    reported beside the best candidate there (an
    oracle, shown only to size the gap) and ConvexAdam's two settings (where the run has them). A choice that
    holds is the same on every fold and near the oracle on each held-out CT.
+3. With ``--ratio A/B``: per CT, motion and direction, method A's mean TRE and seconds divided by B's, over the
+   pairs both have (the targets "mean TRE <= 0.7x ConvexAdam's best" and "time <= ConvexAdam default's"; the
+   seconds compare only where both ran in one benchmark run, beside each other).
+
+``--rename FOLDER:METHOD=NAME`` gives a method of one folder another name (``NAME`` empty: leave it out), e.g. when
+two runs used one name for two settings (``convex`` before and after its default changed).
 """
 
 from __future__ import annotations
@@ -51,11 +58,16 @@ def _measurements(folder: Path):
             yield pair, method, r
 
 
-def read_runs(folders: list[Path]) -> list[dict]:
-    """One record per (pair, method): CT, amplitude, seed, direction, per-landmark errors, folding, seconds."""
+def read_runs(folders: list[Path], rename: dict[tuple[str, str], str] | None = None) -> list[dict]:
+    """One record per (pair, method): CT, amplitude, seed, direction, per-landmark errors, folding, seconds.
+    ``rename[(folder, method)]`` names a folder's method otherwise (``""``: left out)."""
     out = []
+    rename = {(str(Path(f).resolve()), m): n for (f, m), n in (rename or {}).items()}
     for folder in folders:
         for pair, method, r in _measurements(folder):
+            method = rename.get((str(Path(folder).resolve()), method), method)
+            if not method:
+                continue
             m = PAIR_NAME.match(pair)
             if m is None:
                 continue
@@ -145,13 +157,43 @@ def loco_table(recs: list[dict], candidates: list[str]) -> tuple[list[str], dict
     return lines, chosen_by
 
 
+def ratio_table(recs: list[dict], a: str, b: str) -> list[str]:
+    """Per CT, motion and direction: ``a``'s mean TRE and mean seconds over ``b``'s, on the pairs both have."""
+    recs = common_pairs([r for r in recs if r["method"] in (a, b)], [a, b])
+    lines = [f"| CT | motion | fixed | pairs | mean TRE {a} / {b} | ratio | seconds {a} / {b} | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    groups = defaultdict(list)
+    for r in recs:
+        groups[(r["ct"], r["amp"], r["direction"])].append(r)
+    keys = sorted(groups) + [("**all**", "", "")]
+    for key in keys:
+        g = recs if key[0] == "**all**" else groups[key]
+        pa, pb = (pooled([r for r in g if r["method"] == m]) for m in (a, b))
+        if not pa["pairs"]:
+            continue
+        lines.append(f"| {key[0]} | {key[1]} | {key[2].split(' ')[0]} | {pa['pairs']} | {pa['mean']:.2f} / {pb['mean']:.2f} | "
+                     f"{pa['mean'] / pb['mean']:.2f} | {pa['seconds']:.0f} / {pb['seconds']:.0f} | {pa['seconds'] / pb['seconds']:.2f} |")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="benchmark output folders")
     ap.add_argument("--candidates", default="", help="comma-separated methods to choose among (default: every non-baseline)")
     ap.add_argument("--md", type=Path, help="also write the tables to this Markdown file")
+    ap.add_argument("--rename", action="append", default=[], metavar="FOLDER:METHOD=NAME",
+                    help="name a method of one folder otherwise (NAME empty: leave it out)")
+    ap.add_argument("--ratio", action="append", default=[], metavar="A/B", help="method A's mean TRE and time over B's, per CT")
     args = ap.parse_args()
-    recs = read_runs(args.runs)
+    rename = {}
+    for item in args.rename:  # FOLDER is one of the run folders as given (a method name may hold ':' and '=')
+        folder = next((str(f) for f in args.runs if item.startswith(f"{f}:")), None)
+        method, eq, name = item[len(folder or "") + 1:].rpartition("=")
+        if folder is None or not eq or not method:
+            print(f"loco: --rename {item!r} must look like FOLDER:METHOD=NAME, FOLDER one of the run folders", file=sys.stderr)
+            return 2
+        rename[(folder, method)] = name
+    recs = read_runs(args.runs, rename)
     if not recs:
         print("loco: no simulated pair with per-landmark errors in these runs", file=sys.stderr)
         return 2
@@ -170,6 +212,12 @@ def main() -> int:
     verdict = set(chosen.values())
     out += ["", ("The same method is chosen on every fold: " + next(iter(verdict))) if len(verdict) == 1
             else "The choice differs between folds: " + ", ".join(f"{k} -> {v}" for k, v in chosen.items())]
+    for pair in args.ratio:
+        a, _, b = pair.partition("/")
+        if a not in methods or b not in methods:
+            print(f"loco: --ratio {pair!r}: no results for {a if a not in methods else b!r}", file=sys.stderr)
+            return 2
+        out += ["", f"### {a} against {b}", ""] + ratio_table(recs, a, b)
     text = "\n".join(out)
     print(text)
     if args.md:

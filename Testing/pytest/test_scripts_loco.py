@@ -40,3 +40,17 @@ def test_the_method_better_on_the_other_cts_is_chosen_and_compared_on_shared_pai
     assert any("| ctA | convex (0.50) | large 0.50 / 0.50 |" in ln for ln in lines)
     table = "\n".join(loco.per_ct_table(recs, ["convex", "embed", "convexadam"]))
     assert "| ctA | small | inhale | 6 | nan / nan | 0.10 / 0.10 | 2.00 / 2.00 |" in table
+
+
+def test_two_runs_that_used_one_name_are_told_apart_and_a_ratio_is_taken_on_shared_pairs(tmp_path):
+    """``--rename FOLDER:METHOD=NAME`` (empty: left out) and ``--ratio A/B``: A's mean TRE and seconds over B's."""
+    old = _run(tmp_path / "old", {("ctA_large_s5_2mm", "convex"): np.full(10, 1.0)})
+    new = _run(tmp_path / "new", {("ctA_large_s5_2mm", "convex"): np.full(10, 0.6),
+                                  ("ctA_large_s5_2mm", "convexadam-best"): np.full(10, 1.2),
+                                  ("ctA_large_s6_2mm", "convexadam-best"): np.full(10, 5.0)})  # convex lacks it: not compared
+    recs = loco.read_runs([old, new], {(str(old), "convex"): "old convex"})
+    assert sorted({r["method"] for r in recs}) == ["convex", "convexadam-best", "old convex"]
+    assert loco.read_runs([old], {(str(old), "convex"): ""}) == []
+    table = "\n".join(loco.ratio_table(recs, "convex", "convexadam-best"))
+    assert "| ctA | large | inhale | 1 | 0.60 / 1.20 | 0.50 | 10 / 10 | 1.00 |" in table
+    assert "| **all** |  |  | 1 | 0.60 / 1.20 | 0.50 |" in table
