@@ -228,7 +228,8 @@ def write_report(
     figure_jacobian(slices, outdir / "jacobian.png", slices.extra.get("jacobian_range", (0.99, 1.01)))
     if "uncertainty" in slices.views:
         figure_uncertainty(slices, outdir / "uncertainty.png")
-        figs.append(("uncertainty.png", "Uncertainty map"))
+        how = metrics.get("uncertainty", {}).get("estimate")
+        figs.append(("uncertainty.png", f"Uncertainty map{f' (from the {how})' if how else ''}"))
     if tre_before is not None and tre_after is not None:
         figure_tre(np.asarray(tre_before), np.asarray(tre_after), outdir / "tre.png")
         figs.append(("tre.png", "Target registration error"))
