@@ -101,10 +101,11 @@ def per_ct_table(recs: list[dict], methods: list[str]) -> list[str]:
     for (ct, amp, direction) in sorted(groups):
         g = groups[(ct, amp, direction)]
         cells, times, seeds = [], [], set()
-        for m in methods:
-            p = pooled([r for r in g if r["method"] == m])
-            seeds |= set(p["seeds"])
-            cells.append(f"{p['mean']:.2f} / {p['p95']:.2f}" + (f" (fold {p['folding']:.3f} %)" if p["folding"] > 0.0 else ""))
+        stats = [pooled([r for r in g if r["method"] == m]) for m in methods]
+        seeds = set().union(*(p["seeds"] for p in stats))
+        for p in stats:
+            only = f" (seed {','.join(map(str, p['seeds']))})" if p["seeds"] and set(p["seeds"]) != seeds else ""
+            cells.append(f"{p['mean']:.2f} / {p['p95']:.2f}" + (f" (fold {p['folding']:.3f} %)" if p["folding"] > 0.0 else "") + only)
             times.append(f"{p['seconds']:.0f}")
         lines.append(f"| {ct} | {amp} | {direction.split()[0]} | {','.join(map(str, sorted(seeds)))} | " + " | ".join(cells)
                      + " | " + " / ".join(times) + " |")

@@ -40,6 +40,9 @@ def test_the_method_better_on_the_other_cts_is_chosen_and_compared_on_shared_pai
     assert any("| ctA | convex (0.50) | large 0.50 / 0.50 |" in ln for ln in lines)
     table = "\n".join(loco.per_ct_table(recs, ["convex", "embed", "convexadam"]))
     assert "| ctA | small | inhale | 6 | nan / nan | 0.10 / 0.10 | 2.00 / 2.00 |" in table
+    results[("ctA_large_s6_2mm", "embed")] = bad  # a method with fewer seeds than the row says which it has
+    table = "\n".join(loco.per_ct_table(loco.read_runs([_run(tmp_path / "run2", results)]), ["convex", "embed"]))
+    assert "| ctA | large | inhale | 5,6 | 0.50 / 0.50 (seed 5) | 1.00 / 1.00 |" in table
 
 
 def test_two_runs_that_used_one_name_are_told_apart_and_a_ratio_is_taken_on_shared_pairs(tmp_path):
