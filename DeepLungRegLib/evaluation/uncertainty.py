@@ -1,9 +1,9 @@
 """The uncertainty map of a registration: its per-lung summary, and how well it predicts the true error.
 
 The map (``uncertainty.nii.gz``, mm on the fixed grid) is what a method says about how sure it is of the
-displacement at each voxel: for ``convex`` and ``embed`` the spread of their matching costs
-(:func:`DeepLungRegLib.methods.common.cost_moments`), for the other methods the inverse consistency with the same
-method's registration the other way round (:func:`DeepLungRegLib.methods.base.register`; docs/uncertainty.md).
+displacement at each voxel: the spread of the matching costs searched around the field
+(:mod:`DeepLungRegLib.methods.uncertainty`), or, on request, the inverse consistency with the same method's
+registration the other way round (:func:`DeepLungRegLib.methods.base.register`; docs/uncertainty.md).
 :func:`uncertainty_summary` is what ``metrics.json`` holds; :func:`predictor_scores` measures a map against a known
 error (simulated pairs).
 """

@@ -39,16 +39,27 @@ class MethodConfig(Options):
                             "methods run their network under autocast and keep the field in float32).",
                             choices=("float32", "tf32", "float16", "bfloat16"))
     uncertainty: bool = option(False, help="also write uncertainty.nii.gz (mm on the fixed grid): where the field is least "
-                               "sure, a ranking rather than a calibrated error. This method has no matching costs: the "
-                               "estimate is the inverse consistency, |u(x) + w(x + u(x))| with w the same method's "
-                               "registration of the pair the other way round (about twice the time; docs/uncertainty.md).")
+                               "sure, a ranking rather than a calibrated error; uncertainty_estimate says how (docs/uncertainty.md).")
+    uncertainty_estimate: str = option("costs", help="for the uncertainty: \"costs\": the spread of the MIND-SSC matching "
+                                       "costs searched around the final field (±6 mm at points every 4 mm in the lung; seconds); "
+                                       "\"inverse-consistency\": |u(x) + w(x + u(x))| with w the same method's registration of "
+                                       "the pair the other way round (about twice the time).",
+                                       choices=("costs", "inverse-consistency"))
     uncertainty_above_mm: tuple[float, ...] = option((4.0, 6.0, 8.0), 0.0, 1000.0,
                                                      "with the uncertainty: the summary gives the share of each lung above "
                                                      "each of these uncertainties (mm).")
 
-    #: what the uncertainty map estimates: "inverse consistency" (the reverse registration, made by :func:`register`)
-    #: unless the method gives a map of its own ("matching costs": ``convex``, ``embed``)
-    UNCERTAINTY_ESTIMATE: ClassVar[str] = "inverse consistency"
+    #: a method whose own costs give its map (``convex``, ``embed``) says "matching costs"; for the others
+    #: :func:`register` makes the map ``uncertainty_estimate`` names
+    UNCERTAINTY_ESTIMATE: ClassVar[str] = ""
+
+    def uncertainty_kind(self) -> str:
+        """What the uncertainty map estimates: ``"matching costs"`` or ``"inverse consistency"``."""
+        return "matching costs" if self.uncertainty_estimate == "costs" else "inverse consistency"
+
+    def own_uncertainty(self) -> bool:
+        """Whether the method makes the map itself (its own matching costs), not :func:`register`."""
+        return bool(self.uncertainty and self.UNCERTAINTY_ESTIMATE and self.uncertainty_estimate == "costs")
     NONEMPTY: ClassVar[tuple[str, ...]] = ("uncertainty_above_mm",)
 
     def reverse_config(self) -> "MethodConfig":
@@ -448,6 +459,25 @@ def _inverse_consistency(spec: MethodSpec, forward, wf: Image, wm: Image, wfm: I
     return GridMap(ic.astype(np.float32), gf)
 
 
+def _cost_spread(forward, wf: Image, wm: Image, wfm: Image | None, wmm: Image | None, config: MethodConfig,
+                 ctx: RunContext) -> GridMap:
+    """The matching costs' uncertainty of any method's field (:func:`~.uncertainty.field_cost_spread`), on the method's
+    working regions and with its MIND-SSC options where it has them."""
+    from .common import region_geometry
+    from .uncertainty import field_cost_spread
+
+    margin = getattr(config, "margin_mm", 20.0)
+    fr, mr = region_geometry(wf, wfm, margin), region_geometry(wm, wmm, margin)
+
+    def field_on(g: Geometry):
+        return forward.on(g) if hasattr(forward, "on") else field_to_grid(np.asarray(forward, np.float32), wf.geometry, g)
+
+    with ctx.stage("uncertainty"):
+        return GridMap(*field_cost_spread(wf, wm, wfm, fr, mr, field_on, ctx, (0.95, 0.985),
+                                          spacing_mm=getattr(config, "feature_spacing_mm", 2.0),
+                                          mind_radius=getattr(config, "mind_radius", 1), mind_dilation=getattr(config, "mind_dilation", 2)))
+
+
 #: Grid spacing (mm, at least) of the inverse-consistency uncertainty.
 UNCERTAINTY_GRID_MM = 2.0
 
@@ -528,16 +558,21 @@ def register(
             wm = warp_image(wm, u0, wf.geometry, fill=-1024.0 if looks_like_ct(moving) else 0.0)
             wmm = None if wmm is None else warp_image(wmm, u0, wf.geometry, mode="nearest")
             del u0
-    reverse = config.uncertainty and config.UNCERTAINTY_ESTIMATE == "inverse consistency"
+    # a map register() makes: the inverse consistency (a second registration, half the progress), or the costs
+    # around the final field (the last 5 %)
+    made_here = config.uncertainty and not config.own_uncertainty()
+    reverse = made_here and config.uncertainty_kind() == "inverse consistency"
     with precision_scope(config.precision, dev):  # TF32 exactly when asked for, whatever torch's global flags
-        if reverse:  # the forward registration is the first half of the progress, the reverse the second
-            ctx.progress = _progress_span(progress or (lambda s, f: None), 0.0, 0.5)
+        if made_here:
+            ctx.progress = _progress_span(progress or (lambda s, f: None), 0.0, 0.5 if reverse else 0.95)
         raw, diagnostics = spec.run(wf, wm, wfm, wmm, config, ctx)
+        ctx.progress = progress or (lambda s, f: None)
         if reverse:
             ctx.maps["uncertainty"] = _inverse_consistency(spec, raw, wf, wm, wfm, wmm, config, ctx, progress)
-            ctx.progress = progress or (lambda s, f: None)
+        elif made_here:
+            ctx.maps["uncertainty"] = _cost_spread(raw, wf, wm, wfm, wmm, config, ctx)
         if config.uncertainty:
-            diagnostics["uncertainty_estimate"] = config.UNCERTAINTY_ESTIMATE
+            diagnostics["uncertainty_estimate"] = config.uncertainty_kind()
         working_grid = wf.geometry
         del wf, wm, wfm, wmm  # the full-resolution field below needs the memory
         release_memory()  # and what the method freed, back to the system rather than kept in the heap

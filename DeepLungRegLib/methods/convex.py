@@ -49,6 +49,7 @@ from .base import GridField, GridMap, MethodConfig, RunContext, register_method
 from .common import MindOptions, RegionOptions, apply_affine, cost_moments, masked_smooth, resample_field, smooth3
 from .refine import RefineOptions, Refinement
 from .embed import displacement_offsets, soft_argmin
+from .uncertainty import field_cost_spread
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,13 @@ class ConvexConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
     convex_smoothing_passes: int = option(2, 0, 20, "3x3x3 box passes of the smoothing step on the control grid.")
     temperature: float = option(0.15, 1e-4, 10.0, "soft-argmin temperature relative to each cost map's spread.")
     uncertainty: bool = option(False, help="also write uncertainty.nii.gz: per voxel, how far (mm, root mean square) the "
-                                           "displacements that the finest discrete level's matching costs allow lie from the "
-                                           "one the registration chose (the spread of the costs plus their disagreement with "
-                                           "the regularised field; see docs/uncertainty.md). A ranking of where the field is "
-                                           "least sure, not a calibrated error.")
+                                           "displacements that the matching costs allow lie from the one the registration "
+                                           "chose (the spread of the costs plus their disagreement with the field; see "
+                                           "docs/uncertainty.md and uncertainty_source). A ranking of where the field is least "
+                                           "sure, not a calibrated error.")
+    uncertainty_source: str = option("field", help="\"field\": the costs searched again around the final field (±6 mm at points "
+                                     "every 4 mm in the lung); \"level\": the finest discrete level's own costs around that "
+                                     "level's field, at its control points.", choices=("field", "level"))
     UNCERTAINTY_ESTIMATE: ClassVar[str] = "matching costs"
     uncertainty_temperature: float = option(0.02, 1e-3, 100.0, "temperature of the uncertainty's softmax over the costs, "
                                                               "relative to the points' mean cost spread (chosen on design "
@@ -379,7 +383,7 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
             with ctx.stage(f"convex_{gmm:g}mm"):
                 f, m = _solve_level(a, b, points, stride, offsets, offsets_mm, step * sp, cg, config, ctx,
                                     lambda f, s=span, nm=name: ctx.progress(f"convex {gmm:g} mm {nm}", s[0] + (s[1] - s[0]) * f),
-                                    moments=config.uncertainty and last and name == "forward")
+                                    moments=config.own_uncertainty() and config.uncertainty_source == "level" and last and name == "forward")
                 fields.append(f)
                 moments = m if m is not None else moments
             del a, b
@@ -405,7 +409,14 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
     current_geom = fg
     refinement = Refinement.of(config, residual=True, label="adam")
     if refinement.enabled:
-        current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, fg, ctx, (0.6, 1.0))
+        current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, fg, ctx,
+                                                       (0.6, 0.97 if config.own_uncertainty() else 1.0))
         diag["levels"] += losses  # after the discrete levels, those of stage "refine"
+    if config.own_uncertainty() and config.uncertainty_source == "field":
+        with ctx.stage("uncertainty"):
+            ctx.maps["uncertainty"] = GridMap(*field_cost_spread(
+                fixed, moving, fixed_mask, fr, mr, lambda g: resample_field(current, current_geom, g), ctx, (0.97, 1.0),
+                spacing_mm=config.feature_spacing_mm, mind_radius=config.mind_radius, mind_dilation=config.mind_dilation,
+                temperature=config.uncertainty_temperature))
     diag["working_region"] = fr.to_dict()
     return GridField(current.detach().float(), current_geom), diag

@@ -50,7 +50,9 @@ from ..transforms.warp import GridSampler, sample_field_at_points
 from .affine import affine_aligned_start
 from ..options import option
 from .base import GridField, GridMap, MethodConfig, RunContext, register_method
-from .common import MindOptions, RegionOptions, apply_affine, cost_moments, level_geometry, masked_smooth, resample_field
+from .common import MindOptions, RegionOptions, apply_affine, level_geometry, resample_field
+from .costs import displacement_offsets, keypoint_costs, search_offsets  # noqa: F401 (displacement_offsets: embed's, for its users)
+from .uncertainty import cost_spread
 from .refine import RefineOptions, Refinement
 
 
@@ -118,66 +120,6 @@ class EmbedConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
 
 
 # ------------------------------------------------------------------ pieces
-def displacement_offsets(radius: int, step: int) -> np.ndarray:
-    """All integer offsets ``(D, 3)`` in ``(z, y, x)`` feature voxels, ``{-radius..radius}^3 * step``, z slowest."""
-    r = np.arange(-radius, radius + 1) * step
-    zz, yy, xx = np.meshgrid(r, r, r, indexing="ij")
-    return np.stack([zz.ravel(), yy.ravel(), xx.ravel()], 1)
-
-
-def keypoint_costs(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, kp_zyx: np.ndarray, radius: int, step: int,
-                   patch_radius: int, chunk: int = 128, progress=None) -> torch.Tensor:
-    """SSD between each keypoint's fixed patch and the moving patches at all displacements.
-
-    Args:
-        fixed_feat, moving_feat: ``(1, C, Z, Y, X)`` features on the same grid.
-        kp_zyx: ``(K, 3)`` integer voxel indices of the keypoints.
-        radius, step: displacements ``{-radius..radius}^3 * step`` voxels.
-        patch_radius: patch of ``(2 r + 1)^3`` voxels.
-
-    Returns:
-        ``(K, D)`` float32 mean squared feature differences, D = ``(2 radius + 1)^3`` in
-        the order of :func:`displacement_offsets` (computed in float32 from features of any dtype).
-    """
-    _, c, z, y, x = fixed_feat.shape
-    pr, reach = patch_radius, radius * step
-    pad = reach + pr
-    # in float32 whatever the features are stored in: the SSD is |w|^2 - 2 w.f + |f|^2, whose
-    # cancellation leaves nothing of a float16/bfloat16 (or TF32) cross term
-    mp = F.pad(moving_feat.float(), (pad,) * 6, mode="replicate")[0]  # (C, Zp, Yp, Xp)
-    fp = F.pad(fixed_feat.float(), (pr,) * 6, mode="replicate")[0]
-    win = 2 * pad + 1
-    kw = 2 * pr + 1
-    n = 2 * radius + 1
-    ar_w = torch.arange(win, device=mp.device)
-    ar_k = torch.arange(kw, device=mp.device)
-    out = torch.empty((len(kp_zyx), n ** 3), device=mp.device, dtype=torch.float32)
-    kp = torch.as_tensor(kp_zyx, device=mp.device, dtype=torch.long)
-    norm = float(c * kw ** 3)
-    for s in range(0, len(kp), chunk):
-        k = kp[s:s + chunk]
-        kc = len(k)
-        # windows of the moving features around each keypoint (padded coordinates start at kp)
-        zi = (k[:, 0, None] + ar_w)[:, :, None, None]
-        yi = (k[:, 1, None] + ar_w)[:, None, :, None]
-        xi = (k[:, 2, None] + ar_w)[:, None, None, :]
-        wins = mp[:, zi, yi, xi]  # (C, Kc, W, W, W)
-        wins = wins.permute(1, 0, 2, 3, 4).reshape(1, kc * c, win, win, win)
-        zk = (k[:, 0, None] + ar_k)[:, :, None, None]
-        yk = (k[:, 1, None] + ar_k)[:, None, :, None]
-        xk = (k[:, 2, None] + ar_k)[:, None, None, :]
-        patches = fp[:, zk, yk, xk].permute(1, 0, 2, 3, 4).contiguous()  # (Kc, C, kw, kw, kw)
-        cross = F.conv3d(wins, patches, stride=step, groups=kc)  # (1, Kc, n, n, n)
-        sq = (wins.view(kc, c, win, win, win) ** 2).sum(1, keepdim=True).transpose(0, 1)  # (1, Kc, W, W, W)
-        wsum = F.avg_pool3d(sq, kw, stride=step) * kw ** 3
-        fsum = (patches ** 2).sum((1, 2, 3, 4))
-        cost = (wsum - 2 * cross)[0].reshape(kc, -1) + fsum[:, None]
-        out[s:s + kc] = cost / norm
-        if progress:
-            progress(min(1.0, (s + kc) / len(kp)))
-    return out
-
-
 def graph_laplacian(points: np.ndarray, neighbours: int) -> sparse.csr_matrix:
     """Symmetric kNN graph Laplacian ``D - W`` with Gaussian weights, normalised to mean degree 1."""
     k = min(neighbours, len(points) - 1)
@@ -332,24 +274,12 @@ def load_pca_bases(path: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _search_offsets(fg: Geometry, range_mm: float, step_mm: float) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """A pass's search on the feature grid ``fg``: ``(radius, step, offsets (D, 3) zyx voxels, offsets_mm (D, 3) world)``."""
-    step = max(1, int(round(step_mm / max(fg.spacing))))
-    radius = max(1, int(round(range_mm / 2 / (step * max(fg.spacing)))))
-    offsets = displacement_offsets(radius, step)  # (D, 3) zyx voxels
-    return radius, step, offsets, (offsets[:, ::-1] * np.asarray(fg.spacing)) @ fg.direction_matrix.T
-
-
 def dense_uncertainty(ff: torch.Tensor, mf: torch.Tensor, residual: torch.Tensor, lung: np.ndarray | None, fg: Geometry,
                       config: "EmbedConfig", ctx: RunContext) -> tuple[np.ndarray, Geometry]:
-    """How sure the matching costs are of the densified keypoint field, everywhere in the lung.
-
-    The moving features are warped by the field, and at points every ``keypoint_distance_mm`` in the fixed lung
-    (featureless parenchyma, where no keypoint is, included; farther apart where there would be more than
-    :data:`UNCERTAINTY_POINTS`) the costs are searched locally, as the second pass searches
-    (``second_pass_range_mm`` wide, 12 mm without a second pass, in ``second_pass_step_mm``). Each point's value is
-    ``sqrt(trace C + |m|^2)`` (mm): ``m`` and ``C`` the mean and covariance of the displacement under a softmax of
-    its costs (:func:`~.common.cost_moments`), around the field, whose own displacement there is 0.
+    """How sure the matching costs are of the densified keypoint field, everywhere in the lung
+    (:func:`~.uncertainty.cost_spread`): the moving features warped by the field, searched locally as the second pass
+    searches (``second_pass_range_mm`` wide, 12 mm without a second pass, in ``second_pass_step_mm``) at points every
+    ``keypoint_distance_mm`` in the fixed lung (featureless parenchyma, where no keypoint is, included).
 
     Args:
         ff, mf: ``(1, C, Z, Y, X)`` fixed and (affine-aligned) moving features on ``fg``.
@@ -357,47 +287,13 @@ def dense_uncertainty(ff: torch.Tensor, mf: torch.Tensor, residual: torch.Tensor
         lung: ``(Z, Y, X)`` bool fixed lung on ``fg``, or ``None`` (the whole grid).
 
     Returns:
-        ``(values, geometry)``: ``(Zp, Yp, Xp)`` float32 mm on the points' grid (``fg`` subsampled), extended outside the
-        lung by normalised convolution.
+        ``(values, geometry)``: ``(Zp, Yp, Xp)`` float32 mm on the points' grid (``fg`` subsampled).
     """
-    radius, step, _, offsets_mm = _search_offsets(fg, config.second_pass_range_mm or 12.0, config.second_pass_step_mm)
-    stride = max(1, int(round(config.keypoint_distance_mm / max(fg.spacing))))
-    region = int(np.count_nonzero(lung)) if lung is not None else int(np.prod(fg.shape))
-    stride = max(stride, int(np.ceil((region / UNCERTAINTY_POINTS) ** (1 / 3))))  # the costs: points x D float32
     with torch.no_grad():
         mw = GridSampler(fg, fg, mf.device, mf.dtype)(mf, residual.to(mf.dtype), fill=None)
-        sel = np.zeros(fg.shape, bool)
-        sel[::stride, ::stride, ::stride] = True
-        if lung is not None:
-            sel &= lung
-        pts = np.argwhere(sel)
-        if len(pts) == 0:
-            pts = np.argwhere(np.ones(fg.shape, bool)[::stride, ::stride, ::stride]) * stride
-        costs = keypoint_costs(ff, mw, pts, radius, step, config.patch_radius, config.chunk,
-                               lambda f: (ctx.check_cancel(), ctx.progress("uncertainty", 0.55 + 0.05 * f)))
-        del mw
-        mean, cov = cost_moments(costs, torch.as_tensor(offsets_mm), config.uncertainty_temperature)
-        value = (torch.diagonal(cov, dim1=1, dim2=2).sum(1) + (mean ** 2).sum(1)).clamp_min(0.0).sqrt()
-        del costs
-        # on the points' own grid (fg every stride voxels), extended outwards as convex extends its map
-        shape = tuple(len(range(0, n, stride)) for n in fg.shape)
-        grid = torch.zeros((1, 1, *shape), dtype=torch.float32)
-        weight = torch.zeros_like(grid)
-        q = torch.as_tensor(pts // stride, dtype=torch.long)
-        grid[0, 0, q[:, 0], q[:, 1], q[:, 2]] = value.cpu().float()
-        weight[0, 0, q[:, 0], q[:, 1], q[:, 2]] = 1.0
-        out = masked_smooth(grid, weight, 2)[0, 0].numpy()
-    return out.astype(np.float32), _subsampled(fg, stride)
-
-
-#: At most about this many points carry the costs of ``embed``'s uncertainty (150 000 x 343 displacements: 200 MB).
-UNCERTAINTY_POINTS = 150_000
-
-
-def _subsampled(g: Geometry, stride: int) -> Geometry:
-    """``g`` with every ``stride``-th voxel: the same origin (voxel 0's centre) and direction, ``stride`` times the spacing."""
-    size = tuple(len(range(0, n, stride)) for n in g.size)
-    return Geometry(size=size, spacing=tuple(s * stride for s in g.spacing), origin=tuple(g.origin), direction=g.direction)
+    return cost_spread(ff, mw, lung, fg, range_mm=config.second_pass_range_mm or 12.0, step_mm=config.second_pass_step_mm,
+                       spacing_mm=config.keypoint_distance_mm, temperature=config.uncertainty_temperature,
+                       patch_radius=config.patch_radius, chunk=config.chunk, ctx=ctx, span=(0.55, 0.6))
 
 
 def _keypoint_pass(ff, mf, kp_zyx, lap, fg, range_mm, step_mm, smoothing, config, ctx, span, diag, prefix, bases=None):
@@ -410,7 +306,7 @@ def _keypoint_pass(ff, mf, kp_zyx, lap, fg, range_mm, step_mm, smoothing, config
     Returns ``(K, 3)`` displacements in world mm from the fixed keypoints into ``mf``'s frame.
     """
     lo, hi = span
-    radius, step, offsets, offsets_mm = _search_offsets(fg, range_mm, step_mm)
+    radius, step, offsets, offsets_mm = search_offsets(fg, range_mm, step_mm)
     diag[prefix + "displacements"] = int(len(offsets))
     diag[prefix + "search_half_width_mm"] = float(radius * step * max(fg.spacing))
     with ctx.stage(prefix + "cost_volume"), torch.no_grad():
@@ -515,7 +411,7 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
         dense = densify_field_on(kp_world, residual, cg, config)
         dense = dense + apply_affine(mat, cg.world_coordinates().reshape(-1, 3)).reshape(dense.shape) - cg.world_coordinates()
         current = torch.as_tensor(dense, device=dev, dtype=dt)[None]
-    if config.uncertainty:
+    if config.own_uncertainty():
         with ctx.stage("uncertainty"):
             ctx.progress("uncertainty", 0.55)
             # the densified deformable part in the aligned frame (what the keypoints matched: p -> p + d) on fg

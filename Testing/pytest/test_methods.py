@@ -150,7 +150,8 @@ def test_a_method_without_costs_estimates_its_uncertainty_by_inverse_consistency
     p = small_pair
     seen = []
     out = compute_outputs(RegistrationJob(p.fixed, p.moving, "affine", p.fixed_mask, p.moving_mask,
-                                          config={"uncertainty": True, "uncertainty_above_mm": [0.05, 1000.0]}, device="cpu"),
+                                          config={"uncertainty": True, "uncertainty_estimate": "inverse-consistency",
+                                                  "uncertainty_above_mm": [0.05, 1000.0]}, device="cpu"),
                           progress=lambda s, f: seen.append((s, f)))
     back = register(p.moving, p.fixed, "affine", fixed_mask=p.moving_mask, moving_mask=p.fixed_mask, device="cpu")
     expect = np.linalg.norm(compose_fields(out.result.field, p.fixed.geometry, back.field, back.geometry), axis=-1)
@@ -168,15 +169,23 @@ def test_a_method_without_costs_estimates_its_uncertainty_by_inverse_consistency
     assert "(inverse consistency)" in line and "above 0.05 mm" in line
 
 
-def test_every_method_offers_the_uncertainty_and_says_which_estimate():
-    """Each method's config has ``uncertainty``; the methods with matching costs give their own map, the others the
-    inverse consistency (issue 31: a method without a cost distribution says which estimate it gives)."""
+def test_every_method_offers_the_uncertainty_and_says_which_estimate(small_pair):
+    """Each method's config has ``uncertainty``; by default it is the spread of the matching costs (convex's and embed's
+    own, register()'s around the final field for the others), on request the inverse consistency (issue 31: a method
+    without a cost distribution says which estimate it gives)."""
     from DeepLungRegLib.methods import get_method
 
     for name in available_methods():
         cfg = get_method(name).config_cls
-        assert "uncertainty" in {s["name"] for s in method_settings(name)}
-        own = cfg.UNCERTAINTY_ESTIMATE == "matching costs"
-        assert own == (name in ("convex", "embed")), name
-        help_text = next(s["help"] for s in method_settings(name) if s["name"] == "uncertainty")
-        assert ("inverse consistency" in help_text) != own, name
+        assert {"uncertainty", "uncertainty_estimate"} <= {s["name"] for s in method_settings(name)}
+        assert (cfg.UNCERTAINTY_ESTIMATE == "matching costs") == (name in ("convex", "embed")), name
+        assert cfg.from_dict({"uncertainty": True}).uncertainty_kind() == "matching costs"
+        assert cfg.from_dict({"uncertainty": True, "uncertainty_estimate": "inverse-consistency"}).uncertainty_kind() == "inverse consistency"
+    p = small_pair
+    seen = []
+    r = register(p.fixed, p.moving, "affine", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config={"uncertainty": True},
+                 device="cpu", progress=lambda s, f: seen.append((s, f)))
+    u = r.maps["uncertainty"]
+    assert r.diagnostics["uncertainty_estimate"] == "matching costs" and "uncertainty" in r.timings and "uncertainty_reverse" not in r.timings
+    assert u.shape == p.fixed.geometry.shape and np.isfinite(u).all() and (u >= 0).all() and float(u.max()) > 0
+    assert [f for _, f in seen] == sorted(f for _, f in seen) and any(s == "uncertainty" for s, _ in seen)

@@ -176,12 +176,16 @@ def test_the_cost_spread_points_along_the_axis_where_the_cost_is_flat():
     assert torch.allclose(cov, cov.transpose(1, 2), atol=1e-4)
 
 
-def test_the_uncertainty_is_higher_where_the_lung_is_made_featureless(small_pair):
-    """Issue 31: a block of the lung set to one value in both images is less sure than the rest of the lung; the map
-    is in mm on the fixed grid, and summarised per lung."""
+@pytest.mark.parametrize("source", ["field", "level"])
+def test_the_uncertainty_is_higher_where_the_lung_is_made_featureless(small_pair, source):
+    """Issue 31: a block of the lung set to one value in both images is less sure than the rest of the lung, whether the
+    costs are searched around the final field or are the finest level's own; the map is in mm on the fixed grid, and
+    summarised per lung."""
     fixed, moving, block = featureless_block(small_pair)
-    # a finest search of +-8 mm (5 steps a side at 4 mm): room for the costs to spread
+    # a finest search of +-8 mm (5 steps a side at 4 mm): room for the level's costs to spread
     r = register(fixed, moving, "convex", fixed_mask=small_pair.fixed_mask, moving_mask=small_pair.moving_mask,
-                 config={**FAST, "search_half_width_mm": [24.0, 8.0], "uncertainty": True}, device="cpu")
+                 config={**FAST, "search_half_width_mm": [24.0, 8.0], "uncertainty": True, "uncertainty_source": source},
+                 device="cpu")
+    assert ("uncertainty" in r.timings) == (source == "field")
     assert r.diagnostics["uncertainty_estimate"] == "matching costs"
     assert_less_sure_in_the_block(r.maps["uncertainty"], small_pair, block)

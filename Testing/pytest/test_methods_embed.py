@@ -187,7 +187,7 @@ def test_embeds_uncertainty_is_higher_where_the_lung_is_made_featureless(small_p
 def test_embeds_uncertainty_points_lie_on_their_grid_and_are_capped(monkeypatch):
     """The map's points are every stride-th feature voxel, its grid puts each value at that voxel's centre, and the
     stride grows where there would be more than ``UNCERTAINTY_POINTS`` (the costs are points x displacements)."""
-    from DeepLungRegLib.methods import embed
+    from DeepLungRegLib.methods import uncertainty
     from DeepLungRegLib.methods.base import RunContext
     from DeepLungRegLib.methods.embed import EmbedConfig, dense_uncertainty
 
@@ -201,6 +201,6 @@ def test_embeds_uncertainty_points_lie_on_their_grid_and_are_capped(monkeypatch)
     values, g = dense_uncertainty(ff, ff, zero, None, fg, cfg, ctx)
     assert values.shape == g.shape == tuple(len(range(0, n, 2)) for n in fg.shape) and np.isfinite(values).all()
     assert np.allclose(g.index_to_world(np.array([[3.0, 2.0, 1.0]])), fg.index_to_world(np.array([[6.0, 4.0, 2.0]])))
-    monkeypatch.setattr(embed, "UNCERTAINTY_POINTS", 100)
+    monkeypatch.setattr(uncertainty, "UNCERTAINTY_POINTS", 100)
     capped, gc = dense_uncertainty(ff, ff, zero, None, fg, cfg, ctx)
     assert capped.size <= 2 * 100 and gc.spacing[0] > g.spacing[0]
