@@ -41,7 +41,8 @@ class MethodConfig(Options):
     uncertainty: bool = option(False, help="also write uncertainty.nii.gz (mm on the fixed grid): where the field is least "
                                "sure, a ranking rather than a calibrated error; uncertainty_estimate says how (docs/uncertainty.md).")
     uncertainty_estimate: str = option("costs", help="for the uncertainty: \"costs\": the spread of the MIND-SSC matching "
-                                       "costs searched around the final field (±6 mm at points every 4 mm in the lung; seconds); "
+                                       "costs searched around the method's field (its final field; embed's densified keypoint "
+                                       "field) (±6 mm at points every 4 mm in the lung; seconds); "
                                        "\"inverse-consistency\": |u(x) + w(x + u(x))| with w the same method's registration of "
                                        "the pair the other way round (about twice the time).",
                                        choices=("costs", "inverse-consistency"))
@@ -59,7 +60,7 @@ class MethodConfig(Options):
 
     def own_uncertainty(self) -> bool:
         """Whether the method makes the map itself (its own matching costs), not :func:`register`."""
-        return bool(self.uncertainty and self.UNCERTAINTY_ESTIMATE and self.uncertainty_estimate == "costs")
+        return bool(self.uncertainty and self.UNCERTAINTY_ESTIMATE == "matching costs" and self.uncertainty_estimate == "costs")
     NONEMPTY: ClassVar[tuple[str, ...]] = ("uncertainty_above_mm",)
 
     def reverse_config(self) -> "MethodConfig":
@@ -472,9 +473,11 @@ def _cost_spread(forward, wf: Image, wm: Image, wfm: Image | None, wmm: Image | 
     def field_on(g: Geometry):
         return forward.on(g) if hasattr(forward, "on") else field_to_grid(np.asarray(forward, np.float32), wf.geometry, g)
 
+    # in float32 whatever the method's precision (its features and warp), on features no finer than 2 mm (memory)
+    ctx32 = dataclasses.replace(ctx, dtype=torch.float32)
     with ctx.stage("uncertainty"):
-        return GridMap(*field_cost_spread(wf, wm, wfm, fr, mr, field_on, ctx, (0.95, 0.985),
-                                          spacing_mm=getattr(config, "feature_spacing_mm", 2.0),
+        return GridMap(*field_cost_spread(wf, wm, wfm, fr, mr, field_on, ctx32, (0.95, 0.985),
+                                          spacing_mm=max(2.0, getattr(config, "feature_spacing_mm", 2.0)),
                                           mind_radius=getattr(config, "mind_radius", 1), mind_dilation=getattr(config, "mind_dilation", 2)))
 
 

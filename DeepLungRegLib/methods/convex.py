@@ -415,8 +415,8 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
     if config.own_uncertainty() and config.uncertainty_source == "field":
         with ctx.stage("uncertainty"):
             ctx.maps["uncertainty"] = GridMap(*field_cost_spread(
-                fixed, moving, fixed_mask, fr, mr, lambda g: resample_field(current, current_geom, g), ctx, (0.97, 1.0),
-                spacing_mm=config.feature_spacing_mm, mind_radius=config.mind_radius, mind_dilation=config.mind_dilation,
+                fixed, moving, fixed_mask, fr, mr, lambda g: resample_field(current, current_geom, g), ctx, (0.97, 0.985),
+                spacing_mm=max(2.0, config.feature_spacing_mm), mind_radius=config.mind_radius, mind_dilation=config.mind_dilation,
                 temperature=config.uncertainty_temperature))
     diag["working_region"] = fr.to_dict()
     return GridField(current.detach().float(), current_geom), diag

@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import ClassVar
@@ -107,6 +108,10 @@ class EmbedConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
 
     #: the names of version 1, read only from what it saved (configs, metrics.json), with a DeprecationWarning
     ALIASES: ClassVar[dict] = {"smoothing_passes": "refine_smoothing_passes"}
+
+    def reverse_config(self) -> "EmbedConfig":
+        """The reverse registration (inverse-consistency uncertainty) writes no PCA basis: the forward run wrote it."""
+        return dataclasses.replace(super().reverse_config(), pca_basis_out="")
 
     def validate(self) -> None:
         super().validate()

@@ -180,7 +180,9 @@ def test_every_method_offers_the_uncertainty_and_says_which_estimate(small_pair)
         assert {"uncertainty", "uncertainty_estimate"} <= {s["name"] for s in method_settings(name)}
         assert (cfg.UNCERTAINTY_ESTIMATE == "matching costs") == (name in ("convex", "embed")), name
         assert cfg.from_dict({"uncertainty": True}).uncertainty_kind() == "matching costs"
-        assert cfg.from_dict({"uncertainty": True, "uncertainty_estimate": "inverse-consistency"}).uncertainty_kind() == "inverse consistency"
+        ic = cfg.from_dict({"uncertainty": True, "uncertainty_estimate": "inverse-consistency"})
+        assert ic.uncertainty_kind() == "inverse consistency" and not ic.own_uncertainty()  # register() runs the reverse
+        assert cfg.from_dict({"uncertainty": True}).own_uncertainty() == (name in ("convex", "embed"))
     p = small_pair
     seen = []
     r = register(p.fixed, p.moving, "affine", fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config={"uncertainty": True},

@@ -204,3 +204,10 @@ def test_embeds_uncertainty_points_lie_on_their_grid_and_are_capped(monkeypatch)
     monkeypatch.setattr(uncertainty, "UNCERTAINTY_POINTS", 100)
     capped, gc = dense_uncertainty(ff, ff, zero, None, fg, cfg, ctx)
     assert capped.size <= 2 * 100 and gc.spacing[0] > g.spacing[0]
+
+
+def test_embeds_reverse_registration_writes_no_pca_basis():
+    """The inverse-consistency uncertainty registers the pair the other way round: that run must not write (and so
+    refuse) the PCA basis file the forward run has just written."""
+    back = EmbedConfig.from_dict({"embedding": "pca", "pca_basis_out": "bases.npz", "uncertainty": True}).reverse_config()
+    assert back.pca_basis_out == "" and back.uncertainty is False and back.embedding == "pca"
