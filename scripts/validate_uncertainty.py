@@ -87,7 +87,7 @@ def measure(pairdir: Path, method: str, options: dict, backward_cache: Path, see
     rng = np.random.default_rng(seed)
     pick = rng.choice(idx, size=min(VOXEL_SAMPLE, idx.size), replace=False)
     out = {"voxel_error": error.ravel()[pick], "tre": np.asarray(fwd.tre_after, float),
-           "estimate": np.asarray(fwd.result.diagnostics["uncertainty_estimate"]), "seconds": np.asarray(fwd.result.timings["total"])}
+           "estimate": np.asarray(fwd.result.diagnostics["uncertainty_estimate"])}
     for name, m in maps.items():
         key = name.replace(" ", "_").replace("|", "")
         out[f"voxel_{key}"] = m.ravel()[pick]

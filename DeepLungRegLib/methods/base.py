@@ -53,6 +53,7 @@ class MethodConfig(Options):
     #: a method whose own costs give its map (``convex``, ``embed``) says "matching costs"; for the others
     #: :func:`register` makes the map ``uncertainty_estimate`` names
     UNCERTAINTY_ESTIMATE: ClassVar[str] = ""
+    NONEMPTY: ClassVar[tuple[str, ...]] = ("uncertainty_above_mm",)
 
     def uncertainty_kind(self) -> str:
         """What the uncertainty map estimates: ``"matching costs"`` or ``"inverse consistency"``."""
@@ -61,7 +62,6 @@ class MethodConfig(Options):
     def own_uncertainty(self) -> bool:
         """Whether the method makes the map itself (its own matching costs), not :func:`register`."""
         return bool(self.uncertainty and self.UNCERTAINTY_ESTIMATE == "matching costs" and self.uncertainty_estimate == "costs")
-    NONEMPTY: ClassVar[tuple[str, ...]] = ("uncertainty_above_mm",)
 
     def reverse_config(self) -> "MethodConfig":
         """The options of the same registration the other way round (moving -> fixed), for the inverse-consistency
@@ -424,6 +424,12 @@ def _start_on(initial_field, geometry: Geometry) -> np.ndarray:
     return np.asarray(field_to_grid(u0, g0, geometry), dtype=np.float32)
 
 
+def _as_field(raw, geometry: Geometry):
+    """A method's field as something with ``.on(geometry)``: a plain ``(Z, Y, X, 3)`` array (on ``geometry``, the working
+    grid the method registered on) becomes a :class:`GridField`; a :class:`GridField` or :class:`AffineField` stays."""
+    return raw if hasattr(raw, "on") else GridField(np.asarray(raw, dtype=np.float32), geometry)
+
+
 def _progress_span(progress: ProgressFn, lo: float, hi: float, prefix: str = "") -> ProgressFn:
     """``progress`` with the fractions mapped into ``[lo, hi]`` and ``prefix`` before each stage's name."""
     return lambda stage, f: progress(prefix + stage, lo + (hi - lo) * min(max(f, 0.0), 1.0))
@@ -442,7 +448,7 @@ def _inverse_consistency(spec: MethodSpec, forward, wf: Image, wm: Image, wfm: I
     that correction's consistency, not the start's.
 
     Args:
-        forward: the forward run's field (an array ``(Z, Y, X, 3)`` on ``wf``'s grid, or anything with ``.on``).
+        forward: the forward run's field (:func:`_as_field`'s).
         wf, wm, wfm, wmm: the working-frame images and masks the forward run registered.
     """
     from .common import level_geometry
@@ -453,8 +459,7 @@ def _inverse_consistency(spec: MethodSpec, forward, wf: Image, wm: Image, wfm: I
         back, _ = spec.run(wm, wf, wmm, wfm, config.reverse_config(), reverse)
         ctx.check_cancel()
         gf, gm = (level_geometry(g, UNCERTAINTY_GRID_MM) for g in (wf.geometry, wm.geometry))
-        v = forward.on(gf) if hasattr(forward, "on") else field_to_grid(np.asarray(forward, np.float32), wf.geometry, gf)
-        w = back.on(gm) if hasattr(back, "on") else field_to_grid(np.asarray(back, np.float32), wm.geometry, gm)
+        v, w = forward.on(gf), _as_field(back, wm.geometry).on(gm)
         del back
         ic = np.linalg.norm(compose_fields(np.asarray(v, np.float32), gf, np.asarray(w, np.float32), gm), axis=-1)
     return GridMap(ic.astype(np.float32), gf)
@@ -462,21 +467,18 @@ def _inverse_consistency(spec: MethodSpec, forward, wf: Image, wm: Image, wfm: I
 
 def _cost_spread(forward, wf: Image, wm: Image, wfm: Image | None, wmm: Image | None, config: MethodConfig,
                  ctx: RunContext) -> GridMap:
-    """The matching costs' uncertainty of any method's field (:func:`~.uncertainty.field_cost_spread`), on the method's
-    working regions and with its MIND-SSC options where it has them."""
+    """The matching costs' uncertainty of any method's field (``forward``, :func:`_as_field`'s;
+    :func:`~.uncertainty.field_cost_spread`), on the method's working regions and with its MIND-SSC options where it
+    has them."""
     from .common import region_geometry
     from .uncertainty import field_cost_spread
 
     margin = getattr(config, "margin_mm", 20.0)
     fr, mr = region_geometry(wf, wfm, margin), region_geometry(wm, wmm, margin)
-
-    def field_on(g: Geometry):
-        return forward.on(g) if hasattr(forward, "on") else field_to_grid(np.asarray(forward, np.float32), wf.geometry, g)
-
     # in float32 whatever the method's precision (its features and warp), on features no finer than 2 mm (memory)
     ctx32 = dataclasses.replace(ctx, dtype=torch.float32)
     with ctx.stage("uncertainty"):
-        return GridMap(*field_cost_spread(wf, wm, wfm, fr, mr, field_on, ctx32, (0.95, 0.985),
+        return GridMap(*field_cost_spread(wf, wm, wfm, fr, mr, forward.on, ctx32, (0.95, 0.985),
                                           spacing_mm=max(2.0, getattr(config, "feature_spacing_mm", 2.0)),
                                           mind_radius=getattr(config, "mind_radius", 1), mind_dilation=getattr(config, "mind_dilation", 2)))
 
@@ -569,6 +571,7 @@ def register(
         if made_here:
             ctx.progress = _progress_span(progress or (lambda s, f: None), 0.0, 0.5 if reverse else 0.95)
         raw, diagnostics = spec.run(wf, wm, wfm, wmm, config, ctx)
+        raw = _as_field(raw, wf.geometry)
         ctx.progress = progress or (lambda s, f: None)
         if reverse:
             ctx.maps["uncertainty"] = _inverse_consistency(spec, raw, wf, wm, wfm, wmm, config, ctx, progress)
@@ -582,8 +585,6 @@ def register(
         ctx.check_cancel()
         with ctx.stage("field_to_fixed_grid"):
             ctx.progress("field to the fixed grid", 0.99)
-            if not hasattr(raw, "on"):  # a plain array on the working fixed grid
-                raw = GridField(np.asarray(raw, dtype=np.float32), working_grid)
             if initial_field is not None:  # u(x) = v(x) + u0(x + v(x)), on the working grid
                 v = np.asarray(raw.on(working_grid), dtype=np.float32)
                 raw = GridField(compose_fields(v, working_grid, *initial_field).astype(np.float32), working_grid)

@@ -67,14 +67,14 @@ def cost_spread(ff: torch.Tensor, mw: torch.Tensor, lung: np.ndarray | None, fg:
         mean, cov = cost_moments(costs, torch.as_tensor(offsets_mm), temperature)
         value = (torch.diagonal(cov, dim1=1, dim2=2).sum(1) + (mean ** 2).sum(1)).clamp_min(0.0).sqrt()
         del costs
-        shape = tuple(len(range(0, n, stride)) for n in fg.shape)
-        grid = torch.zeros((1, 1, *shape), dtype=torch.float32)
+        pg = subsampled(fg, stride)  # the points' own grid: point i * stride of fg is its voxel i
+        grid = torch.zeros((1, 1, *pg.shape), dtype=torch.float32)
         weight = torch.zeros_like(grid)
         q = torch.as_tensor(pts // stride, dtype=torch.long)
         grid[0, 0, q[:, 0], q[:, 1], q[:, 2]] = value.cpu().float()
         weight[0, 0, q[:, 0], q[:, 1], q[:, 2]] = 1.0
         out = masked_smooth(grid, weight, 2)[0, 0].numpy()
-    return out.astype(np.float32), subsampled(fg, stride)
+    return out.astype(np.float32), pg
 
 
 def field_cost_spread(fixed: Image, moving: Image, fixed_mask: Image | None, fr: Geometry, mr: Geometry, field_on,
@@ -97,8 +97,7 @@ def field_cost_spread(fixed: Image, moving: Image, fixed_mask: Image | None, fr:
     dev, dt = ctx.device, ctx.dtype
     with torch.no_grad():
         level = make_level(fixed, moving, fr, mr, fixed_mask, spacing_mm, mind_radius, mind_dilation, 0.0, dev, dt)
-        u = field_on(level.fixed_geom)
-        u = torch.as_tensor(np.asarray(u) if not isinstance(u, torch.Tensor) else u).to(dev, dt)
+        u = torch.as_tensor(field_on(level.fixed_geom)).to(dev, dt)
         u = u[None] if u.ndim == 4 else u
         mw = level.sampler(level.moving_feat, u, fill=None)
         del u
