@@ -18,7 +18,7 @@ import torch
 from ..io.images import Image
 from ..losses import masked_mse
 from ..transforms.warp import world_grid_tensor
-from ..options import option, redefault
+from ..options import Options, option, redefault
 from .base import AffineField, MethodConfig, RunContext, register_method
 from .common import MindOptions, RegionOptions, AlignedFeatures, aligned_features, make_level, region_geometry
 
@@ -34,6 +34,17 @@ class AffineConfig(MindOptions, RegionOptions, MethodConfig):
 
     EQUAL_LENGTH: ClassVar[tuple] = (("levels_mm", "iterations"),)
     NONEMPTY: ClassVar[tuple] = ("levels_mm",)
+
+
+@dataclass(frozen=True)
+class AlignedStartOptions(Options):
+    """The discrete methods' start (:func:`affine_aligned_start`): how the moving image is extended where the affine
+    maps a fixed voxel outside its working region (its field of view, or the lung's box plus the margin)."""
+
+    outside_moving: str = option("border", help="how the affinely aligned moving image continues outside its working region "
+                                 "before its features are computed: \"border\" repeats its edge (no edge of its own where the "
+                                 "field of view cuts the lung); \"air\" fills it with air, as before (an edge there).",
+                                 choices=("border", "air"))
 
 
 def _centroid(img: Image, mask: Image | None) -> np.ndarray:
@@ -90,8 +101,8 @@ def affine_aligned_start(fixed: Image, moving: Image, fixed_mask: Image | None, 
     (stage "features").
 
     Args:
-        config: supplies ``margin_mm``, ``precision``, ``feature_spacing_mm``, ``mind_radius``
-            and ``mind_dilation``.
+        config: supplies ``margin_mm``, ``precision``, ``feature_spacing_mm``, ``mind_radius``,
+            ``mind_dilation`` and ``outside_moving`` (:class:`AlignedStartOptions`).
         descriptor: features to use instead of MIND-SSC (see :func:`~.common.aligned_features`).
 
     Returns:
@@ -105,7 +116,8 @@ def affine_aligned_start(fixed: Image, moving: Image, fixed_mask: Image | None, 
                                      progress_span)
     with ctx.stage("features"):
         af: AlignedFeatures = aligned_features(fixed, moving, fr, mr, fixed_mask, mat, config.feature_spacing_mm,
-                                               config.mind_radius, config.mind_dilation, ctx.device, ctx.dtype, descriptor)
+                                               config.mind_radius, config.mind_dilation, ctx.device, ctx.dtype, descriptor,
+                                               moving_fill=None if config.outside_moving == "border" else 0.0)
     return fr, mr, mat, af, adiag
 
 

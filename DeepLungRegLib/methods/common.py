@@ -120,15 +120,18 @@ class AlignedFeatures:
 def aligned_features(
     fixed: Image, moving: Image, fixed_region: Geometry, moving_region: Geometry, fixed_mask: Image | None,
     affine: np.ndarray, spacing_mm: float, mind_radius: int, mind_dilation: int, device: torch.device, dtype: torch.dtype,
-    descriptor: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    descriptor: Callable[[torch.Tensor], torch.Tensor] | None = None, moving_fill: float | None = 0.0,
 ) -> AlignedFeatures:
     """Resample the fixed image and the moving image through ``affine`` (4x4, fixed -> moving world)
     onto the fixed region at ``spacing_mm`` and compute MIND-SSC features of both (or those of
-    ``descriptor``, ``(1, 1, Z, Y, X) -> (1, C, Z, Y, X)``, e.g. embed's feature CNN)."""
+    ``descriptor``, ``(1, 1, Z, Y, X) -> (1, C, Z, Y, X)``, e.g. embed's feature CNN).
+
+    ``moving_fill``: the normalised intensity where ``affine`` maps outside the moving region (0: air), or
+    ``None`` to repeat the region's border (no artificial edge where the field of view cuts the lung)."""
     fg = level_geometry(fixed_region, spacing_mm)
     f_img = resample_to_geometry(fixed.with_array(normalise_ct(fixed.array)), fg, smooth=True)
     m_lv = resample_to_geometry(moving.with_array(normalise_ct(moving.array)), level_geometry(moving_region, spacing_mm), smooth=True)
-    m_img = warp_image(m_lv, affine_to_field(affine, fg), fg, fill=0.0)
+    m_img = warp_image(m_lv, affine_to_field(affine, fg), fg, fill=moving_fill)
     ft = torch.as_tensor(f_img.array, device=device, dtype=dtype)[None, None]
     mt = torch.as_tensor(m_img.array, device=device, dtype=dtype)[None, None]
     describe = descriptor or (lambda t: mind_ssc(t, mind_radius, mind_dilation))

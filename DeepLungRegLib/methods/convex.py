@@ -43,7 +43,7 @@ from ..errors import DeepLungRegError
 from ..ops.filters import box_mean3d
 from ..geometry import Geometry
 from ..transforms.warp import GridSampler
-from .affine import affine_aligned_start
+from .affine import AlignedStartOptions, affine_aligned_start
 from ..options import check_range, option, redefault
 from .base import GridField, GridMap, MethodConfig, RunContext, register_method
 from .common import MindOptions, RegionOptions, apply_affine, cost_moments, masked_smooth, resample_field, smooth3
@@ -53,7 +53,7 @@ from .uncertainty import field_cost_spread
 
 
 @dataclass(frozen=True)
-class ConvexConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
+class ConvexConfig(AlignedStartOptions, RefineOptions, MindOptions, RegionOptions, MethodConfig):
     """Options of ``convex``; the instance optimisation after the discrete stage is :class:`~.refine.RefineOptions`
     (no levels: none).
 
@@ -75,7 +75,8 @@ class ConvexConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
     coupling: tuple[float, ...] = option((0.003, 0.01, 0.03, 0.1, 0.3, 1.0), 0.0, 1e4,
                                          "the growing coupling weights theta of the coupled convex optimisation "
                                          "(relative to the typical cost spread, per squared search step).")
-    convex_smoothing_passes: int = option(2, 0, 20, "3x3x3 box passes of the smoothing step on the control grid.")
+    # one pass: the field keeps the steep motion of the lowest lung (large motion, docs/benchmark.md run 23)
+    convex_smoothing_passes: int = option(1, 0, 20, "3x3x3 box passes of the smoothing step on the control grid.")
     temperature: float = option(0.15, 1e-4, 10.0, "soft-argmin temperature relative to each cost map's spread.")
     uncertainty: bool = option(False, help="also write uncertainty.nii.gz: per voxel, how far (mm, root mean square) the "
                                            "displacements that the matching costs allow lie from the one the registration "
@@ -107,7 +108,7 @@ class ConvexConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
 
     #: the default search grid of ``deeplungreg tune --method convex``
     TUNE_GRID: ClassVar[dict] = {
-        "convex_smoothing_passes": [2, 3],
+        "convex_smoothing_passes": [1, 2],
         "regularisation": [0.5, 1.0, 2.0],
         "refine_levels_mm": [[3.0], [2.5]],
     }

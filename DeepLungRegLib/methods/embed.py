@@ -48,8 +48,8 @@ from ..geometry import Geometry
 from ..io.images import Image
 from ..keypoints import foerstner_keypoints
 from ..transforms.warp import GridSampler, sample_field_at_points
-from .affine import affine_aligned_start
-from ..options import option
+from .affine import AlignedStartOptions, affine_aligned_start
+from ..options import option, redefault
 from .base import GridField, GridMap, MethodConfig, RunContext, register_method
 from .common import MindOptions, RegionOptions, apply_affine, level_geometry, resample_field
 from .costs import displacement_offsets, keypoint_costs, search_offsets  # noqa: F401 (displacement_offsets: embed's, for its users)
@@ -58,7 +58,7 @@ from .refine import RefineOptions, Refinement
 
 
 @dataclass(frozen=True)
-class EmbedConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
+class EmbedConfig(AlignedStartOptions, RefineOptions, MindOptions, RegionOptions, MethodConfig):
     """Options of ``embed``; the refinement ("embed+io") is :class:`~.refine.RefineOptions`.
 
     Attributes:
@@ -66,6 +66,8 @@ class EmbedConfig(RefineOptions, MindOptions, RegionOptions, MethodConfig):
         mask_dilation_mm: dilation of the fixed mask that weights the refinement.
     """
 
+    # not measured with "border" yet (docs/benchmark.md, run 23): embed keeps the air it was chosen with
+    outside_moving: str = redefault(AlignedStartOptions, "outside_moving", "air")
     keypoints: int = option(2000, 10, 20000, "maximal number of Förstner keypoints in the fixed lung.")
     keypoint_distance_mm: float = option(4.0, 0.5, 50.0, "minimal distance between keypoints.")
     feature_spacing_mm: float = option(2.0, 0.5, 16.0, "grid spacing of the MIND-SSC features (half resolution of a 1 mm CT).")

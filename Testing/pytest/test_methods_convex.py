@@ -143,6 +143,37 @@ def test_convex_recovers_large_motion_on_a_small_pair(small_pair, inverse_consis
     assert jacobian_stats(jacobian_determinant(res.field, res.geometry), p.fixed_mask.array)["folding_percent"] < 0.1
 
 
+@pytest.mark.parametrize("fill", [None, 0.0])
+def test_the_aligned_start_repeats_the_moving_border_where_its_field_of_view_cuts_the_lung(small_pair, fill):
+    """The moving image's field of view ends 8 slices (32 mm) into the lung, as where a CT of the upper thorax cuts
+    the inhale lung. Beyond the cut, ``moving_fill=None`` (``outside_moving="border"``, convex's default) repeats the
+    edge, so the moving features there carry the lung's structure and no edge of their own; ``0.0`` (``"air"``) fills
+    it, so they are flat."""
+    from DeepLungRegLib.io.images import Image
+    from DeepLungRegLib.methods.common import aligned_features, region_geometry
+
+    p = small_pair
+    k0 = int(np.nonzero(p.moving_mask.array.any(axis=(1, 2)))[0].min()) + 8  # the first slice the moving image keeps
+    mg = p.moving.geometry
+    cut = Image(np.ascontiguousarray(p.moving.array[k0:]), mg.crop((0, 0, k0), (mg.size[0], mg.size[1], mg.size[2] - k0)))
+    cut_mask = Image(np.ascontiguousarray(p.moving_mask.array[k0:]), cut.geometry)
+    fr, mr = region_geometry(p.fixed, p.fixed_mask, 20.0), region_geometry(cut, cut_mask, 20.0)
+    af = aligned_features(p.fixed, cut, fr, mr, p.fixed_mask, np.eye(4), 4.0, 1, 2, torch.device("cpu"), torch.float32,
+                          moving_fill=fill)
+    g = af.geometry  # the fixed region, axis-aligned like the moving grid: its slices lie at constant z
+    z = g.index_to_world(np.stack([np.zeros(g.size[2]), np.zeros(g.size[2]), np.arange(g.size[2])], 1).astype(float))[:, 2]
+    beyond = np.nonzero(cut.geometry.world_to_index(np.stack([np.zeros_like(z), np.zeros_like(z), z], 1))[:, 2] < -3)[0]
+    assert len(beyond) >= 2, "the cut should leave fixed slices beyond the moving field of view"
+    slab = af.moving_feat[0][:, beyond]  # (C, slices, Y, X)
+    in_plane = float(slab.std(dim=(2, 3)).mean())
+    if fill is None:
+        assert in_plane > 0.02  # the edge's structure, repeated
+        assert torch.allclose(slab[:, 1:], slab[:, :-1], atol=1e-4)  # and nothing changes along the cut's normal
+    else:
+        assert in_plane < 1e-4  # flat air
+    assert ConvexConfig().outside_moving == "border"
+
+
 def test_masked_smoothing_keeps_the_lungs_field_at_its_boundary_and_extends_it_outwards():
     """Sliding: a field of 30 mm inside the lung (the points with costs) and 0 outside. The plain smoothing pulls
     the boundary's points towards 0; the masked one keeps 30 there and extends it to the points it reaches."""
@@ -182,9 +213,11 @@ def test_the_uncertainty_is_higher_where_the_lung_is_made_featureless(small_pair
     costs are searched around the final field or are the finest level's own; the map is in mm on the fixed grid, and
     summarised per lung."""
     fixed, moving, block = featureless_block(small_pair)
-    # a finest search of +-8 mm (5 steps a side at 4 mm): room for the level's costs to spread
+    # a finest search of +-8 mm (5 steps a side at 4 mm): room for the level's costs to spread; the level's map with the
+    # field smoothing it was validated with (two passes; docs/uncertainty.md)
+    level = {"convex_smoothing_passes": 2} if source == "level" else {}
     r = register(fixed, moving, "convex", fixed_mask=small_pair.fixed_mask, moving_mask=small_pair.moving_mask,
-                 config={**FAST, "search_half_width_mm": [24.0, 8.0], "uncertainty": True, "uncertainty_source": source},
+                 config={**FAST, "search_half_width_mm": [24.0, 8.0], "uncertainty": True, "uncertainty_source": source, **level},
                  device="cpu")
     assert ("uncertainty" in r.timings) == (source == "field")
     assert r.diagnostics["uncertainty_estimate"] == "matching costs"
