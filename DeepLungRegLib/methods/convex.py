@@ -48,7 +48,8 @@ from ..options import check_range, option, redefault
 from .base import GridField, GridMap, MethodConfig, RunContext, register_method
 from .common import MindOptions, RegionOptions, apply_affine, cost_moments, masked_smooth, resample_field, smooth3
 from .refine import RefineOptions, Refinement
-from .embed import displacement_offsets, soft_argmin
+from .costs import displacement_offsets
+from .embed import soft_argmin
 from .uncertainty import field_cost_spread
 
 
@@ -213,7 +214,7 @@ def coupled_convex(costs: torch.Tensor, points_zyx: torch.Tensor, grid_shape: tu
     Args:
         costs: ``(N, D)`` cost volume at ``points_zyx`` (``(N, 3)`` control-grid indices).
         grid_shape: control grid ``(Zc, Yc, Xc)``.
-        offsets_mm: ``(D, 3)`` displacements in world mm, :func:`displacement_offsets` order.
+        offsets_mm: ``(D, 3)`` displacements in world mm, :func:`~.costs.displacement_offsets` order.
         n: displacements per axis (``D = n^3``).
 
     Returns:

@@ -18,7 +18,6 @@ def displacement_offsets(radius: int, step: int) -> np.ndarray:
     return np.stack([zz.ravel(), yy.ravel(), xx.ravel()], 1)
 
 
-
 def search_offsets(fg: Geometry, range_mm: float, step_mm: float) -> tuple[int, int, np.ndarray, np.ndarray]:
     """A local search on the feature grid ``fg``, ``range_mm`` wide in ``step_mm`` steps:
     ``(radius, step, offsets (D, 3) zyx voxels, offsets_mm (D, 3) world)``."""

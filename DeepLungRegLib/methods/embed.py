@@ -52,7 +52,7 @@ from .affine import AlignedStartOptions, affine_aligned_start
 from ..options import option, redefault
 from .base import GridField, GridMap, MethodConfig, RunContext, register_method
 from .common import MindOptions, RegionOptions, apply_affine, level_geometry, resample_field
-from .costs import displacement_offsets, keypoint_costs, search_offsets  # noqa: F401 (displacement_offsets: embed's, for its users)
+from .costs import keypoint_costs, search_offsets
 from .uncertainty import cost_spread
 from .refine import RefineOptions, Refinement
 
@@ -176,7 +176,7 @@ def soft_argmin(costs: torch.Tensor, offsets_mm: torch.Tensor, temperature: floa
     """Sub-voxel displacement ``(K, 3)``: a softmax-weighted mean over the 3x3x3 displacements around each argmin.
 
     Args:
-        costs: ``(K, D)`` with ``D = n^3`` displacements in :func:`displacement_offsets` order.
+        costs: ``(K, D)`` with ``D = n^3`` displacements in :func:`~.costs.displacement_offsets` order.
         offsets_mm: ``(D, 3)`` displacements in mm.
         temperature: relative to each row's spread.
         spread: ``(K, 1)`` cost spread per row (default: median minus minimum cost).

@@ -14,7 +14,7 @@ import torch
 from DeepLungRegLib import DeepLungRegError, read_image
 from DeepLungRegLib.device import precision_scope, resolve_device, resolve_dtype, tf32_enabled
 from DeepLungRegLib.methods import available_methods, register
-from DeepLungRegLib.methods.embed import displacement_offsets, keypoint_costs
+from DeepLungRegLib.methods.costs import displacement_offsets, keypoint_costs
 from DeepLungRegLib.metrics import tre
 from DeepLungRegLib.simulation import simulate_breathing
 from DeepLungRegLib.transforms import resample_to_spacing

@@ -20,7 +20,7 @@ from DeepLungRegLib.methods.convex import (
     sliding_cell_features,
 )
 from DeepLungRegLib.methods.common import smooth3
-from DeepLungRegLib.methods.embed import displacement_offsets
+from DeepLungRegLib.methods.costs import displacement_offsets
 from DeepLungRegLib.metrics import jacobian_determinant, jacobian_stats, tre
 
 from helpers_convex import FAST, assert_less_sure_in_the_block, featureless_block, small_pair

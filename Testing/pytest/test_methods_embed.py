@@ -9,9 +9,9 @@ import torch
 from DeepLungRegLib import DeepLungRegError, Geometry, read_image
 from DeepLungRegLib.device import precision_scope
 from DeepLungRegLib.methods import register
+from DeepLungRegLib.methods.costs import displacement_offsets, keypoint_costs
 from DeepLungRegLib.methods.embed import (
-    EmbedConfig, densify_gaussian, densify_tps, displacement_offsets, graph_diffuse, graph_laplacian, keypoint_costs,
-    reject_outliers, soft_argmin,
+    EmbedConfig, densify_gaussian, densify_tps, graph_diffuse, graph_laplacian, reject_outliers, soft_argmin,
 )
 from DeepLungRegLib.metrics import tre
 from DeepLungRegLib.simulation import simulate_breathing
