@@ -19,7 +19,9 @@ Printed (Markdown):
    holds is the same on every fold and near the oracle on each held-out CT.
 3. With ``--ratio A/B``: per CT, motion and direction, method A's mean TRE and seconds divided by B's, over the
    pairs both have (the targets "mean TRE <= 0.7x ConvexAdam's best" and "time <= ConvexAdam default's"; the
-   seconds compare only where both ran in one benchmark run, beside each other).
+   seconds compare only the pairs both ran in one run folder, beside each other).
+
+A (pair, method) given by more than one folder is taken from the first folder that has it.
 
 ``--rename FOLDER:METHOD=NAME`` gives a method of one folder another name (``NAME`` empty: leave it out), e.g. when
 two runs used one name for two settings (``convex`` before and after its default changed).
@@ -59,15 +61,23 @@ def _measurements(folder: Path):
 
 
 def read_runs(folders: list[Path], rename: dict[tuple[str, str], str] | None = None) -> list[dict]:
-    """One record per (pair, method): CT, amplitude, seed, direction, per-landmark errors, folding, seconds.
-    ``rename[(folder, method)]`` names a folder's method otherwise (``""``: left out)."""
+    """One record per (pair, method): CT, amplitude, seed, direction, per-landmark errors, folding, seconds, and
+    the run folder it came from. ``rename[(folder, method)]`` names a folder's method otherwise (``""``: left out).
+    A (pair, method) that an earlier folder already gave is left out (the first folder wins; said on stderr), so
+    that a pair re-run elsewhere, e.g. to be timed beside a baseline, is not counted twice."""
     out = []
+    seen: set[tuple[str, str]] = set()
+    repeated = defaultdict(int)
     rename = {(str(Path(f).resolve()), m): n for (f, m), n in (rename or {}).items()}
     for folder in folders:
         for pair, method, r in _measurements(folder):
             method = rename.get((str(Path(folder).resolve()), method), method)
             if not method:
                 continue
+            if (pair, method) in seen:
+                repeated[(str(folder), method)] += 1
+                continue
+            seen.add((pair, method))
             m = PAIR_NAME.match(pair)
             if m is None:
                 continue
@@ -80,7 +90,9 @@ def read_runs(folders: list[Path], rename: dict[tuple[str, str], str] | None = N
             out.append({"ct": m["ct"], "amp": m["amp"], "seed": int(m["seed"]),
                         "direction": "exhale fixed" if m["exhale"] else "inhale fixed", "method": method,
                         "errors": np.asarray(errors, float), "folding": float(r.get("folding_percent") or 0.0),
-                        "seconds": float(r.get("registration_s") or "nan")})
+                        "seconds": float(r.get("registration_s") or "nan"), "run": str(Path(folder).resolve())})
+    for (folder, method), k in sorted(repeated.items()):
+        print(f"loco: {folder}: {k} result(s) of {method} left out, an earlier folder has those pairs", file=sys.stderr)
     return out
 
 
@@ -159,10 +171,14 @@ def loco_table(recs: list[dict], candidates: list[str]) -> tuple[list[str], dict
 
 
 def ratio_table(recs: list[dict], a: str, b: str) -> list[str]:
-    """Per CT, motion and direction: ``a``'s mean TRE and mean seconds over ``b``'s, on the pairs both have."""
+    """Per CT, motion and direction: ``a``'s mean TRE over ``b``'s, on the pairs both have, and ``a``'s mean
+    seconds over ``b``'s on those of the pairs both ran in one run folder (timed side by side; a time from
+    another run, on a machine loaded otherwise, is not compared)."""
     recs = common_pairs([r for r in recs if r["method"] in (a, b)], [a, b])
-    lines = [f"| CT | motion | fixed | pairs | mean TRE {a} / {b} | ratio | seconds {a} / {b} | ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+    run_of = {(pair_key(r), r["method"]): r["run"] for r in recs}
+    together = {pair_key(r) for r in recs if run_of.get((pair_key(r), a)) == run_of.get((pair_key(r), b))}
+    lines = [f"| CT | motion | fixed | pairs | mean TRE {a} / {b} | ratio | pairs timed in one run | seconds {a} / {b} | ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
     groups = defaultdict(list)
     for r in recs:
         groups[(r["ct"], r["amp"], r["direction"])].append(r)
@@ -172,8 +188,11 @@ def ratio_table(recs: list[dict], a: str, b: str) -> list[str]:
         pa, pb = (pooled([r for r in g if r["method"] == m]) for m in (a, b))
         if not pa["pairs"]:
             continue
+        ta, tb = (pooled([r for r in g if r["method"] == m and pair_key(r) in together]) for m in (a, b))
+        timed = (f"{ta['pairs']} | {ta['seconds']:.0f} / {tb['seconds']:.0f} | {ta['seconds'] / tb['seconds']:.2f}" if ta["pairs"]
+                 else "0 | – | –")
         lines.append(f"| {key[0]} | {key[1]} | {key[2].split(' ')[0]} | {pa['pairs']} | {pa['mean']:.2f} / {pb['mean']:.2f} | "
-                     f"{pa['mean'] / pb['mean']:.2f} | {pa['seconds']:.0f} / {pb['seconds']:.0f} | {pa['seconds'] / pb['seconds']:.2f} |")
+                     f"{pa['mean'] / pb['mean']:.2f} | {timed} |")
     return lines
 
 

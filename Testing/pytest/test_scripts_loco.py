@@ -55,5 +55,27 @@ def test_two_runs_that_used_one_name_are_told_apart_and_a_ratio_is_taken_on_shar
     assert sorted({r["method"] for r in recs}) == ["convex", "convexadam-best", "old convex"]
     assert loco.read_runs([old], {(str(old), "convex"): ""}) == []
     table = "\n".join(loco.ratio_table(recs, "convex", "convexadam-best"))
-    assert "| ctA | large | inhale | 1 | 0.60 / 1.20 | 0.50 | 10 / 10 | 1.00 |" in table
+    assert "| ctA | large | inhale | 1 | 0.60 / 1.20 | 0.50 | 1 | 10 / 10 | 1.00 |" in table
     assert "| **all** |  |  | 1 | 0.60 / 1.20 | 0.50 |" in table
+
+
+def test_a_pair_given_twice_counts_once_and_seconds_compare_only_within_one_run(tmp_path, capsys):
+    """A pair re-run in a later folder (e.g. to be timed beside a baseline) is taken from the first folder only;
+    the ratio's seconds use only the pairs both methods ran in one folder."""
+    first = _run(tmp_path / "first", {("ctA_large_s5_2mm", "convex"): np.full(10, 0.6),
+                                      ("ctA_large_s6_2mm", "convex"): np.full(10, 0.6)})
+    baseline = _run(tmp_path / "baseline", {("ctA_large_s5_2mm", "convexadam"): np.full(10, 1.0)})
+    timed = tmp_path / "timed"
+    _run(timed, {("ctA_large_s6_2mm", "convex"): np.full(10, 9.9), ("ctA_large_s6_2mm", "convexadam"): np.full(10, 1.0)})
+    r = json.loads((timed / "runs" / "ctA_large_s6_2mm__convex" / "result.json").read_text())
+    r["result"]["registration_s"] = 5.0
+    (timed / "runs" / "ctA_large_s6_2mm__convex" / "result.json").write_text(json.dumps(r))
+    recs = loco.read_runs([first, baseline, timed])
+    assert len([x for x in recs if x["method"] == "convex"]) == 2  # the timed folder's repeat is left out
+    assert "1 result(s) of convex left out" in capsys.readouterr().err
+    table = "\n".join(loco.ratio_table(recs, "convex", "convexadam"))
+    # TRE over both shared pairs; seconds over none: convex's results come from another folder than the baseline's
+    assert "| ctA | large | inhale | 2 | 0.60 / 1.00 | 0.60 | 0 | – | – |" in table
+    recs = loco.read_runs([timed, first, baseline])  # the timed folder first: its seed-6 pair is timed beside the baseline
+    table = "\n".join(loco.ratio_table(recs, "convex", "convexadam"))
+    assert "| ctA | large | inhale | 2 | 5.25 / 1.00 | 5.25 | 1 | 5 / 10 | 0.50 |" in table
