@@ -152,7 +152,6 @@ def loco_table(recs: list[dict], candidates: list[str]) -> tuple[list[str], dict
         if not scores:
             continue
         chosen = min(scores, key=lambda m: (scores[m]["mean"], scores[m]["p95"]))
-        chosen_by[held] = chosen
 
         def by_motion(method: str) -> str:
             parts = []
@@ -162,7 +161,11 @@ def loco_table(recs: list[dict], candidates: list[str]) -> tuple[list[str], dict
             return "; ".join(parts)
 
         held_scores = {m: pooled([r for r in test if r["method"] == m]) for m in candidates}
-        oracle = min((m for m in held_scores if held_scores[m]["pairs"]), key=lambda m: held_scores[m]["mean"])
+        present = [m for m in held_scores if held_scores[m]["pairs"]]
+        if not present:  # (a run still going: no pair of this CT that every candidate has yet)
+            continue
+        oracle = min(present, key=lambda m: held_scores[m]["mean"])
+        chosen_by[held] = chosen
         row = (f"| {held} | {chosen} ({scores[chosen]['mean']:.2f}) | {by_motion(chosen)} | {oracle} "
                f"({held_scores[oracle]['mean']:.2f}; chosen {held_scores[chosen]['mean']:.2f}) |")
         row += "".join(f" {by_motion(b)} |" for b in base)

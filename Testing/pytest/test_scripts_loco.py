@@ -37,6 +37,9 @@ def test_the_method_better_on_the_other_cts_is_chosen_and_compared_on_shared_pai
     assert {(r["ct"], r["amp"], r["seed"], r["direction"]) for r in recs} >= {("ct_b_image", "large", 5, "exhale fixed")}
     lines, chosen = loco.loco_table(recs, ["convex", "embed"])
     assert chosen == {"ctA": "convex", "ct_b_image": "convex"}
+    # a run still going: embed has not reached ctA yet, so no pair of ctA is shared and neither fold has a row
+    partial = [r for r in recs if not (r["ct"] == "ctA" and r["method"] == "embed")]
+    assert loco.loco_table(partial, ["convex", "embed"])[1] == {}
     assert any("| ctA | convex (0.50) | large 0.50 / 0.50 |" in ln for ln in lines)
     table = "\n".join(loco.per_ct_table(recs, ["convex", "embed", "convexadam"]))
     assert "| ctA | small | inhale | 6 | nan / nan | 0.10 / 0.10 | 2.00 / 2.00 |" in table
