@@ -38,12 +38,14 @@ class AffineConfig(MindOptions, RegionOptions, MethodConfig):
 
 @dataclass(frozen=True)
 class AlignedStartOptions(Options):
-    """The discrete methods' start (:func:`affine_aligned_start`): how the moving image is extended where the affine
-    maps a fixed voxel outside its working region (its field of view, or the lung's box plus the margin)."""
+    """The discrete methods' start (:func:`affine_aligned_start`) and their refinement: how the moving image is
+    extended where the affine, or the field, maps a fixed voxel outside its working region (its field of view, or the
+    lung's box plus the margin)."""
 
-    outside_moving: str = option("border", help="how the affinely aligned moving image continues outside its working region "
-                                 "before its features are computed: \"border\" repeats its edge (no edge of its own where the "
-                                 "field of view cuts the lung); \"air\" fills it with air, as before (an edge there).",
+    outside_moving: str = option("border", help="how the moving image continues outside its working region, for the "
+                                 "aligned start's features and the refinement's samples: \"border\" repeats its edge (no edge "
+                                 "of its own where the field of view cuts the lung); \"air\" fills the start with air and the "
+                                 "refinement's features with zeros, as before (an edge there).",
                                  choices=("border", "air"))
 
 

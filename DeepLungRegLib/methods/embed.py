@@ -49,7 +49,7 @@ from ..io.images import Image
 from ..keypoints import foerstner_keypoints
 from ..transforms.warp import GridSampler, sample_field_at_points
 from .affine import AlignedStartOptions, affine_aligned_start
-from ..options import option, redefault
+from ..options import option
 from .base import GridField, GridMap, MethodConfig, RunContext, register_method
 from .common import MindOptions, RegionOptions, apply_affine, level_geometry, resample_field
 from .costs import keypoint_costs, search_offsets
@@ -66,8 +66,6 @@ class EmbedConfig(AlignedStartOptions, RefineOptions, MindOptions, RegionOptions
         mask_dilation_mm: dilation of the fixed mask that weights the refinement.
     """
 
-    # not measured with "border" yet (docs/benchmark.md, run 23): embed keeps the air it was chosen with
-    outside_moving: str = redefault(AlignedStartOptions, "outside_moving", "air")
     keypoints: int = option(2000, 10, 20000, "maximal number of Förstner keypoints in the fixed lung.")
     keypoint_distance_mm: float = option(4.0, 0.5, 50.0, "minimal distance between keypoints.")
     feature_spacing_mm: float = option(2.0, 0.5, 16.0, "grid spacing of the MIND-SSC features (half resolution of a 1 mm CT).")
@@ -428,7 +426,7 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
             del aligned, residual
     ctx.progress("densified", 0.6)
     current_geom = cg
-    refinement = Refinement.of(config, residual=True, label="refine")
+    refinement = Refinement.of(config, residual=True, label="refine", moving_border=config.outside_moving == "border")
     if config.refine and refinement.enabled:
         current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, cg, ctx, (0.6, 1.0))
         diag["levels"] = losses

@@ -106,22 +106,23 @@ class GridSampler:
         return out + fill
 
 
-    def sample_points(self, volume: torch.Tensor, index: torch.Tensor, displacement: torch.Tensor, mode: str = "linear") -> torch.Tensor:
+    def sample_points(self, volume: torch.Tensor, index: torch.Tensor, displacement: torch.Tensor, mode: str = "linear",
+                      border: bool = False) -> torch.Tensor:
         """Sample ``volume (N, C, Zm, Ym, Xm)`` at a subset of fixed voxels moved by their displacements.
 
         Args:
             index: ``(M,)`` flat (z, y, x raster) indices of fixed-grid voxels.
             displacement: ``(N, M, 3)`` mm at those voxels.
+            border: points outside the moving grid get the nearest border value (else 0).
 
         Returns:
-            ``(N, C, M)``; points outside the moving grid get 0. Cheaper than a full
-            warp when only the voxels of a mask matter.
+            ``(N, C, M)``. Cheaper than a full warp when only the voxels of a mask matter.
         """
         if mode not in _MODES:
             raise DeepLungRegError(f"warp: unknown interpolation {mode!r}; use 'linear' or 'nearest'")
         base = self.base.reshape(-1, 3)[index]  # (M, 3)
         grid = base + displacement.to(_coordinate_dtype(displacement.dtype)) @ self._a.T  # (N, M, 3)
-        out = _grid_sample(volume, grid[:, :, None, None, :], _MODES[mode], "zeros")
+        out = _grid_sample(volume, grid[:, :, None, None, :], _MODES[mode], "border" if border else "zeros")
         return out[:, :, :, 0, 0]
 
 

@@ -174,6 +174,45 @@ def test_the_aligned_start_repeats_the_moving_border_where_its_field_of_view_cut
     assert ConvexConfig().outside_moving == "border"
 
 
+def test_the_refinement_samples_the_moving_border_beyond_the_field_of_view_and_feels_no_edge_there(small_pair, monkeypatch):
+    """Beyond the moving grid's last slice, ``border`` sampling (the refinement of ``outside_moving="border"``) repeats
+    that slice's features, so a point there is pulled neither way along the cut's normal; zeros make an edge whose
+    gradient pulls it. Convex's and embed's refinements sample the border (unless ``outside_moving="air"``); adam's
+    (no aligned start, not measured) zeros."""
+    from DeepLungRegLib.geometry import Geometry
+    from DeepLungRegLib.methods.adam import AdamConfig
+    from DeepLungRegLib.methods.embed import EmbedConfig
+    from DeepLungRegLib.methods.refine import Refinement
+    from DeepLungRegLib.transforms.warp import GridSampler
+
+    g = Geometry(origin=(0.0, 0.0, 0.0), spacing=(2.0, 2.0, 2.0), direction=tuple(np.eye(3).ravel()), size=(6, 6, 8))
+    torch.manual_seed(0)
+    feat = torch.rand((1, 3, 8, 6, 6)) + 0.5  # (N, C, Z, Y, X), nothing near zero
+    sampler = GridSampler(g, g)
+    index = torch.tensor([int(np.ravel_multi_index((7, 3, 3), (8, 6, 6)))])  # the last slice's middle voxel
+    shift = torch.tensor([[[0.0, 0.0, 3.0]]], requires_grad=True)  # 3 mm (1.5 slices) beyond the last slice, world z
+    for border in (True, False):
+        moved = sampler.sample_points(feat, index, shift, border=border)  # (1, C, 1)
+        target = torch.full_like(moved, 2.0)
+        grad = torch.autograd.grad((target - moved).pow(2).mean(), shift)[0]
+        if border:
+            assert torch.allclose(moved[0, :, 0], feat[0, :, 7, 3, 3], atol=1e-6)
+            assert abs(float(grad[0, 0, 2])) < 1e-6
+        else:
+            assert torch.allclose(moved, torch.zeros_like(moved))
+    near = torch.tensor([[[0.0, 0.0, 1.0]]], requires_grad=True)  # half a slice beyond: zeros blend in and pull
+    moved = sampler.sample_points(feat, index, near)
+    assert abs(float(torch.autograd.grad((2.0 - moved).pow(2).mean(), near)[0][0, 0, 2])) > 1e-3
+    seen = []  # which sampling each method's refinement uses
+    monkeypatch.setattr(Refinement, "run", lambda self, *a, **k: seen.append(self.moving_border) or (a[5], a[6], []))
+    p = small_pair
+    cheap_embed = {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 200}
+    for method, config in (("convex", FAST), ("convex", dict(FAST, outside_moving="air")), ("embed", cheap_embed), ("adam", None)):
+        register(p.fixed, p.moving, method, fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=config)
+    assert seen == [True, False, True, False]
+    assert EmbedConfig().outside_moving == "border" and not hasattr(AdamConfig(), "outside_moving")
+
+
 def test_masked_smoothing_keeps_the_lungs_field_at_its_boundary_and_extends_it_outwards():
     """Sliding: a field of 30 mm inside the lung (the points with costs) and 0 outside. The plain smoothing pulls
     the boundary's points towards 0; the masked one keeps 30 there and extends it to the points it reaches."""
