@@ -63,8 +63,9 @@ def _measurements(folder: Path):
 def read_runs(folders: list[Path], rename: dict[tuple[str, str], str] | None = None) -> list[dict]:
     """One record per (pair, method): CT, amplitude, seed, direction, per-landmark errors, folding, seconds, and
     the run folder it came from. ``rename[(folder, method)]`` names a folder's method otherwise (``""``: left out).
-    A (pair, method) that an earlier folder already gave is left out (the first folder wins; said on stderr), so
-    that a pair re-run elsewhere, e.g. to be timed beside a baseline, is not counted twice."""
+    A (pair, method), after ``rename``, that an earlier folder already gave a result for is left out (the first
+    folder wins; said on stderr), so that a pair re-run elsewhere, e.g. to be timed beside a baseline, is not
+    counted twice; a failed or incomplete result does not count as given."""
     out = []
     seen: set[tuple[str, str]] = set()
     repeated = defaultdict(int)
@@ -74,10 +75,6 @@ def read_runs(folders: list[Path], rename: dict[tuple[str, str], str] | None = N
             method = rename.get((str(Path(folder).resolve()), method), method)
             if not method:
                 continue
-            if (pair, method) in seen:
-                repeated[(str(folder), method)] += 1
-                continue
-            seen.add((pair, method))
             m = PAIR_NAME.match(pair)
             if m is None:
                 continue
@@ -87,7 +84,11 @@ def read_runs(folders: list[Path], rename: dict[tuple[str, str], str] | None = N
             errors = r.get("tre_after_per_landmark")
             if errors is None:
                 continue
-            out.append({"ct": m["ct"], "amp": m["amp"], "seed": int(m["seed"]),
+            if (pair, method) in seen:
+                repeated[(str(folder), method)] += 1
+                continue
+            seen.add((pair, method))
+            out.append({"ct": m["ct"], "amp": m["amp"], "seed": int(m["seed"]), "spacing": m["spacing"],
                         "direction": "exhale fixed" if m["exhale"] else "inhale fixed", "method": method,
                         "errors": np.asarray(errors, float), "folding": float(r.get("folding_percent") or 0.0),
                         "seconds": float(r.get("registration_s") or "nan"), "run": str(Path(folder).resolve())})
@@ -125,7 +126,7 @@ def per_ct_table(recs: list[dict], methods: list[str]) -> list[str]:
 
 
 def pair_key(r: dict) -> tuple:
-    return r["ct"], r["amp"], r["seed"], r["direction"]
+    return r["ct"], r["amp"], r["seed"], r.get("spacing"), r["direction"]
 
 
 def common_pairs(recs: list[dict], methods: list[str]) -> list[dict]:
@@ -176,9 +177,10 @@ def loco_table(recs: list[dict], candidates: list[str]) -> tuple[list[str], dict
 def ratio_table(recs: list[dict], a: str, b: str) -> list[str]:
     """Per CT, motion and direction: ``a``'s mean TRE over ``b``'s, on the pairs both have, and ``a``'s mean
     seconds over ``b``'s on those of the pairs both ran in one run folder (timed side by side; a time from
-    another run, on a machine loaded otherwise, is not compared)."""
+    another run, on a machine loaded otherwise, is not compared). A folder continued with ``--resume`` in
+    another session holds times of both sessions: one folder is then only an approximation of "side by side"."""
     recs = common_pairs([r for r in recs if r["method"] in (a, b)], [a, b])
-    run_of = {(pair_key(r), r["method"]): r["run"] for r in recs}
+    run_of = {(pair_key(r), r["method"]): r.get("run") for r in recs}
     together = {pair_key(r) for r in recs if run_of.get((pair_key(r), a)) == run_of.get((pair_key(r), b))}
     lines = [f"| CT | motion | fixed | pairs | mean TRE {a} / {b} | ratio | pairs timed in one run | seconds {a} / {b} | ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -233,8 +235,14 @@ def main() -> int:
     lines, chosen = loco_table(recs, candidates)
     out += ["", "### Leave one CT out", "", f"Candidates: {', '.join(candidates)}.", ""] + lines
     verdict = set(chosen.values())
-    out += ["", ("The same method is chosen on every fold: " + next(iter(verdict))) if len(verdict) == 1
-            else "The choice differs between folds: " + ", ".join(f"{k} -> {v}" for k, v in chosen.items())]
+    skipped = [ct for ct in cts if ct not in chosen]
+    if not chosen:
+        out += ["", "No fold has a pair of its held-out CT that every candidate has a result for."]
+    else:
+        out += ["", ("The same method is chosen on every fold: " + next(iter(verdict))) if len(verdict) == 1
+                else "The choice differs between folds: " + ", ".join(f"{k} -> {v}" for k, v in chosen.items())]
+    if chosen and skipped:
+        out[-1] += f" (no row for {', '.join(skipped)}: no pair there, or none elsewhere, that every candidate has)"
     for pair in args.ratio:
         a, _, b = pair.partition("/")
         if a not in methods or b not in methods:

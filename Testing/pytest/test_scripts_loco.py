@@ -37,9 +37,12 @@ def test_the_method_better_on_the_other_cts_is_chosen_and_compared_on_shared_pai
     assert {(r["ct"], r["amp"], r["seed"], r["direction"]) for r in recs} >= {("ct_b_image", "large", 5, "exhale fixed")}
     lines, chosen = loco.loco_table(recs, ["convex", "embed"])
     assert chosen == {"ctA": "convex", "ct_b_image": "convex"}
-    # a run still going: embed has not reached ctA yet, so no pair of ctA is shared and neither fold has a row
-    partial = [r for r in recs if not (r["ct"] == "ctA" and r["method"] == "embed")]
-    assert loco.loco_table(partial, ["convex", "embed"])[1] == {}
+    # a run still going: embed has not reached ctA yet, so ctA's fold has no row; the other CTs keep theirs
+    third = {(f"ctC_large_s5_2mm{d}", m): e for d in ("", "_exhale-fixed") for m, e in (("convex", good), ("embed", bad))}
+    recs3 = loco.read_runs([_run(tmp_path / "run3", {**results, **third})])
+    partial = [r for r in recs3 if not (r["ct"] == "ctA" and r["method"] == "embed")]
+    assert loco.loco_table(partial, ["convex", "embed"])[1] == {"ct_b_image": "convex", "ctC": "convex"}
+    assert loco.loco_table([r for r in recs if not (r["ct"] == "ctA" and r["method"] == "embed")], ["convex", "embed"])[1] == {}
     assert any("| ctA | convex (0.50) | large 0.50 / 0.50 |" in ln for ln in lines)
     table = "\n".join(loco.per_ct_table(recs, ["convex", "embed", "convexadam"]))
     assert "| ctA | small | inhale | 6 | nan / nan | 0.10 / 0.10 | 2.00 / 2.00 |" in table
@@ -79,6 +82,12 @@ def test_a_pair_given_twice_counts_once_and_seconds_compare_only_within_one_run(
     table = "\n".join(loco.ratio_table(recs, "convex", "convexadam"))
     # TRE over both shared pairs; seconds over none: convex's results come from another folder than the baseline's
     assert "| ctA | large | inhale | 2 | 0.60 / 1.00 | 0.60 | 0 | – | – |" in table
+    failed = tmp_path / "failed"  # a failed result in an earlier folder does not hide a later folder's good one
+    d = failed / "runs" / "ctA_large_s5_2mm__convex"
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps({"pair": "ctA_large_s5_2mm", "path": str(d), "method": "convex",
+                                                "result": {"error": "timed out"}}))
+    assert len([x for x in loco.read_runs([failed, first]) if x["method"] == "convex"]) == 2
     recs = loco.read_runs([timed, first, baseline])  # the timed folder first: its seed-6 pair is timed beside the baseline
     table = "\n".join(loco.ratio_table(recs, "convex", "convexadam"))
     assert "| ctA | large | inhale | 2 | 5.25 / 1.00 | 5.25 | 1 | 5 / 10 | 0.50 |" in table
