@@ -48,6 +48,12 @@ class AlignedStartOptions(Options):
                                  "refinement's features with zeros, as before (an edge there).",
                                  choices=("border", "air"))
 
+    @property
+    def moving_fill(self) -> float | None:
+        """The fill of the start's normalised moving image and of the refinement's moving features outside the
+        moving region: None (the border repeated) or 0.0 (air; zero features)."""
+        return None if self.outside_moving == "border" else 0.0
+
 
 def _centroid(img: Image, mask: Image | None) -> np.ndarray:
     m = mask.array if mask is not None else img.array > -500
@@ -119,7 +125,7 @@ def affine_aligned_start(fixed: Image, moving: Image, fixed_mask: Image | None, 
     with ctx.stage("features"):
         af: AlignedFeatures = aligned_features(fixed, moving, fr, mr, fixed_mask, mat, config.feature_spacing_mm,
                                                config.mind_radius, config.mind_dilation, ctx.device, ctx.dtype, descriptor,
-                                               moving_fill=None if config.outside_moving == "border" else 0.0)
+                                               moving_fill=config.moving_fill)
     return fr, mr, mat, af, adiag
 
 

@@ -409,7 +409,7 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
     del xw, total, u, d, d_fine, fields, af, sampler, lung, cells, points
     ctx.progress("discrete stage done", 0.6)
     current_geom = fg
-    refinement = Refinement.of(config, residual=True, label="adam", moving_border=config.outside_moving == "border")
+    refinement = Refinement.of(config, residual=True, label="adam", moving_fill=config.moving_fill)
     if refinement.enabled:
         current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, fg, ctx,
                                                        (0.6, 0.97 if config.own_uncertainty() else 1.0))

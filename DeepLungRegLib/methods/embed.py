@@ -426,7 +426,7 @@ def run_embed(fixed: Image, moving: Image, fixed_mask, moving_mask, config: Embe
             del aligned, residual
     ctx.progress("densified", 0.6)
     current_geom = cg
-    refinement = Refinement.of(config, residual=True, label="refine", moving_border=config.outside_moving == "border")
+    refinement = Refinement.of(config, residual=True, label="refine", moving_fill=config.moving_fill)
     if config.refine and refinement.enabled:
         current, current_geom, losses = refinement.run(fixed, moving, fixed_mask, fr, mr, current, cg, ctx, (0.6, 1.0))
         diag["levels"] = losses

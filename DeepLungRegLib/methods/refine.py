@@ -55,9 +55,9 @@ class Refinement:
             from keypoint correspondences) survives; otherwise the whole grid is smoothed and
             regularised (``adam``'s own formulation).
         label: the progress label.
-        moving_border: where a displaced voxel leaves the moving level's grid, sample the moving features'
-            nearest border value (``outside_moving="border"`` of the discrete methods) rather than zeros, which
-            make an artificial edge where the field of view cuts the lung.
+        moving_fill: the moving features where a displaced voxel leaves the moving level's grid: 0 (an
+            artificial edge where the field of view cuts the lung), or None, their nearest border value
+            (``outside_moving="border"`` of the discrete methods, :attr:`~.affine.AlignedStartOptions.moving_fill`).
     """
 
     refine_levels_mm: tuple[float, ...]
@@ -71,15 +71,15 @@ class Refinement:
     mask_dilation_mm: float = 10.0
     residual: bool = True
     label: str = "refine"
-    moving_border: bool = False
+    moving_fill: float | None = 0.0
 
     @classmethod
-    def of(cls, config, *, residual: bool = True, label: str = "refine", moving_border: bool = False) -> "Refinement":
+    def of(cls, config, *, residual: bool = True, label: str = "refine", moving_fill: float | None = 0.0) -> "Refinement":
         """The refinement a method's config describes (a config with :class:`RefineOptions`,
         :class:`~.common.MindOptions` and :class:`~.common.RegionOptions` among its bases)."""
         return cls(config.refine_levels_mm, config.refine_iterations, config.refine_learning_rates, config.regularisation,
                    config.folding_weight, config.refine_smoothing_passes, config.mind_radius, config.mind_dilation,
-                   config.mask_dilation_mm, residual, label, moving_border)
+                   config.mask_dilation_mm, residual, label, moving_fill)
 
     @property
     def enabled(self) -> bool:
@@ -127,7 +127,7 @@ def _optimise(r: Refinement, fixed, moving, fixed_mask, fr, mr, current, current
                 opt.zero_grad()
                 update = smooth3(disp, r.refine_smoothing_passes).permute(0, 2, 3, 4, 1)
                 field = init + update if r.residual else update
-                moved = lv.sampler.sample_points(lv.moving_feat, index, field.reshape(1, -1, 3)[:, index], border=r.moving_border)
+                moved = lv.sampler.sample_points(lv.moving_feat, index, field.reshape(1, -1, 3)[:, index], fill=r.moving_fill)
                 sim = (fixed_pts - moved).pow(2).mean()
                 reg = diffusion(update if r.residual else field, spacing_zyx)
                 loss = sim + r.regularisation * reg

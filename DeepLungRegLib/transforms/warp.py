@@ -58,6 +58,15 @@ def world_grid_tensor(geometry: Geometry, device: torch.device | str = "cpu", dt
     return (ijk @ m.T + o).to(dtype)
 
 
+def _sample_filled(volume: torch.Tensor, grid: torch.Tensor, mode: str, fill: float | None) -> torch.Tensor:
+    """``grid_sample`` of ``volume`` at normalised ``grid``; outside it ``fill``, or the nearest border value if None."""
+    if fill is None:
+        return _grid_sample(volume, grid, _MODES[mode], "border")
+    if fill == 0.0:
+        return _grid_sample(volume, grid, _MODES[mode], "zeros")
+    return _grid_sample(volume - fill, grid, _MODES[mode], "zeros") + fill
+
+
 class GridSampler:
     """Samples a volume on a moving grid at ``x_fixed + u(x_fixed)``.
 
@@ -98,22 +107,18 @@ class GridSampler:
         grid = self.grid(field)
         if grid.shape[0] != volume.shape[0]:
             grid = grid.expand(volume.shape[0], -1, -1, -1, -1)
-        if fill is None:
-            return _grid_sample(volume, grid, _MODES[mode], "border")
-        if fill == 0.0:
-            return _grid_sample(volume, grid, _MODES[mode], "zeros")
-        out = _grid_sample(volume - fill, grid, _MODES[mode], "zeros")
-        return out + fill
+        return _sample_filled(volume, grid, mode, fill)
 
 
     def sample_points(self, volume: torch.Tensor, index: torch.Tensor, displacement: torch.Tensor, mode: str = "linear",
-                      border: bool = False) -> torch.Tensor:
+                      fill: float | None = 0.0) -> torch.Tensor:
         """Sample ``volume (N, C, Zm, Ym, Xm)`` at a subset of fixed voxels moved by their displacements.
 
         Args:
             index: ``(M,)`` flat (z, y, x raster) indices of fixed-grid voxels.
             displacement: ``(N, M, 3)`` mm at those voxels.
-            border: points outside the moving grid get the nearest border value (else 0).
+            fill: the value of points outside the moving grid, or the nearest border value when None
+                (as for a full warp).
 
         Returns:
             ``(N, C, M)``. Cheaper than a full warp when only the voxels of a mask matter.
@@ -122,8 +127,7 @@ class GridSampler:
             raise DeepLungRegError(f"warp: unknown interpolation {mode!r}; use 'linear' or 'nearest'")
         base = self.base.reshape(-1, 3)[index]  # (M, 3)
         grid = base + displacement.to(_coordinate_dtype(displacement.dtype)) @ self._a.T  # (N, M, 3)
-        out = _grid_sample(volume, grid[:, :, None, None, :], _MODES[mode], "border" if border else "zeros")
-        return out[:, :, :, 0, 0]
+        return _sample_filled(volume, grid[:, :, None, None, :], mode, fill)[:, :, :, 0, 0]
 
 
 def sample_at_voxels(volume: torch.Tensor, positions: torch.Tensor, mode: str = "linear", padding: str = "border") -> torch.Tensor:

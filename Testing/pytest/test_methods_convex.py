@@ -191,20 +191,21 @@ def test_the_refinement_samples_the_moving_border_beyond_the_field_of_view_and_f
     sampler = GridSampler(g, g)
     index = torch.tensor([int(np.ravel_multi_index((7, 3, 3), (8, 6, 6)))])  # the last slice's middle voxel
     for border in (True, False):
-        far = sampler.sample_points(feat, index, torch.tensor([[[0.0, 0.0, 3.0]]]), border=border)  # 1.5 slices out
+        fill = None if border else 0.0
+        far = sampler.sample_points(feat, index, torch.tensor([[[0.0, 0.0, 3.0]]]), fill=fill)  # 1.5 slices out
         assert torch.allclose(far[0, :, 0], feat[0, :, 7, 3, 3] if border else torch.zeros(3), atol=1e-6)
         near = torch.tensor([[[0.0, 0.0, 1.0]]], requires_grad=True)  # half a slice out: zeros blend in
-        moved = sampler.sample_points(feat, index, near, border=border)
+        moved = sampler.sample_points(feat, index, near, fill=fill)
         pull = float(torch.autograd.grad((2.0 - moved).pow(2).mean(), near)[0][0, 0, 2])
         assert (abs(pull) < 1e-6) if border else (abs(pull) > 1e-3)  # the edge of zeros pulls; the border does not
     seen = []  # which sampling each method's refinement uses
-    monkeypatch.setattr(Refinement, "run", lambda self, *a, **k: seen.append(self.moving_border) or (a[5], a[6], []))
+    monkeypatch.setattr(Refinement, "run", lambda self, *a, **k: seen.append(self.moving_fill) or (a[5], a[6], []))
     p = small_pair
     cheap_embed = {"feature_spacing_mm": 4.0, "search_step_mm": 4.0, "keypoints": 200}
     for method, config in (("convex", FAST), ("convex", dict(FAST, outside_moving="air")), ("embed", cheap_embed),
                            ("embed", dict(cheap_embed, outside_moving="air")), ("adam", None)):
         register(p.fixed, p.moving, method, fixed_mask=p.fixed_mask, moving_mask=p.moving_mask, config=config)
-    assert seen == [True, False, True, False, False]
+    assert seen == [None, 0.0, None, 0.0, 0.0]  # None: the border repeated
     assert EmbedConfig().outside_moving == "border" and not hasattr(AdamConfig(), "outside_moving")
 
 
