@@ -17,6 +17,7 @@ import torch
 
 from ..io.images import Image
 from ..losses import masked_mse
+from ..ops.optim import Adam
 from ..transforms.warp import world_grid_tensor
 from ..options import Options, option, redefault
 from .base import AffineField, MethodConfig, RunContext, register_method
@@ -82,7 +83,7 @@ def estimate_affine(fixed: Image, moving: Image, fixed_mask: Image | None, movin
             xc = world_grid_tensor(lv.fixed_geom, dev, dt).reshape(-1, 3)[index] - torch.as_tensor(c, device=dev, dtype=dt)
             fixed_pts = lv.fixed_feat.reshape(1, lv.fixed_feat.shape[1], -1)[:, :, index]  # (1, C, M)
             weight_pts = lv.weight.reshape(1, 1, -1)[:, :, index]
-        opt = torch.optim.Adam([{"params": [t], "lr": config.learning_rate}, {"params": [b], "lr": config.learning_rate / 100.0}])
+        opt = Adam([([t], config.learning_rate), ([b], config.learning_rate / 100.0)])
         with ctx.stage(f"affine_optimise_{sp:g}mm"):
             for it in range(int(iters)):
                 ctx.check_cancel()

@@ -398,9 +398,10 @@ def run_convex(fixed, moving, fixed_mask, moving_mask, config: ConvexConfig, ctx
             d_fine = resample_field(d.permute(0, 2, 3, 4, 1).to(dt), cg, fg)  # (1, Z, Y, X, 3)
             # compose: the level matched fixed x to warped-moving x + d, i.e. to x + d + u(x + d)
             u = d_fine + (sampler(u.permute(0, 4, 1, 2, 3), d_fine, fill=None).permute(0, 2, 3, 4, 1) if li > 0 else 0)
+        # (the length by square, sum and root: norm(dim=-1) of the permuted field is 30x slower on the CPU)
         diag["levels"].append({"stage": "convex", "grid_mm": gmm, "control_points": int(len(points)), "displacements": int(len(offsets)),
                                "half_width_mm": float(radius * step * sp), "step_mm": float(step * sp),
-                               "mean_displacement_mm": round(float(d_fine.norm(dim=-1).mean()), 3)})
+                               "mean_displacement_mm": round(float(d_fine.square().sum(-1).sqrt().mean()), 3)})
     with ctx.stage("compose_affine"), torch.no_grad():
         xw = fg.world_coordinates()
         total = apply_affine(mat, xw + u[0].to("cpu", torch.float32).numpy()) - xw

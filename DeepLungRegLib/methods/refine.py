@@ -15,10 +15,15 @@ import torch
 
 from ..geometry import Geometry
 from ..io.images import Image
-from ..losses import diffusion, folding_penalty, jacobian_determinant_torch
+from ..losses import diffusion, folding_penalty, jacobian_determinant_torch, low_jacobian_box
+from ..ops.optim import Adam
 from ..options import Options, option
 from .base import RunContext
 from .common import make_level, resample_field, smooth3
+
+
+#: iterations between two checks of where the field's Jacobian comes near folding
+_FOLDING_CHECK_EVERY = 5
 
 
 @dataclass(frozen=True)
@@ -118,9 +123,9 @@ def _optimise(r: Refinement, fixed, moving, fixed_mask, fr, mr, current, current
         fixed_pts = lv.fixed_feat.reshape(*lv.fixed_feat.shape[:2], -1)[:, :, index]  # (1, C, M)
         base = init.permute(0, 4, 1, 2, 3)
         disp = (torch.zeros_like(base) if r.residual else base.clone()).requires_grad_(True)  # (1, 3, Z, Y, X)
-        opt = torch.optim.Adam([disp], lr=lr)
+        opt = Adam([([disp], lr)])
         sim = reg = torch.zeros(())
-        folding_active = False
+        folding_box = None
         with ctx.stage(f"optimise_{sp:g}mm"):
             for it in range(int(iters)):
                 ctx.check_cancel()
@@ -132,13 +137,14 @@ def _optimise(r: Refinement, fixed, moving, fixed_mask, fr, mr, current, current
                 reg = diffusion(update if r.residual else field, spacing_zyx)
                 loss = sim + r.regularisation * reg
                 if r.folding_weight > 0:
-                    # The penalty is zero while every J > 0.1; it is only paid for once some J
-                    # comes near (checked without gradients every few iterations).
-                    if not folding_active and it % 5 == 0:
+                    # The penalty is zero where J > 0.1. Every few iterations the whole field's J is checked
+                    # without gradients, and the penalty is computed only in the box around the voxels where J
+                    # came below 0.25 (none: no penalty); elsewhere it would be zero until J fell by 0.15.
+                    if it % _FOLDING_CHECK_EVERY == 0:
                         with torch.no_grad():
-                            folding_active = bool(jacobian_determinant_torch(field.detach(), to_world).min() < 0.25)
-                    if folding_active:
-                        loss = loss + r.folding_weight * folding_penalty(field, to_world)
+                            folding_box = low_jacobian_box(jacobian_determinant_torch(field.detach(), to_world), 0.25)
+                    if folding_box is not None:
+                        loss = loss + r.folding_weight * folding_penalty(field, to_world, box=folding_box)
                 loss.backward()
                 opt.step()
                 if it % 5 == 0:

@@ -21,3 +21,15 @@ def test_box_mean_equals_replicate_padded_average_pool(before, after):
     # a constant stays constant, to the ends
     c = torch.full((1, 1, 4, 5, 6), 2.5)
     assert torch.allclose(box_mean3d(c, before, after), c)
+
+
+@pytest.mark.parametrize("n,before,after", [(1, 1, 1), (2, 2, 2), (3, 0, 4), (5, 3, 0), (6, 1, 2)])
+def test_box_mean_gradient_is_the_filters_adjoint_also_on_axes_shorter_than_the_window(n, before, after):
+    from DeepLungRegLib.ops.filters import box_mean_along
+
+    x = torch.rand(2, n, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: box_mean_along(t, 1, before, after), (x,))
+    assert torch.autograd.gradcheck(lambda t: box_mean_along(t, -2, before, after), (x,))
+    # without gradients the same values
+    with torch.no_grad():
+        assert torch.equal(box_mean_along(x, 1, before, after), box_mean_along(x.detach(), 1, before, after))
