@@ -189,11 +189,17 @@ def dense_costs(fixed_cells: torch.Tensor, moving_sliding: torch.Tensor, points_
     weights = torch.cat([fvec * (-2.0 / c), torch.ones_like(fvec[:, :1])], 1)[:, :, None].contiguous()  # (N, C + 1, 1)
     n, d = len(points_zyx), len(offsets)
     out = torch.empty((n, d), device=dev, dtype=torch.float32)
-    chunk = max(1, int(max_chunk_elements // max((c + 1) * n, 1)))
+    chunk = min(d, max(1, int(max_chunk_elements // max((c + 1) * n, 1))))
+    # one set of buffers for every chunk: a fresh few hundred MB per chunk is memory the system must map and
+    # zero each time (most of the discrete stage's system time on the CPU)
+    idx_buf = torch.empty(n * chunk, device=dev, dtype=torch.long)
+    gather_buf = torch.empty((n * chunk, c + 1), device=dev, dtype=torch.float32)
+    prod_buf = torch.empty(n * chunk, device=dev, dtype=torch.float32)
     for s in range(0, d, chunk):
-        idx = (base_lin[:, None] + off_lin[None, s:s + chunk]).reshape(-1)  # (N * Dc,)
-        g = rows.index_select(0, idx).view(n, -1, c + 1)  # (N, Dc, C + 1)
-        out[:, s:s + chunk] = torch.bmm(g, weights)[..., 0]
+        dc = min(chunk, d - s)
+        idx = torch.add(base_lin[:, None], off_lin[None, s:s + dc], out=idx_buf[:n * dc].view(n, dc)).view(-1)  # (N * Dc,)
+        g = torch.index_select(rows, 0, idx, out=gather_buf[:n * dc]).view(n, dc, c + 1)  # (N, Dc, C + 1)
+        out[:, s:s + dc] = torch.bmm(g, weights, out=prod_buf[:n * dc].view(n, dc, 1))[..., 0]
         if progress:
             progress(min(1.0, (s + chunk) / d))
     # rounding can leave tiny negative values where the features agree
@@ -229,15 +235,18 @@ def coupled_convex(costs: torch.Tensor, points_zyx: torch.Tensor, grid_shape: tu
     u = torch.zeros((1, 3, *grid_shape), device=dev, dtype=torch.float32)
     pz, py, px = points_zyx[:, 0], points_zyx[:, 1], points_zyx[:, 2]
 
+    rows = max(1, 2 ** 24 // costs.shape[1])
+    total_buf = torch.empty((min(rows, len(costs)), costs.shape[1]), device=dev, dtype=torch.float32)  # reused by every step
+
     def discrete(theta: float, v_pts: torch.Tensor, soft: bool) -> torch.Tensor:
         out = torch.empty_like(v_pts)
-        rows = max(1, 2 ** 24 // costs.shape[1])
         for s in range(0, len(v_pts), rows):
             total = costs[s:s + rows]
             if theta > 0:
                 # cost + theta |d - v|^2 / step^2, without the per-row constant theta |v|^2 / step^2
                 # (it changes neither the argmin nor the softmax)
-                total = torch.addmm(total, v_pts[s:s + rows], off.T, alpha=-2 * theta / step_mm ** 2).add_(theta * off_sq)
+                total = torch.addmm(total, v_pts[s:s + rows], off.T, alpha=-2 * theta / step_mm ** 2,
+                                    out=total_buf[:len(total)]).add_(theta * off_sq)
             if soft:
                 out[s:s + rows] = soft_argmin(total, off, temperature, n, row_spread[s:s + rows])
             else:
