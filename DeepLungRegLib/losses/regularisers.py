@@ -30,7 +30,8 @@ def _diffusion(field: torch.Tensor, spacing_zyx) -> tuple[torch.Tensor, list[tor
 
 class _Diffusion(torch.autograd.Function):
     """:func:`diffusion` with its gradient written out: ``6 g / (numel(g) s)`` onto the later voxel of each
-    difference ``g`` and minus that onto the earlier one (no padded copy per slice, as autograd's slices make)."""
+    difference ``g`` and minus that onto the earlier one (no padded copy per slice, as autograd's slices make).
+    First derivatives only."""
 
     @staticmethod
     def forward(ctx, field: torch.Tensor, spacing_zyx: tuple[float, float, float]) -> torch.Tensor:

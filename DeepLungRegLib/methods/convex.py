@@ -189,7 +189,7 @@ def dense_costs(fixed_cells: torch.Tensor, moving_sliding: torch.Tensor, points_
     weights = torch.cat([fvec * (-2.0 / c), torch.ones_like(fvec[:, :1])], 1)[:, :, None].contiguous()  # (N, C + 1, 1)
     n, d = len(points_zyx), len(offsets)
     out = torch.empty((n, d), device=dev, dtype=torch.float32)
-    chunk = min(d, max(1, int(max_chunk_elements // max((c + 1) * n, 1))))
+    chunk = max(1, min(d, int(max_chunk_elements // max((c + 1) * n, 1))))
     # one set of buffers for every chunk: a fresh few hundred MB per chunk is memory the system must map and
     # zero each time (most of the discrete stage's system time on the CPU)
     idx_buf = torch.empty(n * chunk, device=dev, dtype=torch.long)

@@ -22,7 +22,7 @@ from .base import RunContext
 from .common import make_level, resample_field, smooth3
 
 
-#: iterations between two checks of where the field's Jacobian comes near folding
+#: iterations between two checks of whether the field's Jacobian comes near folding (until it does)
 _FOLDING_CHECK_EVERY = 5
 
 
@@ -51,7 +51,8 @@ class Refinement:
     Attributes:
         refine_levels_mm, refine_iterations, refine_learning_rates: one entry per level.
         regularisation: diffusion weight.
-        folding_weight: weight of :func:`~DeepLungRegLib.losses.folding_penalty` on the whole field.
+        folding_weight: weight of :func:`~DeepLungRegLib.losses.folding_penalty` on the whole field (computed where it
+            is not zero).
         refine_smoothing_passes: box passes of the grid.
         mind_radius, mind_dilation: MIND-SSC of the features.
         mask_dilation_mm: dilation of the fixed lung that weights the similarity.
@@ -125,7 +126,7 @@ def _optimise(r: Refinement, fixed, moving, fixed_mask, fr, mr, current, current
         disp = (torch.zeros_like(base) if r.residual else base.clone()).requires_grad_(True)  # (1, 3, Z, Y, X)
         opt = Adam([([disp], lr)])
         sim = reg = torch.zeros(())
-        folding_box = None
+        folding_active = False
         with ctx.stage(f"optimise_{sp:g}mm"):
             for it in range(int(iters)):
                 ctx.check_cancel()
@@ -137,14 +138,19 @@ def _optimise(r: Refinement, fixed, moving, fixed_mask, fr, mr, current, current
                 reg = diffusion(update if r.residual else field, spacing_zyx)
                 loss = sim + r.regularisation * reg
                 if r.folding_weight > 0:
-                    # The penalty is zero where J > 0.1. Every few iterations the whole field's J is checked
-                    # without gradients, and the penalty is computed only in the box around the voxels where J
-                    # came below 0.25 (none: no penalty); elsewhere it would be zero until J fell by 0.15.
-                    if it % _FOLDING_CHECK_EVERY == 0:
+                    # The penalty is zero while every J > 0.1; it is only paid for once some J comes near
+                    # (J < 0.25, checked without gradients every few iterations). From then on J is computed
+                    # without gradients every iteration, and the penalty with its gradient only in the box around
+                    # the voxels where J < 0.1: the same value and gradient as on the whole field, which is zero
+                    # wherever J >= 0.1, without the whole field's backward pass.
+                    if folding_active or it % _FOLDING_CHECK_EVERY == 0:
                         with torch.no_grad():
-                            folding_box = low_jacobian_box(jacobian_determinant_torch(field.detach(), to_world), 0.25)
-                    if folding_box is not None:
-                        loss = loss + r.folding_weight * folding_penalty(field, to_world, box=folding_box)
+                            jac = jacobian_determinant_torch(field.detach(), to_world)
+                        folding_active = folding_active or bool(jac.min() < 0.25)
+                        box = low_jacobian_box(jac, 0.1, grow=0) if folding_active else None
+                        del jac
+                        if box is not None:
+                            loss = loss + r.folding_weight * folding_penalty(field, to_world, box=box)
                 loss.backward()
                 opt.step()
                 if it % 5 == 0:

@@ -15,6 +15,7 @@ def box_mean_along(t: torch.Tensor, dim: int, before: int, after: int) -> torch.
 
     Under autograd the gradient is the filter's adjoint, computed directly (as cheap as the filter itself)
     instead of through the slices' own backward passes (each of which would allocate and fill a padded copy).
+    First derivatives only: a second ``backward`` through it (``create_graph=True``) raises.
 
     Args:
         t: any tensor; ``dim`` its axis to filter.

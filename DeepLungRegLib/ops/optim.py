@@ -12,6 +12,11 @@ import torch
 from torch.optim.adam import adam as _adam_update
 
 
+def _step_dtype() -> torch.dtype:
+    """The dtype of the step counters, as ``torch.optim.Adam`` makes them (float64 only under a float64 default)."""
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
 class Adam:
     """Adam over groups of tensors, each group with its own step size (the defaults of ``torch.optim.Adam``:
     betas 0.9 and 0.999, eps 1e-8, no weight decay).
@@ -28,7 +33,7 @@ class Adam:
         self.betas, self.eps = betas, eps
         self._state = [([torch.zeros_like(p, memory_format=torch.preserve_format) for p in params],
                         [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params],
-                        [torch.tensor(0.0) for _ in params]) for params, _ in self.groups]
+                        [torch.tensor(0.0, dtype=_step_dtype(), device="cpu") for _ in params]) for params, _ in self.groups]
 
     def zero_grad(self) -> None:
         for params, _ in self.groups:

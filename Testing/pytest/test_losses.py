@@ -86,6 +86,12 @@ def test_the_folding_penalty_in_the_box_of_low_jacobians_equals_the_whole_fields
     g, = torch.autograd.grad(whole, field)
     g_box, = torch.autograd.grad(folding_penalty(field, w, box=box), field)
     assert torch.allclose(g, g_box, atol=1e-15)
+    # the refinement's box: where J < 0.1 (the penalty's support), not grown: still exactly the whole field's
+    tight = low_jacobian_box(jac, 0.1, grow=0)
+    assert tight is not None
+    g_tight, = torch.autograd.grad(folding_penalty(field, w, box=tight), field)
+    assert folding_penalty(field, w, box=tight).item() == pytest.approx(whole.item(), rel=1e-12)
+    assert torch.allclose(g, g_tight, atol=1e-15)
     # no Jacobian below the threshold: no box
     assert low_jacobian_box(torch.ones(1, 3, 4, 5), 0.25) is None
     # the box is grown and clipped to the array
