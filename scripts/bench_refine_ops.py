@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from DeepLungRegLib.losses import diffusion, folding_penalty, jacobian_determinant_torch, low_jacobian_box  # noqa: E402
+from DeepLungRegLib.losses import diffusion, folding_penalty, folding_penalty_where_low, jacobian_determinant_torch  # noqa: E402
 from DeepLungRegLib.losses.regularisers import _diffusion  # noqa: E402
 from DeepLungRegLib.ops.filters import _box_mean  # noqa: E402
 from DeepLungRegLib.methods.common import smooth3  # noqa: E402
@@ -81,8 +81,9 @@ def main(argv=None) -> int:
 
     def folding_now(f):  # as the refinement does once its guard is on: J without gradients, the penalty where J < 0.1
         with torch.no_grad():
-            box = low_jacobian_box(jacobian_determinant_torch(f, w), 0.1, grow=0)
-        return folding_penalty(f, w, box=box) if box is not None else 0.0 * f.sum()
+            jac = jacobian_determinant_torch(f, w)
+        penalty = folding_penalty_where_low(f, w, jac)
+        return penalty if penalty is not None else 0.0 * f.sum()
 
     rows.append(("folding penalty (J < 0.1 in one small region)", lambda f: folding_penalty(f, w), folding_now, folded))
 

@@ -99,6 +99,18 @@ def folding_penalty(field: torch.Tensor, index_to_world: torch.Tensor, margin: f
     return torch.relu(margin - jac).pow(2).sum() / count
 
 
+def folding_penalty_where_low(field: torch.Tensor, index_to_world: torch.Tensor, jac: torch.Tensor,
+                              margin: float = 0.1) -> torch.Tensor | None:
+    """:func:`folding_penalty` (the same value and gradient) computed only in the box of the voxels where ``J < margin``,
+    the penalty's support; None where there is none (the penalty is zero).
+
+    Args:
+        jac: the field's :func:`jacobian_determinant_torch`, computed without gradients.
+    """
+    box = low_jacobian_box(jac, margin, grow=0)
+    return None if box is None else folding_penalty(field, index_to_world, margin, box=box)
+
+
 def low_jacobian_box(jac: torch.Tensor, below: float, grow: int = 2) -> tuple[tuple[int, int], ...] | None:
     """The box around every voxel of ``jac (N, Z, Y, X)`` with a value below ``below``, grown by ``grow`` voxels
     and clipped to the array: ``((z0, z1), (y0, y1), (x0, x1))``, ends exclusive (the ``box`` of

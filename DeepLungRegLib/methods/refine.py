@@ -15,7 +15,7 @@ import torch
 
 from ..geometry import Geometry
 from ..io.images import Image
-from ..losses import diffusion, folding_penalty, jacobian_determinant_torch, low_jacobian_box
+from ..losses import diffusion, folding_penalty_where_low, jacobian_determinant_torch
 from ..ops.optim import Adam
 from ..options import Options, option
 from .base import RunContext
@@ -147,10 +147,10 @@ def _optimise(r: Refinement, fixed, moving, fixed_mask, fr, mr, current, current
                         with torch.no_grad():
                             jac = jacobian_determinant_torch(field.detach(), to_world)
                         folding_active = folding_active or bool(jac.min() < 0.25)
-                        box = low_jacobian_box(jac, 0.1, grow=0) if folding_active else None
+                        penalty = folding_penalty_where_low(field, to_world, jac) if folding_active else None
                         del jac
-                        if box is not None:
-                            loss = loss + r.folding_weight * folding_penalty(field, to_world, box=box)
+                        if penalty is not None:
+                            loss = loss + r.folding_weight * penalty
                 loss.backward()
                 opt.step()
                 if it % 5 == 0:

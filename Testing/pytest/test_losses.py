@@ -92,6 +92,11 @@ def test_the_folding_penalty_in_the_box_of_low_jacobians_equals_the_whole_fields
     g_tight, = torch.autograd.grad(folding_penalty(field, w, box=tight), field)
     assert folding_penalty(field, w, box=tight).item() == pytest.approx(whole.item(), rel=1e-12)
     assert torch.allclose(g, g_tight, atol=1e-15)
+    # what the refinement calls: the same, and None where no J < 0.1
+    from DeepLungRegLib.losses import folding_penalty_where_low
+
+    assert folding_penalty_where_low(field, w, jac).item() == pytest.approx(whole.item(), rel=1e-12)
+    assert folding_penalty_where_low(field, w, torch.ones_like(jac)) is None
     # no Jacobian below the threshold: no box
     assert low_jacobian_box(torch.ones(1, 3, 4, 5), 0.25) is None
     # the box is grown and clipped to the array
